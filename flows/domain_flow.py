@@ -1,0 +1,56 @@
+"""The domain pipeline as a Prefect flow: ingest -> tokenizer -> pretrain -> finetune -> evaluate.
+
+Runs without a server (Prefect's ephemeral mode) and shows in a Prefect UI when
+``PREFECT_API_URL`` points at one. Caching has one source of truth, the artifact key: it is the
+task's cache key, and the cache is refreshed whenever the artifact is missing or must be rebuilt,
+so the UI shows ``Cached`` exactly when the artifact exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
+
+from pipeline.runner import Session, select
+
+
+def _artifact_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
+    return f"dapt-{params['stage']}-{params['key']}"
+
+
+@task(cache_key_fn=_artifact_cache_key, persist_result=True, task_run_name="{stage}")
+def stage_task(session: Session, stage: str, key: str, force: bool, build_missing: bool
+               ) -> dict[str, Any]:
+    return session.run_stage(stage, force=force, build_missing=build_missing)
+
+
+@flow(name="dapt-domain-pipeline", log_prints=True)
+def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str | None = None,
+                    from_stage: str | None = None, force: bool = False,
+                    workdir: str | None = None, domain_file: str | None = None) -> str | None:
+    params = {"profile": profile, "only": only, "from_stage": from_stage, "force": force,
+              "domain_file": domain_file}
+    session = Session.open(domain, profile, workdir=workdir, domain_file=domain_file,
+                           params=params)
+    try:
+        stages, rebuild = select(only, from_stage)
+        for stage in stages:
+            build = force or stage in rebuild
+            state = stage_task.with_options(refresh_cache=session.needs_build(stage, build))(
+                session, stage, session.plan[stage].key, build, not only, return_state=True)
+            if state.name == "Cached":
+                session.record_cached(stage)
+            else:
+                state.result()  # re-raises the stage's error
+        report = session.finish()
+    except BaseException as exc:
+        session.fail(exc)
+        raise
+    if report:
+        key = f"dapt-{session.domain.name.replace('_', '-')}-report"
+        create_markdown_artifact(report.read_text(), key=key,
+                                 description=f"dapt report, run {session.run_id}")
+    return str(report) if report else None

@@ -1,0 +1,173 @@
+"""Content-addressed artifact store.
+
+An artifact lives at ``<root>/<stage>/<key>/``. Its key hashes the stage's resolved config, the
+stage's code version and its input artifacts' keys, so the same inputs always map to the same
+directory and a change anywhere upstream changes every key downstream.
+
+A stage writes into a private temporary directory; ``manifest.json`` is written last and the
+directory is then renamed into place, so a crash never leaves a directory that looks complete:
+an artifact exists exactly when ``<key>/manifest.json`` exists. A per-artifact file lock makes a
+second process building the same key wait and then reuse the first one's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-serialisable object, independent of dict ordering."""
+    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def code_version(*modules: Any) -> str:
+    """Hash of the source files of the given modules: editing a stage invalidates its artifacts."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def artifact_key(config: Mapping[str, Any], code: str, inputs: Mapping[str, Any]) -> str:
+    return stable_hash({"config": config, "code": code, "inputs": inputs})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """What a stage returns and what ``manifest.json`` records about an artifact."""
+
+    stage: str
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Filled in by the store when the artifact is published.
+    key: str = ""
+    config_hash: str = ""
+    code_version: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    duration_s: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest.read(self.path / MANIFEST)
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def get(self, stage: str, key: str) -> Artifact | None:
+        path = self.path(stage, key)
+        return Artifact(stage, key, path) if (path / MANIFEST).exists() else None
+
+    def list(self, stage: str | None = None) -> Iterator[Artifact]:
+        stages = [stage] if stage else sorted(p.name for p in self.root.glob("*") if p.is_dir())
+        for s in stages:
+            for manifest in sorted((self.root / s).glob(f"*/{MANIFEST}")):
+                yield Artifact(s, manifest.parent.name, manifest.parent)
+
+    @contextmanager
+    def _lock(self, stage: str, key: str) -> Iterator[None]:
+        lock_dir = self.root / stage
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f".{key}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def build(
+        self,
+        *,
+        stage: str,
+        key: str,
+        config_hash: str,
+        code: str,
+        inputs: Mapping[str, Artifact],
+        fn: Callable[[Path], Manifest],
+        force: bool = False,
+    ) -> tuple[Artifact, bool]:
+        """Return ``(artifact, cache_hit)``, building it with ``fn(tmp_dir)`` unless it exists.
+
+        With ``force`` the artifact is rebuilt and swapped in place of the existing one.
+        """
+        with self._lock(stage, key):
+            existing = self.get(stage, key)
+            if existing and not force:
+                return existing, True
+            tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            start = time.perf_counter()
+            try:
+                manifest = fn(tmp)
+                assert manifest.stage == stage, (manifest.stage, stage)
+                manifest = dataclasses.replace(
+                    manifest,
+                    key=key,
+                    config_hash=config_hash,
+                    code_version=code,
+                    inputs={name: a.key for name, a in inputs.items()},
+                    files=sorted(
+                        str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()
+                    ),
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    duration_s=round(time.perf_counter() - start, 3),
+                )
+                # Written last: its presence is what makes the artifact exist.
+                (tmp / MANIFEST).write_text(manifest.to_json())
+                final = self.path(stage, key)
+                if final.exists():
+                    trash = final.with_name(f".old-{key}-{uuid.uuid4().hex[:8]}")
+                    os.rename(final, trash)
+                    os.rename(tmp, final)
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return Artifact(stage, key, final), False

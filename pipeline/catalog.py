@@ -1,0 +1,148 @@
+"""The DuckDB catalog: runs, the stages they executed, artifacts, lineage and metrics.
+
+One file, ``<workdir>/catalog.duckdb``. DuckDB allows one writing process at a time, so every
+operation opens a short-lived connection and retries while another process holds the lock;
+two ``dapt run`` processes on one workdir therefore interleave instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from pipeline.artifacts import Artifact, Manifest
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, domain VARCHAR, profile VARCHAR, params JSON,
+    status VARCHAR, error VARCHAR, report_path VARCHAR,
+    started_at TIMESTAMP, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS stage_runs (
+    run_id VARCHAR, stage VARCHAR, artifact_key VARCHAR, cache_hit BOOLEAN, status VARCHAR,
+    started_at TIMESTAMP, duration_s DOUBLE, error VARCHAR);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key VARCHAR, stage VARCHAR, domain VARCHAR, path VARCHAR, config_hash VARCHAR,
+    code_version VARCHAR, created_at VARCHAR, counts JSON, metrics JSON,
+    PRIMARY KEY (stage, key));
+CREATE TABLE IF NOT EXISTS lineage (
+    stage VARCHAR, key VARCHAR, input_stage VARCHAR, input_key VARCHAR);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR, stage VARCHAR, artifact_key VARCHAR, name VARCHAR, value DOUBLE);
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Catalog:
+    def __init__(self, path: Path, lock_timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.execute(SCHEMA)
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as exc:  # another process holds the write lock
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, domain: str, profile: str, params: Mapping[str, Any]) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', NULL, NULL, ?, NULL)",
+                [run_id, domain, profile, json.dumps(params, default=str), _now()],
+            )
+
+    def finish_run(
+        self, run_id: str, status: str, error: str | None = None, report_path: str | None = None
+    ) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, error = ?, report_path = ?, finished_at = ? "
+                "WHERE run_id = ?",
+                [status, error, report_path, _now(), run_id],
+            )
+
+    def record_stage(
+        self,
+        run_id: str,
+        domain: str,
+        artifact: Artifact,
+        *,
+        cache_hit: bool,
+        started_at: datetime,
+        duration_s: float,
+    ) -> None:
+        m: Manifest = artifact.manifest
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO stage_runs VALUES (?, ?, ?, ?, 'completed', ?, ?, NULL)",
+                [run_id, m.stage, m.key, cache_hit, started_at, duration_s],
+            )
+            con.execute(
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [m.key, m.stage, domain, str(artifact.path), m.config_hash, m.code_version,
+                 m.created_at, json.dumps(m.counts), json.dumps(m.metrics)],
+            )
+            con.execute("DELETE FROM lineage WHERE stage = ? AND key = ?", [m.stage, m.key])
+            for input_stage, input_key in m.inputs.items():
+                con.execute(
+                    "INSERT INTO lineage VALUES (?, ?, ?, ?)",
+                    [m.stage, m.key, input_stage, input_key],
+                )
+            rows = [[run_id, m.stage, m.key, k, float(v)] for k, v in sorted(m.metrics.items())]
+            if rows:
+                con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+
+    def record_stage_failure(
+        self, run_id: str, stage: str, key: str, started_at: datetime, error: str
+    ) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO stage_runs VALUES (?, ?, ?, FALSE, 'failed', ?, ?, ?)",
+                [run_id, stage, key, started_at, (_now() - started_at).total_seconds(), error],
+            )
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def runs(self, domain: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        where, params = ("WHERE domain = ?", [domain]) if domain else ("", [])
+        return self.query(
+            f"SELECT * FROM runs {where} ORDER BY started_at DESC LIMIT {int(limit)}", params
+        )
+
+    def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT s.*, a.metrics FROM stage_runs s LEFT JOIN artifacts a "
+            "ON a.stage = s.stage AND a.key = s.artifact_key WHERE run_id = ? "
+            "ORDER BY started_at",
+            [run_id],
+        )

@@ -1,0 +1,276 @@
+"""Typed configuration: one validated config per stage, and the domain file that holds them.
+
+A domain YAML has one section per stage (``ingest``, ``tokenizer``, ``pretrain``, ``finetune``,
+``evaluate``) plus ``profiles`` overrides and an optional ``schedule``. Resolving a domain for a
+profile (the size dial: ``tiny``, ``small``, ``base``) merges, in increasing priority:
+
+1. the built-in profile defaults in ``PROFILES``,
+2. the domain's stage sections,
+3. the domain's ``profiles.<profile>`` overrides,
+
+and validates the result into a ``RunConfig`` whose stage configs are what the stages receive and
+what artifact keys hash. Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evaluate")
+ProfileName = Literal["tiny", "small", "base"]
+PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+class SourceConfig(_Strict):
+    """One input of the corpus: a local path or glob."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Short id, used in doc ids.")
+    path: str = Field(
+        description="File or glob; ${samples} and $ENV are expanded; relative to the YAML."
+    )
+    format: Literal["jsonl", "jsonl.gz", "txt", "csv", "parquet"] | None = Field(
+        default=None, description="Inferred from the file suffix when omitted."
+    )
+    text_field: str = Field(default="text", description="Column holding the document text.")
+    id_field: str | None = Field(default=None, description="Column holding a stable id.")
+
+
+class IngestConfig(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    min_chars: int = Field(default=20, ge=0, description="Shorter documents are excluded.")
+    max_chars: int = Field(default=200_000, gt=0, description="Longer documents are excluded.")
+    eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")
+    num_docs_per_shard: int = Field(default=100_000, gt=0)
+    min_kept_docs: int = Field(default=100, ge=1, description="Quality gate: fail below this.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> IngestConfig:
+        if self.min_chars >= self.max_chars:
+            raise ValueError(
+                f"min_chars ({self.min_chars}) must be below max_chars ({self.max_chars})"
+            )
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        return self
+
+
+# --- tokenizer --------------------------------------------------------------------------------
+
+
+class TokenizerConfig(_Strict):
+    vocab_size: int = Field(default=8192, ge=300, description="Includes 256 bytes + specials.")
+    min_frequency: int = Field(default=2, ge=1)
+    eos_token: str = "<|endoftext|>"
+    pad_token: str = "<|pad|>"
+    batch_size: int = Field(default=1000, gt=0, description="Documents per training batch.")
+    max_roundtrip_docs: int = Field(default=2000, gt=0, description="Held-out docs checked.")
+
+
+# --- pretrain ---------------------------------------------------------------------------------
+
+
+class ModelConfig(_Strict):
+    """A Llama-style causal LM; the profile dial sets these."""
+
+    num_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class PretrainConfig(_Strict):
+    model: ModelConfig
+    seq_len: int = Field(gt=1)
+    micro_batch_size: int = Field(gt=0, description="Sequences per rank per micro step.")
+    grad_accum_steps: int = Field(default=1, gt=0)
+    max_steps: int = Field(gt=0, description="Optimizer steps.")
+    lr: float = Field(gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Cosine floor / peak lr.")
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 on GPU, fp32 on CPU (CPU bf16 is ~20x slower)."
+    )
+    num_gpus: int = Field(default=1, gt=0, description="Ranks per node for the launcher.")
+    log_every: int = Field(default=10, gt=0)
+    eval_max_seqs: int = Field(default=256, gt=0)
+    seed: int = 0
+    ds_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Raw DeepSpeed JSON merged over the generated one."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})"
+            )
+        return self
+
+
+# --- finetune ---------------------------------------------------------------------------------
+
+
+class TaskConfig(_Strict):
+    """A labelled classification task read from JSONL/CSV/Parquet."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    path: str
+    text_field: str = "text"
+    label_field: str = "label"
+    id_field: str = "id"
+
+
+class FinetuneConfig(_Strict):
+    task: TaskConfig
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    max_train_examples: int = Field(default=4000, gt=0)
+    max_test_examples: int = Field(default=2000, gt=0)
+    max_seq_len: int = Field(default=128, gt=1)
+    batch_size: int = Field(default=32, gt=0)
+    epochs: int = Field(default=3, gt=0)
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    seed: int = 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+class EvaluateConfig(_Strict):
+    max_eval_docs: int = Field(default=500, gt=0, description="Held-out docs for perplexity.")
+    batch_size: int = Field(default=8, gt=0)
+
+
+# --- schedule and the domain file -------------------------------------------------------------
+
+
+class ScheduleConfig(_Strict):
+    cron: str
+    timezone: str = "UTC"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(_Strict):
+    """Everything one run of one domain at one profile needs, fully resolved."""
+
+    domain: str
+    profile: ProfileName
+    ingest: IngestConfig
+    tokenizer: TokenizerConfig
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    evaluate: EvaluateConfig
+
+    def stage(self, name: str) -> BaseModel:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; allowed: {', '.join(STAGES)}")
+        return getattr(self, name)
+
+
+# The size dial. Everything that scales with the model lives here so the debug model and the
+# real one share one code path; a domain overrides any of it under `profiles.<name>`.
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "tokenizer": {"vocab_size": 8192},
+        "pretrain": {
+            "model": {"num_layers": 2, "hidden_size": 128, "num_heads": 4,
+                      "intermediate_size": 512},
+            "seq_len": 128, "micro_batch_size": 16, "max_steps": 300, "lr": 3e-3,
+            "warmup_steps": 30,
+        },
+        "finetune": {"max_train_examples": 2000, "max_seq_len": 96, "epochs": 4, "lr": 1e-3},
+        "evaluate": {"max_eval_docs": 300},
+    },
+    "small": {
+        "tokenizer": {"vocab_size": 16384},
+        "pretrain": {
+            "model": {"num_layers": 6, "hidden_size": 384, "num_heads": 6,
+                      "intermediate_size": 1536},
+            "seq_len": 256, "micro_batch_size": 16, "max_steps": 2000, "lr": 1e-3,
+            "warmup_steps": 100,
+        },
+        "finetune": {"max_train_examples": 8000, "max_seq_len": 256, "epochs": 3, "lr": 2e-4},
+        "evaluate": {"max_eval_docs": 1000},
+    },
+    "base": {
+        "tokenizer": {"vocab_size": 32768},
+        "pretrain": {
+            "model": {"num_layers": 12, "hidden_size": 768, "num_heads": 12,
+                      "intermediate_size": 3072, "tie_embeddings": True},
+            "seq_len": 1024, "micro_batch_size": 16, "grad_accum_steps": 4, "max_steps": 20000,
+            "lr": 6e-4, "warmup_steps": 1000,
+        },
+        "finetune": {"max_train_examples": 50000, "max_seq_len": 512, "epochs": 3, "lr": 5e-5},
+        "evaluate": {"max_eval_docs": 5000},
+    },
+}
+
+
+class DomainSpec(_Strict):
+    """The domain YAML as written: stage sections are validated when resolved per profile."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    description: str = ""
+    ingest: dict[str, Any]
+    tokenizer: dict[str, Any] = Field(default_factory=dict)
+    pretrain: dict[str, Any] = Field(default_factory=dict)
+    finetune: dict[str, Any]
+    evaluate: dict[str, Any] = Field(default_factory=dict)
+    profiles: dict[ProfileName, dict[str, Any]] = Field(default_factory=dict)
+    schedule: ScheduleConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_profiles(self) -> DomainSpec:
+        for profile, override in self.profiles.items():
+            unknown = set(override) - set(STAGES)
+            if unknown:
+                raise ValueError(
+                    f"profiles.{profile} has unknown section(s) {sorted(unknown)}; "
+                    f"allowed: {', '.join(STAGES)}"
+                )
+        return self
+
+    def resolve(self, profile: str) -> RunConfig:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+        merged: dict[str, Any] = {"domain": self.name, "profile": profile}
+        for stage in STAGES:
+            section = deep_merge(PROFILES[profile].get(stage, {}), getattr(self, stage))
+            merged[stage] = deep_merge(section, self.profiles.get(profile, {}).get(stage, {}))
+        return RunConfig.model_validate(merged)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``override``, recursing into nested dicts."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -1,0 +1,167 @@
+"""Domain plugins: discovery, loading and validation.
+
+A domain is one YAML file validated against ``config.DomainSpec``. Domains come from
+- the built-in ``domains/*.yaml`` shipped with dapt,
+- installed packages exposing an entry point in the group ``dapt.domains`` whose target is a
+  path to a YAML file, or a callable returning such a path or a dict,
+- a file given on the command line (``dapt run --domain-file PATH``).
+
+Two sources defining the same name are an error naming both: never "the last one wins".
+Every shipped domain is resolved for every profile at load time, so a bad field fails here
+with the file and field named, not halfway through a run.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipeline.config import PROFILE_NAMES, DomainSpec, RunConfig
+
+ENTRY_POINT_GROUP = "dapt.domains"
+
+
+class DomainError(ValueError):
+    """A domain config a user can fix: the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    spec: DomainSpec
+    origin: str  # "built-in", "entry point <name> (<dist>)", or "file"
+    path: Path | None  # the YAML file, when there is one; relative data paths resolve from it
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def resolve(self, profile: str) -> RunConfig:
+        return self.spec.resolve(profile)
+
+
+def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> str:
+    lines = [f"invalid domain config {where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<top level>"
+        detail = err["msg"]
+        if err["type"] == "extra_forbidden":
+            detail = "unknown field (check the spelling; see `dapt domains new` for the template)"
+        lines.append(f"  {loc}: {detail}")
+    return "\n".join(lines)
+
+
+def parse_domain(raw: Any, where: str) -> DomainSpec:
+    if not isinstance(raw, dict):
+        raise DomainError(f"invalid domain config {where}: expected a mapping at the top level")
+    try:
+        spec = DomainSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise DomainError(_format_errors(exc, where)) from None
+    for profile in PROFILE_NAMES:
+        try:
+            spec.resolve(profile)
+        except ValidationError as exc:
+            raise DomainError(
+                _format_errors(exc, f"{where} (resolved for profile {profile!r})")
+            ) from None
+    return spec
+
+
+def load_file(path: Path, origin: str = "file") -> Domain:
+    path = Path(path)
+    if not path.is_file():
+        raise DomainError(f"domain file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DomainError(f"invalid YAML in {path}: {exc}") from None
+    return Domain(parse_domain(raw, str(path)), origin, path.resolve())
+
+
+def _builtin() -> list[Domain]:
+    root = resources.files("domains")
+    return [
+        load_file(Path(str(entry)), "built-in")
+        for entry in sorted(root.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml") and not entry.name.startswith("_")
+    ]
+
+
+def _entry_points() -> list[Domain]:
+    found = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = f"entry point {ep.name} ({ep.dist.name if ep.dist else ep.value})"
+        target = ep.load()
+        value = target() if callable(target) else target
+        if isinstance(value, dict):
+            domain = Domain(parse_domain(value, origin), origin, None)
+        else:
+            domain = load_file(Path(value), origin)
+        found.append(domain)
+    return found
+
+
+def discover() -> dict[str, Domain]:
+    domains: dict[str, Domain] = {}
+    for domain in [*_builtin(), *_entry_points()]:
+        if domain.name in domains:
+            first = domains[domain.name]
+            raise DomainError(
+                f"domain {domain.name!r} is defined twice: by {first.origin} "
+                f"({first.path}) and by {domain.origin} ({domain.path}); rename one of them"
+            )
+        domains[domain.name] = domain
+    return domains
+
+
+def get(name: str) -> Domain:
+    domains = discover()
+    if name not in domains:
+        raise DomainError(
+            f"unknown domain {name!r}; known: {', '.join(sorted(domains)) or 'none'} "
+            "(or pass --domain-file PATH)"
+        )
+    return domains[name]
+
+
+def resolve_path(pattern: str, domain: Domain, workdir: Path) -> str:
+    """Expand ``${samples}`` and environment variables; anchor relative paths at the YAML."""
+    expanded = string.Template(pattern).safe_substitute(samples=str(workdir / "samples"))
+    expanded = os.path.expanduser(os.path.expandvars(expanded))
+    if not os.path.isabs(expanded):
+        base = domain.path.parent if domain.path else Path.cwd()
+        expanded = str(base / expanded)
+    return expanded
+
+
+def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list[Path]]:
+    """Resolve every data path of a run; a path matching no file is an error naming the field."""
+    where = domain.path or domain.origin
+    resolved: dict[str, list[Path]] = {}
+    fields = [(f"ingest.sources[{i}].path", s.path) for i, s in enumerate(run.ingest.sources)]
+    fields.append(("finetune.task.path", run.finetune.task.path))
+    for field_name, pattern in fields:
+        full = resolve_path(pattern, domain, workdir)
+        matches = sorted(Path(p) for p in _glob(full))
+        if not matches:
+            hint = " (run `dapt samples build` first)" if "${samples}" in pattern else ""
+            raise DomainError(
+                f"invalid domain config {where}:\n  {field_name}: no file matches "
+                f"{pattern!r} (resolved to {full}){hint}"
+            )
+        resolved[field_name] = matches
+    return resolved
+
+
+def _glob(pattern: str) -> list[str]:
+    import glob
+
+    return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]

@@ -1,0 +1,97 @@
+"""Evaluate stage: held-out perplexity and bits-per-byte of the pretrained model, the fine-tune
+metrics and the tokenizer's efficiency, gathered into ``metrics.json`` and ``report.md``.
+
+Perplexity is computed from the ``hf/`` export (not the training process), so it also checks
+that the export loads and predicts. Each held-out document is scored on its own, preceded by the
+EOS token as context and split into windows of the training sequence length. Bits-per-byte
+(total NLL in bits / UTF-8 bytes) is reported beside perplexity because it does not depend on the
+tokenizer, so models with different tokenizers can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from pipeline.artifacts import Artifact, Manifest
+from pipeline.config import EvaluateConfig
+from pipeline.metrics import bits_per_byte, perplexity
+from pipeline.report import render_report
+
+
+@torch.no_grad()
+def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerFast, texts: list[str],
+                    window: int, batch_size: int) -> list[tuple[float, int]]:
+    """(NLL in nats, scored tokens) per document; every document token is predicted once."""
+    eos = tok.eos_token_id
+    pieces: list[tuple[int, list[int]]] = []  # (doc index, [context] + tokens to score)
+    for d, ids in enumerate(tok(texts, add_special_tokens=False)["input_ids"]):
+        seq = [eos, *ids]
+        for start in range(0, len(ids), window):
+            pieces.append((d, seq[start:start + window + 1]))
+    pieces.sort(key=lambda p: len(p[1]))  # similar lengths per batch: less padding
+    out = [[0.0, 0] for _ in texts]
+    model.eval()
+    for i in range(0, len(pieces), batch_size):
+        chunk = pieces[i:i + batch_size]
+        width = max(len(p) for _, p in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, p) in enumerate(chunk):
+            ids[row, :len(p)] = torch.tensor(p)
+            mask[row, :len(p)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = ids[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), target, reduction="none") * mask[:, 1:]
+        for row, (d, p) in enumerate(chunk):
+            out[d][0] += nll[row].sum().item()
+            out[d][1] += len(p) - 1
+    return [(nll, n) for nll, n in out]
+
+
+def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
+    pretrain, finetune = inputs["pretrain"], inputs["finetune"]
+    hf_dir = pretrain.path / "hf"
+    tok = PreTrainedTokenizerFast.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    window = json.loads((pretrain.path / "spec.json").read_text())["config"]["seq_len"]
+    held = pq.read_table(inputs["ingest"].path / "eval.parquet").slice(0, config.max_eval_docs)
+    texts, sources = held.column("text").to_pylist(), held.column("source").to_pylist()
+    scores = score_documents(model, tok, texts, window, config.batch_size)
+
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
+    for text, source, (nll, n) in zip(texts, sources, scores, strict=True):
+        for key in ("all", source):
+            totals[key][0] += nll
+            totals[key][1] += n
+            totals[key][2] += len(text.encode("utf-8"))
+    per_source = {
+        key: {"perplexity": perplexity(nll, n), "bits_per_byte": bits_per_byte(nll, b),
+              "tokens": n, "bytes": b}
+        for key, (nll, n, b) in sorted(totals.items())
+    }
+    ft, tk = finetune.manifest, inputs["tokenizer"].manifest
+    metrics = {
+        "heldout_perplexity": per_source["all"]["perplexity"],
+        "heldout_bits_per_byte": per_source["all"]["bits_per_byte"],
+        "finetune_accuracy": ft.metrics["accuracy"],
+        "finetune_macro_f1": ft.metrics["macro_f1"],
+        "finetune_majority_rate": ft.metrics["majority_rate"],
+        "tokenizer_fertility": tk.metrics["fertility"],
+        "vocab_size": float(tk.counts["vocab_size"]),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {"metrics": metrics, "per_source": per_source}, indent=2))
+    (out_dir / "report.md").write_text(render_report(inputs, metrics, per_source))
+    return Manifest(
+        stage="evaluate",
+        counts={"eval_docs": len(texts), "eval_tokens": int(per_source["all"]["tokens"])},
+        metrics=metrics,
+        extra={"per_source": per_source},
+    )

@@ -1,0 +1,240 @@
+"""Ingest stage: domain sources -> normalised, filtered, deduplicated, split zstd Parquet.
+
+Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; normalises Unicode
+(NFC), control characters and whitespace; applies the length filter; drops exact duplicates
+(first occurrence wins); splits a deterministic held-out slice by a hash of the document id.
+All of it is DuckDB SQL over Arrow tables. Every document that does not reach the output is a row
+in ``excluded.parquet`` with its reason, and the manifest reconciles ``docs_in = kept + excluded``.
+
+Outputs: ``train-NNNNN.parquet`` shards in input order and ``eval.parquet`` in hash order (any
+prefix is a fair sample across sources), both with columns doc_id, source, text;
+``excluded.parquet`` (doc_id, source, reason, detail, text) and ``stats.parquet`` (per source and
+outcome: documents and characters).
+
+Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN --only ingest``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from pipeline import QualityGateError
+from pipeline.artifacts import Artifact, Manifest
+from pipeline.config import IngestConfig, SourceConfig
+
+RAW_SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
+     ("reason", pa.string()), ("detail", pa.string())]
+)
+
+# Control characters other than \t \n \r, then whitespace canonicalisation: runs of horizontal
+# space become one space, spaces around newlines go, and 3+ newlines become a paragraph break.
+NORMALISE_SQL = r"""
+trim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
+    nfc_normalize(text),
+    '[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]', '', 'g'),
+    '\r\n?', chr(10), 'g'),
+    '[ \t\x{00a0}\x{2000}-\x{200a}\x{3000}]+', ' ', 'g'),
+    ' ?\n ?', chr(10), 'g'),
+    '\n{3,}', chr(10) || chr(10), 'g'))
+"""
+
+
+def infer_format(path: Path, declared: str | None) -> str:
+    if declared:
+        return declared
+    name = path.name.lower()
+    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl", "jsonl"),
+                        (".json", "jsonl"), (".txt", "txt"), (".csv", "csv"),
+                        (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return fmt
+    raise ValueError(
+        f"cannot infer the format of {path}; set `format` on the source "
+        "(jsonl, jsonl.gz, txt, csv, parquet)"
+    )
+
+
+def _table(rows: dict[str, list]) -> pa.Table:
+    return pa.table(rows, schema=RAW_SCHEMA)
+
+
+def _with_ids(source: SourceConfig, path: Path, ids: list | None, texts: list) -> pa.Table:
+    n = len(texts)
+    if ids is None or source.id_field is None:
+        doc_ids = [f"{source.name}:{path.name}:{i}" for i in range(n)]
+    else:
+        doc_ids = [
+            f"{source.name}:{x}" if x not in (None, "") else f"{source.name}:{path.name}:{i}"
+            for i, x in enumerate(ids)
+        ]
+    return _table({"doc_id": doc_ids, "source": [source.name] * n, "text": texts,
+                   "reason": [None] * n, "detail": [None] * n})
+
+
+def _read_jsonl_careful(source: SourceConfig, path: Path) -> pa.Table:
+    """Line-by-line reader used only when the fast path rejects a file: quarantines bad lines."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
+
+    def add(doc_id: str, text: str | None, reason: str | None, detail: str | None) -> None:
+        for k, v in zip(RAW_SCHEMA.names, (doc_id, source.name, text, reason, detail),
+                        strict=True):
+            rows[k].append(v)
+
+    lineno = -1
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, line in enumerate(fh):
+                fallback_id = f"{source.name}:{path.name}:{lineno}"
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    add(fallback_id, None, "invalid_utf8", str(exc)[:200])
+                    continue
+                except json.JSONDecodeError as exc:
+                    add(fallback_id, None, "malformed_json", str(exc)[:200])
+                    continue
+                if not isinstance(record, dict) or not isinstance(
+                    record.get(source.text_field), str
+                ):
+                    add(fallback_id, None, "missing_text_field",
+                        f"no string field {source.text_field!r}")
+                    continue
+                rid = record.get(source.id_field) if source.id_field else None
+                doc_id = f"{source.name}:{rid}" if rid not in (None, "") else fallback_id
+                add(doc_id, record[source.text_field], None, None)
+    except (OSError, EOFError) as exc:  # e.g. a truncated .gz: keep what was read, log the file
+        add(f"{source.name}:{path.name}:#{lineno + 1}", None, "unreadable_file",
+            f"{type(exc).__name__}: {exc}"[:200])
+    return _table(rows)
+
+
+def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path: Path) -> pa.Table:
+    """One file as rows (doc_id, source, text, reason, detail); reason is set for bad records."""
+    fmt = infer_format(path, source.format)
+    text_col, id_col = source.text_field, source.id_field
+    p = str(path).replace("'", "''")
+    cols = [f'"{text_col}"'] + ([f'"{id_col}"'] if id_col else [])
+    try:
+        if fmt in ("jsonl", "jsonl.gz"):
+            spec = {text_col: "VARCHAR", **({id_col: "VARCHAR"} if id_col else {})}
+            columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in spec.items()) + "}"
+            rel = con.sql(
+                f"SELECT {', '.join(cols)} FROM read_json('{p}', format='newline_delimited', "
+                f"columns={columns}, maximum_object_size=268435456)"
+            )
+        elif fmt == "csv":
+            rel = con.sql(f"SELECT {', '.join(cols)} FROM read_csv('{p}', header=true, "
+                          "all_varchar=true)")
+        elif fmt == "parquet":
+            rel = con.sql(f"SELECT {', '.join(c + '::VARCHAR' for c in cols)} "
+                          f"FROM read_parquet('{p}')")
+        else:  # txt: the whole file is one document
+            rel = con.sql(f"SELECT content FROM read_text('{p}')")
+        table = rel.arrow()
+        if hasattr(table, "read_all"):
+            table = table.read_all()
+    except duckdb.Error as exc:
+        if fmt in ("jsonl", "jsonl.gz"):
+            return _read_jsonl_careful(source, path)
+        return _table({"doc_id": [f"{source.name}:{path.name}"], "source": [source.name],
+                       "text": [None], "reason": ["unreadable_file"],
+                       "detail": [f"{type(exc).__name__}: {exc}"[:300]]})
+    if fmt == "txt":
+        return _with_ids(source, path, None, table.column(0).to_pylist())
+    ids = table.column(1).to_pylist() if id_col else None
+    return _with_ids(source, path, ids, table.column(0).to_pylist())
+
+
+def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
+    """``config.sources[*].path`` must already be resolved to absolute paths or globs."""
+    del inputs  # ingest has no upstream artifact: its inputs are the source files
+    con = duckdb.connect()
+    tables, files = [], 0
+    for source in config.sources:
+        for path in sorted(Path(p) for p in _expand(source.path)):
+            tables.append(read_source_file(con, source, path))
+            files += 1
+    raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+    raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
+    con.register("raw", raw)
+    con.execute(f"""
+        CREATE TABLE docs AS
+        SELECT ord, doc_id, source, reason, detail, {NORMALISE_SQL} AS text FROM raw;
+        UPDATE docs SET reason = CASE
+            WHEN text IS NULL OR text = '' THEN 'empty'
+            WHEN length(text) < {config.min_chars} THEN 'too_short'
+            WHEN length(text) > {config.max_chars} THEN 'too_long' END
+        WHERE reason IS NULL;
+        UPDATE docs SET reason = 'duplicate', detail = 'duplicate of ' || d.first_id
+        FROM (SELECT ord AS o, first_value(doc_id) OVER w AS first_id,
+                     row_number() OVER w AS rn
+              FROM docs WHERE reason IS NULL
+              WINDOW w AS (PARTITION BY md5(text) ORDER BY ord)) d
+        WHERE docs.ord = d.o AND d.rn > 1;
+        CREATE TABLE kept AS
+        SELECT ord, doc_id, source, text,
+               CASE WHEN md5_number(doc_id || ':{config.seed}') % 1000000
+                         < {round(config.eval_fraction * 1_000_000)}
+                    THEN 'eval' ELSE 'train' END AS split
+        FROM docs WHERE reason IS NULL;
+    """)
+    n_train = con.execute("SELECT count(*) FROM kept WHERE split = 'train'").fetchone()[0]
+    shards = max(1, -(-n_train // config.num_docs_per_shard))
+    for i in range(shards):
+        _copy(con, f"""SELECT doc_id, source, text FROM kept WHERE split = 'train' ORDER BY ord
+                       LIMIT {config.num_docs_per_shard} OFFSET {i * config.num_docs_per_shard}""",
+              out_dir / f"train-{i:05d}.parquet")
+    # Held-out rows in hash order: any prefix is an unbiased sample across sources.
+    _copy(con, "SELECT doc_id, source, text FROM kept WHERE split = 'eval' ORDER BY md5(doc_id)",
+          out_dir / "eval.parquet")
+    _copy(con, """SELECT d.doc_id, d.source, d.reason, d.detail, coalesce(d.text, r.text) AS text
+                  FROM docs d JOIN raw r USING (ord) WHERE d.reason IS NOT NULL ORDER BY ord""",
+          out_dir / "excluded.parquet")
+    _copy(con, """SELECT d.source, coalesce(k.split, 'excluded:' || d.reason) AS outcome,
+                         count(*) AS docs, sum(length(d.text)) AS chars
+                  FROM docs d LEFT JOIN kept k USING (ord) GROUP BY ALL ORDER BY ALL""",
+          out_dir / "stats.parquet")
+
+    counts = dict(con.sql("""SELECT 'docs_in', count(*) FROM docs UNION ALL
+        SELECT 'kept', count(*) FROM kept UNION ALL
+        SELECT 'train_docs', count(*) FROM kept WHERE split = 'train' UNION ALL
+        SELECT 'eval_docs', count(*) FROM kept WHERE split = 'eval' UNION ALL
+        SELECT 'excluded', count(*) FROM docs WHERE reason IS NOT NULL UNION ALL
+        SELECT 'train_chars', coalesce(sum(length(text)), 0) FROM kept WHERE split = 'train'
+        UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
+        GROUP BY reason""").fetchall())
+    counts.update(files=files, train_shards=shards)
+    assert counts["docs_in"] == counts["kept"] + counts["excluded"], counts
+    if counts["kept"] < config.min_kept_docs or counts["eval_docs"] == 0:
+        raise QualityGateError(
+            f"ingest: {counts['kept']} of {counts['docs_in']} documents survived filtering "
+            f"({counts['eval_docs']} held out); min_kept_docs is {config.min_kept_docs}. "
+            f"Exclusions: { {k: v for k, v in counts.items() if k.startswith('excluded_')} }"
+        )
+    by_source = con.sql("""SELECT source, count(*) FILTER (WHERE reason IS NULL),
+                                  count(*) FROM docs GROUP BY source ORDER BY source""").fetchall()
+    con.close()
+    return Manifest(
+        stage="ingest",
+        counts={k: int(v) for k, v in counts.items()},
+        extra={"sources": {s: {"kept": int(k), "docs_in": int(n)} for s, k, n in by_source}},
+    )
+
+
+def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+
+
+def _expand(pattern: str) -> list[str]:
+    import glob
+
+    return [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]

@@ -1,0 +1,177 @@
+"""Pretrain stage: pack the corpus into token sequences and train a causal LM with DeepSpeed.
+
+1. Tokenize the ingest shards with the tokenizer artifact (``encode_batch``), append EOS to each
+   document, concatenate, and write one flat token stream per split (``data/train.bin``,
+   ``data/eval.bin``; uint16 when the vocabulary fits, else uint32). Sequence ``i`` is the slice
+   ``[i*seq_len, (i+1)*seq_len)``; the tail shorter than one sequence is counted, not used.
+2. Generate the DeepSpeed JSON from ``PretrainConfig`` (``ds_overrides`` is merged over it) and
+   launch ``pipeline.train_worker`` through DeepSpeed's launcher as a subprocess: one process
+   here, ``num_gpus`` ranks on a GPU node. The command, config and log are kept in the artifact.
+3. The worker trains, checkpoints, and exports ``hf/`` (safetensors + tokenizer) that
+   ``AutoModelForCausalLM.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from pipeline import QualityGateError
+from pipeline.artifacts import Artifact, Manifest
+from pipeline.config import PretrainConfig, deep_merge
+from pipeline.tokenizer import iter_texts
+
+log = logging.getLogger("dapt")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def pack(tok: Tokenizer, files: list[Path], eos_id: int, out_path: Path, batch_size: int = 1000
+         ) -> dict[str, int]:
+    """Append every document's tokens plus EOS to ``out_path``; return token and doc counts."""
+    dtype = token_dtype(tok.get_vocab_size())
+    eos = np.array([eos_id], dtype=dtype)
+    n_tokens = n_docs = 0
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "wb") as fh:
+        for texts in iter_texts(files, batch_size):
+            encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
+            parts = []
+            for enc in encoded:
+                parts.append(np.asarray(enc.ids, dtype=dtype))
+                parts.append(eos)
+            chunk = np.concatenate(parts)
+            fh.write(chunk.tobytes())
+            n_tokens += chunk.size
+            n_docs += len(texts)
+    return {"tokens": n_tokens, "docs": n_docs}
+
+
+def use_bf16(config: PretrainConfig) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_available())
+
+
+def deepspeed_config(config: PretrainConfig, *, bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run; ``config.ds_overrides`` wins over every generated key."""
+    generated = {
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": config.grad_accum_steps,
+        "gradient_clipping": config.grad_clip,
+        "steps_per_print": 1_000_000_000,  # the worker logs; DeepSpeed's own print is noise
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": config.lr, "betas": [0.9, 0.95], "eps": 1e-8,
+                       "weight_decay": config.weight_decay, "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {"total_num_steps": config.max_steps,
+                       "warmup_num_steps": config.warmup_steps, "warmup_type": "linear",
+                       "warmup_min_ratio": 0.0, "cos_min_ratio": config.min_lr_ratio},
+        },
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": bf16},
+    }
+    if config.zero_stage == 3:
+        generated["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return deep_merge(generated, config.ds_overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "deepspeed.launcher.runner",
+        "--num_gpus", str(config.num_gpus), "--master_port", str(port),
+        "--module", "pipeline.train_worker", "--spec", str(spec_path),
+    ]
+
+
+def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
+    tail: deque[str] = deque(maxlen=40)
+    with open(log_path, "w") as log_fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log_fh.write(line)
+            tail.append(line)
+            if "[dapt]" in line:
+                log.info(line.rstrip().split("[dapt]", 1)[1].strip())
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(
+            f"pretrain: training process exited with code {code}; full log: {log_path}\n"
+            + "".join(tail)
+        )
+
+
+def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
+    tok_dir, ingest_dir = inputs["tokenizer"].path, inputs["ingest"].path
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    tok_extra = inputs["tokenizer"].manifest.extra
+    eos_id, pad_id = tok_extra["eos_id"], tok_extra["pad_id"]
+    data_dir = out_dir / "data"
+    train = pack(tok, sorted(ingest_dir.glob("train-*.parquet")), eos_id, data_dir / "train.bin")
+    held = pack(tok, [ingest_dir / "eval.parquet"], eos_id, data_dir / "eval.bin")
+    n_train_seqs, n_eval_seqs = train["tokens"] // config.seq_len, held["tokens"] // config.seq_len
+    per_step = config.micro_batch_size * config.num_gpus
+    if n_train_seqs < per_step or n_eval_seqs < 1:
+        raise QualityGateError(
+            f"pretrain: {n_train_seqs} training and {n_eval_seqs} held-out sequences of "
+            f"{config.seq_len} tokens; need at least {per_step} and 1"
+        )
+
+    bf16 = use_bf16(config)
+    ds_config = deepspeed_config(config, bf16=bf16)
+    (out_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    spec = {
+        "config": config.model_dump(mode="json"),
+        "ds_config": ds_config,
+        "tokenizer_dir": str(tok_dir),
+        "vocab_size": tok.get_vocab_size(),
+        "eos_id": eos_id,
+        "pad_id": pad_id,
+        "dtype": token_dtype(tok.get_vocab_size()).name,
+        "out_dir": str(out_dir),
+    }
+    spec_path = out_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    cmd = launch_command(config, spec_path, free_port())
+    (out_dir / "launch.sh").write_text(shlex.join(cmd) + "\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log.info("pretrain: launching %s", shlex.join(cmd))
+    _stream(cmd, out_dir / "train.log", env)
+
+    summary = json.loads((out_dir / "summary.json").read_text())
+    return Manifest(
+        stage="pretrain",
+        counts={
+            "train_tokens": train["tokens"], "train_docs": train["docs"],
+            "train_seqs": n_train_seqs, "eval_tokens": held["tokens"], "eval_seqs": n_eval_seqs,
+            "steps": summary["steps"], "tokens_trained": summary["tokens_trained"],
+            "params": summary["params"], "world_size": summary["world_size"],
+        },
+        metrics={k: summary[k] for k in
+                 ("final_train_loss", "eval_loss", "eval_perplexity", "tokens_per_s")},
+        extra={"precision": "bf16" if bf16 else "fp32", "launch": cmd,
+               "checkpoint": summary["checkpoint"]},
+    )

@@ -1,0 +1,72 @@
+"""Markdown report of one domain model: data, tokenizer, training, fine-tune, held-out metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.artifacts import Artifact
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(inputs: Mapping[str, Artifact], metrics: Mapping[str, float],
+                  per_source: Mapping[str, Mapping[str, float]]) -> str:
+    ing, tok = inputs["ingest"].manifest, inputs["tokenizer"].manifest
+    pre, ft = inputs["pretrain"].manifest, inputs["finetune"].manifest
+    curve = [json.loads(line) for line in
+             (inputs["pretrain"].path / "metrics.jsonl").read_text().splitlines()]
+    every = max(1, len(curve) // 10)
+    sampled = curve[::every] + ([curve[-1]] if curve and (len(curve) - 1) % every else [])
+    labels = ft.extra["labels"]
+    excluded = {k.removeprefix("excluded_"): v for k, v in ing.counts.items()
+                if k.startswith("excluded_")}
+    parts = [
+        "## Artifacts",
+        _table(["stage", "key"], [[a.stage, a.key] for a in inputs.values()]),
+        "## Held-out language modelling",
+        f"Perplexity **{metrics['heldout_perplexity']:.2f}** (vocabulary "
+        f"{int(metrics['vocab_size'])}), bits-per-byte **{metrics['heldout_bits_per_byte']:.3f}** "
+        f"on {sum(1 for _ in per_source) - 1} source(s).",
+        _table(["source", "perplexity", "bits/byte", "tokens", "bytes"],
+               [[s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"]]
+                for s, v in per_source.items()]),
+        f"## Fine-tune: {ft.extra['task']}",
+        f"Accuracy **{metrics['finetune_accuracy']:.3f}** vs majority-class rate "
+        f"{metrics['finetune_majority_rate']:.3f}; macro-F1 **{metrics['finetune_macro_f1']:.3f}** "
+        f"({ft.counts['train_examples']} train / {ft.counts['test_examples']} test examples, "
+        f"{len(labels)} labels).",
+        _table(["label", "F1", "support"],
+               [[lab, f1, n] for lab, f1, n in
+                zip(labels, ft.extra["per_class_f1"], ft.extra["support"], strict=True)]),
+        "## Pretraining",
+        f"{pre.counts['params']:,} parameters, {pre.counts['steps']} steps, "
+        f"{pre.counts['tokens_trained']:,} tokens at {pre.metrics['tokens_per_s']:.0f} tokens/s "
+        f"({pre.extra['precision']}, world size {pre.counts['world_size']}); held-out loss "
+        f"{pre.metrics['eval_loss']:.3f}.",
+        _table(["step", "loss", "lr", "grad norm", "tokens/s"],
+               [[r["step"], r["loss"], r["lr"], r["grad_norm"], r["tokens_per_s"]]
+                for r in sampled]),
+        "## Tokenizer",
+        f"Byte-level BPE, {tok.counts['vocab_size']} tokens; held-out fertility "
+        f"{tok.metrics['fertility']:.3f} tokens/word, {tok.metrics['chars_per_token']:.2f} "
+        f"characters/token; exact round-trip on {tok.counts['roundtrip_checked']} documents.",
+        "## Corpus",
+        f"{ing.counts['docs_in']:,} documents in, {ing.counts['kept']:,} kept "
+        f"({ing.counts['train_docs']:,} train, {ing.counts['eval_docs']:,} held out), "
+        f"{ing.counts['excluded']:,} excluded.",
+        _table(["reason", "documents"], [[k, v] for k, v in sorted(excluded.items())]),
+        _table(["source", "in", "kept"],
+               [[s, v["docs_in"], v["kept"]] for s, v in ing.extra["sources"].items()]),
+    ]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,228 @@
+"""Plans and executes one run of a domain: artifact keys, stage selection, catalog records.
+
+``Session.open`` resolves the domain for a profile, fingerprints its data files and computes
+every stage's artifact key up front (config hash + code version + input keys), so the whole
+plan is known before anything runs. ``Session.run_stage`` builds or reuses one artifact and
+records it. The Prefect flow is a loop over these calls; the same loop without Prefect is
+``Session.run_all``, used by the benchmark and handy in a notebook.
+
+Stage selection:
+- default: every stage; an artifact that exists is reused (a cache hit).
+- ``only=S``: just ``S``, rebuilt; its inputs must already exist.
+- ``from_stage=S``: ``S`` and everything downstream, rebuilt; missing upstream is built.
+- ``force``: rebuild every selected stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pipeline import (
+    StageError,
+    evaluate,
+    finetune,
+    ingest,
+    metrics,
+    pretrain,
+    report,
+    tokenizer,
+    train_worker,
+)
+from pipeline import domains as domain_registry
+from pipeline.artifacts import (
+    Artifact,
+    ArtifactStore,
+    artifact_key,
+    code_version,
+    file_digest,
+    stable_hash,
+)
+from pipeline.catalog import Catalog
+from pipeline.config import STAGES, RunConfig
+from pipeline.domains import Domain
+
+log = logging.getLogger("dapt")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    fn: Callable[..., Any]
+    code: tuple[ModuleType, ...]
+    needs: tuple[str, ...]
+
+
+STAGE_SPECS: dict[str, StageSpec] = {
+    "ingest": StageSpec(ingest.run, (ingest,), ()),
+    "tokenizer": StageSpec(tokenizer.run, (tokenizer,), ("ingest",)),
+    "pretrain": StageSpec(pretrain.run, (pretrain, train_worker), ("ingest", "tokenizer")),
+    "finetune": StageSpec(finetune.run, (finetune, metrics), ("pretrain",)),
+    "evaluate": StageSpec(evaluate.run, (evaluate, report, metrics),
+                          ("ingest", "tokenizer", "pretrain", "finetune")),
+}
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: str
+    key: str
+    config_hash: str
+    code: str
+    config: Any  # the stage config with data paths resolved
+
+
+def default_workdir() -> Path:
+    import os
+
+    return Path(os.environ.get("DAPT_WORKDIR", "dapt-work")).resolve()
+
+
+def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStage]:
+    files = domain_registry.check_paths(run, domain, workdir)
+    planned: dict[str, PlannedStage] = {}
+    for stage in STAGES:
+        config = run.stage(stage)
+        extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
+        if stage == "ingest":
+            sources = []
+            for i, source in enumerate(config.sources):
+                paths = files[f"ingest.sources[{i}].path"]
+                extra_inputs[f"source:{source.name}"] = [file_digest(p) for p in paths]
+                sources.append(source.model_copy(update={
+                    "path": domain_registry.resolve_path(source.path, domain, workdir)}))
+            resolved = config.model_copy(update={"sources": sources})
+        elif stage == "finetune":
+            task_path = files["finetune.task.path"][0]
+            extra_inputs["task"] = file_digest(task_path)
+            resolved = config.model_copy(update={
+                "task": config.task.model_copy(update={"path": str(task_path)})})
+        else:
+            resolved = config
+        config_json = config.model_dump(mode="json")
+        code = code_version(*STAGE_SPECS[stage].code)
+        planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
+                                      stable_hash(config_json), code, resolved)
+    return planned
+
+
+def select(only: str | None, from_stage: str | None) -> tuple[list[str], set[str]]:
+    """(stages to execute, stages to rebuild even if cached)."""
+    for name, value in (("--only", only), ("--from", from_stage)):
+        if value is not None and value not in STAGES:
+            raise ValueError(f"{name} {value!r}: unknown stage; allowed: {', '.join(STAGES)}")
+    if only and from_stage:
+        raise ValueError("--only and --from cannot be combined: pick one")
+    if only:
+        return [only], {only}
+    if from_stage:
+        i = STAGES.index(from_stage)
+        return list(STAGES), set(STAGES[i:])
+    return list(STAGES), set()
+
+
+class Session:
+    """One run: its plan, its catalog rows and its report."""
+
+    def __init__(self, domain: Domain, run: RunConfig, workdir: Path, params: dict[str, Any]):
+        self.domain, self.run, self.workdir = domain, run, workdir
+        self.store = ArtifactStore(workdir / "artifacts")
+        self.catalog = Catalog(workdir / "catalog.duckdb")
+        self.plan = plan(domain, run, workdir)
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.artifacts: dict[str, Artifact] = {}
+        self.catalog.start_run(self.run_id, domain.name, run.profile, params)
+
+    @classmethod
+    def open(cls, domain: str | None, profile: str = "tiny", *, workdir: str | Path | None = None,
+             domain_file: str | Path | None = None, params: dict[str, Any] | None = None
+             ) -> Session:
+        if (domain is None) == (domain_file is None):
+            raise ValueError("give a domain name or --domain-file PATH (exactly one)")
+        d = (domain_registry.load_file(Path(domain_file)) if domain_file
+             else domain_registry.get(domain))
+        work = Path(workdir).resolve() if workdir else default_workdir()
+        return cls(d, d.resolve(profile), work, params or {})
+
+    def needs_build(self, stage: str, force: bool) -> bool:
+        return force or self.store.get(stage, self.plan[stage].key) is None
+
+    def inputs(self, stage: str, *, build_missing: bool) -> dict[str, Artifact]:
+        found = {}
+        for need in STAGE_SPECS[stage].needs:
+            art = self.artifacts.get(need) or self.store.get(need, self.plan[need].key)
+            if art is None and build_missing:
+                self.run_stage(need)
+                art = self.artifacts[need]
+            if art is None:
+                raise FileNotFoundError(
+                    f"{stage}: input artifact {need}/{self.plan[need].key} does not exist; "
+                    f"run without --only, or with --from {need}"
+                )
+            found[need] = art
+        return found
+
+    def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True
+                  ) -> dict[str, Any]:
+        p = self.plan[stage]
+        started, t0 = datetime.now(UTC).replace(tzinfo=None), time.perf_counter()
+        try:
+            inputs = self.inputs(stage, build_missing=build_missing)
+            art, hit = self.store.build(
+                stage=stage, key=p.key, config_hash=p.config_hash, code=p.code, inputs=inputs,
+                fn=lambda out: STAGE_SPECS[stage].fn(p.config, inputs, out), force=force)
+        except Exception as exc:
+            self.catalog.record_stage_failure(self.run_id, stage, p.key, started, repr(exc))
+            raise StageError(f"stage {stage} failed (artifact {stage}/{p.key}): {exc}") from exc
+        duration = time.perf_counter() - t0
+        self.artifacts[stage] = art
+        self.catalog.record_stage(self.run_id, self.domain.name, art, cache_hit=hit,
+                                  started_at=started, duration_s=duration)
+        log.info("%s: %s %s (%.1fs)", stage, "cached" if hit else "built", p.key, duration)
+        return {"stage": stage, "key": p.key, "cache_hit": hit, "duration_s": duration,
+                "path": str(art.path)}
+
+    def record_cached(self, stage: str) -> dict[str, Any]:
+        """Record a stage Prefect served from its cache (the artifact exists: see the flow)."""
+        return self.run_stage(stage, build_missing=False)
+
+    def run_all(self, only: str | None = None, from_stage: str | None = None,
+                force: bool = False) -> Path | None:
+        stages, rebuild = select(only, from_stage)
+        for stage in stages:
+            self.run_stage(stage, force=force or stage in rebuild, build_missing=not only)
+        return self.finish()
+
+    def finish(self) -> Path | None:
+        """Write ``runs/<run_id>/report.md`` (when evaluate ran) and close the run."""
+        run_dir = self.workdir / "runs" / self.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        report_path = None
+        rows = self.catalog.stage_runs(self.run_id)
+        evaluated = self.store.get("evaluate", self.plan["evaluate"].key)
+        if evaluated and any(r["stage"] == "evaluate" for r in rows):
+            report_path = run_dir / "report.md"
+            header = [
+                f"# dapt report: {self.domain.name} ({self.run.profile})", "",
+                f"Run `{self.run_id}`, domain from {self.domain.origin}"
+                + (f" (`{self.domain.path}`)" if self.domain.path else "") + ".", "",
+                "| stage | artifact key | cache hit | seconds |", "|---|---|---|---|",
+                *[f"| {r['stage']} | `{r['artifact_key']}` | {r['cache_hit']} "
+                  f"| {r['duration_s']:.1f} |" for r in rows], "",
+            ]
+            body = (evaluated.path / "report.md").read_text()
+            report_path.write_text("\n".join(header) + "\n" + body)
+            shutil.copy(evaluated.path / "metrics.json", run_dir / "metrics.json")
+        self.catalog.finish_run(self.run_id, "completed",
+                                report_path=str(report_path) if report_path else None)
+        return report_path
+
+    def fail(self, exc: BaseException) -> None:
+        self.catalog.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
