@@ -1,0 +1,39 @@
+"""A real ~1 MB slice of the medical sample corpus and a domain YAML sized for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+SLICE_LINES = {"hpo.jsonl": 2500, "icd10cm.jsonl": 2500, "healthnews.jsonl": 2500}
+
+TEST_PROFILE = {
+    "tokenizer": {"vocab_size": 2048},
+    "pretrain": {"max_steps": 40, "warmup_steps": 4, "log_every": 5, "eval_max_seqs": 32},
+    "finetune": {"max_train_examples": 800, "max_test_examples": 300, "epochs": 3,
+                 "max_seq_len": 64},
+    "evaluate": {"max_eval_docs": 100},
+}
+
+
+def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> Path:
+    """Copy the head of each medical corpus file into ``root/data`` and write ``root/test.yaml``
+    (data paths relative to the YAML, as a user's own domain file would have them)."""
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, n in SLICE_LINES.items():
+        with open(samples / "medical" / name) as src:
+            (data / name).write_text("".join(line for _, line in zip(range(n), src)))
+    (data / "task.jsonl").write_text((samples / "medical/task_organ_system.jsonl").read_text())
+    profile = {k: {**v, **profile_overrides.get(k, {})} for k, v in TEST_PROFILE.items()}
+    doc = {
+        "name": "medtest",
+        "ingest": {"sources": [{"name": Path(n).stem, "path": f"data/{n}", "id_field": "id"}
+                               for n in SLICE_LINES], "min_kept_docs": 100},
+        "finetune": {"task": {"name": "organ_system", "path": "data/task.jsonl"}},
+        "profiles": {"tiny": profile},
+    }
+    path = root / "test.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

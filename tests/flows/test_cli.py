@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_domains_list_shows_origin() -> None:
+    result = runner.invoke(app, ["domains", "list"])
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert {"medical", "legal", "finance"} <= set(lines)
+    assert "built-in" in lines["medical"] and "medical.yaml" in lines["medical"]
+
+
+def test_domains_show_prints_resolved_yaml() -> None:
+    result = runner.invoke(app, ["domains", "show", "legal", "--profile", "small"])
+    assert result.exit_code == 0
+    doc = yaml.safe_load(result.output)
+    assert doc["profile"] == "small" and doc["pretrain"]["model"]["num_layers"] == 6
+    assert doc["finetune"]["max_seq_len"] == 192  # the domain's own setting survives
+
+
+def test_run_with_bad_domain_file_fails_fast_naming_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "ingest": {"sources": []},
+                                   "finetune": {"task": {"name": "t", "path": "t.jsonl"}}}))
+    result = runner.invoke(app, ["run", "--domain-file", str(bad), "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert str(bad) in result.output and "ingest.sources: List should have at least 1 item" \
+        in result.output
+
+
+def test_unknown_domain_and_stage(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "astrology", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown domain 'astrology'" in result.output
+    result = runner.invoke(app, ["domains", "show", "medical", "--profile", "huge"])
+    assert result.exit_code == 2 and "allowed: tiny, small, base" in result.output

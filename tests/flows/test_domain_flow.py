@@ -1,0 +1,109 @@
+"""The whole flow under Prefect's test harness on a ~1 MB real slice with a 2-layer model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.domain_flow import domain_pipeline
+from pipeline.catalog import Catalog
+from tests.e2e_domain import write_test_domain
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory):
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(storage)}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="module")
+def first_run(harness, samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("e2e")
+    domain_file = write_test_domain(samples_dir, root)
+    work = root / "work"
+    report = domain_pipeline(domain_file=str(domain_file), workdir=str(work))
+    return {"domain_file": str(domain_file), "work": work, "report": Path(report)}
+
+
+def _stages(work: Path) -> tuple[str, dict[str, tuple[bool, str]]]:
+    catalog = Catalog(work / "catalog.duckdb")
+    run = catalog.runs(limit=1)[0]
+    assert run["status"] == "completed"
+    return run["run_id"], {s["stage"]: (s["cache_hit"], s["artifact_key"])
+                           for s in catalog.stage_runs(run["run_id"])}
+
+
+def test_first_run_builds_every_stage_and_reports(first_run: dict) -> None:
+    work, report = first_run["work"], first_run["report"]
+    _, stages = _stages(work)
+    assert list(stages) == ["ingest", "tokenizer", "pretrain", "finetune", "evaluate"]
+    assert not any(hit for hit, _ in stages.values())
+    text = report.read_text()
+    for heading in ("## Held-out language modelling", "## Fine-tune: organ_system",
+                    "## Pretraining", "## Tokenizer", "## Corpus"):
+        assert heading in text
+    metrics = json.loads((report.parent / "metrics.json").read_text())["metrics"]
+    assert metrics["heldout_perplexity"] < metrics["vocab_size"] / 4
+    assert metrics["finetune_accuracy"] > metrics["finetune_majority_rate"]
+    # every artifact is complete and nothing half-written is left behind
+    for stage, (_, key) in stages.items():
+        assert (work / "artifacts" / stage / key / "manifest.json").exists()
+    assert not list((work / "artifacts").glob("*/.tmp-*"))
+    ingest_dir = work / "artifacts/ingest" / stages["ingest"][1]
+    counts = json.loads((ingest_dir / "manifest.json").read_text())["counts"]
+    assert counts["docs_in"] == counts["kept"] + counts["excluded"] == 7500
+    assert pq.read_table(ingest_dir / "excluded.parquet").num_rows == counts["excluded"]
+
+
+def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
+    work = first_run["work"]
+    _, stages = _stages(work)
+    pre = work / "artifacts/pretrain" / stages["pretrain"][1]
+    model = AutoModelForCausalLM.from_pretrained(pre / "hf")
+    assert model.config.num_hidden_layers == 2
+    summary = json.loads((pre / "summary.json").read_text())
+    from pipeline.train_worker import TokenBatches
+    import torch
+
+    data = TokenBatches(pre / "data/eval.bin", "uint16", 128, seed=0)
+    x = data.batch(list(range(min(32, data.num_seqs))))
+    with torch.no_grad():
+        losses = [model(input_ids=x[i:i + 16], labels=x[i:i + 16]).loss.item() * len(x[i:i + 16])
+                  for i in range(0, len(x), 16)]
+    assert sum(losses) / len(x) == pytest.approx(summary["eval_loss"], rel=1e-4)
+
+
+def test_rerun_hits_cache_and_only_from_rebuild_the_right_stages(first_run: dict) -> None:
+    kw = {"domain_file": first_run["domain_file"], "workdir": str(first_run["work"])}
+    _, built = _stages(first_run["work"])
+
+    domain_pipeline(**kw)
+    _, stages = _stages(first_run["work"])
+    assert stages == {s: (True, key) for s, (_, key) in built.items()}
+
+    domain_pipeline(only="finetune", **kw)
+    _, stages = _stages(first_run["work"])
+    assert stages == {"finetune": (False, built["finetune"][1])}
+
+    domain_pipeline(from_stage="finetune", **kw)
+    _, stages = _stages(first_run["work"])
+    assert {s: hit for s, (hit, _) in stages.items()} == {
+        "ingest": True, "tokenizer": True, "pretrain": True, "finetune": False,
+        "evaluate": False}
+
+
+def test_cli_runs_lists_history(first_run: dict) -> None:
+    result = CliRunner().invoke(app, ["runs", "--workdir", str(first_run["work"])])
+    assert result.exit_code == 0, result.output
+    assert "medtest/tiny  completed" in result.output
+    assert "cached" in result.output and "report:" in result.output

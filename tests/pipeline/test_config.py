@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import PROFILES, DomainSpec, IngestConfig, PretrainConfig, deep_merge
+
+MINIMAL = {
+    "name": "toy",
+    "ingest": {"sources": [{"name": "a", "path": "a.jsonl"}]},
+    "finetune": {"task": {"name": "t", "path": "t.jsonl"}},
+}
+
+
+def test_profile_defaults_then_domain_then_profile_override() -> None:
+    spec = DomainSpec.model_validate({
+        **MINIMAL,
+        "pretrain": {"lr": 1e-4, "zero_stage": 2},
+        "profiles": {"tiny": {"pretrain": {"max_steps": 7, "warmup_steps": 1}}},
+    })
+    tiny, small = spec.resolve("tiny"), spec.resolve("small")
+    assert tiny.pretrain.lr == 1e-4 and small.pretrain.lr == 1e-4  # domain beats profile default
+    assert tiny.pretrain.max_steps == 7  # the domain's profile override beats both
+    assert small.pretrain.max_steps == PROFILES["small"]["pretrain"]["max_steps"]
+    assert tiny.pretrain.model.num_layers == 2 and small.pretrain.model.num_layers == 6
+    assert tiny.pretrain.zero_stage == 2
+
+
+def test_deep_merge_recurses_and_copies() -> None:
+    base = {"a": {"b": 1, "c": 2}, "d": [1]}
+    out = deep_merge(base, {"a": {"c": 3}})
+    assert out == {"a": {"b": 1, "c": 3}, "d": [1]}
+    out["a"]["b"] = 9
+    assert base["a"]["b"] == 1
+
+
+def test_unknown_key_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="lrr"):
+        PretrainConfig.model_validate({**PROFILES["tiny"]["pretrain"], "lrr": 1.0})
+
+
+def test_conflicting_settings_name_both() -> None:
+    with pytest.raises(ValidationError, match=r"warmup_steps \(30\) must be below max_steps \(10\)"):
+        PretrainConfig.model_validate({**PROFILES["tiny"]["pretrain"], "max_steps": 10})
+    with pytest.raises(ValidationError, match="min_chars"):
+        IngestConfig.model_validate({"sources": [{"name": "a", "path": "x"}],
+                                     "min_chars": 10, "max_chars": 5})
+
+
+def test_unknown_profile_section_and_profile() -> None:
+    with pytest.raises(ValidationError, match="unknown section"):
+        DomainSpec.model_validate({**MINIMAL, "profiles": {"tiny": {"pretrian": {}}}})
+    with pytest.raises(ValueError, match="allowed: tiny, small, base"):
+        DomainSpec.model_validate(MINIMAL).resolve("huge")

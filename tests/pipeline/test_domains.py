@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import domains
+from pipeline.config import PROFILE_NAMES
+from pipeline.domains import DomainError
+
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[2] / "domains").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+def test_every_shipped_domain_resolves(name: str, profile: str) -> None:
+    domain = domains.get(name)
+    assert domain.origin == "built-in"
+    run = domain.resolve(profile)
+    assert run.domain == name and run.profile == profile
+    assert run.ingest.sources and run.finetune.task.path.startswith("${samples}/")
+
+
+def test_shipped_domains_are_discovered() -> None:
+    assert {"medical", "legal", "finance"} <= set(domains.discover())
+
+
+def _write(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _valid() -> dict:
+    return yaml.safe_load(domains.get("finance").path.read_text())
+
+
+def test_unknown_key_names_file_and_field(tmp_path: Path) -> None:
+    doc = _valid()
+    doc["ingest"]["min_char"] = 5
+    path = _write(tmp_path, doc)
+    with pytest.raises(DomainError) as err:
+        domains.load_file(path)
+    assert str(path) in str(err.value)
+    assert "ingest.min_char: unknown field" in str(err.value)
+
+
+def test_wrong_type_names_field(tmp_path: Path) -> None:
+    doc = _valid()
+    doc["pretrain"] = {"zero_stage": "two"}
+    with pytest.raises(DomainError, match=r"pretrain\.zero_stage: Input should be 0, 1, 2 or 3"):
+        domains.load_file(_write(tmp_path, doc))
+
+
+def test_missing_data_file_names_field(tmp_path: Path) -> None:
+    doc = _valid()
+    doc["ingest"]["sources"][0]["path"] = "nowhere/*.jsonl"
+    path = _write(tmp_path, doc)
+    domain = domains.load_file(path)
+    with pytest.raises(DomainError) as err:
+        domains.check_paths(domain.resolve("tiny"), domain, tmp_path)
+    assert "ingest.sources[0].path: no file matches 'nowhere/*.jsonl'" in str(err.value)
+    assert str(tmp_path / "nowhere") in str(err.value)  # relative to the YAML's folder
+
+
+def test_samples_placeholder_resolves_under_workdir(tmp_path: Path) -> None:
+    domain = domains.get("medical")
+    resolved = domains.resolve_path("${samples}/medical/hpo.jsonl", domain, tmp_path)
+    assert resolved == str(tmp_path / "samples/medical/hpo.jsonl")
+
+
+def test_name_clash_is_an_error_naming_both(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    clash = domains.Domain(domains.get("finance").spec, "entry point finance (acme-domains)",
+                           tmp_path / "finance.yaml")
+    monkeypatch.setattr(domains, "_entry_points", lambda: [clash])
+    with pytest.raises(DomainError, match="defined twice: by built-in .* and by entry point"):
+        domains.discover()
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(DomainError, match="expected a mapping"):
+        domains.load_file(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(DomainError, match="invalid YAML"):
+        domains.load_file(tmp_path / "b.yaml")
