@@ -1,6 +1,6 @@
 """The ``dapt`` command line.
 
-    dapt domains list | show NAME [--profile P]
+    dapt domains list | show NAME [--profile P] | new NAME | validate PATH
     dapt samples build [DOMAIN]
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
@@ -67,6 +67,30 @@ def domains_show(name: str, profile: Annotated[str, typer.Option(help="Size dial
     except (domain_registry.DomainError, ValueError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
+
+
+@domains_app.command("new")
+def domains_new(name: str, out: Annotated[Path | None, typer.Option(
+        help="Where to write the YAML.", show_default="./NAME.yaml")] = None) -> None:
+    """Scaffold a commented domain YAML from the template."""
+    from importlib import resources
+
+    path = out or Path(f"{name}.yaml")
+    if path.exists():
+        raise _fail(f"{path} exists; choose another --out")
+    template = resources.files("domains").joinpath("_template.yaml").read_text()
+    path.write_text(template.replace("__NAME__", name))
+    typer.echo(f"wrote {path}: edit the paths, then `dapt domains validate {path}`")
+
+
+@domains_app.command("validate")
+def domains_validate(path: Path) -> None:
+    """Check a domain YAML for every profile; errors name the file and field."""
+    try:
+        domain = domain_registry.load_file(path)
+    except domain_registry.DomainError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{path}: domain {domain.name!r} is valid for profiles {', '.join(PROFILE_NAMES)}")
 
 
 @samples_app.command("build")

@@ -113,6 +113,7 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             log_fh.write(line)
+            log_fh.flush()  # so `tail -f train.log` follows a long run
             tail.append(line)
             if "[dapt]" in line:
                 log.info(line.rstrip().split("[dapt]", 1)[1].strip())

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``<tmp>/samples`` with the medical and finance corpora (the legal one is built where used)."""
+    """``<tmp>/samples`` holding the real medical and finance sample corpora."""
     from pipeline import samples
 
     root = tmp_path_factory.mktemp("work") / "samples"

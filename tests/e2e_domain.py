@@ -24,7 +24,7 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
     data.mkdir(parents=True, exist_ok=True)
     for name, n in SLICE_LINES.items():
         with open(samples / "medical" / name) as src:
-            (data / name).write_text("".join(line for _, line in zip(range(n), src)))
+            (data / name).write_text("".join(line for _, line in zip(range(n), src, strict=False)))
     (data / "task.jsonl").write_text((samples / "medical/task_organ_system.jsonl").read_text())
     profile = {k: {**v, **profile_overrides.get(k, {})} for k, v in TEST_PROFILE.items()}
     doc = {

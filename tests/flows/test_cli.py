@@ -41,3 +41,16 @@ def test_unknown_domain_and_stage(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown domain 'astrology'" in result.output
     result = runner.invoke(app, ["domains", "show", "medical", "--profile", "huge"])
     assert result.exit_code == 2 and "allowed: tiny, small, base" in result.output
+
+
+def test_domains_new_scaffolds_a_file_that_validates_once_filled_in(tmp_path: Path) -> None:
+    out = tmp_path / "oncology.yaml"
+    result = runner.invoke(app, ["domains", "new", "oncology", "--out", str(out)])
+    assert result.exit_code == 0 and out.exists()
+    result = runner.invoke(app, ["domains", "validate", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "domain 'oncology' is valid" in result.output
+    out.write_text(out.read_text().replace("min_chars: 50", "min_chars: fifty"))
+    result = runner.invoke(app, ["domains", "validate", str(out)])
+    assert result.exit_code == 2 and "ingest.min_chars" in result.output
+    assert runner.invoke(app, ["domains", "new", "oncology", "--out", str(out)]).exit_code == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 from transformers import AutoModelForCausalLM
@@ -15,15 +16,16 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
 from pipeline.catalog import Catalog
+from pipeline.train_worker import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
     storage = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(storage)}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
+    with (temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(storage)}),
+          prefect_test_harness(server_startup_timeout=120)):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +74,6 @@ def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
     model = AutoModelForCausalLM.from_pretrained(pre / "hf")
     assert model.config.num_hidden_layers == 2
     summary = json.loads((pre / "summary.json").read_text())
-    from pipeline.train_worker import TokenBatches
-    import torch
-
     data = TokenBatches(pre / "data/eval.bin", "uint16", 128, seed=0)
     x = data.batch(list(range(min(32, data.num_seqs))))
     with torch.no_grad():

@@ -1,0 +1,63 @@
+"""Orchestration overhead: the tiny medical run through the Prefect flow vs the same stages
+called directly, and a fully cached rerun.
+
+    .venv/bin/python bench/flow_overhead.py [--domain medical] [--profile tiny]
+
+Each measurement is a fresh process on a fresh workdir (same samples), so both include the same
+imports and the same DeepSpeed launch; the flow run is the user's path, ``dapt run``, with
+Prefect in ephemeral mode (it starts a temporary server). Goals: overhead <= 5% of the run,
+cached rerun <= 15 s. Not a test: timings vary with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DIRECT = """
+import sys
+from pipeline.runner import Session
+Session.open(sys.argv[1], sys.argv[2], workdir=sys.argv[3]).run_all()
+"""
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domain", default="medical")
+    parser.add_argument("--profile", default="tiny")
+    args = parser.parse_args()
+    bin_dir = Path(sys.executable).parent
+    root = Path(tempfile.mkdtemp(prefix="dapt-bench-"))
+    try:
+        subprocess.run([bin_dir / "dapt", "samples", "build", args.domain, "--workdir",
+                        str(root / "shared")], check=True, stdout=subprocess.DEVNULL)
+        for name in ("direct", "flow"):
+            (root / name).mkdir()
+            (root / name / "samples").symlink_to(root / "shared" / "samples")
+        direct = timed([sys.executable, "-c", DIRECT, args.domain, args.profile,
+                        str(root / "direct")])
+        flow_cmd = [str(bin_dir / "dapt"), "run", args.domain, "--profile", args.profile,
+                    "--workdir", str(root / "flow")]
+        flow = timed(flow_cmd)
+        cached = timed(flow_cmd)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    overhead = flow / direct - 1
+    print(f"{args.domain}/{args.profile}: direct {direct:.1f} s, Prefect flow {flow:.1f} s, "
+          f"ratio {flow / direct:.3f} (overhead {overhead:+.1%}, goal <= +5%)")
+    print(f"fully cached rerun through the flow: {cached:.1f} s (goal <= 15 s)")
+
+
+if __name__ == "__main__":
+    main()
