@@ -5,6 +5,9 @@
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
     dapt runs [DOMAIN]
+    dapt lineage KEY
+    dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (need PREFECT_API_URL)
+    dapt gc [--keep-runs N] [--yes]
 
 The workdir (``--workdir``, else ``$DAPT_WORKDIR``, else ``./dapt-work``) holds
 ``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.md`` and ``samples/``.
@@ -187,6 +190,103 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
             typer.echo(f"    error: {r['error'][:300]}")
         if r["report_path"]:
             typer.echo(f"    report: {r['report_path']}")
+
+
+def _scheduled(names: list[str] | None, domain_files: list[Path] | None
+               ) -> list[domain_registry.Domain]:
+    """The named domains and files, or every discovered domain that has a schedule."""
+    try:
+        chosen = [domain_registry.get(n) for n in names or []]
+        chosen += [domain_registry.load_file(f) for f in domain_files or []]
+        if not chosen:
+            chosen = [d for d in domain_registry.discover().values() if d.spec.schedule]
+    except domain_registry.DomainError as exc:
+        raise _fail(str(exc)) from None
+    missing = [d.name for d in chosen if d.spec.schedule is None]
+    if missing:
+        raise _fail(f"no `schedule` section in domain(s) {', '.join(missing)}")
+    if not chosen:
+        raise _fail("no domain has a `schedule` section")
+    return chosen
+
+
+def _require_server() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise _fail("deployments need a Prefect server: run `prefect server start` and "
+                    "export PREFECT_API_URL=http://127.0.0.1:4200/api (or use Prefect Cloud)")
+
+
+DomainNames = Annotated[list[str] | None, typer.Argument(
+    help="Domains to deploy (default: every domain with a schedule).")]
+DomainFiles = Annotated[list[Path] | None, typer.Option(
+    "--domain-file", help="A domain YAML not installed (repeatable).")]
+
+
+@app.command()
+def deploy(names: DomainNames = None, domain_file: DomainFiles = None,
+           pool: Annotated[str, typer.Option(help="Work pool (created if missing).")] =
+           "dapt-process") -> None:
+    """Register a Prefect deployment per scheduled domain in a work pool."""
+    _prefect_env(_workdir(None))
+    _require_server()
+    from flows.deploy import deploy as register
+
+    for name in register(_scheduled(names, domain_file), pool):
+        typer.echo(f"deployed {name} to work pool {pool!r}")
+    typer.echo(f"start a worker to run them: prefect worker start --pool {pool}")
+
+
+@app.command()
+def serve(names: DomainNames = None, domain_file: DomainFiles = None,
+          limit: Annotated[int | None, typer.Option(help="Concurrent runs at most.")] = None
+          ) -> None:
+    """Register the scheduled domains' deployments and run them here until Ctrl-C."""
+    _prefect_env(_workdir(None))
+    _require_server()
+    from flows.deploy import serve_domains
+
+    serve_domains(_scheduled(names, domain_file), limit=limit)
+
+
+@app.command()
+def lineage(key: Annotated[str, typer.Argument(help="An artifact key or a unique prefix.")],
+            workdir: Workdir = None) -> None:
+    """Upstream of an artifact down to its source files, and downstream up to eval metrics."""
+    from pipeline import ops
+    from pipeline.artifacts import ArtifactStore
+
+    try:
+        lines = ops.lineage(ArtifactStore(_workdir(workdir) / "artifacts"), key)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def gc(workdir: Workdir = None,
+       keep_runs: Annotated[int | None, typer.Option(
+           help="Only the newest N runs per domain keep their artifacts.")] = None,
+       yes: Annotated[bool, typer.Option("--yes", help="Delete (default: dry run).")] = False
+       ) -> None:
+    """Remove artifacts no run references and leftovers of failed builds (dry run by default)."""
+    from pipeline import ops
+    from pipeline.artifacts import ArtifactStore
+
+    work = _workdir(workdir)
+    if not (work / "catalog.duckdb").exists():
+        raise _fail(f"no catalog at {work / 'catalog.duckdb'}")
+    catalog = Catalog(work / "catalog.duckdb")
+    garbage = ops.find_garbage(ArtifactStore(work / "artifacts"), catalog, keep_runs)
+    for g in garbage:
+        typer.echo(f"{g.bytes / 1e6:10.1f} MB  {g.reason:<18} {g.path}")
+    total = sum(g.bytes for g in garbage) / 1e6
+    if yes:
+        ops.collect_garbage(garbage, catalog)
+        typer.echo(f"removed {len(garbage)} entries, {total:.1f} MB")
+    else:
+        typer.echo(f"{len(garbage)} entries, {total:.1f} MB; run with --yes to delete")
 
 
 def main() -> None:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 
-from pipeline.runner import Session, select
+from pipeline.runner import Session, is_transient, select
 
 
 def _artifact_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
     return f"dapt-{params['stage']}-{params['key']}"
+
+
+def _retry_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    return is_transient(state.result(raise_on_failure=False))
 
 
 @task(cache_key_fn=_artifact_cache_key, persist_result=True, task_run_name="{stage}")
@@ -37,9 +42,13 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
                            params=params)
     try:
         stages, rebuild = select(only, from_stage)
+        retries = session.domain.spec.retries
         for stage in stages:
             build = force or stage in rebuild
-            state = stage_task.with_options(refresh_cache=session.needs_build(stage, build))(
+            options = {"refresh_cache": session.needs_build(stage, build),
+                       "retries": retries.count, "retry_delay_seconds": retries.delay_s,
+                       "retry_condition_fn": _retry_transient}
+            state = stage_task.with_options(**options)(
                 session, stage, session.plan[stage].key, build, not only, return_state=True)
             if state.name == "Cached":
                 session.record_cached(stage)

@@ -7,7 +7,8 @@ directory and a change anywhere upstream changes every key downstream.
 A stage writes into a private temporary directory; ``manifest.json`` is written last and the
 directory is then renamed into place, so a crash never leaves a directory that looks complete:
 an artifact exists exactly when ``<key>/manifest.json`` exists. A per-artifact file lock makes a
-second process building the same key wait and then reuse the first one's result.
+second process building the same key wait and then reuse the first one's result. A build that
+raises leaves its partial outputs in ``.failed-<key>-*`` for debugging (``dapt gc`` removes them).
 """
 
 from __future__ import annotations
@@ -167,6 +168,13 @@ class ArtifactStore:
                     shutil.rmtree(trash, ignore_errors=True)
                 else:
                     os.rename(tmp, final)
+            except Exception as exc:
+                # Keep what the stage wrote (its log above all) under a name that never looks
+                # like an artifact; `dapt gc` removes these.
+                failed = tmp.with_name(f".failed-{key}-{uuid.uuid4().hex[:8]}")
+                os.rename(tmp, failed)
+                exc.add_note(f"partial outputs of the failed build: {failed}")
+                raise
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -130,6 +130,8 @@ class Catalog:
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         with self.connect() as con:
             cur = con.execute(sql, params or [])
+            if cur.description is None:  # a statement without a result set
+                return []
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 

@@ -116,6 +116,15 @@ class PretrainConfig(_Strict):
         default="auto", description="auto: bf16 on GPU, fp32 on CPU (CPU bf16 is ~20x slower)."
     )
     num_gpus: int = Field(default=1, gt=0, description="Ranks per node for the launcher.")
+    num_nodes: int = Field(default=1, gt=0, description="Nodes; above 1 needs a hostfile.")
+    hostfile: str | None = Field(
+        default=None, description="DeepSpeed hostfile for multi-node runs; $ENV is expanded "
+        "at launch, so a fixed `$DAPT_HOSTFILE` keeps the artifact key stable across jobs."
+    )
+    master_addr: str | None = Field(
+        default=None, description="Rank-0 address for multi-node runs ($ENV expanded); "
+        "DeepSpeed asks the first host over ssh when unset."
+    )
     log_every: int = Field(default=10, gt=0)
     eval_max_seqs: int = Field(default=256, gt=0)
     seed: int = 0
@@ -128,6 +137,11 @@ class PretrainConfig(_Strict):
         if self.warmup_steps >= self.max_steps:
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})"
+            )
+        if self.num_nodes > 1 and not self.hostfile:
+            raise ValueError(
+                f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
+                "DeepSpeed hostfile (`python -m pipeline.launch hostfile` writes one)"
             )
         return self
 
@@ -231,6 +245,13 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+class RetryConfig(_Strict):
+    """Retries of a stage after a transient I/O error; deterministic failures never retry."""
+
+    count: int = Field(default=2, ge=0)
+    delay_s: float = Field(default=10.0, ge=0)
+
+
 class DomainSpec(_Strict):
     """The domain YAML as written: stage sections are validated when resolved per profile."""
 
@@ -243,6 +264,7 @@ class DomainSpec(_Strict):
     evaluate: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[ProfileName, dict[str, Any]] = Field(default_factory=dict)
     schedule: ScheduleConfig | None = None
+    retries: RetryConfig = Field(default_factory=RetryConfig)
 
     @model_validator(mode="after")
     def _check_profiles(self) -> DomainSpec:

@@ -131,7 +131,7 @@ def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         counts={"train_examples": len(train), "test_examples": len(test),
                 "num_labels": len(label_names), "task_rows": len(ids)},
         metrics={k: report[k] for k in ("accuracy", "macro_f1", "majority_rate")},
-        extra={"task": config.task.name, "labels": label_names,
+        extra={"task": config.task.name, "task_file": config.task.path, "labels": label_names,
                "per_class_f1": report["per_class_f1"], "support": report["support"],
                "confusion": report["confusion"], "history": history},
     )

@@ -158,11 +158,11 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     """``config.sources[*].path`` must already be resolved to absolute paths or globs."""
     del inputs  # ingest has no upstream artifact: its inputs are the source files
     con = duckdb.connect()
-    tables, files = [], 0
+    tables, files = [], {}
     for source in config.sources:
-        for path in sorted(Path(p) for p in _expand(source.path)):
-            tables.append(read_source_file(con, source, path))
-            files += 1
+        paths = sorted(Path(p) for p in _expand(source.path))
+        files[source.name] = [str(p) for p in paths]
+        tables.extend(read_source_file(con, source, path) for path in paths)
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)
@@ -212,7 +212,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         SELECT 'train_chars', coalesce(sum(length(text)), 0) FROM kept WHERE split = 'train'
         UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
         GROUP BY reason""").fetchall())
-    counts.update(files=files, train_shards=shards)
+    counts.update(files=sum(len(v) for v in files.values()), train_shards=shards)
     assert counts["docs_in"] == counts["kept"] + counts["excluded"], counts
     if counts["kept"] < config.min_kept_docs or counts["eval_docs"] == 0:
         raise QualityGateError(
@@ -226,7 +226,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     return Manifest(
         stage="ingest",
         counts={k: int(v) for k, v in counts.items()},
-        extra={"sources": {s: {"kept": int(k), "docs_in": int(n)} for s, k, n in by_source}},
+        extra={"sources": {s: {"kept": int(k), "docs_in": int(n)} for s, k, n in by_source},
+               "files": files},
     )
 
 

@@ -98,9 +98,18 @@ def free_port() -> int:
 
 
 def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[str]:
+    """DeepSpeed launcher command; with ``num_nodes > 1`` it reaches the hostfile's nodes over
+    ssh (pdsh), so ``spec_path`` and the artifact directory must be on a shared filesystem."""
+    multi_node: list[str] = []
+    if config.num_nodes > 1:
+        assert config.hostfile, "PretrainConfig rejects num_nodes > 1 without a hostfile"
+        multi_node = ["--hostfile", os.path.expandvars(config.hostfile),
+                      "--num_nodes", str(config.num_nodes)]
+        if config.master_addr:
+            multi_node += ["--master_addr", os.path.expandvars(config.master_addr)]
     return [
         sys.executable, "-m", "deepspeed.launcher.runner",
-        "--num_gpus", str(config.num_gpus), "--master_port", str(port),
+        "--num_gpus", str(config.num_gpus), "--master_port", str(port), *multi_node,
         "--module", "pipeline.train_worker", "--spec", str(spec_path),
     ]
 

@@ -15,6 +15,7 @@ Stage selection:
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -113,6 +114,25 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
     return planned
 
 
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ESTALE, errno.ETIMEDOUT,
+                    errno.ECONNRESET, errno.ECONNREFUSED, errno.EHOSTUNREACH}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Worth a retry: I/O that may succeed next time (network filesystems, locks, timeouts).
+
+    Deterministic failures (bad config, quality gates, NaN loss, out of memory, a crashed
+    training process) are not retried: they would fail the same way again.
+    """
+    while exc is not None:
+        if isinstance(exc, (ConnectionError, TimeoutError, BlockingIOError, InterruptedError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def select(only: str | None, from_stage: str | None) -> tuple[list[str], set[str]]:
     """(stages to execute, stages to rebuild even if cached)."""
     for name, value in (("--only", only), ("--from", from_stage)):
@@ -180,7 +200,9 @@ class Session:
                 fn=lambda out: STAGE_SPECS[stage].fn(p.config, inputs, out), force=force)
         except Exception as exc:
             self.catalog.record_stage_failure(self.run_id, stage, p.key, started, repr(exc))
-            raise StageError(f"stage {stage} failed (artifact {stage}/{p.key}): {exc}") from exc
+            notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))
+            raise StageError(
+                f"stage {stage} failed (artifact {stage}/{p.key}): {exc}{notes}") from exc
         duration = time.perf_counter() - t0
         self.artifacts[stage] = art
         self.catalog.record_stage(self.run_id, self.domain.name, art, cache_hit=hit,

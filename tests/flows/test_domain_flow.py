@@ -106,3 +106,14 @@ def test_cli_runs_lists_history(first_run: dict) -> None:
     assert result.exit_code == 0, result.output
     assert "medtest/tiny  completed" in result.output
     assert "cached" in result.output and "report:" in result.output
+
+
+def test_cli_lineage_and_gc_on_a_real_workdir(first_run: dict) -> None:
+    work = first_run["work"]
+    _, stages = _stages(work)
+    result = CliRunner().invoke(app, ["lineage", stages["evaluate"][1][:8], "--workdir", str(work)])
+    assert result.exit_code == 0, result.output
+    assert "<- source hpo: " + str(work.parent / "data/hpo.jsonl") in result.output
+    assert f"<- pretrain/{stages['pretrain'][1]}" in result.output
+    result = CliRunner().invoke(app, ["gc", "--workdir", str(work)])
+    assert result.exit_code == 0 and "0 entries, 0.0 MB; run with --yes to delete" in result.output

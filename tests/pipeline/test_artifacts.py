@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,46 @@ def test_build_publishes_once_then_hits(tmp_path: Path) -> None:
     _, hit = store.build(stage="s", key="k", config_hash="c", code="v", inputs={},
                          fn=_writer(calls), force=True)
     assert not hit and len(calls) == 2 and store.get("s", "k") is not None
+
+
+def test_failed_build_keeps_partial_outputs_aside(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+
+    def fail(out: Path) -> Manifest:
+        (out / "train.log").write_text("loss nan at step 3")
+        raise FloatingPointError("non-finite loss")
+
+    with pytest.raises(FloatingPointError) as err:
+        store.build(stage="s", key="k", config_hash="c", code="v", inputs={}, fn=fail)
+    [kept] = list((tmp_path / "s").glob(".failed-k-*"))
+    assert (kept / "train.log").read_text() == "loss nan at step 3"
+    assert err.value.__notes__ == [f"partial outputs of the failed build: {kept}"]
+    assert store.get("s", "k") is None
+
+
+def test_two_processes_build_one_artifact_once(tmp_path: Path) -> None:
+    script = f"""
+import sys, time
+import subprocess
+import sys
+from pathlib import Path
+from pipeline.artifacts import ArtifactStore, Manifest
+def slow(out):
+    with open({str(tmp_path / "calls")!r}, "a") as fh:
+        fh.write("x")
+    time.sleep(2)
+    (out / "data.txt").write_text("done")
+    return Manifest(stage="s")
+art, hit = ArtifactStore(Path({str(tmp_path / "store")!r})).build(
+    stage="s", key="k", config_hash="c", code="v", inputs={{}}, fn=slow)
+print(hit, art.path)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = sorted(p.communicate(timeout=60)[0].split() for p in procs)
+    assert [o[0] for o in outs] == ["False", "True"]  # one built, the other waited and reused
+    assert outs[0][1] == outs[1][1] and (tmp_path / "calls").read_text() == "x"
+    assert (tmp_path / "store/s/k/data.txt").read_text() == "done"
 
 
 def test_crash_leaves_nothing_that_looks_done(tmp_path: Path) -> None:

@@ -1,0 +1,129 @@
+"""Operations on a workdir: lineage of an artifact and garbage collection of unreferenced ones.
+
+    dapt lineage KEY        upstream down to source files, downstream up to eval metrics
+    dapt gc [--yes]         list (or delete) artifacts no kept run references
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.artifacts import ArtifactStore
+from pipeline.catalog import Catalog
+
+
+def find(store: ArtifactStore, key_prefix: str) -> tuple[str, str]:
+    """(stage, key) of the one artifact whose key starts with ``key_prefix``."""
+    found = [(a.stage, a.key) for a in store.list() if a.key.startswith(key_prefix)]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} artifacts match {key_prefix!r}"
+                         + (f": {found}" if found else "; see `dapt runs` for keys"))
+    return found[0]
+
+
+def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:
+    """Lines of an indented tree: the artifact, its inputs down to files, its dependents."""
+    stage, key = find(store, key_prefix)
+    by_input: dict[str, list[tuple[str, str]]] = {}
+    for art in store.list():
+        for input_key in art.manifest.inputs.values():
+            by_input.setdefault(input_key, []).append((art.stage, art.key))
+
+    def describe(s: str, k: str) -> str:
+        art = store.get(s, k)
+        if art is None:
+            return f"{s}/{k} (removed)"
+        m = art.manifest
+        shown = ", ".join(f"{n}={v:.4g}" for n, v in list(m.metrics.items())[:4])
+        return f"{s}/{k}  {m.created_at}" + (f"  {shown}" if shown else "")
+
+    lines = [describe(stage, key), "upstream:"]
+    seen: set[str] = set()
+
+    def up(s: str, k: str, depth: int) -> None:
+        art = store.get(s, k)
+        if art is None or k in seen:
+            return
+        seen.add(k)
+        m = art.manifest
+        for name, path_list in m.extra.get("files", {}).items():
+            for path in path_list:
+                lines.append("  " * depth + f"<- source {name}: {path}")
+        if "task_file" in m.extra:
+            lines.append("  " * depth + f"<- task file: {m.extra['task_file']}")
+        for input_stage, input_key in m.inputs.items():
+            if input_key in seen:
+                lines.append("  " * depth + f"<- {input_stage}/{input_key} (shown above)")
+                continue
+            lines.append("  " * depth + "<- " + describe(input_stage, input_key))
+            up(input_stage, input_key, depth + 1)
+
+    up(stage, key, 1)
+    lines.append("downstream:")
+
+    def down(k: str, depth: int) -> None:
+        for s, child in sorted(set(by_input.get(k, []))):
+            lines.append("  " * depth + "-> " + describe(s, child))
+            down(child, depth + 1)
+
+    down(key, 1)
+    return lines
+
+
+@dataclass(frozen=True)
+class Garbage:
+    path: Path
+    reason: str
+    bytes: int
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _in_use(lock_path: Path) -> bool:
+    if not lock_path.exists():
+        return False
+    with open(lock_path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None = None
+                 ) -> list[Garbage]:
+    """Artifacts no kept run references, plus leftovers of failed or interrupted builds.
+
+    With ``keep_runs`` only the newest N runs of each domain count as references.
+    """
+    rank = "row_number() OVER (PARTITION BY domain ORDER BY started_at DESC)"
+    rows = catalog.query(
+        f"SELECT DISTINCT s.stage, s.artifact_key FROM stage_runs s JOIN "
+        f"(SELECT run_id, {rank} AS n FROM runs) r USING (run_id) "
+        f"WHERE s.status = 'completed'" + (f" AND r.n <= {int(keep_runs)}" if keep_runs else ""))
+    referenced = {(r["stage"], r["artifact_key"]) for r in rows}
+    garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
+               if (a.stage, a.key) not in referenced]
+    for pattern, reason in ((".failed-*", "failed build"), (".old-*", "replaced artifact"),
+                            (".tmp-*", "interrupted build")):
+        for path in sorted(store.root.glob(f"*/{pattern}")):
+            key = path.name.split("-")[1]
+            if reason == "interrupted build" and _in_use(path.parent / f".{key}.lock"):
+                continue  # a build is running right now
+            garbage.append(Garbage(path, reason, _size(path)))
+    return garbage
+
+
+def collect_garbage(garbage: list[Garbage], catalog: Catalog) -> None:
+    for g in garbage:
+        shutil.rmtree(g.path, ignore_errors=True)
+        if g.reason == "unreferenced":
+            catalog.query("DELETE FROM artifacts WHERE stage = ? AND key = ?",
+                          [g.path.parent.name, g.path.name])
+
