@@ -71,7 +71,22 @@ def deploy(domains: list[Domain], pool: str) -> list[str]:
     return names
 
 
+async def _forget(names: list[str]) -> None:
+    async with get_client() as client:
+        for name in names:
+            try:
+                deployment = await client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            await client.delete_deployment(deployment.id)
+
+
 def serve_domains(domains: list[Domain], limit: int | None = None) -> None:
-    """Register the deployments and run their flow runs here until interrupted."""
+    """Register the deployments and run their flow runs here until interrupted.
+
+    A deployment of the same name registered by ``dapt deploy`` is replaced: Prefect would
+    otherwise keep its code-storage settings, and this process could not load the flow.
+    """
+    asyncio.run(_forget([f"{domain_pipeline.name}/{deployment_name(d)}" for d in domains]))
     serve(*[domain_pipeline.to_deployment(**deployment_kwargs(d)) for d in domains],
           limit=limit)

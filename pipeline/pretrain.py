@@ -143,7 +143,7 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     train = pack(tok, sorted(ingest_dir.glob("train-*.parquet")), eos_id, data_dir / "train.bin")
     held = pack(tok, [ingest_dir / "eval.parquet"], eos_id, data_dir / "eval.bin")
     n_train_seqs, n_eval_seqs = train["tokens"] // config.seq_len, held["tokens"] // config.seq_len
-    per_step = config.micro_batch_size * config.num_gpus
+    per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
     if n_train_seqs < per_step or n_eval_seqs < 1:
         raise QualityGateError(
             f"pretrain: {n_train_seqs} training and {n_eval_seqs} held-out sequences of "
