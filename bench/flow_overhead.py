@@ -5,8 +5,10 @@ called directly, and a fully cached rerun.
 
 Each measurement is a fresh process on a fresh workdir (same samples), so both include the same
 imports and the same DeepSpeed launch; the flow run is the user's path, ``dapt run``, with
-Prefect in ephemeral mode (it starts a temporary server). Goals: overhead <= 5% of the run,
-cached rerun <= 15 s. Not a test: timings vary with the machine.
+Prefect in ephemeral mode (it starts a temporary server). Training speed varies by a few percent
+from run to run on a shared CPU, so besides the wall-time ratio the benchmark reports the time
+spent outside the stages (wall time minus the stage durations the catalog records), which is
+what orchestration costs. Goals: overhead <= 5% of the run, cached rerun <= 15 s. Not a test.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ import sys
 from pipeline.runner import Session
 Session.open(sys.argv[1], sys.argv[2], workdir=sys.argv[3]).run_all()
 """
+
+
+def stage_seconds(workdir: Path) -> float:
+    """Total stage time of the newest run recorded in ``workdir``'s catalog."""
+    from pipeline.catalog import Catalog
+
+    catalog = Catalog(workdir / "catalog.duckdb")
+    run = catalog.runs(limit=1)[0]
+    return sum(s["duration_s"] for s in catalog.stage_runs(run["run_id"]))
 
 
 def timed(cmd: list[str]) -> float:
@@ -47,15 +58,21 @@ def main() -> None:
             (root / name / "samples").symlink_to(root / "shared" / "samples")
         direct = timed([sys.executable, "-c", DIRECT, args.domain, args.profile,
                         str(root / "direct")])
+        direct_stages = stage_seconds(root / "direct")
         flow_cmd = [str(bin_dir / "dapt"), "run", args.domain, "--profile", args.profile,
                     "--workdir", str(root / "flow")]
         flow = timed(flow_cmd)
+        flow_stages = stage_seconds(root / "flow")
         cached = timed(flow_cmd)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    overhead = flow / direct - 1
+    outside_direct, outside_flow = direct - direct_stages, flow - flow_stages
+    extra = outside_flow - outside_direct
     print(f"{args.domain}/{args.profile}: direct {direct:.1f} s, Prefect flow {flow:.1f} s, "
-          f"ratio {flow / direct:.3f} (overhead {overhead:+.1%}, goal <= +5%)")
+          f"wall ratio {flow / direct:.3f}")
+    print(f"time outside stages: direct {outside_direct:.1f} s, flow {outside_flow:.1f} s; "
+          f"orchestration overhead {extra:.1f} s = {extra / direct:.1%} of the run "
+          f"(goal <= 5%)")
     print(f"fully cached rerun through the flow: {cached:.1f} s (goal <= 15 s)")
 
 

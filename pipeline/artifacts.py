@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -45,11 +46,14 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def code_version(*modules: Any) -> str:
-    """Hash of the source files of the given modules: editing a stage invalidates its artifacts."""
+def code_version(*modules: str) -> str:
+    """Hash of the named modules' source files (found, not imported): editing a stage
+    invalidates its artifacts."""
     h = hashlib.sha256()
-    for module in modules:
-        h.update(Path(module.__file__).read_bytes())
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin, f"module {name} not found"
+        h.update(Path(spec.origin).read_bytes())
     return h.hexdigest()[:12]
 
 

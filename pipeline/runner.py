@@ -16,6 +16,7 @@ Stage selection:
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import shutil
 import time
@@ -24,20 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from pipeline import (
-    StageError,
-    evaluate,
-    finetune,
-    ingest,
-    metrics,
-    pretrain,
-    report,
-    tokenizer,
-    train_worker,
-)
+from pipeline import StageError
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
@@ -56,17 +46,28 @@ log = logging.getLogger("dapt")
 
 @dataclass(frozen=True)
 class StageSpec:
-    fn: Callable[..., Any]
-    code: tuple[ModuleType, ...]
+    """A stage: its module (with ``run``), the modules its code version covers, its inputs.
+
+    Modules are named, not imported: a fully cached run never imports torch or DeepSpeed.
+    """
+
+    module: str
+    code: tuple[str, ...]
     needs: tuple[str, ...]
+
+    def fn(self) -> Callable[..., Any]:
+        return importlib.import_module(self.module).run
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "ingest": StageSpec(ingest.run, (ingest,), ()),
-    "tokenizer": StageSpec(tokenizer.run, (tokenizer,), ("ingest",)),
-    "pretrain": StageSpec(pretrain.run, (pretrain, train_worker), ("ingest", "tokenizer")),
-    "finetune": StageSpec(finetune.run, (finetune, metrics), ("pretrain",)),
-    "evaluate": StageSpec(evaluate.run, (evaluate, report, metrics),
+    "ingest": StageSpec("pipeline.ingest", ("pipeline.ingest",), ()),
+    "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer",), ("ingest",)),
+    "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.train_worker"),
+                          ("ingest", "tokenizer")),
+    "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics"),
+                          ("pretrain",)),
+    "evaluate": StageSpec("pipeline.evaluate",
+                          ("pipeline.evaluate", "pipeline.report", "pipeline.metrics"),
                           ("ingest", "tokenizer", "pretrain", "finetune")),
 }
 
@@ -197,7 +198,7 @@ class Session:
             inputs = self.inputs(stage, build_missing=build_missing)
             art, hit = self.store.build(
                 stage=stage, key=p.key, config_hash=p.config_hash, code=p.code, inputs=inputs,
-                fn=lambda out: STAGE_SPECS[stage].fn(p.config, inputs, out), force=force)
+                fn=lambda out: STAGE_SPECS[stage].fn()(p.config, inputs, out), force=force)
         except Exception as exc:
             self.catalog.record_stage_failure(self.run_id, stage, p.key, started, repr(exc))
             notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))
