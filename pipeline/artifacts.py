@@ -135,17 +135,28 @@ class ArtifactStore:
         inputs: Mapping[str, Artifact],
         fn: Callable[[Path], Manifest],
         force: bool = False,
+        resume: bool = False,
     ) -> tuple[Artifact, bool]:
         """Return ``(artifact, cache_hit)``, building it with ``fn(tmp_dir)`` unless it exists.
 
-        With ``force`` the artifact is rebuilt and swapped in place of the existing one.
+        With ``force`` the artifact is rebuilt and swapped in place of the existing one. With
+        ``resume`` (and no ``force``) the newest leftover of an interrupted or failed build of
+        the same key becomes the build directory, so ``fn`` finds its checkpoints there.
         """
         with self._lock(stage, key):
             existing = self.get(stage, key)
             if existing and not force:
                 return existing, True
             tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
+            # Holding the lock, any .tmp- of this key belongs to a build that died.
+            leftovers = sorted(
+                (p for pattern in (f".tmp-{key}-*", f".failed-{key}-*")
+                 for p in (self.root / stage).glob(pattern)),
+                key=lambda p: p.stat().st_mtime)
+            if resume and not force and leftovers:
+                os.rename(leftovers[-1], tmp)
+            else:
+                tmp.mkdir(parents=True)
             start = time.perf_counter()
             try:
                 manifest = fn(tmp)

@@ -126,6 +126,8 @@ class PretrainConfig(_Strict):
         "DeepSpeed asks the first host over ssh when unset."
     )
     log_every: int = Field(default=10, gt=0)
+    checkpoint_every: int = Field(default=500, gt=0, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
     eval_max_seqs: int = Field(default=256, gt=0)
     seed: int = 0
     ds_overrides: dict[str, Any] = Field(

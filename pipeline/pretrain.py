@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,8 @@ def deepspeed_config(config: PretrainConfig, *, bf16: bool) -> dict[str, Any]:
         "scheduler": {
             "type": "WarmupCosineLR",
             "params": {"total_num_steps": config.max_steps,
-                       "warmup_num_steps": config.warmup_steps, "warmup_type": "linear",
+                       # DeepSpeed rejects 0; one step of warmup is no warmup in effect
+                       "warmup_num_steps": max(1, config.warmup_steps), "warmup_type": "linear",
                        "warmup_min_ratio": 0.0, "cos_min_ratio": config.min_lr_ratio},
         },
         "zero_optimization": {"stage": config.zero_stage},
@@ -114,23 +117,40 @@ def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[s
     ]
 
 
+def _forward_signals(proc: subprocess.Popen) -> dict[int, Any]:
+    """Pass SIGTERM/SIGINT on to the launcher, which passes them to every rank; the ranks
+    checkpoint and exit, and the next run of this artifact resumes from that checkpoint.
+    Only the main thread may install handlers; elsewhere the signals reach the process group."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, lambda s, _f: proc.send_signal(s))
+    return previous
+
+
 def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
     tail: deque[str] = deque(maxlen=40)
-    with open(log_path, "w") as log_fh:
+    with open(log_path, "a") as log_fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, bufsize=1)
+        forwarded = _forward_signals(proc)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log_fh.write(line)
-            log_fh.flush()  # so `tail -f train.log` follows a long run
-            tail.append(line)
-            if "[dapt]" in line:
-                log.info(line.rstrip().split("[dapt]", 1)[1].strip())
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                log_fh.write(line)
+                log_fh.flush()  # so `tail -f train.log` follows a long run
+                tail.append(line)
+                if "[dapt]" in line:
+                    log.info(line.rstrip().split("[dapt]", 1)[1].strip())
+            code = proc.wait()
+        finally:
+            for sig, handler in forwarded.items():
+                signal.signal(sig, handler)
     if code != 0:
         raise RuntimeError(
-            f"pretrain: training process exited with code {code}; full log: {log_path}\n"
-            + "".join(tail)
+            f"pretrain: training process exited with code {code}; its log is {log_path.name} in "
+            "the build directory. Last lines:\n" + "".join(tail)
         )
 
 
@@ -139,9 +159,15 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     tok_extra = inputs["tokenizer"].manifest.extra
     eos_id, pad_id = tok_extra["eos_id"], tok_extra["pad_id"]
-    data_dir = out_dir / "data"
-    train = pack(tok, sorted(ingest_dir.glob("train-*.parquet")), eos_id, data_dir / "train.bin")
-    held = pack(tok, [ingest_dir / "eval.parquet"], eos_id, data_dir / "eval.bin")
+    data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
+    if marker.exists():  # resuming a killed build: the token stream is already complete
+        train, held = json.loads(marker.read_text())
+        log.info("pretrain: resuming in %s", out_dir)
+    else:
+        train = pack(tok, sorted(ingest_dir.glob("train-*.parquet")), eos_id,
+                     data_dir / "train.bin")
+        held = pack(tok, [ingest_dir / "eval.parquet"], eos_id, data_dir / "eval.bin")
+        marker.write_text(json.dumps([train, held]))
     n_train_seqs, n_eval_seqs = train["tokens"] // config.seq_len, held["tokens"] // config.seq_len
     per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
     if n_train_seqs < per_step or n_eval_seqs < 1:

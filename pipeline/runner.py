@@ -54,6 +54,7 @@ class StageSpec:
     module: str
     code: tuple[str, ...]
     needs: tuple[str, ...]
+    resumable: bool = False  # continues from a killed build's checkpoints
 
     def fn(self) -> Callable[..., Any]:
         return importlib.import_module(self.module).run
@@ -63,7 +64,7 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "ingest": StageSpec("pipeline.ingest", ("pipeline.ingest",), ()),
     "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer",), ("ingest",)),
     "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.train_worker"),
-                          ("ingest", "tokenizer")),
+                          ("ingest", "tokenizer"), resumable=True),
     "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics"),
                           ("pretrain",)),
     "evaluate": StageSpec("pipeline.evaluate",
@@ -198,7 +199,8 @@ class Session:
             inputs = self.inputs(stage, build_missing=build_missing)
             art, hit = self.store.build(
                 stage=stage, key=p.key, config_hash=p.config_hash, code=p.code, inputs=inputs,
-                fn=lambda out: STAGE_SPECS[stage].fn()(p.config, inputs, out), force=force)
+                fn=lambda out: STAGE_SPECS[stage].fn()(p.config, inputs, out), force=force,
+                resume=STAGE_SPECS[stage].resumable)
         except Exception as exc:
             self.catalog.record_stage_failure(self.run_id, stage, p.key, started, repr(exc))
             notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))

@@ -3,10 +3,16 @@
 ``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train_worker --spec SPEC``
 
 Reads the spec written by ``pipeline.pretrain``, builds a Llama-style model, trains it through a
-DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, saves a DeepSpeed
-checkpoint and exports ``hf/`` with safetensors and the tokenizer. Batch ``g`` (a global
-micro-batch index) is a pure function of the seed and ``g``, so every rank reads its own slice
-and a resume from step ``k`` sees exactly the batches an uninterrupted run would have.
+DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, checkpoints every
+``checkpoint_every`` steps (keeping the newest ``keep_checkpoints``) and on SIGTERM/SIGINT, and
+exports ``hf/`` with safetensors and the tokenizer.
+
+Resume: when ``checkpoint/latest`` exists (the artifact store hands a killed build's directory
+back to the next build of the same key), the engine reloads model, optimizer and scheduler, and
+the client state restores the step, the partly filled loss window and the RNG. Batch ``g`` (a
+global micro-batch index) is a pure function of the seed and ``g``, so the resumed run sees
+exactly the batches an uninterrupted one would have: on CPU fp32 the loss curve is bitwise equal.
+A non-finite loss stops the run naming the step and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import json
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +98,17 @@ def held_out_loss(engine: Any, data: TokenBatches, max_seqs: int, micro: int, de
     return total / max(n, 1)
 
 
+def save(engine: Any, ckpt_dir: Path, step: int, window: list[float], keep: int,
+         rank: int) -> None:
+    client = {"step": step, "window": list(window), "torch_rng": torch.get_rng_state()}
+    engine.save_checkpoint(str(ckpt_dir), tag=f"global_step{step}", client_state=client)
+    if rank == 0:
+        tags = sorted(ckpt_dir.glob("global_step*"), key=lambda p: int(p.name[11:]))
+        for old in tags[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True)
@@ -115,30 +133,49 @@ def main() -> None:
 
     train = TokenBatches(out_dir / "data/train.bin", spec["dtype"], seq_len, cfg["seed"])
     held = TokenBatches(out_dir / "data/eval.bin", spec["dtype"], seq_len, cfg["seed"])
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path, ckpt_dir = out_dir / "metrics.jsonl", out_dir / "checkpoint"
     tokens_per_step = micro * accum * world * seq_len
-    g = 0  # global micro-batch index
-    start = last = time.perf_counter()
     window: list[float] = []
+    first = 1
+    if (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        first, window = client["step"] + 1, client["window"]
+        torch.set_rng_state(client["torch_rng"])
+        if rank == 0 and metrics_path.exists():  # drop records logged after the checkpoint
+            kept = [r for r in metrics_path.read_text().splitlines()
+                    if json.loads(r)["step"] < first]
+            metrics_path.write_text("".join(r + "\n" for r in kept))
+        print(f"[dapt] resumed from checkpoint at step {first - 1}", flush=True)
+
+    stop: list[int] = []  # the signal that asked us to stop, once one arrives
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: stop.append(s))
+    g = (first - 1) * accum  # global micro-batch index
+    start = last = time.perf_counter()
     grad_norm = float("nan")
-    for step in range(1, cfg["max_steps"] + 1):
+    for step in range(first, cfg["max_steps"] + 1):
         for _ in range(accum):
             ids = train.sequence_ids(g * micro * world + rank * micro, micro)
             x = train.batch(ids).to(device)
             loss = engine(input_ids=x, labels=x).loss
+            value = loss.detach().float().item()
+            if not math.isfinite(value):
+                latest = ckpt_dir / "latest"
+                raise FloatingPointError(
+                    f"non-finite training loss {value} at step {step}; last good checkpoint: "
+                    + (latest.read_text().strip() if latest.exists() else "none")
+                    + f" in {ckpt_dir}")
             engine.backward(loss)
             if engine.is_gradient_accumulation_boundary() and cfg["zero_stage"] == 0:
                 grad_norm = full_grad_norm(engine.module)  # ZeRO-0 does not track it
             engine.step()
-            window.append(loss.detach().float().item())
+            window.append(value)
             g += 1
         if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
             mean = torch.tensor([sum(window) / len(window)], device=device)
             dist.all_reduce(mean)
             mean_loss = mean.item() / world
             window.clear()
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"non-finite training loss {mean_loss} at step {step}")
             now = time.perf_counter()
             record = {
                 "step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
@@ -151,15 +188,21 @@ def main() -> None:
             if rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                eta = (now - start) / step * (cfg["max_steps"] - step)
+                eta = (now - start) / (step - first + 1) * (cfg["max_steps"] - step)
                 print(f"[dapt] step {step}/{cfg['max_steps']} loss {mean_loss:.4f} "
                       f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tok/s "
                       f"eta {eta:.0f}s", flush=True)
+        stopping = bool(stop)
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["max_steps"] or stopping:
+            save(engine, ckpt_dir, step, window, cfg["keep_checkpoints"], rank)
+        if stopping:
+            print(f"[dapt] signal {stop[0]}: checkpoint saved at step {step}; rerun the same "
+                  "command to resume", flush=True)
+            raise SystemExit(128 + stop[0])
     elapsed = time.perf_counter() - start
     eval_loss = held_out_loss(engine, held, cfg["eval_max_seqs"], micro, device)
 
     tag = f"global_step{cfg['max_steps']}"
-    engine.save_checkpoint(str(out_dir / "checkpoint"), tag=tag)
     state = engine._zero3_consolidated_16bit_state_dict() if cfg["zero_stage"] == 3 else None
     if rank == 0:
         hf_dir = out_dir / "hf"
@@ -173,9 +216,11 @@ def main() -> None:
             shutil.copy(Path(spec["tokenizer_dir"]) / name, hf_dir / name)
         (out_dir / "summary.json").write_text(json.dumps({
             "steps": cfg["max_steps"], "tokens_trained": cfg["max_steps"] * tokens_per_step,
-            "params": n_params, "world_size": world, "final_train_loss": mean_loss,
+            "params": n_params, "world_size": world,
+            "final_train_loss": json.loads(metrics_path.read_text().splitlines()[-1])["loss"],
             "eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0)),
-            "tokens_per_s": cfg["max_steps"] * tokens_per_step / elapsed,
+            "tokens_per_s": (cfg["max_steps"] - first + 1) * tokens_per_step / max(elapsed, 1e-9),
+            "resumed_from_step": first - 1,
             "checkpoint": f"checkpoint/{tag}",
         }, indent=2))
     dist.barrier()
