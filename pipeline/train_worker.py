@@ -18,6 +18,7 @@ A non-finite loss stops the run naming the step and the last good checkpoint.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -96,6 +97,13 @@ def held_out_loss(engine: Any, data: TokenBatches, max_seqs: int, micro: int, de
         n += len(x)
     engine.train()
     return total / max(n, 1)
+
+
+def param_digest(engine: Any) -> str:
+    h = hashlib.sha256()
+    for p in engine.module.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, window: list[float], keep: int,
@@ -201,6 +209,9 @@ def main() -> None:
             raise SystemExit(128 + stop[0])
     elapsed = time.perf_counter() - start
     eval_loss = held_out_loss(engine, held, cfg["eval_max_seqs"], micro, device)
+    # Data parallelism must leave every rank with the same weights (ZeRO-3 shards them instead).
+    digests: list[str | None] = [None] * world
+    dist.all_gather_object(digests, None if cfg["zero_stage"] == 3 else param_digest(engine))
 
     tag = f"global_step{cfg['max_steps']}"
     state = engine._zero3_consolidated_16bit_state_dict() if cfg["zero_stage"] == 3 else None
@@ -221,6 +232,7 @@ def main() -> None:
             "eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0)),
             "tokens_per_s": (cfg["max_steps"] - first + 1) * tokens_per_step / max(elapsed, 1e-9),
             "resumed_from_step": first - 1,
+            "param_digests": digests,
             "checkpoint": f"checkpoint/{tag}",
         }, indent=2))
     dist.barrier()
