@@ -27,6 +27,7 @@ import yaml
 from pipeline import domains as domain_registry
 from pipeline.catalog import Catalog
 from pipeline.config import PROFILE_NAMES, STAGES
+from pipeline.runner import default_workdir
 
 app = typer.Typer(help="Turn raw domain text into a domain-adapted language model.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -42,7 +43,7 @@ Workdir = Annotated[Path | None, typer.Option(
 
 
 def _workdir(workdir: Path | None) -> Path:
-    return (workdir or Path(os.environ.get("DAPT_WORKDIR", "dapt-work"))).resolve()
+    return workdir.resolve() if workdir else default_workdir()
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -139,10 +140,7 @@ def run(
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
-        d = (domain_registry.load_file(domain_file) if domain_file
-             else domain_registry.get(domain) if domain else None)
-        if d is None or (domain and domain_file):
-            raise ValueError("give a domain name or --domain-file PATH (exactly one)")
+        d = domain_registry.select(domain, domain_file)
         domain_registry.check_paths(d.resolve(profile), d, work)
     except (domain_registry.DomainError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -13,6 +13,7 @@ with the file and field named, not halfway through a run.
 
 from __future__ import annotations
 
+import glob
 import os
 import string
 from dataclasses import dataclass
@@ -132,6 +133,13 @@ def get(name: str) -> Domain:
     return domains[name]
 
 
+def select(name: str | None, path: str | Path | None) -> Domain:
+    """The domain named, or the one in ``path``: exactly one of the two."""
+    if (name is None) == (path is None):
+        raise DomainError("give a domain name or --domain-file PATH (exactly one)")
+    return load_file(Path(path)) if path is not None else get(name)
+
+
 def resolve_path(pattern: str, domain: Domain, workdir: Path) -> str:
     """Expand ``${samples}`` and environment variables; anchor relative paths at the YAML."""
     expanded = string.Template(pattern).safe_substitute(samples=str(workdir / "samples"))
@@ -150,7 +158,7 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
     fields.append(("finetune.task.path", run.finetune.task.path))
     for field_name, pattern in fields:
         full = resolve_path(pattern, domain, workdir)
-        matches = sorted(Path(p) for p in _glob(full))
+        matches = sorted(Path(p) for p in match_files(full))
         if not matches:
             hint = " (run `dapt samples build` first)" if "${samples}" in pattern else ""
             raise DomainError(
@@ -161,7 +169,6 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
     return resolved
 
 
-def _glob(pattern: str) -> list[str]:
-    import glob
-
+def match_files(pattern: str) -> list[str]:
+    """Files (not directories) matching a path or glob; ``**`` recurses."""
     return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]

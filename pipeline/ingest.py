@@ -26,6 +26,7 @@ import pyarrow as pa
 from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
+from pipeline.domains import match_files
 
 RAW_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
@@ -160,7 +161,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     con = duckdb.connect()
     tables, files = [], {}
     for source in config.sources:
-        paths = sorted(Path(p) for p in _expand(source.path))
+        paths = sorted(Path(p) for p in match_files(source.path))
         files[source.name] = [str(p) for p in paths]
         tables.extend(read_source_file(con, source, path) for path in paths)
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
@@ -234,8 +235,3 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
 def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
 
-
-def _expand(pattern: str) -> list[str]:
-    import glob
-
-    return [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]

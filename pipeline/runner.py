@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -83,8 +84,6 @@ class PlannedStage:
 
 
 def default_workdir() -> Path:
-    import os
-
     return Path(os.environ.get("DAPT_WORKDIR", "dapt-work")).resolve()
 
 
@@ -166,10 +165,7 @@ class Session:
     def open(cls, domain: str | None, profile: str = "tiny", *, workdir: str | Path | None = None,
              domain_file: str | Path | None = None, params: dict[str, Any] | None = None
              ) -> Session:
-        if (domain is None) == (domain_file is None):
-            raise ValueError("give a domain name or --domain-file PATH (exactly one)")
-        d = (domain_registry.load_file(Path(domain_file)) if domain_file
-             else domain_registry.get(domain))
+        d = domain_registry.select(domain, domain_file)
         work = Path(workdir).resolve() if workdir else default_workdir()
         return cls(d, d.resolve(profile), work, params or {})
 
