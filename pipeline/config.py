@@ -101,6 +101,11 @@ class ModelConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
+    mode: Literal["from_scratch", "continue"] = Field(
+        default="from_scratch",
+        description="continue: domain-adaptive pretraining of base_model (model sizes ignored).")
+    base_model: str = Field(
+        default="smollm2-135m", description="Registered base (dapt models list) or an HF dir.")
     model: ModelConfig
     seq_len: int = Field(gt=1)
     micro_batch_size: int = Field(gt=0, description="Sequences per rank per micro step.")
@@ -127,6 +132,11 @@ class PretrainConfig(_Strict):
     )
     log_every: int = Field(default=10, gt=0)
     checkpoint_every: int = Field(default=500, gt=0, description="Steps between checkpoints.")
+    eval_every: int = Field(default=0, ge=0, description="Steps between held-out evals; 0: end.")
+    activation_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, ~30% slower.")
+    offload_optimizer: bool = Field(
+        default=False, description="ZeRO optimizer state in CPU memory (DeepSpeed CPU Adam).")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
     eval_max_seqs: int = Field(default=256, gt=0)
     seed: int = 0
@@ -140,6 +150,11 @@ class PretrainConfig(_Strict):
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})"
             )
+        if self.eval_every % self.log_every:
+            raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of "
+                             f"log_every ({self.log_every})")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (got zero_stage 0)")
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
@@ -236,10 +251,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     "base": {
         "tokenizer": {"vocab_size": 32768},
         "pretrain": {
+            # Domain-adaptive pretraining of SmolLM2-135M; `mode: from_scratch` trains the
+            # ~110M model below instead.
+            "mode": "continue", "base_model": "smollm2-135m",
             "model": {"num_layers": 12, "hidden_size": 768, "num_heads": 12,
                       "intermediate_size": 3072, "tie_embeddings": True},
-            "seq_len": 1024, "micro_batch_size": 16, "grad_accum_steps": 4, "max_steps": 20000,
-            "lr": 6e-4, "warmup_steps": 1000,
+            "seq_len": 2048, "micro_batch_size": 8, "grad_accum_steps": 4, "max_steps": 2000,
+            "lr": 1e-4, "warmup_steps": 100, "checkpoint_every": 250,
         },
         "finetune": {"max_train_examples": 50000, "max_seq_len": 512, "epochs": 3, "lr": 5e-5},
         "evaluate": {"max_eval_docs": 5000},

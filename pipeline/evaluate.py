@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
@@ -25,7 +25,7 @@ from pipeline.report import render_report
 
 
 @torch.no_grad()
-def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerFast, texts: list[str],
+def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts: list[str],
                     window: int, batch_size: int) -> list[tuple[float, int]]:
     """(NLL in nats, scored tokens) per document; every document token is predicted once."""
     eos = tok.eos_token_id
@@ -58,7 +58,7 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerFast, texts:
 def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
     pretrain, finetune = inputs["pretrain"], inputs["finetune"]
     hf_dir = pretrain.path / "hf"
-    tok = PreTrainedTokenizerFast.from_pretrained(hf_dir)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     window = json.loads((pretrain.path / "spec.json").read_text())["config"]["seq_len"]
     held = pq.read_table(inputs["ingest"].path / "eval.parquet").slice(0, config.max_eval_docs)

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import FinetuneConfig, TaskConfig
@@ -82,7 +82,7 @@ def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     test = sorted(test, key=key)[: config.max_test_examples]
 
     hf_dir = inputs["pretrain"].path / "hf"
-    tok = PreTrainedTokenizerFast.from_pretrained(hf_dir)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForSequenceClassification.from_pretrained(
         hf_dir, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
         label2id=label2id, pad_token_id=tok.pad_token_id)

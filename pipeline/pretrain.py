@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError
+from pipeline import QualityGateError, models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.tokenizer import iter_texts
@@ -91,6 +91,9 @@ def deepspeed_config(config: PretrainConfig, *, bf16: bool) -> dict[str, Any]:
     }
     if config.zero_stage == 3:
         generated["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if config.offload_optimizer:
+        generated["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        generated["optimizer"]["params"]["torch_adam"] = False  # DeepSpeedCPUAdam does the step
     return deep_merge(generated, config.ds_overrides)
 
 
@@ -155,10 +158,18 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
 
 
 def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    tok_dir, ingest_dir = inputs["tokenizer"].path, inputs["ingest"].path
+    ingest_dir = inputs["ingest"].path
+    if config.mode == "continue":  # the base model's own tokenizer; the domain one is reported
+        base_dir = models.hf_dir(inputs["models"])
+        tok_dir = base_dir
+        base_config = json.loads((base_dir / "config.json").read_text())
+        eos_id = base_config["eos_token_id"]
+        pad_id = base_config.get("pad_token_id") or eos_id
+    else:
+        base_dir, tok_dir = None, inputs["tokenizer"].path
+        tok_extra = inputs["tokenizer"].manifest.extra
+        eos_id, pad_id = tok_extra["eos_id"], tok_extra["pad_id"]
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    tok_extra = inputs["tokenizer"].manifest.extra
-    eos_id, pad_id = tok_extra["eos_id"], tok_extra["pad_id"]
     data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
     if marker.exists():  # resuming a killed build: the token stream is already complete
         train, held = json.loads(marker.read_text())
@@ -183,6 +194,7 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         "config": config.model_dump(mode="json"),
         "ds_config": ds_config,
         "tokenizer_dir": str(tok_dir),
+        "base_dir": str(base_dir) if base_dir else None,
         "vocab_size": tok.get_vocab_size(),
         "eos_id": eos_id,
         "pad_id": pad_id,
@@ -208,6 +220,7 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         },
         metrics={k: summary[k] for k in
                  ("final_train_loss", "eval_loss", "eval_perplexity", "tokens_per_s")},
-        extra={"precision": "bf16" if bf16 else "fp32", "launch": cmd,
+        extra={"precision": "bf16" if bf16 else "fp32", "launch": cmd, "mode": config.mode,
+               "base_model": config.base_model if config.mode == "continue" else None,
                "checkpoint": summary["checkpoint"]},
     )

@@ -54,9 +54,9 @@ def render_report(inputs: Mapping[str, Artifact], metrics: Mapping[str, float],
         f"{pre.counts['tokens_trained']:,} tokens at {pre.metrics['tokens_per_s']:.0f} tokens/s "
         f"({pre.extra['precision']}, world size {pre.counts['world_size']}); held-out loss "
         f"{pre.metrics['eval_loss']:.3f}.",
-        _table(["step", "loss", "lr", "grad norm", "tokens/s"],
-               [[r["step"], r["loss"], r["lr"], r["grad_norm"], r["tokens_per_s"]]
-                for r in sampled]),
+        _table(["step", "loss", "held-out loss", "lr", "grad norm", "tokens/s"],
+               [[r["step"], r["loss"], r.get("heldout_loss", ""), r["lr"], r["grad_norm"],
+                 r["tokens_per_s"]] for r in sampled]),
         "## Tokenizer",
         f"Byte-level BPE, {tok.counts['vocab_size']} tokens; held-out fertility "
         f"{tok.metrics['fertility']:.3f} tokens/word, {tok.metrics['chars_per_token']:.2f} "

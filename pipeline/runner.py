@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import StageError
+from pipeline import StageError, models
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
@@ -93,6 +93,8 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
     for stage in STAGES:
         config = run.stage(stage)
         extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
+        if stage == "pretrain" and config.mode == "continue":
+            extra_inputs["models"] = models.base_key(config.base_model)
         if stage == "ingest":
             sources = []
             for i, source in enumerate(config.sources):
@@ -185,6 +187,9 @@ class Session:
                     f"run without --only, or with --from {need}"
                 )
             found[need] = art
+        config = self.plan[stage].config
+        if stage == "pretrain" and config.mode == "continue":
+            found["models"] = models.prepare(config.base_model, self.store)
         return found
 
     def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True

@@ -132,10 +132,16 @@ def main() -> None:
     torch.manual_seed(cfg["seed"])
     seq_len, micro, accum = cfg["seq_len"], cfg["micro_batch_size"], cfg["grad_accum_steps"]
 
-    model = LlamaForCausalLM(llama_config(
-        cfg["model"], vocab_size=spec["vocab_size"], seq_len=seq_len,
-        eos_id=spec["eos_id"], pad_id=spec["pad_id"]))
+    if spec.get("base_dir"):  # continued pretraining
+        model = LlamaForCausalLM.from_pretrained(spec["base_dir"], torch_dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    else:
+        model = LlamaForCausalLM(llama_config(
+            cfg["model"], vocab_size=spec["vocab_size"], seq_len=seq_len,
+            eos_id=spec["eos_id"], pad_id=spec["pad_id"]))
     n_params = sum(p.numel() for p in model.parameters())
+    if cfg["activation_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=spec["ds_config"])
 
@@ -192,7 +198,10 @@ def main() -> None:
                 "tokens_per_s": tokens_per_step * cfg["log_every"] / max(now - last, 1e-9),
                 "tokens": step * tokens_per_step,
             }
-            last = now
+            if cfg["eval_every"] and step % cfg["eval_every"] == 0:
+                record["heldout_loss"] = held_out_loss(engine, held, cfg["eval_max_seqs"],
+                                                       micro, device)
+            last = time.perf_counter()  # held-out evaluation is not training time
             if rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -223,8 +232,9 @@ def main() -> None:
         else:
             export = engine.module
         export.save_pretrained(hf_dir, safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(Path(spec["tokenizer_dir"]) / name, hf_dir / name)
+        for pattern in ("tokenizer*", "special_tokens_map.json", "chat_template*"):
+            for path in Path(spec["tokenizer_dir"]).glob(pattern):
+                shutil.copy(path, hf_dir / path.name)
         (out_dir / "summary.json").write_text(json.dumps({
             "steps": cfg["max_steps"], "tokens_trained": cfg["max_steps"] * tokens_per_step,
             "params": n_params, "world_size": world,

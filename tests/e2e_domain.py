@@ -10,7 +10,8 @@ SLICE_LINES = {"hpo.jsonl": 2500, "icd10cm.jsonl": 2500, "healthnews.jsonl": 250
 
 TEST_PROFILE = {
     "tokenizer": {"vocab_size": 2048},
-    "pretrain": {"max_steps": 40, "warmup_steps": 4, "log_every": 5, "eval_max_seqs": 32},
+    "pretrain": {"max_steps": 40, "warmup_steps": 4, "log_every": 5, "eval_every": 20,
+                 "eval_max_seqs": 32},
     "finetune": {"max_train_examples": 800, "max_test_examples": 300, "epochs": 3,
                  "max_seq_len": 64},
     "evaluate": {"max_eval_docs": 100},

