@@ -98,7 +98,8 @@ def _in_use(lock_path: Path) -> bool:
 
 def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None = None
                  ) -> list[Garbage]:
-    """Artifacts no kept run references, plus leftovers of failed or interrupted builds.
+    """Artifacts no kept run references (directly or as an input of one it references), plus
+    leftovers of failed or interrupted builds.
 
     With ``keep_runs`` only the newest N runs of each domain count as references.
     """
@@ -108,6 +109,15 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
         f"(SELECT run_id, {rank} AS n FROM runs) r USING (run_id) "
         f"WHERE s.status = 'completed'" + (f" AND r.n <= {int(keep_runs)}" if keep_runs else ""))
     referenced = {(r["stage"], r["artifact_key"]) for r in rows}
+    # What a kept artifact was built from is kept too (a prepared base model is never a stage
+    # run of its own, but pretrain artifacts name it as an input).
+    todo = list(referenced)
+    while todo:
+        art = store.get(*todo.pop())
+        for input_stage, input_key in (art.manifest.inputs.items() if art else ()):
+            if (input_stage, input_key) not in referenced:
+                referenced.add((input_stage, input_key))
+                todo.append((input_stage, input_key))
     garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
                if (a.stage, a.key) not in referenced]
     for pattern, reason in ((".failed-*", "failed build"), (".old-*", "replaced artifact"),

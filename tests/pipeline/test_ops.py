@@ -23,7 +23,8 @@ def workdir(tmp_path: Path) -> tuple[ArtifactStore, Catalog]:
     store, catalog = ArtifactStore(tmp_path / "artifacts"), Catalog(tmp_path / "catalog.duckdb")
     ing = _build(store, "ingest", "aaa111", {}, extra={"files": {"hpo": ["/data/hpo.jsonl"]}})
     tok = _build(store, "tokenizer", "bbb222", {"ingest": ing})
-    pre = _build(store, "pretrain", "ccc333", {"ingest": ing, "tokenizer": tok},
+    base = _build(store, "models", "fff666", {})  # a base model: never a stage run itself
+    pre = _build(store, "pretrain", "ccc333", {"ingest": ing, "tokenizer": tok, "models": base},
                  metrics={"eval_loss": 5.0})
     _build(store, "pretrain", "ddd444", {"ingest": ing, "tokenizer": tok})  # an older config
     for run_id, arts in (("r1", [ing, tok, pre]),):
@@ -57,6 +58,7 @@ def test_gc_finds_unreferenced_and_failed_then_deletes(workdir) -> None:
     ops.collect_garbage(garbage, catalog)
     assert store.get("pretrain", "ddd444") is None and not failed.exists()
     assert store.get("pretrain", "ccc333") is not None
+    assert store.get("models", "fff666") is not None  # kept: an input of a kept artifact
     assert ops.find_garbage(store, catalog) == []
 
 
