@@ -103,10 +103,11 @@ def _point_at_local(name: str, out_dir: Path) -> Manifest:
     return Manifest(stage="models", extra={"name": "local", "source": str(_source(name))})
 
 
-def prepare(name: str, store: ArtifactStore) -> Artifact:
-    """The base model's artifact, built on first use."""
+def prepare(name: str, store: ArtifactStore, key: str | None = None) -> Artifact:
+    """The base model's artifact, built on first use; ``key`` saves re-hashing the weights when
+    the caller already has ``base_key(name)``."""
     build = _convert_gguf if name in BASE_MODELS else _point_at_local
-    art, _ = store.build(stage="models", key=base_key(name), config_hash=name,
+    art, _ = store.build(stage="models", key=key or base_key(name), config_hash=name,
                          code=code_version("pipeline.models"), inputs={},
                          fn=lambda out: build(name, out))
     return art

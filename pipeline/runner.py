@@ -81,6 +81,7 @@ class PlannedStage:
     config_hash: str
     code: str
     config: Any  # the stage config with data paths resolved
+    inputs: dict[str, Any]  # what the key hashed besides config and code
 
 
 def default_workdir() -> Path:
@@ -113,7 +114,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
         config_json = config.model_dump(mode="json")
         code = code_version(*STAGE_SPECS[stage].code)
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
-                                      stable_hash(config_json), code, resolved)
+                                      stable_hash(config_json), code, resolved, extra_inputs)
     return planned
 
 
@@ -187,9 +188,10 @@ class Session:
                     f"run without --only, or with --from {need}"
                 )
             found[need] = art
-        config = self.plan[stage].config
-        if stage == "pretrain" and config.mode == "continue":
-            found["models"] = models.prepare(config.base_model, self.store)
+        planned = self.plan[stage]
+        if stage == "pretrain" and planned.config.mode == "continue":
+            found["models"] = models.prepare(planned.config.base_model, self.store,
+                                             key=planned.inputs["models"])
         return found
 
     def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True
