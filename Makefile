@@ -35,7 +35,9 @@ lint: install
 	$(BIN)/ruff check pipeline flows tests bench
 
 bench: install
+	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python bench/flow_overhead.py
+	$(BIN)/python bench/tokenize.py
 
 clean:
 	rm -rf dapt-work .pytest_cache

@@ -22,8 +22,9 @@ import torch
 import yaml
 
 from pipeline import domains, samples
+from pipeline.packing import TokenBatches
 from pipeline.runner import Session
-from pipeline.train_worker import TokenBatches, llama_config
+from pipeline.train_worker import llama_config
 
 
 def plain_loop(spec: dict, data: TokenBatches, steps: int, warmup: int) -> float:
@@ -40,7 +41,7 @@ def plain_loop(spec: dict, data: TokenBatches, steps: int, warmup: int) -> float
     for step in range(steps):
         if step == warmup:
             start = time.perf_counter()
-        x = data.batch(data.sequence_ids(step * micro, micro))
+        x = torch.from_numpy(data.batch(data.sequence_ids(step * micro, micro)))
         model(input_ids=x, labels=x).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         opt.step()
@@ -64,7 +65,7 @@ def hf_trainer(spec: dict, data: TokenBatches, steps: int, warmup: int, out: Pat
             return len(order)
 
         def __getitem__(self, i: int) -> dict:
-            x = data.batch([order[i]])[0]
+            x = torch.from_numpy(data.batch([order[i]])[0])
             return {"input_ids": x, "labels": x}
 
     times: list[float] = []
@@ -109,8 +110,7 @@ def main() -> None:
         records = [json.loads(r) for r in (art.path / "metrics.jsonl").read_text().splitlines()]
         timed = [r for r in records if r["step"] > args.warmup]
         stage = sum(r["tokens_per_s"] for r in timed) / len(timed)
-        data = TokenBatches(art.path / "data/train.bin", spec["dtype"], spec["config"]["seq_len"],
-                            spec["config"]["seed"])
+        data = TokenBatches(art.path / "data", "train", spec["config"]["seed"])
         plain = plain_loop(spec, data, args.steps, args.warmup)
         trainer = hf_trainer(spec, data, args.steps, args.warmup, root / "trainer")
     finally:

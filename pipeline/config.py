@@ -43,6 +43,9 @@ class SourceConfig(_Strict):
     )
     text_field: str = Field(default="text", description="Column holding the document text.")
     id_field: str | None = Field(default=None, description="Column holding a stable id.")
+    general: bool = Field(
+        default=False, description="General-domain (replay) text: mixed into pretraining by "
+        "pretrain.mixture, and reported apart from the domain text (forgetting, fertility).")
 
 
 class IngestConfig(_Strict):
@@ -69,13 +72,40 @@ class IngestConfig(_Strict):
 # --- tokenizer --------------------------------------------------------------------------------
 
 
+class VocabExtensionConfig(_Strict):
+    """Domain tokens added to the base model's tokenizer (continue mode only)."""
+
+    num_new_tokens: int = Field(
+        default=0, ge=0, description="Most new tokens to add; 0 keeps the base tokenizer as is.")
+    min_frequency: int = Field(
+        default=20, ge=1, description="A word must occur this often in the scanned text.")
+    sample_chars: int = Field(
+        default=20_000_000, gt=0, description="Characters of training text scanned for words.")
+
+
 class TokenizerConfig(_Strict):
+    model: Literal["bpe", "unigram"] = Field(
+        default="bpe", description="Byte-level BPE or Unigram (both over byte-level symbols).")
     vocab_size: int = Field(default=8192, ge=300, description="Includes 256 bytes + specials.")
-    min_frequency: int = Field(default=2, ge=1)
+    min_frequency: int = Field(default=2, ge=1, description="BPE: merges seen fewer times drop.")
     eos_token: str = "<|endoftext|>"
     pad_token: str = "<|pad|>"
+    special_tokens: list[str] = Field(
+        default_factory=list, description="Further special tokens, after eos and pad.")
+    max_train_chars: int | None = Field(
+        default=None, gt=0, description="Train on a seeded uniform sample of about this many "
+        "characters (tokenizers' memory grows with the corpus); null: the whole corpus.")
     batch_size: int = Field(default=1000, gt=0, description="Documents per training batch.")
     max_roundtrip_docs: int = Field(default=2000, gt=0, description="Held-out docs checked.")
+    extend: VocabExtensionConfig = Field(default_factory=VocabExtensionConfig)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerConfig:
+        specials = [self.eos_token, self.pad_token, *self.special_tokens]
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special tokens must be distinct, got {specials}")
+        return self
 
 
 # --- pretrain ---------------------------------------------------------------------------------
@@ -139,6 +169,14 @@ class PretrainConfig(_Strict):
         default=False, description="ZeRO optimizer state in CPU memory (DeepSpeed CPU Adam).")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
     eval_max_seqs: int = Field(default=256, gt=0)
+    mixture: dict[str, float] = Field(
+        default_factory=dict, description="Source name -> share of training tokens; sources "
+        "not named share the rest in their natural proportions and are used exactly once.")
+    num_pack_workers: int = Field(
+        default=0, ge=0, description="Processes that tokenize for packing; 0: one per CPU.")
+    max_shard_tokens: int = Field(
+        default=1 << 28, gt=0, description="Tokens per packed shard file (rounded down to "
+        "whole sequences).")
     seed: int = 0
     ds_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Raw DeepSpeed JSON merged over the generated one."
@@ -155,6 +193,15 @@ class PretrainConfig(_Strict):
                              f"log_every ({self.log_every})")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (got zero_stage 0)")
+        bad = {k: v for k, v in self.mixture.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"mixture shares must be in (0, 1], got {bad}")
+        if self.mixture and sum(self.mixture.values()) > 1 + 1e-9:
+            raise ValueError(f"mixture shares sum to {sum(self.mixture.values()):.3f}; "
+                             "they are fractions of the training tokens, so at most 1")
+        if self.max_shard_tokens < self.seq_len:
+            raise ValueError(f"max_shard_tokens ({self.max_shard_tokens}) must hold at least "
+                             f"one sequence of seq_len ({self.seq_len}) tokens")
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
@@ -216,6 +263,20 @@ class RunConfig(_Strict):
     pretrain: PretrainConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> RunConfig:
+        names = [s.name for s in self.ingest.sources]
+        unknown = sorted(set(self.pretrain.mixture) - set(names))
+        if unknown:
+            raise ValueError(f"pretrain.mixture names unknown source(s) {unknown}; "
+                             f"ingest.sources are: {', '.join(names)}")
+        # With every source named, the shares are relative weights (normalised when packing).
+        unnamed = [n for n in names if n not in self.pretrain.mixture]
+        if unnamed and sum(self.pretrain.mixture.values()) >= 1 - 1e-9:
+            raise ValueError(f"pretrain.mixture shares sum to 1, leaving nothing for the "
+                             f"source(s) it does not name: {', '.join(unnamed)}")
+        return self
 
     def stage(self, name: str) -> BaseModel:
         if name not in STAGES:

@@ -65,9 +65,11 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     texts, sources = held.column("text").to_pylist(), held.column("source").to_pylist()
     scores = score_documents(model, tok, texts, window, config.batch_size)
 
+    general = set(inputs["ingest"].manifest.extra.get("general_sources", []))
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
     for text, source, (nll, n) in zip(texts, sources, scores, strict=True):
-        for key in ("all", source):
+        # "domain" and "general" aggregate the domain's and the general (replay) sources
+        for key in ("general" if source in general else "domain", f"source:{source}"):
             totals[key][0] += nll
             totals[key][1] += n
             totals[key][2] += len(text.encode("utf-8"))
@@ -78,20 +80,23 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     }
     ft, tk = finetune.manifest, inputs["tokenizer"].manifest
     metrics = {
-        "heldout_perplexity": per_source["all"]["perplexity"],
-        "heldout_bits_per_byte": per_source["all"]["bits_per_byte"],
+        "heldout_perplexity": per_source["domain"]["perplexity"],
+        "heldout_bits_per_byte": per_source["domain"]["bits_per_byte"],
+        **({"general_perplexity": per_source["general"]["perplexity"],
+            "general_bits_per_byte": per_source["general"]["bits_per_byte"]}
+           if "general" in per_source else {}),
         "finetune_accuracy": ft.metrics["accuracy"],
         "finetune_macro_f1": ft.metrics["macro_f1"],
         "finetune_majority_rate": ft.metrics["majority_rate"],
         "tokenizer_fertility": tk.metrics["fertility"],
-        "vocab_size": float(tk.counts["vocab_size"]),
+        "vocab_size": float(len(tok)),
     }
     (out_dir / "metrics.json").write_text(json.dumps(
         {"metrics": metrics, "per_source": per_source}, indent=2))
     (out_dir / "report.md").write_text(render_report(inputs, metrics, per_source))
     return Manifest(
         stage="evaluate",
-        counts={"eval_docs": len(texts), "eval_tokens": int(per_source["all"]["tokens"])},
+        counts={"eval_docs": len(texts), "eval_tokens": int(per_source["domain"]["tokens"])},
         metrics=metrics,
         extra={"per_source": per_source},
     )

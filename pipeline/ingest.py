@@ -228,6 +228,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         stage="ingest",
         counts={k: int(v) for k, v in counts.items()},
         extra={"sources": {s: {"kept": int(k), "docs_in": int(n)} for s, k, n in by_source},
+               "source_names": [s.name for s in config.sources],
+               "general_sources": [s.name for s in config.sources if s.general],
                "files": files},
     )
 

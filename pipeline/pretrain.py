@@ -1,9 +1,10 @@
 """Pretrain stage: pack the corpus into token sequences and train a causal LM with DeepSpeed.
 
-1. Tokenize the ingest shards with the tokenizer artifact (``encode_batch``), append EOS to each
-   document, concatenate, and write one flat token stream per split (``data/train.bin``,
-   ``data/eval.bin``; uint16 when the vocabulary fits, else uint32). Sequence ``i`` is the slice
-   ``[i*seq_len, (i+1)*seq_len)``; the tail shorter than one sequence is counted, not used.
+1. Tokenize and pack the ingest shards (``pipeline.packing``): the training stream follows
+   ``mixture``, and the held-out text becomes two streams, ``eval`` (domain sources) and
+   ``eval_general`` (general sources, when the domain has any: the forgetting loss). The
+   tokenizer is the domain one (from_scratch), or the base model's, extended when the tokenizer
+   stage extended it (continue; new embeddings start as the mean of their pieces').
 2. Generate the DeepSpeed JSON from ``PretrainConfig`` (``ds_overrides`` is merged over it) and
    launch ``pipeline.train_worker`` through DeepSpeed's launcher as a subprocess: one process
    here, ``num_gpus`` ranks on a GPU node. The command, config and log are kept in the artifact.
@@ -30,37 +31,11 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError, models
+from pipeline import QualityGateError, models, packing
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
-from pipeline.tokenizer import iter_texts
 
 log = logging.getLogger("dapt")
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
-
-
-def pack(tok: Tokenizer, files: list[Path], eos_id: int, out_path: Path, batch_size: int = 1000
-         ) -> dict[str, int]:
-    """Append every document's tokens plus EOS to ``out_path``; return token and doc counts."""
-    dtype = token_dtype(tok.get_vocab_size())
-    eos = np.array([eos_id], dtype=dtype)
-    n_tokens = n_docs = 0
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "wb") as fh:
-        for texts in iter_texts(files, batch_size):
-            encoded = tok.encode_batch_fast(texts, add_special_tokens=False)
-            parts = []
-            for enc in encoded:
-                parts.append(np.asarray(enc.ids, dtype=dtype))
-                parts.append(eos)
-            chunk = np.concatenate(parts)
-            fh.write(chunk.tobytes())
-            n_tokens += chunk.size
-            n_docs += len(texts)
-    return {"tokens": n_tokens, "docs": n_docs}
 
 
 def use_bf16(config: PretrainConfig) -> bool:
@@ -157,33 +132,59 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
         )
 
 
+def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id: int,
+         data_dir: Path) -> dict[str, Any]:
+    """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams."""
+    names = ingest.manifest.extra["source_names"]
+    general = set(ingest.manifest.extra.get("general_sources", []))
+    common = {"source_names": names, "num_workers": config.num_pack_workers}
+    train = packing.encode(tokenizer_path, sorted(ingest.path.glob("train-*.parquet")), eos_id,
+                           data_dir / "staging-train.bin", **common)
+    selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
+    packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
+                                               config.seq_len, config.max_shard_tokens),
+              "mixture": mixture}
+    held = packing.encode(tokenizer_path, [ingest.path / "eval.parquet"], eos_id,
+                          data_dir / "staging-eval.bin", **common)
+    is_general = np.isin(held.sources, [i for i, n in enumerate(names) if n in general])
+    for name, docs in (("eval", np.flatnonzero(~is_general)),
+                       ("eval_general", np.flatnonzero(is_general))):
+        if len(docs):
+            packed[name] = packing.write_sequences(held, docs, data_dir, name, config.seq_len,
+                                                   config.max_shard_tokens)
+    for staging in (train.path, held.path):
+        staging.unlink()
+    return packed
+
+
 def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    ingest_dir = inputs["ingest"].path
-    if config.mode == "continue":  # the base model's own tokenizer; the domain one is reported
+    tok_art = inputs["tokenizer"]
+    base_tok_dir = None
+    if config.mode == "continue":  # the base model's own tokenizer, or its extension
         base_dir = models.hf_dir(inputs["models"])
-        tok_dir = base_dir
+        extended = tok_art.manifest.extra.get("extended_dir")
+        tok_dir = tok_art.path / extended if extended else base_dir
+        base_tok_dir = base_dir if extended else None
         base_config = json.loads((base_dir / "config.json").read_text())
         eos_id = base_config["eos_token_id"]
         pad_id = base_config.get("pad_token_id") or eos_id
     else:
-        base_dir, tok_dir = None, inputs["tokenizer"].path
-        tok_extra = inputs["tokenizer"].manifest.extra
-        eos_id, pad_id = tok_extra["eos_id"], tok_extra["pad_id"]
+        base_dir, tok_dir = None, tok_art.path
+        eos_id, pad_id = tok_art.manifest.extra["eos_id"], tok_art.manifest.extra["pad_id"]
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
-    if marker.exists():  # resuming a killed build: the token stream is already complete
-        train, held = json.loads(marker.read_text())
+    if marker.exists():  # resuming a killed build: the packed streams are complete
+        packed = json.loads(marker.read_text())
         log.info("pretrain: resuming in %s", out_dir)
     else:
-        train = pack(tok, sorted(ingest_dir.glob("train-*.parquet")), eos_id,
-                     data_dir / "train.bin")
-        held = pack(tok, [ingest_dir / "eval.parquet"], eos_id, data_dir / "eval.bin")
-        marker.write_text(json.dumps([train, held]))
-    n_train_seqs, n_eval_seqs = train["tokens"] // config.seq_len, held["tokens"] // config.seq_len
+        packed = pack(config, inputs["ingest"], tok_dir / "tokenizer.json", eos_id, data_dir)
+        marker.write_text(json.dumps(packed, indent=2))
+    n_train_seqs = packed["train"]["sequences"]
+    n_eval_seqs = packed["eval"]["sequences"] if "eval" in packed else 0
     per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
     if n_train_seqs < per_step or n_eval_seqs < 1:
         raise QualityGateError(
-            f"pretrain: {n_train_seqs} training and {n_eval_seqs} held-out sequences of "
+            f"pretrain: {n_train_seqs} training and {n_eval_seqs} held-out domain sequences of "
             f"{config.seq_len} tokens; need at least {per_step} and 1"
         )
 
@@ -195,10 +196,11 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         "ds_config": ds_config,
         "tokenizer_dir": str(tok_dir),
         "base_dir": str(base_dir) if base_dir else None,
+        "base_tokenizer_dir": str(base_tok_dir) if base_tok_dir else None,
         "vocab_size": tok.get_vocab_size(),
         "eos_id": eos_id,
         "pad_id": pad_id,
-        "dtype": token_dtype(tok.get_vocab_size()).name,
+        "general_eval": "eval_general" in packed,
         "out_dir": str(out_dir),
     }
     spec_path = out_dir / "spec.json"
@@ -213,14 +215,18 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     return Manifest(
         stage="pretrain",
         counts={
-            "train_tokens": train["tokens"], "train_docs": train["docs"],
-            "train_seqs": n_train_seqs, "eval_tokens": held["tokens"], "eval_seqs": n_eval_seqs,
+            "train_tokens": packed["train"]["tokens"], "train_docs": packed["train"]["documents"],
+            "train_seqs": n_train_seqs, "train_shards": len(packed["train"]["shards"]),
+            "eval_tokens": packed["eval"]["tokens"], "eval_seqs": n_eval_seqs,
+            "new_embeddings": summary.get("new_embeddings", 0),
             "steps": summary["steps"], "tokens_trained": summary["tokens_trained"],
             "params": summary["params"], "world_size": summary["world_size"],
         },
-        metrics={k: summary[k] for k in
-                 ("final_train_loss", "eval_loss", "eval_perplexity", "tokens_per_s")},
+        metrics={k: summary[k] for k in ("final_train_loss", "eval_loss", "eval_perplexity",
+                                         "general_eval_loss", "tokens_per_s") if k in summary},
         extra={"precision": "bf16" if bf16 else "fp32", "launch": cmd, "mode": config.mode,
                "base_model": config.base_model if config.mode == "continue" else None,
-               "checkpoint": summary["checkpoint"]},
+               "checkpoint": summary["checkpoint"], "mixture": packed["mixture"],
+               "tokenizer": "domain" if config.mode == "from_scratch" else
+                            "extended" if base_tok_dir else "base"},
     )

@@ -35,10 +35,12 @@ def render_report(inputs: Mapping[str, Artifact], metrics: Mapping[str, float],
         "## Artifacts",
         _table(["stage", "key"], [[a.stage, a.key] for a in inputs.values()]),
         "## Held-out language modelling",
-        f"Perplexity **{metrics['heldout_perplexity']:.2f}** (vocabulary "
-        f"{int(metrics['vocab_size'])}), bits-per-byte **{metrics['heldout_bits_per_byte']:.3f}** "
-        f"on {sum(1 for _ in per_source) - 1} source(s).",
-        _table(["source", "perplexity", "bits/byte", "tokens", "bytes"],
+        f"Domain text: perplexity **{metrics['heldout_perplexity']:.2f}** (vocabulary "
+        f"{int(metrics['vocab_size'])}), bits-per-byte **{metrics['heldout_bits_per_byte']:.3f}**"
+        + (f"; general text (forgetting): perplexity {metrics['general_perplexity']:.2f}, "
+           f"bits-per-byte {metrics['general_bits_per_byte']:.3f}"
+           if "general_perplexity" in metrics else "") + ".",
+        _table(["slice", "perplexity", "bits/byte", "tokens", "bytes"],
                [[s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"]]
                 for s, v in per_source.items()]),
         f"## Fine-tune: {ft.extra['task']}",
@@ -53,14 +55,26 @@ def render_report(inputs: Mapping[str, Artifact], metrics: Mapping[str, float],
         f"{pre.counts['params']:,} parameters, {pre.counts['steps']} steps, "
         f"{pre.counts['tokens_trained']:,} tokens at {pre.metrics['tokens_per_s']:.0f} tokens/s "
         f"({pre.extra['precision']}, world size {pre.counts['world_size']}); held-out loss "
-        f"{pre.metrics['eval_loss']:.3f}.",
-        _table(["step", "loss", "held-out loss", "lr", "grad norm", "tokens/s"],
-               [[r["step"], r["loss"], r.get("heldout_loss", ""), r["lr"], r["grad_norm"],
-                 r["tokens_per_s"]] for r in sampled]),
+        f"{pre.metrics['eval_loss']:.3f}"
+        + (f", general held-out loss {pre.metrics['general_eval_loss']:.3f}"
+           if "general_eval_loss" in pre.metrics else "") + ".",
+        _table(["step", "loss", "held-out loss", "general loss", "lr", "grad norm", "tokens/s"],
+               [[r["step"], r["loss"], r.get("heldout_loss", ""), r.get("general_loss", ""),
+                 r["lr"], r["grad_norm"], r["tokens_per_s"]] for r in sampled]),
+        "Training mixture (share of packed training tokens):",
+        _table(["source", "target", "achieved", "tokens", "passes"],
+               [[s, v["target_share"], v["achieved_share"], v["tokens"], v["passes"]]
+                for s, v in pre.extra.get("mixture", {}).items()]),
         "## Tokenizer",
-        f"Byte-level BPE, {tok.counts['vocab_size']} tokens; held-out fertility "
-        f"{tok.metrics['fertility']:.3f} tokens/word, {tok.metrics['chars_per_token']:.2f} "
-        f"characters/token; exact round-trip on {tok.counts['roundtrip_checked']} documents.",
+        f"Domain {tok.extra.get('model', 'bpe')} tokenizer of {tok.counts['vocab_size']} tokens"
+        + (f"; base tokenizer extended by {tok.counts['new_tokens']} domain tokens"
+           if "new_tokens" in tok.counts else "")
+        + f"; training used the {pre.extra.get('tokenizer', 'domain')} tokenizer. Exact "
+        f"round-trip on {tok.counts['roundtrip_checked']} held-out documents.",
+        _table(["tokenizer", "text", "fertility (tokens/word)", "characters/token"],
+               [[name, part, v["fertility"], v["chars_per_token"]]
+                for name, parts in tok.extra.get("efficiency", {}).items()
+                for part, v in parts.items()]),
         "## Corpus",
         f"{ing.counts['docs_in']:,} documents in, {ing.counts['kept']:,} kept "
         f"({ing.counts['train_docs']:,} train, {ing.counts['eval_docs']:,} held out), "

@@ -63,8 +63,10 @@ class StageSpec:
 
 STAGE_SPECS: dict[str, StageSpec] = {
     "ingest": StageSpec("pipeline.ingest", ("pipeline.ingest",), ()),
-    "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer",), ("ingest",)),
-    "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.train_worker"),
+    "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
+                           ("ingest",)),
+    "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",
+                                                "pipeline.train_worker", "pipeline.vocab"),
                           ("ingest", "tokenizer"), resumable=True),
     "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics"),
                           ("pretrain",)),
@@ -72,6 +74,11 @@ STAGE_SPECS: dict[str, StageSpec] = {
                           ("pipeline.evaluate", "pipeline.report", "pipeline.metrics"),
                           ("ingest", "tokenizer", "pretrain", "finetune")),
 }
+
+
+# In continue mode these stages also read the base model: the tokenizer reports (and may
+# extend) its tokenizer, pretraining starts from its weights.
+BASE_MODEL_STAGES = ("tokenizer", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,8 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
     for stage in STAGES:
         config = run.stage(stage)
         extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
-        if stage == "pretrain" and config.mode == "continue":
-            extra_inputs["models"] = models.base_key(config.base_model)
+        if stage in BASE_MODEL_STAGES and run.pretrain.mode == "continue":
+            extra_inputs["models"] = models.base_key(run.pretrain.base_model)
         if stage == "ingest":
             sources = []
             for i, source in enumerate(config.sources):
@@ -189,8 +196,8 @@ class Session:
                 )
             found[need] = art
         planned = self.plan[stage]
-        if stage == "pretrain" and planned.config.mode == "continue":
-            found["models"] = models.prepare(planned.config.base_model, self.store,
+        if "models" in planned.inputs:
+            found["models"] = models.prepare(self.run.pretrain.base_model, self.store,
                                              key=planned.inputs["models"])
         return found
 

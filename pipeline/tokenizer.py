@@ -1,10 +1,18 @@
-"""Tokenizer stage: a byte-level BPE trained on the ingest shards with HF ``tokenizers``.
+"""Tokenizer stage: a domain tokenizer trained on the ingest shards, and the base one extended.
 
-Training streams record batches from the Parquet shards, so memory is bounded by the batch, not
-the corpus (``tokenizers`` keeps its own word counts). Outputs ``tokenizer.json`` plus the files
-``PreTrainedTokenizerFast.from_pretrained`` reads, and reports fertility (tokens per word) and
-characters per token on the held-out slice. Exact round-trip on held-out text is a quality gate:
-a byte-level BPE that cannot reproduce its input must not reach training.
+Training (``model: bpe`` or ``unigram``, both over byte-level symbols so any text round-trips)
+streams record batches from the Parquet shards, so our memory is bounded by the batch;
+``tokenizers`` keeps its own word counts, which grow with the corpus, so ``max_train_chars``
+trains on a seeded uniform sample of about that many characters instead.
+
+In continue mode the stage also gets the base model (the ``models`` artifact): it reports the
+base tokenizer, and with ``extend.num_new_tokens > 0`` writes ``extended/``, the base tokenizer
+plus the domain's most useful new tokens (``pipeline.vocab``), which pretraining then uses.
+
+Outputs ``tokenizer.json`` plus the files ``PreTrainedTokenizerFast.from_pretrained`` reads,
+and ``efficiency.json``: fertility (tokens per word) and characters per token of every tokenizer
+(domain, base, extended) on the held-out domain text and the held-out general text. Exact
+round-trip on held-out text is a quality gate for the tokenizers training will use.
 """
 
 from __future__ import annotations
@@ -13,33 +21,55 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline import QualityGateError
+from pipeline import QualityGateError, vocab
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import TokenizerConfig
+from pipeline.models import hf_dir
 
 
-def iter_texts(files: list[Path], batch_size: int) -> Iterator[list[str]]:
+def iter_texts(files: list[Path], batch_size: int, fraction: float = 1.0, seed: int = 0
+               ) -> Iterator[list[str]]:
+    """Text batches of ``files``; with ``fraction < 1`` a seeded Bernoulli sample of documents
+    (the same documents every time for the same files, batch size and seed)."""
     dataset = ds.dataset([str(f) for f in files], format="parquet")
+    rng = np.random.default_rng([seed, 0x746F6B])  # "tok"
     for batch in dataset.to_batches(columns=["text"], batch_size=batch_size):
-        yield batch.column(0).to_pylist()
+        column = batch.column(0)
+        if fraction < 1.0:
+            column = column.filter(rng.random(len(column)) < fraction)
+        yield column.to_pylist()
 
 
-def train(config: TokenizerConfig, files: list[Path]) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
+def special_tokens(config: TokenizerConfig) -> list[str]:
+    return [config.eos_token, config.pad_token, *config.special_tokens]
+
+
+def train(config: TokenizerConfig, files: list[Path], total_chars: int | None = None
+          ) -> Tokenizer:
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if config.model == "bpe":
+        tok = Tokenizer(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+            special_tokens=special_tokens(config), initial_alphabet=alphabet,
+            show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(
+            vocab_size=config.vocab_size, special_tokens=special_tokens(config),
+            initial_alphabet=alphabet, show_progress=False)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=config.vocab_size,
-        min_frequency=config.min_frequency,
-        special_tokens=[config.eos_token, config.pad_token],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(iter_texts(files, config.batch_size), trainer=trainer)
+    fraction = 1.0
+    if config.max_train_chars and total_chars:
+        fraction = min(1.0, config.max_train_chars / total_chars)
+    tok.train_from_iterator(iter_texts(files, config.batch_size, fraction, config.seed),
+                            trainer=trainer)
     return tok
 
 
@@ -71,30 +101,81 @@ def save_hf_files(tok: Tokenizer, config: TokenizerConfig, out_dir: Path) -> Non
         "eos_token": config.eos_token,
         "pad_token": config.pad_token,
         "unk_token": None,
+        "extra_special_tokens": config.special_tokens,
         "model_max_length": 1_000_000,
         "clean_up_tokenization_spaces": False,
     }, indent=2))
 
 
-def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    ingest_dir = inputs["ingest"].path
-    tok = train(config, sorted(ingest_dir.glob("train-*.parquet")))
-    save_hf_files(tok, config, out_dir)
+def held_out_texts(ingest: Artifact) -> dict[str, list[str]]:
+    """Held-out text split into the domain slice and the general (replay) slice."""
+    general = set(ingest.manifest.extra.get("general_sources", []))
+    table = ds.dataset(str(ingest.path / "eval.parquet")).to_table(columns=["source", "text"])
+    is_general = pc.is_in(table.column("source"), value_set=pc.cast(list(general) or [""],
+                                                                      "string"))
+    return {"domain": table.filter(pc.invert(is_general)).column("text").to_pylist(),
+            "general": table.filter(is_general).column("text").to_pylist()}
 
-    eval_texts = ds.dataset(str(ingest_dir / "eval.parquet")).to_table(columns=["text"])
-    eval_texts = eval_texts.column(0).to_pylist()
-    metrics = efficiency(tok, eval_texts)
-    checked = eval_texts[: config.max_roundtrip_docs]
-    failures = roundtrip_failures(tok, checked)
+
+def check_roundtrip(name: str, tok: Tokenizer, texts: list[str]) -> None:
+    failures = roundtrip_failures(tok, texts)
     if failures:
         raise QualityGateError(
-            f"tokenizer: {len(failures)} of {len(checked)} held-out documents do not round-trip "
-            f"exactly (first: {checked[failures[0]][:80]!r})"
+            f"tokenizer: the {name} tokenizer does not round-trip {len(failures)} of "
+            f"{len(texts)} held-out documents exactly (first: {texts[failures[0]][:80]!r})"
         )
-    return Manifest(
-        stage="tokenizer",
-        counts={"vocab_size": tok.get_vocab_size(), "roundtrip_checked": len(checked)},
-        metrics=metrics,
-        extra={"eos_id": tok.token_to_id(config.eos_token),
-               "pad_id": tok.token_to_id(config.pad_token)},
-    )
+
+
+def extend_base(config: TokenizerConfig, base: Tokenizer, files: list[Path], total_chars: int
+                ) -> tuple[Tokenizer, dict[str, int]]:
+    """The base tokenizer plus up to ``extend.num_new_tokens`` domain tokens."""
+    ext = config.extend
+    fraction = min(1.0, ext.sample_chars / max(total_chars, 1))
+    counts = vocab.word_counts(
+        base, (t for batch in iter_texts(files, config.batch_size, fraction, config.seed)
+               for t in batch))
+    merges = vocab.choose_merges(base, counts, ext.num_new_tokens, ext.min_frequency)
+    extended = vocab.extend(base, merges)
+    return extended, {"new_tokens": len(vocab.new_token_ids(base, extended)),
+                      "new_merges": len(merges), "words_scanned": sum(counts.values())}
+
+
+def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
+    ingest = inputs["ingest"]
+    files = sorted(ingest.path.glob("train-*.parquet"))
+    total_chars = ingest.manifest.counts.get("train_chars", 0)
+    tok = train(config, files, total_chars)
+    save_hf_files(tok, config, out_dir)
+    held = held_out_texts(ingest)
+    if not held["domain"]:
+        raise QualityGateError("tokenizer: the held-out slice has no domain (non-general) "
+                               "documents; raise ingest.eval_fraction")
+    checked = held["domain"][: config.max_roundtrip_docs]
+    check_roundtrip("domain", tok, checked)
+
+    tokenizers = {"domain": tok}
+    counts = {"vocab_size": tok.get_vocab_size(), "roundtrip_checked": len(checked)}
+    extra: dict = {"eos_id": tok.token_to_id(config.eos_token),
+                   "pad_id": tok.token_to_id(config.pad_token), "model": config.model}
+    if "models" in inputs:  # continue mode: the base model's tokenizer, maybe extended
+        base_dir = hf_dir(inputs["models"])
+        base = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
+        tokenizers["base"] = base
+        extra["base_vocab_size"] = base.get_vocab_size()
+        if config.extend.num_new_tokens:
+            extended, ext_counts = extend_base(config, base, files, total_chars)
+            check_roundtrip("extended", extended, checked)
+            vocab.save_extended(extended, base_dir, out_dir / "extended")
+            tokenizers["extended"] = extended
+            counts.update(ext_counts, extended_vocab_size=extended.get_vocab_size())
+            extra["extended_dir"] = "extended"
+
+    table = {name: {part: efficiency(t, texts) for part, texts in held.items() if texts}
+             for name, t in tokenizers.items()}
+    (out_dir / "efficiency.json").write_text(json.dumps(table, indent=2))
+    metrics = dict(table["domain"]["domain"])  # the domain tokenizer on domain text
+    metrics.update({f"{key}.{name}.{part}": value for name, parts in table.items()
+                    for part, values in parts.items() for key, value in values.items()
+                    if key != "eval_tokens"})
+    return Manifest(stage="tokenizer", counts=counts, metrics=metrics,
+                    extra={**extra, "efficiency": table})

@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import deepspeed
-import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.packing import TokenBatches
+from pipeline.vocab import init_new_embeddings
 
 
 def llama_config(model: dict[str, Any], *, vocab_size: int, seq_len: int, eos_id: int,
@@ -53,31 +56,6 @@ def llama_config(model: dict[str, Any], *, vocab_size: int, seq_len: int, eos_id
     )
 
 
-class TokenBatches:
-    """Seeded, epoch-wise shuffled sequences of a flat token stream, addressable by index."""
-
-    def __init__(self, path: Path, dtype: str, seq_len: int, seed: int):
-        self.tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-        self.seq_len, self.seed = seq_len, seed
-        self.num_seqs = len(self.tokens) // seq_len
-        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
-
-    def sequence_ids(self, start: int, count: int) -> list[int]:
-        """Ids of the global sequence positions ``start .. start+count`` across epochs."""
-        ids = []
-        for pos in range(start, start + count):
-            epoch, i = divmod(pos, self.num_seqs)
-            if epoch != self._epoch:
-                self._epoch = epoch
-                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_seqs)
-            ids.append(int(self._order[i]))
-        return ids
-
-    def batch(self, ids: list[int]) -> torch.Tensor:
-        rows = [self.tokens[i * self.seq_len:(i + 1) * self.seq_len] for i in ids]
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
-
-
 @torch.no_grad()
 def full_grad_norm(model: torch.nn.Module) -> float:
     """L2 norm of all gradients before clipping (valid where grads are not partitioned)."""
@@ -92,7 +70,7 @@ def held_out_loss(engine: Any, data: TokenBatches, max_seqs: int, micro: int, de
     total, n = 0.0, 0
     ids = list(range(min(max_seqs, data.num_seqs)))
     for i in range(0, len(ids), micro):
-        x = data.batch(ids[i:i + micro]).to(device)
+        x = torch.from_numpy(data.batch(ids[i:i + micro])).to(device)
         total += engine(input_ids=x, labels=x).loss.float().item() * len(x)
         n += len(x)
     engine.train()
@@ -132,9 +110,14 @@ def main() -> None:
     torch.manual_seed(cfg["seed"])
     seq_len, micro, accum = cfg["seq_len"], cfg["micro_batch_size"], cfg["grad_accum_steps"]
 
+    new_embeddings = 0
     if spec.get("base_dir"):  # continued pretraining
         model = LlamaForCausalLM.from_pretrained(spec["base_dir"], torch_dtype=torch.float32,
                                                  attn_implementation="sdpa")
+        if spec.get("base_tokenizer_dir"):  # extended vocabulary: new rows = mean of pieces
+            base_tok, tok = (Tokenizer.from_file(str(Path(spec[k]) / "tokenizer.json"))
+                             for k in ("base_tokenizer_dir", "tokenizer_dir"))
+            new_embeddings = init_new_embeddings(model, base_tok, tok)
     else:
         model = LlamaForCausalLM(llama_config(
             cfg["model"], vocab_size=spec["vocab_size"], seq_len=seq_len,
@@ -145,8 +128,10 @@ def main() -> None:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=spec["ds_config"])
 
-    train = TokenBatches(out_dir / "data/train.bin", spec["dtype"], seq_len, cfg["seed"])
-    held = TokenBatches(out_dir / "data/eval.bin", spec["dtype"], seq_len, cfg["seed"])
+    train = TokenBatches(out_dir / "data", "train", cfg["seed"])
+    held = TokenBatches(out_dir / "data", "eval", cfg["seed"])
+    general = TokenBatches(out_dir / "data", "eval_general", cfg["seed"]) \
+        if spec.get("general_eval") else None
     metrics_path, ckpt_dir = out_dir / "metrics.jsonl", out_dir / "checkpoint"
     tokens_per_step = micro * accum * world * seq_len
     window: list[float] = []
@@ -170,7 +155,7 @@ def main() -> None:
     for step in range(first, cfg["max_steps"] + 1):
         for _ in range(accum):
             ids = train.sequence_ids(g * micro * world + rank * micro, micro)
-            x = train.batch(ids).to(device)
+            x = torch.from_numpy(train.batch(ids)).to(device)
             loss = engine(input_ids=x, labels=x).loss
             value = loss.detach().float().item()
             if not math.isfinite(value):
@@ -201,6 +186,9 @@ def main() -> None:
             if cfg["eval_every"] and step % cfg["eval_every"] == 0:
                 record["heldout_loss"] = held_out_loss(engine, held, cfg["eval_max_seqs"],
                                                        micro, device)
+                if general is not None:  # forgetting: loss on general text held out
+                    record["general_loss"] = held_out_loss(engine, general, cfg["eval_max_seqs"],
+                                                           micro, device)
             last = time.perf_counter()  # held-out evaluation is not training time
             if rank == 0:
                 with open(metrics_path, "a") as fh:
@@ -218,6 +206,8 @@ def main() -> None:
             raise SystemExit(128 + stop[0])
     elapsed = time.perf_counter() - start
     eval_loss = held_out_loss(engine, held, cfg["eval_max_seqs"], micro, device)
+    general_loss = (held_out_loss(engine, general, cfg["eval_max_seqs"], micro, device)
+                    if general is not None else None)
     # Data parallelism must leave every rank with the same weights (ZeRO-3 shards them instead).
     digests: list[str | None] = [None] * world
     dist.all_gather_object(digests, None if cfg["zero_stage"] == 3 else param_digest(engine))
@@ -240,6 +230,8 @@ def main() -> None:
             "params": n_params, "world_size": world,
             "final_train_loss": json.loads(metrics_path.read_text().splitlines()[-1])["loss"],
             "eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50.0)),
+            **({"general_eval_loss": general_loss} if general_loss is not None else {}),
+            "new_embeddings": new_embeddings,
             "tokens_per_s": (cfg["max_steps"] - first + 1) * tokens_per_step / max(elapsed, 1e-9),
             "resumed_from_step": first - 1,
             "param_digests": digests,

@@ -13,10 +13,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``<tmp>/samples`` holding the real medical and finance sample corpora."""
+    """``<tmp>/samples`` holding the real medical, finance and general sample corpora."""
     from pipeline import samples
 
     root = tmp_path_factory.mktemp("work") / "samples"
-    for domain in ("medical", "finance"):
+    for domain in ("medical", "finance", "general"):
         samples.build(domain, root)
     return root

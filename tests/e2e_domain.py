@@ -1,4 +1,5 @@
-"""A real ~1 MB slice of the medical sample corpus and a domain YAML sized for tests."""
+"""A real ~1 MB slice of the medical sample corpus (plus general news replayed at 10%) and a
+domain YAML sized for tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import yaml
 
 SLICE_LINES = {"hpo.jsonl": 2500, "icd10cm.jsonl": 2500, "healthnews.jsonl": 2500}
+GENERAL_LINES = 300
 
 TEST_PROFILE = {
     "tokenizer": {"vocab_size": 2048},
@@ -26,12 +28,18 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
     for name, n in SLICE_LINES.items():
         with open(samples / "medical" / name) as src:
             (data / name).write_text("".join(line for _, line in zip(range(n), src, strict=False)))
+    with open(samples / "general/news.jsonl") as src:
+        (data / "news.jsonl").write_text(
+            "".join(line for _, line in zip(range(GENERAL_LINES), src, strict=False)))
     (data / "task.jsonl").write_text((samples / "medical/task_organ_system.jsonl").read_text())
     profile = {k: {**v, **profile_overrides.get(k, {})} for k, v in TEST_PROFILE.items()}
     doc = {
         "name": "medtest",
         "ingest": {"sources": [{"name": Path(n).stem, "path": f"data/{n}", "id_field": "id"}
-                               for n in SLICE_LINES], "min_kept_docs": 100},
+                               for n in SLICE_LINES]
+                   + [{"name": "general", "path": "data/news.jsonl", "id_field": "id",
+                       "general": True}], "min_kept_docs": 100},
+        "pretrain": {"mixture": {"general": 0.1}},
         "finetune": {"task": {"name": "organ_system", "path": "data/task.jsonl"}},
         "profiles": {"tiny": profile},
     }

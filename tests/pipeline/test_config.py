@@ -52,3 +52,32 @@ def test_unknown_profile_section_and_profile() -> None:
         DomainSpec.model_validate({**MINIMAL, "profiles": {"tiny": {"pretrian": {}}}})
     with pytest.raises(ValueError, match="allowed: tiny, small, base"):
         DomainSpec.model_validate(MINIMAL).resolve("huge")
+
+
+def _with_mixture(mixture: dict, general: bool = True) -> DomainSpec:
+    doc = {**MINIMAL, "ingest": {"sources": [
+        {"name": "a", "path": "a.jsonl"}, {"name": "news", "path": "n.jsonl", "general": general}
+    ]}, "pretrain": {"mixture": mixture}}
+    return DomainSpec.model_validate(doc)
+
+
+def test_mixture_is_checked_against_the_sources() -> None:
+    run = _with_mixture({"news": 0.1}).resolve("tiny")
+    assert run.pretrain.mixture == {"news": 0.1} and run.ingest.sources[1].general
+    with pytest.raises(ValidationError, match=r"unknown source\(s\) \['nwes'\]; ingest.sources "
+                                              r"are: a, news"):
+        _with_mixture({"nwes": 0.1}).resolve("tiny")
+    with pytest.raises(ValidationError, match="leaving nothing for the source.*: a"):
+        _with_mixture({"news": 1.0}).resolve("tiny")
+    with pytest.raises(ValidationError, match=r"shares must be in \(0, 1\]"):
+        _with_mixture({"news": 1.5}).resolve("tiny")
+    assert _with_mixture({"a": 2 / 3, "news": 1 / 3}).resolve("tiny").pretrain.mixture
+
+
+def test_tokenizer_special_tokens_must_be_distinct() -> None:
+    from pipeline.config import TokenizerConfig
+
+    with pytest.raises(ValidationError, match="special tokens must be distinct"):
+        TokenizerConfig(special_tokens=["<|pad|>"])
+    with pytest.raises(ValidationError, match="model"):
+        TokenizerConfig(model="wordpiece")

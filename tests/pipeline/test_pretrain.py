@@ -3,33 +3,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from pipeline.config import PROFILES, PretrainConfig
-from pipeline.pretrain import deepspeed_config, launch_command, pack, token_dtype
-from pipeline.train_worker import TokenBatches
+from pipeline.pretrain import deepspeed_config, launch_command
 
 
 def _config(**kw) -> PretrainConfig:
     return PretrainConfig.model_validate({**PROFILES["tiny"]["pretrain"], **kw})
-
-
-def test_pack_appends_eos_and_concatenates(tmp_path: Path) -> None:
-    tok = Tokenizer(models.WordLevel({"<eos>": 0, "a": 1, "b": 2, "[UNK]": 3}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    pq.write_table(pa.table({"text": ["a b", "b", "a zz a"]}), tmp_path / "s.parquet")
-    counts = pack(tok, [tmp_path / "s.parquet"], 0, tmp_path / "t.bin", batch_size=2)
-    assert counts == {"tokens": 9, "docs": 3}
-    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == [1, 2, 0, 2, 0, 1, 3, 1, 0]
-
-
-def test_token_dtype_fits_vocab() -> None:
-    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
 
 
 def test_deepspeed_config_generated_with_overrides() -> None:
@@ -68,15 +50,3 @@ def test_launch_command_uses_deepspeed_launcher(tmp_path: Path) -> None:
     cmd = launch_command(_config(num_gpus=4), tmp_path / "spec.json", 29555)
     assert cmd[1:4] == ["-m", "deepspeed.launcher.runner", "--num_gpus"] and cmd[4] == "4"
     assert cmd[-4:] == ["--module", "pipeline.train_worker", "--spec", str(tmp_path / "spec.json")]
-
-
-def test_batch_order_is_seeded_resumable_and_covers_each_epoch(tmp_path: Path) -> None:
-    np.arange(10 * 4, dtype=np.uint16).tofile(tmp_path / "t.bin")
-    a = TokenBatches(tmp_path / "t.bin", "uint16", 4, seed=7)
-    stream = a.sequence_ids(0, 30)
-    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
-    assert stream[:10] != stream[10:20]  # a new permutation per epoch
-    resumed = TokenBatches(tmp_path / "t.bin", "uint16", 4, seed=7)
-    assert resumed.sequence_ids(13, 17) == stream[13:]  # any position, fresh process
-    assert a.batch([2]).tolist() == [[8, 9, 10, 11]]
-    assert TokenBatches(tmp_path / "t.bin", "uint16", 4, seed=8).sequence_ids(0, 10) != stream[:10]

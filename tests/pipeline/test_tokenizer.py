@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline import tokenizer
+from pipeline import tokenizer, vocab
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import TokenizerConfig
 
@@ -45,10 +47,124 @@ def test_trains_roundtrips_and_loads_in_transformers(tmp_path: Path) -> None:
 
 
 def test_efficiency_counts_words_and_characters(tmp_path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     # A word-level tokenizer on known text: one token per word, so fertility is exactly 1.
     tok = Tokenizer(models.WordLevel({"a": 0, "bb": 1, "[UNK]": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     e = tokenizer.efficiency(tok, ["a bb a", "bb"])
     assert e["fertility"] == 1.0 and e["eval_tokens"] == 4 and e["chars_per_token"] == 8 / 4
+
+
+def test_unigram_with_extra_specials_roundtrips_unicode(tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    out.mkdir()
+    config = TokenizerConfig(model="unigram", vocab_size=400, special_tokens=["<|sep|>"],
+                             max_roundtrip_docs=5)
+    m = tokenizer.run(config, _ingest_artifact(tmp_path), out)
+    assert m.extra["model"] == "unigram" and m.counts["roundtrip_checked"] == 5
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert [tok.token_to_id(t) for t in ("<|endoftext|>", "<|pad|>", "<|sep|>")] == [0, 1, 2]
+    odd = "Zero-width\u200bjoiner, combining e\u0301, 𝔘𝔫𝔦𝔠𝔬𝔡𝔢, \x00 and \U0010ffff."
+    assert tok.decode(tok.encode(odd).ids) == odd
+    hf = PreTrainedTokenizerFast.from_pretrained(out)
+    assert "<|sep|>" in hf.all_special_tokens and hf.convert_tokens_to_ids("<|sep|>") == 2
+
+
+def test_max_train_chars_trains_on_a_seeded_sample(tmp_path: Path) -> None:
+    files = [tmp_path / "t.parquet"]
+    texts = [f"document {i} " + "word " * (i % 7) for i in range(2000)]
+    pq.write_table(pa.table({"text": texts}), files[0])
+    seen = [t for batch in tokenizer.iter_texts(files, 100, fraction=0.25, seed=0) for t in batch]
+    again = [t for batch in tokenizer.iter_texts(files, 100, fraction=0.25, seed=0) for t in batch]
+    assert seen == again and 400 < len(seen) < 600  # about a quarter, the same each time
+    assert seen != [t for b in tokenizer.iter_texts(files, 100, 0.25, seed=1) for t in b]
+
+
+def _base_tokenizer() -> Tokenizer:
+    """A small byte-level BPE trained on general text: it splits medical words into pieces."""
+    general = ["The weather was fine and the market rose in the morning."] * 30 + \
+              ["People walked to the station, talked and read the news."] * 30
+    config = TokenizerConfig(vocab_size=320, min_frequency=1)
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    base.decoder = decoders.ByteLevel()
+    base.train_from_iterator(general, trainers.BpeTrainer(
+        vocab_size=config.vocab_size, special_tokens=tokenizer.special_tokens(config),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return base
+
+
+def test_extension_adds_only_new_tokens_and_lowers_fertility() -> None:
+    base = _base_tokenizer()
+    counts = vocab.word_counts(base, LINES)
+    merges = vocab.choose_merges(base, counts, num_new_tokens=25, min_frequency=5)
+    extended = vocab.extend(base, merges)
+    base_vocab, ext_vocab = base.get_vocab(), extended.get_vocab()
+    new = vocab.new_token_ids(base, extended)
+    assert 0 < len(new) <= 25 and extended.get_vocab_size() == base.get_vocab_size() + len(new)
+    assert all(ext_vocab[t] == i for t, i in base_vocab.items())  # base ids untouched
+    assert new == list(range(base.get_vocab_size(), extended.get_vocab_size()))
+    # some domain words the base splits became single tokens
+    words = {w for line in LINES for w in line.split()}
+    assert any(len(extended.encode(" " + w).ids) == 1 < len(base.encode(" " + w).ids)
+               for w in words)
+    assert tokenizer.roundtrip_failures(extended, LINES) == []
+    assert tokenizer.efficiency(extended, LINES)["fertility"] < \
+        tokenizer.efficiency(base, LINES)["fertility"]
+    # text that never uses a new token is tokenized exactly as before
+    plain = "The market rose."
+    assert extended.encode(plain).ids == base.encode(plain).ids
+
+
+def test_extension_respects_the_token_budget_and_frequency_floor() -> None:
+    base = _base_tokenizer()
+    counts = vocab.word_counts(base, LINES)
+    extended = vocab.extend(base, vocab.choose_merges(base, counts, 3, min_frequency=5))
+    assert len(vocab.new_token_ids(base, extended)) <= 3
+    assert vocab.choose_merges(base, counts, 100, min_frequency=1000) == []
+
+
+def test_new_embeddings_are_the_mean_of_their_base_pieces() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = _base_tokenizer()
+    extended = vocab.extend(base, vocab.choose_merges(base, vocab.word_counts(base, LINES),
+                                                      10, min_frequency=5))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=base.get_vocab_size(), hidden_size=16, intermediate_size=32,
+        num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=False))
+    before_in = model.get_input_embeddings().weight.detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    assert vocab.init_new_embeddings(model, base, extended) == 10
+    after_in = model.get_input_embeddings().weight
+    after_out = model.get_output_embeddings().weight
+    assert after_in.shape[0] == extended.get_vocab_size() == model.config.vocab_size
+    assert torch.equal(after_in[: len(before_in)], before_in)
+    for i in vocab.new_token_ids(base, extended):
+        pieces = [base.token_to_id(t.value)
+                  for t in base.model.tokenize(extended.id_to_token(i))]
+        assert len(pieces) > 1
+        assert torch.allclose(after_in[i], before_in[pieces].mean(0))
+        assert torch.allclose(after_out[i], before_out[pieces].mean(0))
+
+
+def test_general_held_out_text_is_reported_apart(tmp_path: Path) -> None:
+    arts = _ingest_artifact(tmp_path)
+    root = arts["ingest"].path
+    general = ["Markets rose in the morning as people read the news."] * 5
+    pq.write_table(pa.table({"doc_id": ["g1", "g2", "g3", "g4", "g5", "d1"],
+                             "source": ["news"] * 5 + ["s"],
+                             "text": [*general, LINES[0]]}), root / "eval.parquet")
+    manifest = Manifest(stage="ingest", extra={"general_sources": ["news"]})
+    (root / "manifest.json").write_text(manifest.to_json())
+    out = tmp_path / "tok"
+    out.mkdir()
+    m = tokenizer.run(TokenizerConfig(vocab_size=400, min_frequency=1),
+                      {"ingest": Artifact("ingest", "k", root)}, out)
+    assert m.counts["roundtrip_checked"] == 1  # only domain text is the domain slice
+    table = json.loads((out / "efficiency.json").read_text())
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert table["domain"]["general"]["eval_tokens"] == 5 * len(tok.encode(general[0]).ids)
+    assert set(table["domain"]) == {"domain", "general"}
+    assert m.metrics["fertility.domain.general"] == table["domain"]["general"]["fertility"]
