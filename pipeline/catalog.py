@@ -1,4 +1,7 @@
-"""The DuckDB catalog: runs, the stages they executed, artifacts, lineage and metrics.
+"""The DuckDB catalog: runs, the stages they executed, artifacts, lineage, metrics and curves.
+
+``curves`` holds an artifact's per-step training records (``metrics.jsonl``: loss, lr,
+grad_norm, tokens_per_s, held-out and general losses), one row per step and name.
 
 One file, ``<workdir>/catalog.duckdb``. DuckDB allows one writing process at a time, so every
 operation opens a short-lived connection and retries while another process holds the lock;
@@ -35,6 +38,8 @@ CREATE TABLE IF NOT EXISTS lineage (
     stage VARCHAR, key VARCHAR, input_stage VARCHAR, input_key VARCHAR);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR, stage VARCHAR, artifact_key VARCHAR, name VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS curves (
+    stage VARCHAR, artifact_key VARCHAR, step BIGINT, name VARCHAR, value DOUBLE);
 """
 
 
@@ -115,6 +120,15 @@ class Catalog:
             rows = [[run_id, m.stage, m.key, k, float(v)] for k, v in sorted(m.metrics.items())]
             if rows:
                 con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+            curve = artifact.path / "metrics.jsonl"
+            if curve.exists():
+                con.execute("DELETE FROM curves WHERE stage = ? AND artifact_key = ?",
+                            [m.stage, m.key])
+                points = [[m.stage, m.key, r["step"], k, float(v)]
+                          for r in map(json.loads, curve.read_text().splitlines())
+                          for k, v in r.items() if k != "step"]
+                if points:
+                    con.executemany("INSERT INTO curves VALUES (?, ?, ?, ?, ?)", points)
 
     def record_stage_failure(
         self, run_id: str, stage: str, key: str, started_at: datetime, error: str

@@ -168,6 +168,8 @@ class PretrainConfig(_Strict):
     offload_optimizer: bool = Field(
         default=False, description="ZeRO optimizer state in CPU memory (DeepSpeed CPU Adam).")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
+    tensorboard: bool = Field(
+        default=True, description="Curves to <artifact>/tensorboard via DeepSpeed's monitor.")
     eval_max_seqs: int = Field(default=256, gt=0)
     mixture: dict[str, float] = Field(
         default_factory=dict, description="Source name -> share of training tokens; sources "
@@ -266,6 +268,11 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_mixture(self) -> RunConfig:
+        if self.tokenizer.extend.num_new_tokens and self.pretrain.mode != "continue":
+            raise ValueError(
+                f"tokenizer.extend.num_new_tokens ({self.tokenizer.extend.num_new_tokens}) "
+                "extends the base model's tokenizer, so it needs pretrain.mode: continue "
+                f"(got {self.pretrain.mode})")
         names = [s.name for s in self.ingest.sources]
         unknown = sorted(set(self.pretrain.mixture) - set(names))
         if unknown:

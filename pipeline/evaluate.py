@@ -14,10 +14,13 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
 from pipeline.metrics import bits_per_byte, perplexity
@@ -61,11 +64,17 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     window = json.loads((pretrain.path / "spec.json").read_text())["config"]["seq_len"]
-    held = pq.read_table(inputs["ingest"].path / "eval.parquet").slice(0, config.max_eval_docs)
+    general = set(inputs["ingest"].manifest.extra.get("general_sources", []))
+    held = pq.read_table(inputs["ingest"].path / "eval.parquet")
+    is_general = pc.is_in(held.column("source"), value_set=pa.array(sorted(general), pa.string()))
+    # up to max_eval_docs of each slice (the file is in hash order: a prefix is a fair sample)
+    held = pa.concat_tables([held.filter(pc.invert(is_general)).slice(0, config.max_eval_docs),
+                             held.filter(is_general).slice(0, config.max_eval_docs)])
     texts, sources = held.column("text").to_pylist(), held.column("source").to_pylist()
+    if not any(s not in general for s in sources):
+        raise QualityGateError("evaluate: the held-out slice has no domain documents")
     scores = score_documents(model, tok, texts, window, config.batch_size)
 
-    general = set(inputs["ingest"].manifest.extra.get("general_sources", []))
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
     for text, source, (nll, n) in zip(texts, sources, scores, strict=True):
         # "domain" and "general" aggregate the domain's and the general (replay) sources
@@ -88,7 +97,9 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         "finetune_accuracy": ft.metrics["accuracy"],
         "finetune_macro_f1": ft.metrics["macro_f1"],
         "finetune_majority_rate": ft.metrics["majority_rate"],
-        "tokenizer_fertility": tk.metrics["fertility"],
+        # the tokenizer training used: domain (from scratch), base or extended (continue)
+        "tokenizer_fertility": tk.extra["efficiency"][
+            pretrain.manifest.extra.get("tokenizer", "domain")]["domain"]["fertility"],
         "vocab_size": float(len(tok)),
     }
     (out_dir / "metrics.json").write_text(json.dumps(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -84,8 +85,9 @@ class Encoded:
 def iter_batches(files: list[Path], batch_size: int, columns: list[str]) -> Iterator[Any]:
     if not files:
         return
+    # little readahead: memory stays a few batches, not a few files
     yield from ds.dataset([str(f) for f in files], format="parquet").to_batches(
-        columns=columns, batch_size=batch_size)
+        columns=columns, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
 
 
 def encode(tokenizer_path: Path, files: list[Path], eos_id: int, out_path: Path, *,
@@ -94,7 +96,7 @@ def encode(tokenizer_path: Path, files: list[Path], eos_id: int, out_path: Path,
     vocab = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
     dtype = token_dtype(vocab)
     code_of = {name: i for i, name in enumerate(source_names)}
-    workers = num_workers or os.cpu_count() or 1
+    workers = num_workers or len(os.sched_getaffinity(0))  # the CPUs this process may use
     lengths: list[np.ndarray] = []
     sources: list[np.ndarray] = []
 
@@ -111,19 +113,28 @@ def encode(tokenizer_path: Path, files: list[Path], eos_id: int, out_path: Path,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     args = (str(tokenizer_path), eos_id, dtype.str, workers > 1)
     with open(out_path, "wb") as fh:
+
+        def emit(result: tuple[np.ndarray, np.ndarray]) -> None:
+            fh.write(result[0].tobytes())
+            lengths.append(result[1])
+
         if workers == 1:
             _init_worker(*args)
-            results: Iterator[tuple[np.ndarray, np.ndarray]] = map(_encode_batch, texts())
-            for flat, lens in results:
-                fh.write(flat.tobytes())
-                lengths.append(lens)
+            for batch_texts in texts():
+                emit(_encode_batch(batch_texts))
         else:
-            # spawn, not fork: the parent may already hold tokenizers' thread pool
+            # spawn, not fork: the parent may already hold tokenizers' thread pool. A bounded
+            # window of apply_async, not imap: imap reads its whole input ahead, which would
+            # hold the corpus in memory.
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
-                for flat, lens in pool.imap(_encode_batch, texts()):
-                    fh.write(flat.tobytes())
-                    lengths.append(lens)
+                pending: deque[Any] = deque()
+                for batch_texts in texts():
+                    pending.append(pool.apply_async(_encode_batch, (batch_texts,)))
+                    while len(pending) > 2 * workers or (pending and pending[0].ready()):
+                        emit(pending.popleft().get())
+                while pending:
+                    emit(pending.popleft().get())
     return Encoded(
         path=out_path, dtype=dtype,
         lengths=np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
@@ -147,6 +158,11 @@ def mixture_selection(enc: Encoded, mixture: dict[str, float], seed: int
     """
     natural = enc.tokens_by_source()
     present = {s for s, n in natural.items() if n > 0}
+    unnamed_configured = [s for s in enc.source_names if s not in mixture]
+    if mixture and unnamed_configured and not present.intersection(unnamed_configured):
+        raise ValueError(f"pretrain.mixture: the sources it does not name "
+                         f"({', '.join(unnamed_configured)}) have no training documents, so "
+                         "the named shares cannot be fractions of anything")
     missing = sorted(s for s in mixture if s not in present)
     if missing:
         raise ValueError(f"pretrain.mixture names source(s) {missing} with no training "
@@ -196,7 +212,7 @@ def mixture_selection(enc: Encoded, mixture: dict[str, float], seed: int
 
 
 def write_sequences(enc: Encoded, selection: np.ndarray, out_dir: Path, name: str, seq_len: int,
-                    max_shard_tokens: int, block_docs: int = 65536) -> dict[str, Any]:
+                    max_shard_tokens: int, block_tokens: int = 1 << 24) -> dict[str, Any]:
     """Gather ``selection``'s documents into ``out_dir/<name>-NNNNN.bin`` + ``<name>.json``."""
     lengths, offsets = enc.lengths, enc.offsets
     total = int(lengths[selection].sum())
@@ -209,11 +225,16 @@ def write_sequences(enc: Encoded, selection: np.ndarray, out_dir: Path, name: st
                       shape=(s["sequences"] * seq_len,)) for s in shards]
     starts = np.cumsum([0] + [len(o) for o in outs])
     tokens = np.memmap(enc.path, dtype=enc.dtype, mode="r") if usable else None
+    # blocks of about block_tokens tokens (at least one document): the gather index costs
+    # ~16 bytes a token, so memory stays bounded however long the documents are
+    ends = np.cumsum(lengths[selection])
+    cuts = np.unique(np.searchsorted(ends, np.arange(block_tokens, total, block_tokens)) + 1)
+    bounds = [0, *[int(c) for c in cuts if c < len(selection)], len(selection)]
     pos = 0  # where the next block goes in the output stream
-    for first in range(0, len(selection), block_docs):
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
         if pos >= usable:
             break
-        docs = selection[first:first + block_docs]
+        docs = selection[first:last]
         lens = lengths[docs]
         # one fancy-index gather per block: output j reads offsets[doc] + (j - doc's start)
         idx = np.repeat(offsets[docs] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
@@ -253,6 +274,8 @@ class PackedSequences:
         return self.num_seqs
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_seqs:
+            raise IndexError(f"sequence {i} of {self.num_seqs}")
         shard = int(np.searchsorted(self.ends, i, side="right"))
         return self.shards[shard][i - (int(self.ends[shard - 1]) if shard else 0)]
 

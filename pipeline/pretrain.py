@@ -63,6 +63,9 @@ def deepspeed_config(config: PretrainConfig, *, bf16: bool) -> dict[str, Any]:
         },
         "zero_optimization": {"stage": config.zero_stage},
         "bf16": {"enabled": bf16},
+        # relative to the artifact directory; the worker resolves it
+        "tensorboard": {"enabled": config.tensorboard, "output_path": "tensorboard",
+                        "job_name": "pretrain"},
     }
     if config.zero_stage == 3:
         generated["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
@@ -138,22 +141,25 @@ def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id:
     names = ingest.manifest.extra["source_names"]
     general = set(ingest.manifest.extra.get("general_sources", []))
     common = {"source_names": names, "num_workers": config.num_pack_workers}
-    train = packing.encode(tokenizer_path, sorted(ingest.path.glob("train-*.parquet")), eos_id,
-                           data_dir / "staging-train.bin", **common)
-    selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
-    packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
-                                               config.seq_len, config.max_shard_tokens),
-              "mixture": mixture}
-    held = packing.encode(tokenizer_path, [ingest.path / "eval.parquet"], eos_id,
-                          data_dir / "staging-eval.bin", **common)
-    is_general = np.isin(held.sources, [i for i, n in enumerate(names) if n in general])
-    for name, docs in (("eval", np.flatnonzero(~is_general)),
-                       ("eval_general", np.flatnonzero(is_general))):
-        if len(docs):
-            packed[name] = packing.write_sequences(held, docs, data_dir, name, config.seq_len,
-                                                   config.max_shard_tokens)
-    for staging in (train.path, held.path):
-        staging.unlink()
+    stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin"]
+    try:
+        train = packing.encode(tokenizer_path, sorted(ingest.path.glob("train-*.parquet")),
+                               eos_id, stagings[0], **common)
+        selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
+        packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
+                                                   config.seq_len, config.max_shard_tokens),
+                  "mixture": mixture}
+        held = packing.encode(tokenizer_path, [ingest.path / "eval.parquet"], eos_id,
+                              stagings[1], **common)
+        is_general = np.isin(held.sources, [i for i, n in enumerate(names) if n in general])
+        for name, docs in (("eval", np.flatnonzero(~is_general)),
+                           ("eval_general", np.flatnonzero(is_general))):
+            if len(docs):
+                packed[name] = packing.write_sequences(held, docs, data_dir, name,
+                                                       config.seq_len, config.max_shard_tokens)
+    finally:
+        for staging in stagings:
+            staging.unlink(missing_ok=True)
     return packed
 
 
@@ -178,7 +184,9 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         log.info("pretrain: resuming in %s", out_dir)
     else:
         packed = pack(config, inputs["ingest"], tok_dir / "tokenizer.json", eos_id, data_dir)
-        marker.write_text(json.dumps(packed, indent=2))
+        tmp = marker.with_suffix(".tmp")  # a resume must never find half a marker
+        tmp.write_text(json.dumps(packed, indent=2))
+        os.replace(tmp, marker)
     n_train_seqs = packed["train"]["sequences"]
     n_eval_seqs = packed["eval"]["sequences"] if "eval" in packed else 0
     per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
@@ -188,6 +196,9 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
             f"{config.seq_len} tokens; need at least {per_step} and 1"
         )
 
+    if "eval_general" in packed and not packed["eval_general"]["sequences"]:
+        log.warning("pretrain: the general held-out text is shorter than one sequence of %d "
+                    "tokens; no general (forgetting) loss", config.seq_len)
     bf16 = use_bf16(config)
     ds_config = deepspeed_config(config, bf16=bf16)
     (out_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
@@ -200,7 +211,7 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         "vocab_size": tok.get_vocab_size(),
         "eos_id": eos_id,
         "pad_id": pad_id,
-        "general_eval": "eval_general" in packed,
+        "general_eval": packed.get("eval_general", {}).get("sequences", 0) > 0,
         "out_dir": str(out_dir),
     }
     spec_path = out_dir / "spec.json"

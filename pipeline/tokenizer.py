@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -32,16 +33,23 @@ from pipeline.config import TokenizerConfig
 from pipeline.models import hf_dir
 
 
-def iter_texts(files: list[Path], batch_size: int, fraction: float = 1.0, seed: int = 0
-               ) -> Iterator[list[str]]:
+def iter_texts(files: list[Path], batch_size: int, fraction: float = 1.0, seed: int = 0,
+               exclude_sources: list[str] | None = None) -> Iterator[list[str]]:
     """Text batches of ``files``; with ``fraction < 1`` a seeded Bernoulli sample of documents
     (the same documents every time for the same files, batch size and seed)."""
     dataset = ds.dataset([str(f) for f in files], format="parquet")
     rng = np.random.default_rng([seed, 0x746F6B])  # "tok"
-    for batch in dataset.to_batches(columns=["text"], batch_size=batch_size):
+    columns = ["text", "source"] if exclude_sources else ["text"]
+    # little readahead: memory stays a few batches, not a few files
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=2,
+                                    fragment_readahead=1):
         column = batch.column(0)
         if fraction < 1.0:
-            column = column.filter(rng.random(len(column)) < fraction)
+            keep = rng.random(len(column)) < fraction
+            batch, column = batch.filter(keep), column.filter(keep)
+        if exclude_sources:
+            column = column.filter(pc.invert(pc.is_in(
+                batch.column(1), value_set=pa.array(exclude_sources, pa.string()))))
         yield column.to_pylist()
 
 
@@ -126,14 +134,16 @@ def check_roundtrip(name: str, tok: Tokenizer, texts: list[str]) -> None:
         )
 
 
-def extend_base(config: TokenizerConfig, base: Tokenizer, files: list[Path], total_chars: int
+def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest: Artifact
                 ) -> tuple[Tokenizer, dict[str, int]]:
-    """The base tokenizer plus up to ``extend.num_new_tokens`` domain tokens."""
+    """The base tokenizer plus up to ``extend.num_new_tokens`` tokens of the domain's text (the
+    general sources are left out: their words are not what the extension is for)."""
+    vocab.check_base(base, base_name)
     ext = config.extend
-    fraction = min(1.0, ext.sample_chars / max(total_chars, 1))
-    counts = vocab.word_counts(
-        base, (t for batch in iter_texts(files, config.batch_size, fraction, config.seed)
-               for t in batch))
+    fraction = min(1.0, ext.sample_chars / max(ingest.manifest.counts.get("train_chars", 0), 1))
+    texts = iter_texts(sorted(ingest.path.glob("train-*.parquet")), config.batch_size, fraction,
+                       config.seed, ingest.manifest.extra.get("general_sources") or None)
+    counts = vocab.word_counts(base, (t for batch in texts for t in batch))
     merges = vocab.choose_merges(base, counts, ext.num_new_tokens, ext.min_frequency)
     extended = vocab.extend(base, merges)
     return extended, {"new_tokens": len(vocab.new_token_ids(base, extended)),
@@ -163,7 +173,7 @@ def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> 
         tokenizers["base"] = base
         extra["base_vocab_size"] = base.get_vocab_size()
         if config.extend.num_new_tokens:
-            extended, ext_counts = extend_base(config, base, files, total_chars)
+            extended, ext_counts = extend_base(config, base, str(base_dir), ingest)
             check_roundtrip("extended", extended, checked)
             vocab.save_extended(extended, base_dir, out_dir / "extended")
             tokenizers["extended"] = extended

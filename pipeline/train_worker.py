@@ -74,7 +74,7 @@ def held_out_loss(engine: Any, data: TokenBatches, max_seqs: int, micro: int, de
         total += engine(input_ids=x, labels=x).loss.float().item() * len(x)
         n += len(x)
     engine.train()
-    return total / max(n, 1)
+    return total / n if n else float("nan")
 
 
 def param_digest(engine: Any) -> str:
@@ -125,8 +125,12 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     if cfg["activation_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ds_config = spec["ds_config"]
+    board = ds_config.get("tensorboard", {})
+    if board.get("enabled") and not Path(board.get("output_path") or ".").is_absolute():
+        board["output_path"] = str(out_dir / (board.get("output_path") or "tensorboard"))
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=spec["ds_config"])
+        model=model, model_parameters=model.parameters(), config=ds_config)
 
     train = TokenBatches(out_dir / "data", "train", cfg["seed"])
     held = TokenBatches(out_dir / "data", "eval", cfg["seed"])
@@ -193,6 +197,9 @@ def main() -> None:
             if rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
+                if engine.monitor.enabled:  # TensorBoard, by optimizer step
+                    engine.monitor.write_events([(f"dapt/{k}", v, step) for k, v in
+                                                 record.items() if k != "step"])
                 eta = (now - start) / (step - first + 1) * (cfg["max_steps"] - step)
                 print(f"[dapt] step {step}/{cfg['max_steps']} loss {mean_loss:.4f} "
                       f"lr {record['lr']:.2e} {record['tokens_per_s']:.0f} tok/s "

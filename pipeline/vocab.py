@@ -14,9 +14,9 @@ taken greedily by that value, re-evaluated as prefixes get added, until N tokens
 merges rank after every base merge, so base segmentation runs first and the new merges only join
 its output.
 
-``init_new_embeddings`` is the ChipNeMo / NeMo DAPT initialisation: each new token's input and
-output embedding is the mean of the base model's embeddings of the pieces the base tokenizer
-splits it into.
+``init_new_embeddings`` sets each new token's input embedding, and its output embedding when the
+head is untied, to the mean of the base model's embeddings of the pieces the base tokenizer splits
+it into (ChipNeMo averages the input rows this way; it zero-initialises an untied head instead).
 """
 
 from __future__ import annotations
@@ -46,53 +46,89 @@ def _merges(model: dict[str, Any]) -> list[tuple[str, str]]:
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
 
 
+def _apply(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """BPE on ``parts``: merge the lowest-ranked adjacent pair until none has a rank."""
+    parts = list(parts)
+    while len(parts) > 1:
+        best = min(range(len(parts) - 1),
+                   key=lambda i: ranks.get((parts[i], parts[i + 1]), 1 << 62))
+        if (parts[best], parts[best + 1]) not in ranks:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def check_base(tok: Tokenizer, name: str) -> None:
+    """Vocabulary extension needs a byte-level BPE base: say why another base cannot work."""
+    model = json.loads(tok.to_str())["model"]
+    problems = []
+    if model["type"] != "BPE":
+        problems.append(f"its model is {model['type']}, not BPE")
+    elif model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        problems.append("its BPE marks subwords (continuing_subword_prefix/end_of_word_suffix)")
+    elif model.get("byte_fallback"):
+        problems.append("its BPE uses byte_fallback pieces")
+    if tok.pre_tokenizer is None:
+        problems.append("it has no pre-tokenizer to split words")
+    if problems:
+        raise ValueError(f"tokenizer.extend: cannot extend the base tokenizer of {name}: "
+                         + "; ".join(problems) + ". Set tokenizer.extend.num_new_tokens: 0")
+
+
 def choose_merges(tok: Tokenizer, counts: Counter[str], num_new_tokens: int, min_frequency: int
                   ) -> list[tuple[str, str]]:
-    """New merges (in rank order) that add at most ``num_new_tokens`` tokens."""
+    """New merges (in rank order) that add at most ``num_new_tokens`` tokens; every word they
+    were chosen for becomes a single token of the extended tokenizer."""
     vocab = set(tok.get_vocab())
-    model = json.loads(tok.to_str())["model"]
-    existing = set(_merges(model))
-    pieces = {}
+    merges = _merges(json.loads(tok.to_str())["model"])
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    pieces: dict[str, list[str]] = {}  # the base split of each candidate word
+    by_start: dict[tuple[str, str], list[str]] = {}  # words that can share new prefixes
     for word, count in counts.items():
         if count >= min_frequency and word not in vocab:
             split = [t.value for t in tok.model.tokenize(word)]
             if len(split) > 1:
                 pieces[word] = split
+                by_start.setdefault((split[0], split[1]), []).append(word)
 
-    def chain_of(word: str) -> tuple[list[tuple[str, str]], int]:
-        parts, steps, new = pieces[word], [], 0
-        prefix = parts[0]
+    def plan(word: str) -> tuple[list[tuple[str, str]], int, float]:
+        """(merges to add, new vocabulary entries, tokens saved per entry) for ``word`` now."""
+        parts = _apply(pieces[word], ranks)  # base pieces under base + chosen merges
+        steps, new, prefix = [], 0, parts[0]
         for part in parts[1:]:
-            if (prefix, part) not in existing:
+            if (prefix, part) not in ranks:
                 steps.append((prefix, part))
             prefix += part
             new += prefix not in vocab
-        return steps, new
+        return steps, new, counts[word] * (len(parts) - 1) / max(new, 1)
 
-    def value(word: str, new: int) -> float:
-        return counts[word] * (len(pieces[word]) - 1) / max(new, 1)
-
-    heap = [(-value(word, chain_of(word)[1]), word) for word in pieces]
+    heap = [(-plan(word)[2], word) for word in pieces]
     heapq.heapify(heap)
     chosen: list[tuple[str, str]] = []
     added = 0
     while heap and added < num_new_tokens:
         neg, word = heapq.heappop(heap)
-        steps, new = chain_of(word)
-        if new == 0 and not steps:
-            continue
-        current = value(word, new)
-        if current > -neg + 1e-9:  # stale: prefixes it needs were added since it was pushed
-            heapq.heappush(heap, (-current, word))
+        steps, new, value = plan(word)
+        if not steps:
+            continue  # already one token
+        if abs(value + neg) > 1e-9 * max(value, 1.0):  # stale entry: requeue at today's value
+            heapq.heappush(heap, (-value, word))
             continue
         if added + new > num_new_tokens:
             continue
+        for pair in steps:
+            ranks[pair] = len(ranks)
+        if _apply(pieces[word], ranks) != [word]:  # an earlier merge got in the way: undo
+            for pair in steps:
+                del ranks[pair]
+            continue
+        chosen.extend(steps)
         for left, right in steps:
-            chosen.append((left, right))
-            existing.add((left, right))
-            if left + right not in vocab:
-                vocab.add(left + right)
-                added += 1
+            vocab.add(left + right)
+        added += new
+        for other in by_start[pieces[word][0], pieces[word][1]]:  # their prefixes got cheaper
+            if other != word:
+                heapq.heappush(heap, (-plan(other)[2], other))
     return chosen
 
 
@@ -100,8 +136,6 @@ def extend(base: Tokenizer, merges: list[tuple[str, str]]) -> Tokenizer:
     """``base`` with ``merges`` appended (lowest priority) and their results as new ids."""
     spec = json.loads(base.to_str())
     model = spec["model"]
-    if model["type"] != "BPE":
-        raise ValueError(f"vocabulary extension needs a BPE base tokenizer, got {model['type']}")
     vocab: dict[str, int] = model["vocab"]
     next_id = max([*vocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
     as_strings = bool(model["merges"]) and isinstance(model["merges"][0], str)

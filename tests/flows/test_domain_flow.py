@@ -95,6 +95,27 @@ def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
     assert sum(losses) / len(x) == pytest.approx(summary["eval_loss"], rel=1e-4)
 
 
+def test_curves_reach_tensorboard_and_the_catalog(first_run: dict) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work = first_run["work"]
+    _, stages = _stages(work)
+    key = stages["pretrain"][1]
+    pre = work / "artifacts/pretrain" / key
+    records = [json.loads(r) for r in (pre / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(next((pre / "tensorboard").rglob("events.out.tfevents.*"))))
+    events.Reload()
+    loss = events.Scalars("dapt/loss")
+    assert [e.step for e in loss] == [r["step"] for r in records]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+    assert [e.step for e in events.Scalars("dapt/general_loss")] == [20, 40]
+    curves = Catalog(work / "catalog.duckdb").query(
+        "SELECT step, value FROM curves WHERE artifact_key = ? AND name = 'heldout_loss' "
+        "ORDER BY step", [key])
+    assert [(c["step"], c["value"]) for c in curves] == \
+        [(r["step"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
+
+
 def test_rerun_hits_cache_and_only_from_rebuild_the_right_stages(first_run: dict) -> None:
     kw = {"domain_file": first_run["domain_file"], "workdir": str(first_run["work"])}
     _, built = _stages(first_run["work"])

@@ -81,3 +81,10 @@ def test_tokenizer_special_tokens_must_be_distinct() -> None:
         TokenizerConfig(special_tokens=["<|pad|>"])
     with pytest.raises(ValidationError, match="model"):
         TokenizerConfig(model="wordpiece")
+
+
+def test_vocabulary_extension_needs_continue_mode() -> None:
+    doc = {**MINIMAL, "tokenizer": {"extend": {"num_new_tokens": 100}}}
+    with pytest.raises(ValidationError, match=r"needs pretrain.mode: continue \(got from_scr"):
+        DomainSpec.model_validate(doc).resolve("tiny")
+    assert DomainSpec.model_validate(doc).resolve("base").tokenizer.extend.num_new_tokens == 100

@@ -65,6 +65,13 @@ def test_write_sequences_shards_whole_sequences_and_counts_the_tail(tmp_path: Pa
     data = PackedSequences(tmp_path, "train")
     assert np.concatenate([data[i] for i in range(len(data))]).tolist() == expected
     assert (tmp_path / "train-00002.bin").stat().st_size == 4 * 4  # one uint32 sequence
+    # gathering in small blocks (memory bound) writes the same stream
+    packing.write_sequences(enc, np.array([2, 0, 3, 1]), tmp_path, "small", seq_len=4,
+                            max_shard_tokens=9, block_tokens=5)
+    small = PackedSequences(tmp_path, "small")
+    assert np.concatenate([small[i] for i in range(len(small))]).tolist() == expected
+    with pytest.raises(IndexError):
+        data[5]
 
 
 def test_mixture_upsamples_named_source_and_uses_the_rest_once(tmp_path: Path) -> None:
@@ -99,6 +106,9 @@ def test_mixture_of_a_source_with_no_documents_is_an_error(tmp_path: Path) -> No
     enc = _encoded(tmp_path, [10] * 3, [0] * 3)
     with pytest.raises(ValueError, match=r"\['y'\] with no training documents"):
         packing.mixture_selection(enc, {"y": 0.2}, seed=0)
+    # only the replayed source has documents: 0.2 of nothing is not a mixture
+    with pytest.raises(ValueError, match=r"the sources it does not name \(y\) have no"):
+        packing.mixture_selection(enc, {"x": 0.2}, seed=0)
 
 
 def test_batch_order_is_seeded_resumable_and_covers_each_epoch(tmp_path: Path) -> None:

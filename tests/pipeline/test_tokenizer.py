@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -103,16 +105,39 @@ def test_extension_adds_only_new_tokens_and_lowers_fertility() -> None:
     assert 0 < len(new) <= 25 and extended.get_vocab_size() == base.get_vocab_size() + len(new)
     assert all(ext_vocab[t] == i for t, i in base_vocab.items())  # base ids untouched
     assert new == list(range(base.get_vocab_size(), extended.get_vocab_size()))
-    # some domain words the base splits became single tokens
-    words = {w for line in LINES for w in line.split()}
-    assert any(len(extended.encode(" " + w).ids) == 1 < len(base.encode(" " + w).ids)
-               for w in words)
+    # the words the new tokens were chosen for really are single tokens now, however the
+    # merges of other words interleave (an earlier merge can block a later chain)
+    wide = vocab.extend(base, vocab.choose_merges(base, counts, 200, min_frequency=5))
+    whole = [w for w in counts if w in wide.get_vocab() and w not in base_vocab]
+    assert len(whole) > 10
+    assert all(len(wide.model.tokenize(w)) == 1 < len(base.model.tokenize(w)) for w in whole)
     assert tokenizer.roundtrip_failures(extended, LINES) == []
     assert tokenizer.efficiency(extended, LINES)["fertility"] < \
         tokenizer.efficiency(base, LINES)["fertility"]
     # text that never uses a new token is tokenized exactly as before
     plain = "The market rose."
     assert extended.encode(plain).ids == base.encode(plain).ids
+
+
+def test_extension_greedy_counts_tokens_saved_by_what_is_already_chosen() -> None:
+    base = Tokenizer(models.BPE({c: i for i, c in enumerate("abcdefxy")}, []))
+    base.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # "bc" first; then "abc" must be built on "bc", or it would stay two tokens
+    merges = vocab.choose_merges(base, Counter({"bc": 100, "abc": 60}), 10, 1)
+    extended = vocab.extend(base, merges)
+    assert merges == [("b", "c"), ("a", "bc")] and extended.encode("abc").tokens == ["abc"]
+    # after "abcde" (4 entries), "abcdf" needs 1 entry but saves only 8 tokens: "xy" saves 9
+    merges = vocab.choose_merges(base, Counter({"abcde": 10, "abcdf": 8, "xy": 9}), 5, 1)
+    assert merges[-1] == ("x", "y") and len(merges) == 5
+    assert vocab.choose_merges(base, Counter({"abcde": 10, "abcdf": 8, "xy": 7}), 5, 1)[-1] == \
+        ("abcd", "f")
+
+
+def test_extension_refuses_a_base_it_cannot_extend() -> None:
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    with pytest.raises(ValueError, match=r"cannot extend the base tokenizer of m: its model is "
+                                         r"WordPiece, not BPE; it has no pre-tokenizer"):
+        vocab.check_base(wordpiece, "m")
 
 
 def test_extension_respects_the_token_budget_and_frequency_floor() -> None:
