@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 # This file is named tokenize.py, as the issue asks: take bench/ off the import path before
-# anything imports the standard library's tokenize module, and put the repo root there.
+# anything imports the standard library's tokenize module, and put the repo root there (the
+# other bench scripts do the same).
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 

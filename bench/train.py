@@ -11,20 +11,26 @@ Not a test: timings vary with the machine.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-import torch
-import yaml
+# bench/ holds tokenize.py (the name for it), which would shadow the standard library's
+# tokenize module for any script run from here: put the repo root first on the path instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from pipeline import domains, samples
-from pipeline.packing import TokenBatches
-from pipeline.runner import Session
-from pipeline.train_worker import llama_config
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from pipeline import domains, samples  # noqa: E402
+from pipeline.packing import TokenBatches  # noqa: E402
+from pipeline.runner import Session  # noqa: E402
+from pipeline.train_worker import llama_config  # noqa: E402
 
 
 def plain_loop(spec: dict, data: TokenBatches, steps: int, warmup: int) -> float:

@@ -212,7 +212,7 @@ def mixture_selection(enc: Encoded, mixture: dict[str, float], seed: int
 
 
 def write_sequences(enc: Encoded, selection: np.ndarray, out_dir: Path, name: str, seq_len: int,
-                    max_shard_tokens: int, block_tokens: int = 1 << 24) -> dict[str, Any]:
+                    max_shard_tokens: int, block_tokens: int = 1 << 22) -> dict[str, Any]:
     """Gather ``selection``'s documents into ``out_dir/<name>-NNNNN.bin`` + ``<name>.json``."""
     lengths, offsets = enc.lengths, enc.offsets
     total = int(lengths[selection].sum())
