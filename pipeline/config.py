@@ -242,8 +242,15 @@ class FinetuneConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    max_eval_docs: int = Field(default=500, gt=0, description="Held-out docs for perplexity.")
+    max_eval_docs: int = Field(
+        default=500, gt=0, description="Held-out docs scored, per slice (domain, general).")
     batch_size: int = Field(default=8, gt=0)
+    min_domain_gain: float | None = Field(
+        default=0.001, description="Continue mode: fail unless the adapted model's domain "
+        "bits-per-byte is at least this far below the base model's; null: no gate.")
+    max_general_degradation: float | None = Field(
+        default=0.1, ge=0, description="Continue mode: fail when general bits-per-byte rises "
+        "by more than this fraction of the base's; null: no limit.")
 
 
 # --- schedule and the domain file -------------------------------------------------------------

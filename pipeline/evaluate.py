@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline import QualityGateError
+from pipeline import QualityGateError, models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
 from pipeline.metrics import bits_per_byte, perplexity
@@ -58,6 +58,53 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
     return [(nll, n) for nll, n in out]
 
 
+def slice_scores(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts: list[str],
+                 sources: list[str], is_general: list[bool], window: int, batch_size: int
+                 ) -> dict[str, dict[str, float]]:
+    """Perplexity and bits-per-byte of ``model`` on the domain slice, the general slice and
+    each source."""
+    scores = score_documents(model, tok, texts, window, batch_size)
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
+    for text, source, general, (nll, n) in zip(texts, sources, is_general, scores, strict=True):
+        for key in ("general" if general else "domain", f"source:{source}"):
+            totals[key][0] += nll
+            totals[key][1] += n
+            totals[key][2] += len(text.encode("utf-8"))
+    return {key: {"perplexity": perplexity(nll, n), "bits_per_byte": bits_per_byte(nll, b),
+                  "tokens": n, "bytes": b}
+            for key, (nll, n, b) in sorted(totals.items())}
+
+
+def comparison(config: EvaluateConfig, adapted: dict[str, dict[str, float]],
+               base: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Base vs adapted bits-per-byte (comparable across tokenizers), and the quality gates."""
+    out = {"base_heldout_bits_per_byte": base["domain"]["bits_per_byte"],
+           "domain_bits_per_byte_gain": base["domain"]["bits_per_byte"]
+           - adapted["domain"]["bits_per_byte"]}
+    if "general" in base:
+        out["base_general_bits_per_byte"] = base["general"]["bits_per_byte"]
+        out["general_bits_per_byte_change"] = (adapted["general"]["bits_per_byte"]
+                                               / base["general"]["bits_per_byte"] - 1.0)
+    failures = []
+    gain = config.min_domain_gain
+    if gain is not None and out["domain_bits_per_byte_gain"] < gain:
+        failures.append(
+            f"domain bits-per-byte {adapted['domain']['bits_per_byte']:.4f} is not "
+            f"{gain:g} below the base model's {base['domain']['bits_per_byte']:.4f} "
+            "(evaluate.min_domain_gain)")
+    limit = config.max_general_degradation
+    if limit is not None and out.get("general_bits_per_byte_change", 0.0) > limit:
+        failures.append(
+            f"general bits-per-byte rose {out['general_bits_per_byte_change']:+.1%} over the "
+            f"base model's ({base['general']['bits_per_byte']:.4f} -> "
+            f"{adapted['general']['bits_per_byte']:.4f}); evaluate.max_general_degradation "
+            f"is {limit:.1%}")
+    if failures:
+        raise QualityGateError("evaluate: the adapted model fails its quality gates: "
+                               + "; ".join(failures))
+    return out
+
+
 def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
     pretrain, finetune = inputs["pretrain"], inputs["finetune"]
     hf_dir = pretrain.path / "hf"
@@ -73,22 +120,17 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     texts, sources = held.column("text").to_pylist(), held.column("source").to_pylist()
     if not any(s not in general for s in sources):
         raise QualityGateError("evaluate: the held-out slice has no domain documents")
-    scores = score_documents(model, tok, texts, window, config.batch_size)
-
-    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
-    for text, source, (nll, n) in zip(texts, sources, scores, strict=True):
-        # "domain" and "general" aggregate the domain's and the general (replay) sources
-        for key in ("general" if source in general else "domain", f"source:{source}"):
-            totals[key][0] += nll
-            totals[key][1] += n
-            totals[key][2] += len(text.encode("utf-8"))
-    per_source = {
-        key: {"perplexity": perplexity(nll, n), "bits_per_byte": bits_per_byte(nll, b),
-              "tokens": n, "bytes": b}
-        for key, (nll, n, b) in sorted(totals.items())
-    }
+    is_general = [s in general for s in sources]
+    per_source = slice_scores(model, tok, texts, sources, is_general, window, config.batch_size)
+    base_scores = None
+    if "models" in inputs:  # continue mode: the base model on the same text, same windows
+        base_dir = models.hf_dir(inputs["models"])
+        base_scores = slice_scores(AutoModelForCausalLM.from_pretrained(base_dir),
+                                   AutoTokenizer.from_pretrained(base_dir), texts, sources,
+                                   is_general, window, config.batch_size)
     ft, tk = finetune.manifest, inputs["tokenizer"].manifest
     metrics = {
+        **(comparison(config, per_source, base_scores) if base_scores else {}),
         "heldout_perplexity": per_source["domain"]["perplexity"],
         "heldout_bits_per_byte": per_source["domain"]["bits_per_byte"],
         **({"general_perplexity": per_source["general"]["perplexity"],
@@ -103,11 +145,12 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         "vocab_size": float(len(tok)),
     }
     (out_dir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "per_source": per_source}, indent=2))
-    (out_dir / "report.md").write_text(render_report(inputs, metrics, per_source))
+        {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores},
+        indent=2))
+    (out_dir / "report.md").write_text(render_report(inputs, metrics, per_source, base_scores))
     return Manifest(
         stage="evaluate",
         counts={"eval_docs": len(texts), "eval_tokens": int(per_source["domain"]["tokens"])},
         metrics=metrics,
-        extra={"per_source": per_source},
+        extra={"per_source": per_source, "base_per_source": base_scores},
     )

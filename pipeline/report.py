@@ -21,7 +21,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_report(inputs: Mapping[str, Artifact], metrics: Mapping[str, float],
-                  per_source: Mapping[str, Mapping[str, float]]) -> str:
+                  per_source: Mapping[str, Mapping[str, float]],
+                  base: Mapping[str, Mapping[str, float]] | None = None) -> str:
     ing, tok = inputs["ingest"].manifest, inputs["tokenizer"].manifest
     pre, ft = inputs["pretrain"].manifest, inputs["finetune"].manifest
     curve = [json.loads(line) for line in
@@ -43,6 +44,12 @@ def render_report(inputs: Mapping[str, Artifact], metrics: Mapping[str, float],
         _table(["slice", "perplexity", "bits/byte", "tokens", "bytes"],
                [[s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"]]
                 for s, v in per_source.items()]),
+        *([f"### Base vs adapted ({pre.extra.get('base_model')})",
+           "Bits-per-byte, which does not depend on the tokenizer; lower is better.",
+           _table(["slice", "base", "adapted", "change"],
+                  [[s, base[s]["bits_per_byte"], v["bits_per_byte"],
+                    f"{v['bits_per_byte'] / base[s]['bits_per_byte'] - 1:+.2%}"]
+                   for s, v in per_source.items() if s in base])] if base else []),
         f"## Fine-tune: {ft.extra['task']}",
         f"Accuracy **{metrics['finetune_accuracy']:.3f}** vs majority-class rate "
         f"{metrics['finetune_majority_rate']:.3f}; macro-F1 **{metrics['finetune_macro_f1']:.3f}** "

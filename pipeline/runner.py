@@ -77,8 +77,9 @@ STAGE_SPECS: dict[str, StageSpec] = {
 
 
 # In continue mode these stages also read the base model: the tokenizer reports (and may
-# extend) its tokenizer, pretraining starts from its weights.
-BASE_MODEL_STAGES = ("tokenizer", "pretrain")
+# extend) its tokenizer, pretraining starts from its weights, evaluation scores it beside the
+# adapted model.
+BASE_MODEL_STAGES = ("tokenizer", "pretrain", "evaluate")
 
 
 @dataclass(frozen=True)
