@@ -290,6 +290,25 @@ def lineage(key: Annotated[str, typer.Argument(help="An artifact key or a unique
 
 
 @app.command()
+def compare(run_a: Annotated[str, typer.Argument(help="A run id or a unique prefix.")],
+            run_b: Annotated[str, typer.Argument(help="A run id or a unique prefix.")],
+            workdir: Workdir = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+            ) -> None:
+    """Two runs side by side: which artifacts they share, and every metric with B - A."""
+    from pipeline import ops
+
+    path = _workdir(workdir) / "catalog.duckdb"
+    if not path.exists():
+        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    try:
+        result = ops.compare(Catalog(path), run_a, run_b)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(ops.compare_lines(result)))
+
+
+@app.command()
 def gc(workdir: Workdir = None,
        keep_runs: Annotated[int | None, typer.Option(
            help="Only the newest N runs per domain keep their artifacts.")] = None,

@@ -1,12 +1,15 @@
-"""Operations on a workdir: lineage of an artifact and garbage collection of unreferenced ones.
+"""Operations on a workdir: lineage of an artifact, two runs side by side, and garbage
+collection of unreferenced artifacts.
 
     dapt lineage KEY        upstream down to source files, downstream up to eval metrics
+    dapt compare RUN RUN    stages (same artifact or not) and every metric of two runs
     dapt gc [--yes]         list (or delete) artifacts no kept run references
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,47 @@ def find(store: ArtifactStore, key_prefix: str) -> tuple[str, str]:
         raise ValueError(f"{len(found)} artifacts match {key_prefix!r}"
                          + (f": {found}" if found else "; see `dapt runs` for keys"))
     return found[0]
+
+
+def find_run(catalog: Catalog, prefix: str) -> dict:
+    """The one run whose id starts with ``prefix``."""
+    found = catalog.query("SELECT * FROM runs WHERE starts_with(run_id, ?)", [prefix])
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} runs match {prefix!r}; see `dapt runs` for run ids")
+    return found[0]
+
+
+def compare(catalog: Catalog, prefix_a: str, prefix_b: str) -> dict:
+    """Two runs side by side: per stage the artifact each used, then every metric of both."""
+    runs = [find_run(catalog, p) for p in (prefix_a, prefix_b)]
+    stages: dict[str, list[str | None]] = {}
+    metrics: dict[str, list[float | None]] = {}
+    for i, run in enumerate(runs):
+        for row in catalog.stage_runs(run["run_id"]):
+            if row["status"] != "completed":
+                continue
+            stages.setdefault(row["stage"], [None, None])[i] = row["artifact_key"]
+            for name, value in json.loads(row["metrics"] or "{}").items():
+                metrics.setdefault(f"{row['stage']}.{name}", [None, None])[i] = value
+    return {"runs": [{k: str(r[k]) for k in ("run_id", "domain", "profile", "status")}
+                     for r in runs],
+            "stages": stages, "metrics": metrics}
+
+
+def compare_lines(result: dict) -> list[str]:
+    a, b = result["runs"]
+    lines = [f"A {a['run_id']}  {a['domain']}/{a['profile']}  {a['status']}",
+             f"B {b['run_id']}  {b['domain']}/{b['profile']}  {b['status']}", "",
+             f"{'stage':<10} {'A':<18} {'B':<18}"]
+    for stage, (ka, kb) in result["stages"].items():
+        lines.append(f"{stage:<10} {ka or '-':<18} {kb or '-':<18}"
+                     + ("  same artifact" if ka == kb else ""))
+    lines += ["", f"{'metric':<44} {'A':>12} {'B':>12} {'B - A':>12}"]
+    for name, (va, vb) in sorted(result["metrics"].items()):
+        delta = f"{vb - va:+12.4g}" if va is not None and vb is not None else f"{'':>12}"
+        shown = [f"{v:12.4g}" if v is not None else f"{'-':>12}" for v in (va, vb)]
+        lines.append(f"{name:<44} {shown[0]} {shown[1]} {delta}")
+    return lines
 
 
 def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:

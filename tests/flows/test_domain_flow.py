@@ -142,6 +142,27 @@ def test_cli_runs_lists_history(first_run: dict) -> None:
     assert "cached" in result.output and "report:" in result.output
 
 
+def test_cli_compare_puts_two_runs_side_by_side(first_run: dict) -> None:
+    work = first_run["work"]
+    if len(Catalog(work / "catalog.duckdb").runs(limit=100)) < 2:  # this test run alone
+        domain_pipeline(domain_file=first_run["domain_file"], workdir=str(work))
+    runs = Catalog(work / "catalog.duckdb").runs(limit=100)
+    full = [r["run_id"] for r in runs if r["status"] == "completed"][-2:]  # first, first rerun
+    result = CliRunner().invoke(app, ["compare", full[1], full[0], "--workdir", str(work),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    both = json.loads(result.output)
+    assert [r["run_id"] for r in both["runs"]] == [full[1], full[0]]
+    assert list(both["stages"]) == ["ingest", "tokenizer", "pretrain", "finetune", "evaluate"]
+    assert all(a == b for a, b in both["stages"].values())  # a cached rerun: same artifacts
+    m = both["metrics"]["evaluate.heldout_bits_per_byte"]
+    assert m[0] == m[1] and m[0] > 0
+    text = CliRunner().invoke(app, ["compare", full[1][:18], full[0], "--workdir", str(work)])
+    assert "same artifact" in text.output and "evaluate.heldout_perplexity" in text.output
+    missing = CliRunner().invoke(app, ["compare", "nope", full[0], "--workdir", str(work)])
+    assert missing.exit_code == 2 and "0 runs match 'nope'" in missing.output
+
+
 def test_cli_lineage_and_gc_on_a_real_workdir(first_run: dict) -> None:
     work = first_run["work"]
     _, stages = _stages(work)
