@@ -121,8 +121,8 @@ def held_out_texts(ingest: Artifact) -> dict[str, list[str]]:
     """Held-out text split into the domain slice and the general (replay) slice."""
     general = set(ingest.manifest.extra.get("general_sources", []))
     table = ds.dataset(str(ingest.path / "eval.parquet")).to_table(columns=["source", "text"])
-    is_general = pc.is_in(table.column("source"), value_set=pc.cast(list(general) or [""],
-                                                                      "string"))
+    is_general = pc.is_in(table.column("source"),
+                          value_set=pa.array(sorted(general), pa.string()))
     return {"domain": table.filter(pc.invert(is_general)).column("text").to_pylist(),
             "general": table.filter(is_general).column("text").to_pylist()}
 
