@@ -15,14 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from pipeline import QualityGateError, models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
+from pipeline.ingest import held_out
 from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.report import render_report
 
@@ -111,16 +110,14 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     window = json.loads((pretrain.path / "spec.json").read_text())["config"]["seq_len"]
-    general = set(inputs["ingest"].manifest.extra.get("general_sources", []))
-    held = pq.read_table(inputs["ingest"].path / "eval.parquet")
-    is_general = pc.is_in(held.column("source"), value_set=pa.array(sorted(general), pa.string()))
-    # up to max_eval_docs of each slice (the file is in hash order: a prefix is a fair sample)
-    held = pa.concat_tables([held.filter(pc.invert(is_general)).slice(0, config.max_eval_docs),
-                             held.filter(is_general).slice(0, config.max_eval_docs)])
-    texts, sources = held.column("text").to_pylist(), held.column("source").to_pylist()
-    if not any(s not in general for s in sources):
+    parts = held_out(inputs["ingest"], ["source", "text"])
+    # up to max_eval_docs of each slice (a prefix is a fair sample: the file is in hash order)
+    domain, general = (parts[k].slice(0, config.max_eval_docs) for k in ("domain", "general"))
+    if not domain.num_rows:
         raise QualityGateError("evaluate: the held-out slice has no domain documents")
-    is_general = [s in general for s in sources]
+    held = pa.concat_tables([domain, general])
+    texts, sources = held.column("text").to_pylist(), held.column("source").to_pylist()
+    is_general = [False] * domain.num_rows + [True] * general.num_rows
     per_source = slice_scores(model, tok, texts, sources, is_general, window, config.batch_size)
     base_scores = None
     if "models" in inputs:  # continue mode: the base model on the same text, same windows

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
@@ -237,3 +239,19 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
 def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
 
+
+# --- reading an ingest artifact (for the stages downstream) -----------------------------------
+
+
+def train_shards(ingest: Artifact) -> list[Path]:
+    return sorted(ingest.path.glob("train-*.parquet"))
+
+
+def held_out(ingest: Artifact, columns: list[str]) -> dict[str, pa.Table]:
+    """The held-out slice split into domain text and general (replay) text, each still in hash
+    order, so any prefix is a fair sample. ``columns`` must include ``source``."""
+    general = ingest.manifest.extra.get("general_sources", [])
+    table = pq.read_table(ingest.path / "eval.parquet", columns=columns)
+    is_general = pc.is_in(table.column("source"),
+                          value_set=pa.array(sorted(general), pa.string()))
+    return {"domain": table.filter(pc.invert(is_general)), "general": table.filter(is_general)}

@@ -34,6 +34,7 @@ from tokenizers import Tokenizer
 from pipeline import QualityGateError, models, packing
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
+from pipeline.ingest import train_shards
 
 log = logging.getLogger("dapt")
 
@@ -143,7 +144,7 @@ def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id:
     common = {"source_names": names, "num_workers": config.num_pack_workers}
     stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin"]
     try:
-        train = packing.encode(tokenizer_path, sorted(ingest.path.glob("train-*.parquet")),
+        train = packing.encode(tokenizer_path, train_shards(ingest),
                                eos_id, stagings[0], **common)
         selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
         packed = {"train": packing.write_sequences(train, selection, data_dir, "train",

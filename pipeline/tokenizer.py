@@ -32,6 +32,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pipeline import QualityGateError, vocab
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import TokenizerConfig
+from pipeline.ingest import held_out, train_shards
 from pipeline.models import hf_dir
 
 
@@ -119,12 +120,8 @@ def save_hf_files(tok: Tokenizer, config: TokenizerConfig, out_dir: Path) -> Non
 
 def held_out_texts(ingest: Artifact) -> dict[str, list[str]]:
     """Held-out text split into the domain slice and the general (replay) slice."""
-    general = set(ingest.manifest.extra.get("general_sources", []))
-    table = ds.dataset(str(ingest.path / "eval.parquet")).to_table(columns=["source", "text"])
-    is_general = pc.is_in(table.column("source"),
-                          value_set=pa.array(sorted(general), pa.string()))
-    return {"domain": table.filter(pc.invert(is_general)).column("text").to_pylist(),
-            "general": table.filter(is_general).column("text").to_pylist()}
+    return {part: table.column("text").to_pylist()
+            for part, table in held_out(ingest, ["source", "text"]).items()}
 
 
 def gpt2_tokenizer() -> Tokenizer | None:
@@ -157,7 +154,7 @@ def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest
     vocab.check_base(base, base_name)
     ext = config.extend
     fraction = min(1.0, ext.sample_chars / max(ingest.manifest.counts.get("train_chars", 0), 1))
-    texts = iter_texts(sorted(ingest.path.glob("train-*.parquet")), config.batch_size, fraction,
+    texts = iter_texts(train_shards(ingest), config.batch_size, fraction,
                        config.seed, ingest.manifest.extra.get("general_sources") or None)
     counts = vocab.word_counts(base, (t for batch in texts for t in batch))
     merges = vocab.choose_merges(base, counts, ext.num_new_tokens, ext.min_frequency)
@@ -168,7 +165,7 @@ def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest
 
 def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
     ingest = inputs["ingest"]
-    files = sorted(ingest.path.glob("train-*.parquet"))
+    files = train_shards(ingest)
     total_chars = ingest.manifest.counts.get("train_chars", 0)
     tok = train(config, files, total_chars)
     save_hf_files(tok, config, out_dir)
