@@ -219,15 +219,49 @@ class TaskConfig(_Strict):
     """A labelled classification task read from JSONL/CSV/Parquet."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    path: str
+    path: str = Field(description="Task file; ${samples} and $ENV expanded; relative to the YAML.")
     text_field: str = "text"
     label_field: str = "label"
     id_field: str = "id"
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="Raw label -> class name (merge or rename classes). "
+        "When set, rows whose label is not a key are left out and counted (unmapped_rows).")
+
+
+class LoraConfig(_Strict):
+    """Low-rank adapters (peft) on the attention/MLP projections; the head is trained fully."""
+
+    r: int = Field(default=8, gt=0)
+    alpha: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
 class FinetuneConfig(_Strict):
-    task: TaskConfig
+    tasks: list[TaskConfig] = Field(
+        min_length=1, description="Labelled tasks; the first is the headline in metrics and "
+        "reports. `task:` (one task) is accepted as shorthand.")
+    method: Literal["full", "lora"] = Field(
+        default="full", description="full: every (unfrozen) weight; lora: peft adapters.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze_layers: int = Field(
+        default=0, ge=0, description="Freeze the embeddings and the lowest N transformer layers "
+        "(with lora: no adapters there).")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1,
+        description="One fine-tune per seed (head init, shuffling, dropout); metrics are the "
+        "mean and std over seeds. The splits do not depend on it.")
+    split_seed: int = Field(default=0, description="Seeds the train/validation/test split.")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    validation_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of the non-test rows held out for early "
+        "stopping on macro-F1; 0 trains every epoch and keeps the last.")
+    patience: int = Field(default=2, gt=0, description="Epochs without a better validation "
+                          "macro-F1 before stopping; the best epoch's weights are kept.")
+    compare_base: bool = Field(
+        default=True, description="Continue mode: fine-tune the base model too, with the same "
+        "splits, seeds and hyperparameters, so the difference is the effect of pretraining.")
     max_train_examples: int = Field(default=4000, gt=0)
     max_test_examples: int = Field(default=2000, gt=0)
     max_seq_len: int = Field(default=128, gt=1)
@@ -235,7 +269,25 @@ class FinetuneConfig(_Strict):
     epochs: int = Field(default=3, gt=0)
     lr: float = Field(default=5e-4, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
-    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "task" in data:
+            if "tasks" in data:
+                raise ValueError("finetune: give `task` (one) or `tasks` (a list), not both")
+            data = {**data, "tasks": [data["task"]]}
+            del data["task"]
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"finetune.tasks: task names must be unique, got {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"finetune.seeds: seeds must be distinct, got {self.seeds}")
+        return self
 
 
 # --- evaluate ---------------------------------------------------------------------------------

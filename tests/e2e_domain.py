@@ -9,13 +9,18 @@ import yaml
 
 SLICE_LINES = {"hpo.jsonl": 2500, "icd10cm.jsonl": 2500, "healthnews.jsonl": 2500}
 GENERAL_LINES = 300
+TASK_FILES = ("task_organ_system.jsonl", "task_icd10_chapter.jsonl")
+# The second task keeps three ICD-10-CM chapters under short names: the other rows are left
+# out and counted.
+CHAPTERS = {"Neoplasms (C00-D49)": "neoplasm", "Diseases of the eye and adnexa (H00-H59)": "eye",
+            "Diseases of the circulatory system (I00-I99)": "circulatory"}
 
 TEST_PROFILE = {
     "tokenizer": {"vocab_size": 2048},
     "pretrain": {"max_steps": 40, "warmup_steps": 4, "log_every": 5, "eval_every": 20,
                  "eval_max_seqs": 32},
     "finetune": {"max_train_examples": 800, "max_test_examples": 300, "epochs": 3,
-                 "max_seq_len": 64},
+                 "max_seq_len": 64, "seeds": [0, 1]},
     "evaluate": {"max_eval_docs": 100},
 }
 
@@ -31,7 +36,8 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
     with open(samples / "general/news.jsonl") as src:
         (data / "news.jsonl").write_text(
             "".join(line for _, line in zip(range(GENERAL_LINES), src, strict=False)))
-    (data / "task.jsonl").write_text((samples / "medical/task_organ_system.jsonl").read_text())
+    for task in TASK_FILES:
+        (data / task).write_text((samples / "medical" / task).read_text())
     profile = {k: {**v, **profile_overrides.get(k, {})} for k, v in TEST_PROFILE.items()}
     doc = {
         "name": "medtest",
@@ -40,7 +46,10 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
                    + [{"name": "general", "path": "data/news.jsonl", "id_field": "id",
                        "general": True}], "min_kept_docs": 100},
         "pretrain": {"mixture": {"general": 0.1}},
-        "finetune": {"task": {"name": "organ_system", "path": "data/task.jsonl"}},
+        "finetune": {"tasks": [
+            {"name": "organ_system", "path": "data/task_organ_system.jsonl"},
+            {"name": "icd10_chapter", "path": "data/task_icd10_chapter.jsonl",
+             "label_map": CHAPTERS}]},
         "profiles": {"tiny": profile},
     }
     path = root / "test.yaml"

@@ -20,7 +20,7 @@ def test_every_shipped_domain_resolves(name: str, profile: str) -> None:
     assert domain.origin == "built-in"
     run = domain.resolve(profile)
     assert run.domain == name and run.profile == profile
-    assert run.ingest.sources and run.finetune.task.path.startswith("${samples}/")
+    assert run.ingest.sources and run.finetune.tasks[0].path.startswith("${samples}/")
 
 
 def test_shipped_domains_are_discovered() -> None:

@@ -60,6 +60,20 @@ def test_base_and_adapted_are_scored_on_the_same_text(continued: dict) -> None:
                                                             rel=1e-6)
     report = (art.path / "report.md").read_text()
     assert "### Base vs adapted" in report and "| general |" in report
+    # fine-tuning ran for the base model too, on the same test examples with the same seeds
+    ft = session.artifacts["finetune"]
+    assert "models" in ft.manifest.inputs and ft.manifest.extra["models"] == ["adapted", "base"]
+    preds = pq.read_table(ft.path / "predictions.parquet").to_pylist()
+    for task in ("organ_system", "icd10_chapter"):
+        ids = {(r["model"], r["seed"]): [] for r in preds if r["task"] == task}
+        for r in preds:
+            if r["task"] == task:
+                ids[(r["model"], r["seed"])].append(r["id"])
+        assert sorted(ids) == [("adapted", 0), ("adapted", 1), ("base", 0), ("base", 1)]
+        assert len({tuple(v) for v in ids.values()}) == 1
+    assert m["finetune_macro_f1_gain"] == pytest.approx(
+        m["finetune_macro_f1"] - m["finetune_base_macro_f1"])
+    assert "| organ_system macro-f1 (mean +- std, 2 seeds) |" in report
 
 
 def test_no_domain_gain_fails_the_gate_with_the_numbers(continued: dict) -> None:

@@ -1,20 +1,46 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
+import pyarrow.parquet as pq
 import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from pipeline.config import TaskConfig
-from pipeline.finetune import is_test, load_task
+from pipeline.config import FinetuneConfig, LoraConfig, TaskConfig
+from pipeline.finetune import (
+    adapt,
+    fit,
+    headline_metrics,
+    load_task,
+    prepare_task,
+    run,
+    split_of,
+    summarize,
+)
+from pipeline.metrics import classification_report
 
 
-def test_split_is_a_stable_function_of_id() -> None:
-    ids = [f"doc-{i}" for i in range(2000)]
-    test = [i for i in ids if is_test(i, 0.2, seed=0)]
-    assert 320 < len(test) < 480
-    assert test == [i for i in ids if is_test(i, 0.2, seed=0)]
-    assert test != [i for i in ids if is_test(i, 0.2, seed=1)]
+def test_split_is_a_stable_function_of_id_and_split_seed() -> None:
+    ids = [f"doc-{i}" for i in range(4000)]
+    splits = [split_of(i, 0.2, 0.1, seed=0) for i in ids]
+    assert 650 < splits.count("test") < 950  # 20%
+    assert 220 < splits.count("validation") < 420  # 10% of the other 80%
+    assert splits == [split_of(i, 0.2, 0.1, seed=0) for i in ids]
+    assert splits != [split_of(i, 0.2, 0.1, seed=1) for i in ids]
+    # no validation: the test rows stay the same, the rest is train
+    assert [s == "test" for s in splits] == [split_of(i, 0.2, 0.0, 0) == "test" for i in ids]
+    assert "validation" not in {split_of(i, 0.2, 0.0, 0) for i in ids}
 
 
 def test_load_task_reads_fields_and_rejects_missing(tmp_path: Path) -> None:
@@ -22,7 +48,174 @@ def test_load_task_reads_fields_and_rejects_missing(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(r) for r in [
         {"key": 1, "body": "alpha", "y": "A"}, {"key": 2, "body": "beta", "y": "B"}]))
     task = TaskConfig(name="t", path=str(path), id_field="key", text_field="body", label_field="y")
-    assert load_task(task, path).to_pylist() == [
+    table, unmapped = load_task(task, path)
+    assert unmapped == 0 and table.to_pylist() == [
         {"id": "1", "text": "alpha", "label": "A"}, {"id": "2", "text": "beta", "label": "B"}]
     with pytest.raises(ValueError, match="label_field='label'"):
         load_task(TaskConfig(name="t", path=str(path), id_field="key", text_field="body"), path)
+
+
+def test_label_map_renames_merges_and_counts_the_rows_it_leaves_out(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,text,label\n1,a a,cat\n2,b b,kitten\n3,c c,dog\n4,d d,fish\n5,e e,cat\n")
+    task = TaskConfig(name="pets", path=str(path),
+                      label_map={"cat": "feline", "kitten": "feline", "dog": "canine"})
+    table, unmapped = load_task(task, path)
+    assert unmapped == 1  # the fish
+    assert [(r["id"], r["label"]) for r in table.to_pylist()] == [
+        ("1", "feline"), ("2", "feline"), ("3", "canine"), ("5", "feline")]
+    with pytest.raises(ValueError, match=r"tasks\.pets\.label_map: no label"):
+        load_task(task.model_copy(update={"label_map": {"bird": "avian"}}), path)
+
+
+def test_task_shorthand_and_config_errors() -> None:
+    one = FinetuneConfig.model_validate({"task": {"name": "a", "path": "a.jsonl"}})
+    assert [t.name for t in one.tasks] == ["a"] and one.seeds == [0, 1, 2]
+    with pytest.raises(ValueError, match="not both"):
+        FinetuneConfig.model_validate({"task": {"name": "a", "path": "a"},
+                                       "tasks": [{"name": "b", "path": "b"}]})
+    with pytest.raises(ValueError, match="task names must be unique"):
+        FinetuneConfig.model_validate({"tasks": [{"name": "a", "path": "a"},
+                                                 {"name": "a", "path": "b"}]})
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        FinetuneConfig.model_validate({"tasks": [{"name": "a", "path": "a"}], "seeds": [1, 1]})
+
+
+def _run(macro_f1: float, accuracy: float, seed: int) -> dict:
+    return {"seed": seed, "macro_f1": macro_f1, "accuracy": accuracy, "majority_rate": 0.5,
+            "per_class_f1": [macro_f1, 1.0], "support": [3, 1], "confusion": [[2, 1], [0, 1]],
+            "best_epoch": 1, "history": []}
+
+
+def test_summary_is_mean_and_sample_std_over_seeds() -> None:
+    s = summarize([_run(0.5, 0.75, 0), _run(0.7, 0.25, 1)])
+    assert s["macro_f1"] == pytest.approx(0.6)
+    assert s["macro_f1_std"] == pytest.approx(math.sqrt(0.02))  # ((0.1^2 + 0.1^2) / 1) ** .5
+    assert s["accuracy"] == pytest.approx(0.5) and s["accuracy_std"] == pytest.approx(
+        math.sqrt(0.125))
+    assert s["per_class_f1"] == pytest.approx([0.6, 1.0])
+    assert s["confusion"] == [[4, 2], [0, 2]]  # summed over seeds
+    assert summarize([_run(0.5, 0.75, 0)])["macro_f1_std"] == 0.0
+
+    base = summarize([_run(0.4, 0.5, 0), _run(0.4, 0.5, 1)])
+    m = headline_metrics({"first": {"adapted": s, "base": base},
+                          "second": {"adapted": base, "base": None}})
+    assert m["macro_f1"] == pytest.approx(0.6) and m["base_macro_f1"] == pytest.approx(0.4)
+    assert m["macro_f1_gain"] == pytest.approx(0.2) and m["accuracy_gain"] == pytest.approx(0.0)
+    assert m["second.macro_f1"] == pytest.approx(0.4) and "second.macro_f1_gain" not in m
+    assert "second.base_macro_f1" not in m and m["majority_rate"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_task(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-layer model with a tokenizer trained here, and 400 rows of the real organ-system
+    task."""
+    root = tmp_path_factory.mktemp("finetune")
+    lines = (samples_dir / "medical/task_organ_system.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    # the four largest labels, 100 rows each: small, but a real task
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r)
+    top = sorted(by_label, key=lambda k: -len(by_label[k]))[:4]
+    task_path = root / "task.jsonl"
+    task_path.write_text("".join(json.dumps(r) + "\n" for k in top for r in by_label[k][:100]))
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator([json.loads(x)["text"] for x in lines[:3000]],
+                            trainers.BpeTrainer(vocab_size=600, special_tokens=["<eos>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    model_dir = root / "model"
+    tok.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id)).save_pretrained(model_dir)
+    return {"task": TaskConfig(name="organ", path=str(task_path)), "model_dir": model_dir}
+
+
+def _config(tiny_task: dict, **kw: object) -> FinetuneConfig:
+    return FinetuneConfig.model_validate({
+        "tasks": [tiny_task["task"].model_dump()], "max_seq_len": 48, "batch_size": 16,
+        "lr": 3e-3, "epochs": 4, **kw})
+
+
+def test_freezing_and_lora_choose_the_trained_weights(tiny_task: dict) -> None:
+    def fresh() -> torch.nn.Module:
+        return AutoModelForSequenceClassification.from_pretrained(tiny_task["model_dir"],
+                                                                  num_labels=3)
+
+    frozen = adapt(fresh(), _config(tiny_task, freeze_layers=1))
+    trained = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("model.embed_tokens", "model.layers.0.")) for n in trained)
+    assert any(n.startswith("model.layers.1.") for n in trained) and "score.weight" in trained
+
+    lora = adapt(fresh(), _config(tiny_task, method="lora", freeze_layers=1,
+                                  lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"])))
+    trained = [n for n, p in lora.named_parameters() if p.requires_grad]
+    adapters = [n for n in trained if "lora_" in n]
+    # adapters on q and v of layer 1 only; the head is trained in full
+    assert len(adapters) == 4 and all(".layers.1." in n for n in adapters)
+    assert all("lora_" in n or "score" in n for n in trained)
+    with pytest.raises(ValueError, match="freeze_layers: 3 but the model has 2 layers"):
+        adapt(fresh(), _config(tiny_task, freeze_layers=3))
+
+
+def test_fit_keeps_the_best_validation_epoch(tiny_task: dict) -> None:
+    config = _config(tiny_task, validation_fraction=0.25, patience=1, epochs=6)
+    data, unmapped = prepare_task(tiny_task["task"], config)
+    assert unmapped == 0 and sum(len(r) for r in data.splits.values()) == 400
+    fitted = fit(tiny_task["model_dir"], data, config, seed=0, label="adapted")
+    scores = [h["validation_macro_f1"] for h in fitted["history"]]
+    best = scores.index(max(scores)) + 1
+    assert fitted["best_epoch"] == best
+    # stopped `patience` epochs after the best, or at the last epoch
+    assert len(scores) == min(6, best + 1)
+    # the weights kept are the best epoch's: they reproduce its validation score
+    model, tok = fitted["model"], fitted["tokenizer"]
+    model.eval()
+    val = data.splits["validation"]
+    with torch.no_grad():
+        enc = tok([data.texts[i] for i in val], truncation=True, max_length=48, padding=True,
+                  return_tensors="pt")
+        preds = model(**enc).logits.argmax(-1).tolist()
+    assert classification_report([data.labels[i] for i in val], preds, 4)["macro_f1"] == \
+        pytest.approx(max(scores))
+    # the test report is of the same predictions the run returns
+    test = data.splits["test"]
+    assert fitted["accuracy"] == pytest.approx(sum(
+        p == data.labels[i] for p, i in zip(fitted["predictions"], test, strict=True)) / len(test))
+    # seeds change the head's initialisation, not the splits
+    again, _ = prepare_task(tiny_task["task"], config)
+    assert again.splits == data.splits
+
+
+def test_stage_with_lora_saves_a_merged_model_that_reproduces_its_predictions(
+        tiny_task: dict, tmp_path: Path) -> None:
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    (pretrain / "hf").symlink_to(tiny_task["model_dir"])
+    config = _config(tiny_task, method="lora", seeds=[0, 1], epochs=2,
+                     lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    # the same directory as the "base": both models are trained with the same recipe
+    manifest = run(config, {"pretrain": SimpleNamespace(path=pretrain),
+                            "models": SimpleNamespace(path=pretrain)}, tmp_path)
+    assert manifest.counts["fine_tunes"] == 4 and manifest.extra["models"] == ["adapted", "base"]
+    # identical model and seeds: identical results, so the gain is exactly 0
+    assert manifest.metrics["macro_f1"] == manifest.metrics["base_macro_f1"]
+    assert manifest.metrics["macro_f1_gain"] == 0.0
+    preds = [r for r in pq.read_table(tmp_path / "predictions.parquet").to_pylist()
+             if r["model"] == "adapted" and r["seed"] == 0]
+    saved = tmp_path / "model/organ"
+    model = AutoModelForSequenceClassification.from_pretrained(saved).eval()
+    assert not any("lora" in n for n, _ in model.named_parameters())  # merged
+    tok = AutoTokenizer.from_pretrained(saved)
+    data, _ = prepare_task(tiny_task["task"], config)
+    by_id = {x: t for x, t in zip(data.ids, data.texts, strict=True)}
+    with torch.no_grad():
+        enc = tok([by_id[r["id"]] for r in preds], truncation=True, max_length=48,
+                  padding=True, return_tensors="pt")
+        again = model(**enc).logits.argmax(-1).tolist()
+    assert [model.config.id2label[i] for i in again] == [r["pred"] for r in preds]

@@ -106,6 +106,18 @@ def test_icd10cm(built: Built) -> None:
     assert len(icd) > 40_000
 
 
+def test_icd10_chapter_task(built: Built) -> None:
+    root, counts = built("medical")
+    rel = "medical/task_icd10_chapter.jsonl"
+    task = by_id(root / rel)
+    assert task["A00.9"] == {"id": "A00.9", "text": "Cholera, unspecified",
+                             "label": "Certain infectious and parasitic diseases (A00-B99)"}
+    assert task["C50.911"]["label"] == "Neoplasms (C00-D49)"
+    dist = labels(root / rel)
+    assert len(dist) == 21 and min(dist.values()) >= 50
+    assert counts[rel] + counts[f"{rel}#rare_label"] == len(by_id(root / "medical/icd10cm.jsonl"))
+
+
 def test_healthnews(built: Built) -> None:
     root, counts = built("medical")
     assert counts["medical/healthnews.jsonl"] > 50_000
