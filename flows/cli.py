@@ -7,11 +7,13 @@
     dapt runs [DOMAIN]
     dapt models list | prepare NAME
     dapt lineage KEY
+    dapt compare RUN_A RUN_B [--json] | report RUN [--out DIR]
     dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (need PREFECT_API_URL)
     dapt gc [--keep-runs N] [--yes]
 
 The workdir (``--workdir``, else ``$DAPT_WORKDIR``, else ``./dapt-work``) holds
-``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.md`` and ``samples/``.
+``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.{md,html}`` and
+``samples/``.
 """
 
 from __future__ import annotations
@@ -306,6 +308,30 @@ def compare(run_a: Annotated[str, typer.Argument(help="A run id or a unique pref
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(ops.compare_lines(result)))
+
+
+@app.command()
+def report(run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix.")],
+           workdir: Workdir = None,
+           out: Annotated[Path | None, typer.Option(
+               help="Where to write; default runs/<run_id>/ in the workdir.")] = None) -> None:
+    """Regenerate a run's report.md, report.html (plots embedded) and plots/ from its
+    artifacts."""
+    from pipeline import ops
+    from pipeline.artifacts import ArtifactStore
+
+    work = _workdir(workdir)
+    path = work / "catalog.duckdb"
+    if not path.exists():
+        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    catalog = Catalog(path)
+    try:
+        run = ops.find_run(catalog, run_id)
+        written = ops.write_run_report(ArtifactStore(work / "artifacts"), catalog, run,
+                                       out or work / "runs" / run["run_id"])
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"report: {written}\nhtml: {written.with_suffix('.html')}")
 
 
 @app.command()

@@ -60,6 +60,6 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
         raise
     if report:
         key = f"dapt-{session.domain.name.replace('_', '-')}-report"
-        create_markdown_artifact(report.read_text(), key=key,
+        create_markdown_artifact((report.parent / "summary.md").read_text(), key=key,
                                  description=f"dapt report, run {session.run_id}")
     return str(report) if report else None

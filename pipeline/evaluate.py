@@ -1,5 +1,7 @@
-"""Evaluate stage: held-out perplexity and bits-per-byte of the pretrained model, the fine-tune
-metrics and the tokenizer's efficiency, gathered into ``metrics.json`` and ``report.md``.
+"""Evaluate stage: held-out perplexity and bits-per-byte of the pretrained model (and, in
+continue mode, of the base model, with quality gates), the fine-tune metrics and the tokenizer's
+efficiency, gathered into ``metrics.json`` and the report (``report.md``, ``report.html``,
+``plots/``).
 
 Perplexity is computed from the ``hf/`` export (not the training process), so it also checks
 that the export loads and predicts. Each held-out document is scored on its own, preceded by the
@@ -23,7 +25,7 @@ from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
 from pipeline.ingest import held_out
 from pipeline.metrics import bits_per_byte, perplexity
-from pipeline.report import render_report
+from pipeline.report import write_report
 
 
 @torch.no_grad()
@@ -38,6 +40,7 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
             pieces.append((d, seq[start:start + window + 1]))
     pieces.sort(key=lambda p: len(p[1]))  # similar lengths per batch: less padding
     out = [[0.0, 0] for _ in texts]
+    device = next(model.parameters()).device
     model.eval()
     for i in range(0, len(pieces), batch_size):
         chunk = pieces[i:i + batch_size]
@@ -47,10 +50,11 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
         for row, (_, p) in enumerate(chunk):
             ids[row, :len(p)] = torch.tensor(p)
             mask[row, :len(p)] = 1
+        ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = ids[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), target, reduction="none") * mask[:, 1:]
+        nll = (torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), target, reduction="none") * mask[:, 1:]).cpu()
         for row, (d, p) in enumerate(chunk):
             out[d][0] += nll[row].sum().item()
             out[d][1] += len(p) - 1
@@ -108,7 +112,8 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     pretrain, finetune = inputs["pretrain"], inputs["finetune"]
     hf_dir = pretrain.path / "hf"
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).to(device)
     window = json.loads((pretrain.path / "spec.json").read_text())["config"]["seq_len"]
     parts = held_out(inputs["ingest"], ["source", "text"])
     # up to max_eval_docs of each slice (a prefix is a fair sample: the file is in hash order)
@@ -122,7 +127,7 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     base_scores = None
     if "models" in inputs:  # continue mode: the base model on the same text, same windows
         base_dir = models.hf_dir(inputs["models"])
-        base_scores = slice_scores(AutoModelForCausalLM.from_pretrained(base_dir),
+        base_scores = slice_scores(AutoModelForCausalLM.from_pretrained(base_dir).to(device),
                                    AutoTokenizer.from_pretrained(base_dir), texts, sources,
                                    is_general, window, config.batch_size)
     ft, tk = finetune.manifest, inputs["tokenizer"].manifest
@@ -133,18 +138,16 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         **({"general_perplexity": per_source["general"]["perplexity"],
             "general_bits_per_byte": per_source["general"]["bits_per_byte"]}
            if "general" in per_source else {}),
-        "finetune_accuracy": ft.metrics["accuracy"],
-        "finetune_macro_f1": ft.metrics["macro_f1"],
-        "finetune_majority_rate": ft.metrics["majority_rate"],
+        # finetune_accuracy, finetune_macro_f1(_std), finetune_base_macro_f1, ..._gain
+        **{f"finetune_{k}": v for k, v in ft.metrics.items()},
         # the tokenizer training used: domain (from scratch), base or extended (continue)
         "tokenizer_fertility": tk.extra["efficiency"][
             pretrain.manifest.extra.get("tokenizer", "domain")]["domain"]["fertility"],
         "vocab_size": float(len(tok)),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores},
-        indent=2))
-    (out_dir / "report.md").write_text(render_report(inputs, metrics, per_source, base_scores))
+    evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores}
+    (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
+    write_report(out_dir, "Evaluation report", [], inputs, evaluation)
     return Manifest(
         stage="evaluate",
         counts={"eval_docs": len(texts), "eval_tokens": int(per_source["domain"]["tokens"])},

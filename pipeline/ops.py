@@ -3,6 +3,7 @@ collection of unreferenced artifacts.
 
     dapt lineage KEY        upstream down to source files, downstream up to eval metrics
     dapt compare RUN RUN    stages (same artifact or not) and every metric of two runs
+    dapt report RUN         regenerate a run's report (md, html, plots) from its artifacts
     dapt gc [--yes]         list (or delete) artifacts no kept run references
 """
 
@@ -14,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import report
 from pipeline.artifacts import ArtifactStore
 from pipeline.catalog import Catalog
 
@@ -68,6 +70,36 @@ def compare_lines(result: dict) -> list[str]:
     return lines
 
 
+def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir: Path,
+                     intro: list[report.Block] | None = None) -> Path:
+    """``report.md``, ``report.html``, ``plots/`` and ``summary.md`` (the key table) of a run
+    whose evaluate stage completed, from the artifacts its catalog rows name."""
+    rows = [r for r in catalog.stage_runs(run["run_id"]) if r["status"] == "completed"]
+    artifacts = {r["stage"]: store.get(r["stage"], r["artifact_key"]) for r in rows}
+    evaluated = artifacts.get("evaluate")
+    if evaluated is None:
+        raise ValueError(f"run {run['run_id']} has no evaluate artifact (it ran "
+                         f"{', '.join(artifacts) or 'no stage'}); a report needs an evaluation")
+    # the evaluate manifest names every artifact it was built from, whatever this run rebuilt
+    for stage, key in evaluated.manifest.inputs.items():
+        if artifacts.get(stage) is None:
+            artifacts[stage] = store.get(stage, key)
+    missing = [s for s, a in artifacts.items() if a is None]
+    if missing:
+        raise ValueError(f"run {run['run_id']}: artifacts of {missing} are gone (dapt gc?)")
+    evaluation = json.loads((evaluated.path / "metrics.json").read_text())
+    title = f"dapt report: {run['domain']} ({run['profile']})"
+    stage_table = ("table", ["stage", "artifact key", "cache hit", "seconds"],
+                   [[r["stage"], f"`{r['artifact_key']}`", r["cache_hit"],
+                     f"{r['duration_s']:.1f}"] for r in rows])
+    intro = [("p", f"Run `{run['run_id']}`."), *(intro or []), stage_table]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = report.write_report(out_dir, title, intro, artifacts, evaluation)
+    (out_dir / "summary.md").write_text(report.summary_markdown(title, artifacts, evaluation))
+    shutil.copy(evaluated.path / "metrics.json", out_dir / "metrics.json")
+    return path
+
+
 def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:
     """Lines of an indented tree: the artifact, its inputs down to files, its dependents."""
     stage, key = find(store, key_prefix)
@@ -96,8 +128,8 @@ def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:
         for name, path_list in m.extra.get("files", {}).items():
             for path in path_list:
                 lines.append("  " * depth + f"<- source {name}: {path}")
-        if "task_file" in m.extra:
-            lines.append("  " * depth + f"<- task file: {m.extra['task_file']}")
+        for task, result in m.extra.get("tasks", {}).items():
+            lines.append("  " * depth + f"<- task {task}: {result['task_file']}")
         for input_stage, input_key in m.inputs.items():
             if input_key in seen:
                 lines.append("  " * depth + f"<- {input_stage}/{input_key} (shown above)")

@@ -51,13 +51,17 @@ def test_first_run_builds_every_stage_and_reports(first_run: dict) -> None:
     assert list(stages) == ["ingest", "tokenizer", "pretrain", "finetune", "evaluate"]
     assert not any(hit for hit, _ in stages.values())
     text = report.read_text()
-    for heading in ("## Held-out language modelling", "## Fine-tune: organ_system",
-                    "## Pretraining", "## Tokenizer", "## Corpus"):
+    for heading in ("## Key results", "## Held-out language modelling", "## Fine-tuning",
+                    "### Task organ_system", "### Task icd10_chapter", "## Pretraining",
+                    "## Tokenizer", "## Corpus"):
         assert heading in text
     metrics = json.loads((report.parent / "metrics.json").read_text())["metrics"]
     # 40 steps take the model far below the uniform model's perplexity (the vocabulary size)
     assert metrics["heldout_perplexity"] < metrics["vocab_size"] / 3
     assert metrics["finetune_accuracy"] > metrics["finetune_majority_rate"]
+    assert metrics["finetune_icd10_chapter.accuracy"] > \
+        metrics["finetune_icd10_chapter.majority_rate"]
+    assert "finetune_base_macro_f1" not in metrics  # from scratch: no base model to compare
     # general news is held out apart from the domain text, and harder for a medical model
     assert metrics["general_bits_per_byte"] > metrics["heldout_bits_per_byte"]
     assert "general text (forgetting)" in text and "Training mixture" in text
@@ -69,6 +73,54 @@ def test_first_run_builds_every_stage_and_reports(first_run: dict) -> None:
     counts = json.loads((ingest_dir / "manifest.json").read_text())["counts"]
     assert counts["docs_in"] == counts["kept"] + counts["excluded"] == 7500 + 300
     assert pq.read_table(ingest_dir / "excluded.parquet").num_rows == counts["excluded"]
+
+
+def test_finetune_runs_every_task_and_seed_on_fixed_splits(first_run: dict) -> None:
+    _, stages = _stages(first_run["work"])
+    art = first_run["work"] / "artifacts/finetune" / stages["finetune"][1]
+    m = json.loads((art / "manifest.json").read_text())
+    preds = pq.read_table(art / "predictions.parquet").to_pylist()
+    for task, result in m["extra"]["tasks"].items():
+        rows = [r for r in preds if r["task"] == task]
+        by_seed = {s: [r["id"] for r in rows if r["seed"] == s] for s in (0, 1)}
+        # the same test examples for every seed; the scores are recomputed from the predictions
+        assert by_seed[0] == by_seed[1] and len(by_seed[0]) == result["counts"]["test_examples"]
+        accs = [sum(r["label"] == r["pred"] for r in rows if r["seed"] == s) / len(by_seed[s])
+                for s in (0, 1)]
+        assert [r["accuracy"] for r in result["adapted"]["runs"]] == pytest.approx(accs)
+        assert result["adapted"]["accuracy"] == pytest.approx(sum(accs) / 2)
+        assert result["adapted"]["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**.5)
+    chapter = m["extra"]["tasks"]["icd10_chapter"]
+    assert chapter["labels"] == ["circulatory", "eye", "neoplasm"]  # the label map's names
+    total = len((first_run["work"].parent / "data/task_icd10_chapter.jsonl").read_text()
+                .splitlines())
+    assert chapter["counts"]["unmapped_rows"] == total - chapter["counts"]["task_rows"] > 0
+    assert (art / "model/organ_system/model.safetensors").exists()
+
+
+def test_report_html_embeds_every_plot_and_cli_regenerates_it(first_run: dict) -> None:
+    report = first_run["report"]
+    html = report.with_suffix(".html").read_text()
+    plots = sorted(p.name for p in (report.parent / "plots").glob("*.png"))
+    assert plots == ["bits_per_byte.png", "confusion_icd10_chapter.png",
+                     "confusion_organ_system.png", "fertility.png", "finetune.png",
+                     "loss_curves.png"]
+    for name in plots:
+        assert (report.parent / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](plots/{name})" in report.read_text()
+    assert html.count("src='data:image/png;base64,") == len(plots)
+    assert "<td>organ_system macro-f1 (mean +- std, 2 seeds)</td>" in html
+    run_id, stages = _stages(first_run["work"])
+    out = first_run["work"] / "regenerated"
+    result = CliRunner().invoke(app, ["report", run_id[:17], "--workdir",
+                                      str(first_run["work"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    again = (out / "report.md").read_text()
+    assert stages["evaluate"][1] in again and again.count("](plots/") == len(plots)
+    summary = (out / "summary.md").read_text()  # what the Prefect UI shows
+    assert "| domain bits/byte (lower is better) |" in summary
+    missing = CliRunner().invoke(app, ["report", "nope", "--workdir", str(first_run["work"])])
+    assert missing.exit_code == 2 and "0 runs match 'nope'" in missing.output
 
 
 def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
