@@ -19,8 +19,8 @@ TEST_PROFILE = {
     "tokenizer": {"vocab_size": 2048},
     "pretrain": {"max_steps": 40, "warmup_steps": 4, "log_every": 5, "eval_every": 20,
                  "eval_max_seqs": 32},
-    "finetune": {"max_train_examples": 800, "max_test_examples": 300, "epochs": 3,
-                 "max_seq_len": 64, "seeds": [0, 1]},
+    "finetune": {"max_train_examples": 400, "max_test_examples": 200, "epochs": 2,
+                 "max_seq_len": 48, "seeds": [0, 1]},
     "evaluate": {"max_eval_docs": 100},
 }
 

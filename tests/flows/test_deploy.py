@@ -25,7 +25,7 @@ from tests.e2e_domain import write_test_domain
 
 BIN = Path(sys.executable).parent
 FAST = {"pretrain": {"max_steps": 10, "warmup_steps": 1, "log_every": 5},
-        "finetune": {"max_train_examples": 100, "max_test_examples": 50, "epochs": 1},
+        "finetune": {"max_train_examples": 100, "max_test_examples": 50, "epochs": 1, "seeds": [0]},
         "evaluate": {"max_eval_docs": 20}}
 
 
