@@ -8,6 +8,7 @@
     dapt models list | prepare NAME
     dapt lineage KEY
     dapt compare RUN_A RUN_B [--json] | report RUN [--out DIR]
+    dapt inspect DOMAIN --excluded [--reason R] [--limit N]
     dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (need PREFECT_API_URL)
     dapt gc [--keep-runs N] [--yes]
 
@@ -332,6 +333,34 @@ def report(run_id: Annotated[str, typer.Argument(help="A run id or a unique pref
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"report: {written}\nhtml: {written.with_suffix('.html')}")
+
+
+@app.command()
+def inspect(domain: Annotated[str, typer.Argument(help="A domain name.")],
+            excluded: Annotated[bool, typer.Option(
+                "--excluded", help="Show the exclusion log (the only view so far).")] = False,
+            reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+            limit: Annotated[int, typer.Option(help="Samples per reason.")] = 5,
+            workdir: Workdir = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+            ) -> None:
+    """What the domain's latest ingest left out: counts by reason and sample documents."""
+    from pipeline import ops
+    from pipeline.artifacts import ArtifactStore
+
+    if not excluded:
+        raise _fail("say what to inspect: --excluded")
+    work = _workdir(workdir)
+    path = work / "catalog.duckdb"
+    if not path.exists():
+        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    try:
+        art = ops.latest_ingest(ArtifactStore(work / "artifacts"), Catalog(path), domain)
+        result = ops.excluded(art, reason, limit)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(result, indent=2) if as_json
+               else "\n".join(ops.excluded_lines(result)))
 
 
 @app.command()

@@ -48,10 +48,67 @@ class SourceConfig(_Strict):
         "pretrain.mixture, and reported apart from the domain text (forgetting, fertility).")
 
 
+class GopherConfig(_Strict):
+    """Gopher quality heuristics (Rae et al. 2021); defaults are the paper's, for web text."""
+
+    enabled: bool = True
+    min_words: int | None = Field(default=50, ge=0)
+    max_words: int | None = Field(default=100_000, gt=0)
+    min_mean_word_length: float | None = Field(default=3.0, ge=0)
+    max_mean_word_length: float | None = Field(default=10.0, gt=0)
+    max_symbol_word_ratio: float | None = Field(
+        default=0.1, ge=0, description="Most '#' or ellipses per word.")
+    max_ellipsis_lines: float | None = Field(
+        default=0.3, ge=0, le=1, description="Most share of lines ending in an ellipsis.")
+    max_bullet_lines: float | None = Field(
+        default=0.9, ge=0, le=1, description="Most share of lines starting with a bullet.")
+    min_alpha_words: float | None = Field(
+        default=0.8, ge=0, le=1, description="Least share of words with a letter.")
+    min_stop_words: int | None = Field(
+        default=2, ge=0, description="Least number of distinct `stop_words` present.")
+    stop_words: list[str] = Field(
+        default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+
+
+class RepetitionConfig(_Strict):
+    """Gopher repetition filters: shares of duplicated lines and paragraphs, by count and by
+    characters."""
+
+    enabled: bool = True
+    max_duplicate_lines: float | None = Field(default=0.3, ge=0, le=1)
+    max_duplicate_paragraphs: float | None = Field(default=0.3, ge=0, le=1)
+    max_duplicate_line_chars: float | None = Field(default=0.2, ge=0, le=1)
+    max_duplicate_paragraph_chars: float | None = Field(default=0.2, ge=0, le=1)
+
+
+class QualityConfig(_Strict):
+    """Document quality filters, applied after the length filter and before dedup; a
+    document's reason is the first filter it fails. Any threshold set to null is off."""
+
+    gopher: GopherConfig = Field(default_factory=GopherConfig)
+    repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
+
+
+class NearDupConfig(_Strict):
+    """MinHash-LSH near-duplicate removal over word n-gram shingles (after exact dedup); one
+    representative (the first in input order) of each connected cluster is kept."""
+
+    enabled: bool = True
+    ngram: int = Field(default=5, gt=0, description="Words per shingle.")
+    num_bands: int = Field(default=14, gt=0)
+    rows_per_band: int = Field(default=8, gt=0)
+    threshold: float = Field(
+        default=0.8, gt=0, le=1, description="Least estimated Jaccard similarity of a verified "
+        "pair; LSH candidates below it are kept apart.")
+    seed: int = 0
+
+
 class IngestConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     min_chars: int = Field(default=20, ge=0, description="Shorter documents are excluded.")
     max_chars: int = Field(default=200_000, gt=0, description="Longer documents are excluded.")
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
     eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")
     num_docs_per_shard: int = Field(default=100_000, gt=0)
     min_kept_docs: int = Field(default=100, ge=1, description="Quality gate: fail below this.")

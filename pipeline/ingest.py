@@ -1,8 +1,9 @@
 """Ingest stage: domain sources -> normalised, filtered, deduplicated, split zstd Parquet.
 
 Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; normalises Unicode
-(NFC), control characters and whitespace; applies the length filter; drops exact duplicates
-(first occurrence wins); splits a deterministic held-out slice by a hash of the document id.
+(NFC), control characters and whitespace; applies the length filter, then the Gopher quality and
+repetition filters (``pipeline/quality.py``); drops exact duplicates (first occurrence wins);
+splits a deterministic held-out slice by a hash of the document id.
 All of it is DuckDB SQL over Arrow tables. Every document that does not reach the output is a row
 in ``excluded.parquet`` with its reason, and the manifest reconciles ``docs_in = kept + excluded``.
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import QualityGateError
+from pipeline import QualityGateError, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
 from pipeline.domains import match_files
@@ -169,6 +170,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)
+    quality_reason, quality_detail = quality.reason_sql(config.quality)
     con.execute(f"""
         CREATE TABLE docs AS
         SELECT ord, doc_id, source, reason, detail, {NORMALISE_SQL} AS text FROM raw;
@@ -177,6 +179,11 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
             WHEN length(text) < {config.min_chars} THEN 'too_short'
             WHEN length(text) > {config.max_chars} THEN 'too_long' END
         WHERE reason IS NULL;
+        CREATE TEMP VIEW source AS SELECT ord, text FROM docs WHERE reason IS NULL;
+        UPDATE docs SET reason = q.reason, detail = q.detail
+        FROM (SELECT ord, {quality_reason} AS reason, {quality_detail} AS detail
+              FROM ({quality.features_sql(config.quality)})) q
+        WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
         UPDATE docs SET reason = 'duplicate', detail = 'duplicate of ' || d.first_id
         FROM (SELECT ord AS o, first_value(doc_id) OVER w AS first_id,
                      row_number() OVER w AS rn

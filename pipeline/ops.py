@@ -4,6 +4,7 @@ collection of unreferenced artifacts.
     dapt lineage KEY        upstream down to source files, downstream up to eval metrics
     dapt compare RUN RUN    stages (same artifact or not) and every metric of two runs
     dapt report RUN         regenerate a run's report (md, html, plots) from its artifacts
+    dapt inspect DOMAIN --excluded [--reason R]   what ingest left out, by reason, with samples
     dapt gc [--yes]         list (or delete) artifacts no kept run references
 """
 
@@ -15,8 +16,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+
 from pipeline import report
-from pipeline.artifacts import ArtifactStore
+from pipeline.artifacts import Artifact, ArtifactStore
 from pipeline.catalog import Catalog
 
 
@@ -98,6 +101,54 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
     (out_dir / "summary.md").write_text(report.summary_markdown(title, artifacts, evaluation))
     shutil.copy(evaluated.path / "metrics.json", out_dir / "metrics.json")
     return path
+
+
+def latest_ingest(store: ArtifactStore, catalog: Catalog, domain: str) -> Artifact:
+    """The ingest artifact of the domain's most recent run that completed ingest."""
+    found = catalog.query(
+        "SELECT s.artifact_key FROM stage_runs s JOIN runs r USING (run_id) WHERE r.domain = ? "
+        "AND s.stage = 'ingest' AND s.status = 'completed' ORDER BY s.started_at DESC LIMIT 1",
+        [domain])
+    art = store.get("ingest", found[0]["artifact_key"]) if found else None
+    if art is None:
+        raise ValueError(f"no ingest artifact for domain {domain!r} in this workdir; run "
+                         f"`dapt run {domain} --only ingest` first")
+    return art
+
+
+def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
+             width: int = 160) -> dict:
+    """Counts of excluded documents by reason, and up to ``limit`` samples of each reason (or
+    of ``reason`` alone), from the artifact's exclusion log."""
+    path = str(art.path / "excluded.parquet").replace("'", "''")
+    con = duckdb.connect()
+    counts = dict(con.execute(f"SELECT reason, count(*) FROM read_parquet('{path}') "
+                              "GROUP BY reason ORDER BY count(*) DESC, reason").fetchall())
+    if reason is not None and reason not in counts:
+        raise ValueError(f"no document was excluded for {reason!r}; reasons here: "
+                         f"{', '.join(counts) or 'none'}")
+    samples = con.execute(
+        f"SELECT reason, doc_id, source, detail, left(coalesce(text, ''), {int(width)}) AS text "
+        f"FROM (SELECT *, row_number() OVER (PARTITION BY reason ORDER BY doc_id) AS rn "
+        f"FROM read_parquet('{path}')) WHERE rn <= {int(limit)} AND (? IS NULL OR reason = ?) "
+        "ORDER BY reason, doc_id", [reason, reason]).fetchall()
+    cols = ("reason", "doc_id", "source", "detail", "text")
+    return {"artifact": art.key, "docs_in": art.manifest.counts["docs_in"], "counts": counts,
+            "samples": [dict(zip(cols, row, strict=True)) for row in samples]}
+
+
+def excluded_lines(result: dict) -> list[str]:
+    lines = [f"ingest/{result['artifact']}: {sum(result['counts'].values()):,} of "
+             f"{result['docs_in']:,} documents excluded", ""]
+    lines += [f"  {n:>9,}  {reason}" for reason, n in result["counts"].items()]
+    current = None
+    for s in result["samples"]:
+        if s["reason"] != current:
+            current = s["reason"]
+            lines += ["", f"== {current}"]
+        lines.append(f"{s['doc_id']}  ({s['detail'] or '-'})")
+        lines.append("    " + s["text"].replace("\n", " | "))
+    return lines
 
 
 def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:

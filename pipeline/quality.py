@@ -3,9 +3,9 @@
 
 Each filter is a threshold in ``QualityConfig`` (``null`` turns one off) and one branch of a SQL
 ``CASE``: the first filter a document fails is its exclusion reason (``gopher_<field>`` or
-``repetition_<field>``, e.g. ``gopher_min_words``), with the measured value and the threshold in ``detail``. The features
-are computed once per document with DuckDB list functions, vectorised over the whole table:
-no per-document Python.
+``repetition_<field>``, e.g. ``gopher_min_words``), with the measured value and the threshold
+in ``detail``. The features are computed once per document with DuckDB list functions,
+vectorised over the whole table: no per-document Python.
 
     words       whitespace-separated tokens
     lines       non-empty lines
@@ -19,24 +19,24 @@ from pipeline.config import QualityConfig
 # The features, one row per document of ``source`` (columns ord, text).
 FEATURES_SQL = r"""
 SELECT ord, n_words, n_lines, n_chars,
-    list_avg(list_transform(words, w -> length(w))) AS mean_word_length,
+    list_avg(list_transform(words, lambda w: length(w))) AS mean_word_length,
     (n_chars - length(replace(text, '#', ''))) / n_words AS hash_ratio,
     ((n_chars - length(replace(text, '...', ''))) / 3
      + n_chars - length(replace(text, '…', ''))) / n_words AS ellipsis_ratio,
-    len(list_filter(lines, l -> suffix(l, '...') OR suffix(l, '…'))) / n_lines
+    len(list_filter(lines, lambda l: suffix(l, '...') OR suffix(l, '…'))) / n_lines
         AS ellipsis_lines,
-    len(list_filter(lines, l -> regexp_matches(l, '^\s*[•●‣◦⁃▪\-\*]'))) / n_lines
+    len(list_filter(lines, lambda l: regexp_matches(l, '^\s*[•●‣◦⁃▪\-\*]'))) / n_lines
         AS bullet_lines,
-    len(list_filter(words, w -> regexp_matches(w, '\p{L}'))) / n_words AS alpha_words,
-    len(list_distinct(list_filter(list_transform(words, w -> lower(w)),
-                                  w -> list_contains($stop_words, w)))) AS stop_words,
+    len(list_filter(words, lambda w: regexp_matches(w, '\p{L}'))) / n_words AS alpha_words,
+    len(list_distinct(list_filter(list_transform(words, lambda w: lower(w)),
+                                  lambda w: list_contains($stop_words, w)))) AS stop_words,
     (n_lines - len(list_distinct(lines))) / n_lines AS duplicate_lines,
     (n_paragraphs - len(list_distinct(paragraphs))) / n_paragraphs AS duplicate_paragraphs,
-    (list_sum(list_transform(lines, l -> length(l)))
-     - coalesce(list_sum(list_transform(list_distinct(lines), l -> length(l))), 0))
+    (list_sum(list_transform(lines, lambda l: length(l)))
+     - coalesce(list_sum(list_transform(list_distinct(lines), lambda l: length(l))), 0))
         / n_chars AS duplicate_line_chars,
-    (list_sum(list_transform(paragraphs, p -> length(p)))
-     - coalesce(list_sum(list_transform(list_distinct(paragraphs), p -> length(p))), 0))
+    (list_sum(list_transform(paragraphs, lambda p: length(p)))
+     - coalesce(list_sum(list_transform(list_distinct(paragraphs), lambda p: length(p))), 0))
         / n_chars AS duplicate_paragraph_chars
 FROM (
     SELECT ord, text, words, lines, paragraphs, length(text) AS n_chars,
@@ -44,9 +44,9 @@ FROM (
            greatest(len(paragraphs), 1) AS n_paragraphs
     FROM (
         SELECT ord, text,
-               list_filter(regexp_split_to_array(text, '\s+'), w -> w <> '') AS words,
-               list_filter(string_split(text, chr(10)), l -> trim(l) <> '') AS lines,
-               list_filter(regexp_split_to_array(text, '\n\s*\n'), p -> trim(p) <> '')
+               list_filter(regexp_split_to_array(text, '\s+'), lambda w: w <> '') AS words,
+               list_filter(string_split(text, chr(10)), lambda l: trim(l) <> '') AS lines,
+               list_filter(regexp_split_to_array(text, '\n\s*\n'), lambda p: trim(p) <> '')
                    AS paragraphs
         FROM source))
 """

@@ -61,7 +61,7 @@ class StageSpec:
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "ingest": StageSpec("pipeline.ingest", ("pipeline.ingest",), ()),
+    "ingest": StageSpec("pipeline.ingest", ("pipeline.ingest", "pipeline.quality"), ()),
     "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
                            ("ingest",)),
     "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",

@@ -44,12 +44,16 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
         "ingest": {"sources": [{"name": Path(n).stem, "path": f"data/{n}", "id_field": "id"}
                                for n in SLICE_LINES]
                    + [{"name": "general", "path": "data/news.jsonl", "id_field": "id",
-                       "general": True}], "min_kept_docs": 100},
+                       "general": True}], "min_kept_docs": 100,
+                   # as in domains/medical.yaml
+                   "quality": {"gopher": {"min_words": 2, "max_mean_word_length": 15,
+                                          "min_stop_words": None}}},
         "pretrain": {"mixture": {"general": 0.1}},
+        # the chapter task first: the headline, and learnable in the tests' small budget
         "finetune": {"tasks": [
-            {"name": "organ_system", "path": "data/task_organ_system.jsonl"},
             {"name": "icd10_chapter", "path": "data/task_icd10_chapter.jsonl",
-             "label_map": CHAPTERS}]},
+             "label_map": CHAPTERS},
+            {"name": "organ_system", "path": "data/task_organ_system.jsonl"}]},
         "profiles": {"tiny": profile},
     }
     path = root / "test.yaml"

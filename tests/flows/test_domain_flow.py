@@ -58,9 +58,9 @@ def test_first_run_builds_every_stage_and_reports(first_run: dict) -> None:
     metrics = json.loads((report.parent / "metrics.json").read_text())["metrics"]
     # 40 steps take the model far below the uniform model's perplexity (the vocabulary size)
     assert metrics["heldout_perplexity"] < metrics["vocab_size"] / 3
-    assert metrics["finetune_accuracy"] > metrics["finetune_majority_rate"]
-    assert metrics["finetune_icd10_chapter.accuracy"] > \
-        metrics["finetune_icd10_chapter.majority_rate"]
+    # the headline task (icd10_chapter, first in the YAML) is unprefixed, the other prefixed
+    assert metrics["finetune_accuracy"] > metrics["finetune_majority_rate"] + 0.2
+    assert 0 < metrics["finetune_organ_system.accuracy"] <= 1
     assert "finetune_base_macro_f1" not in metrics  # from scratch: no base model to compare
     # general news is held out apart from the domain text, and harder for a medical model
     assert metrics["general_bits_per_byte"] > metrics["heldout_bits_per_byte"]
@@ -224,3 +224,26 @@ def test_cli_lineage_and_gc_on_a_real_workdir(first_run: dict) -> None:
     assert f"<- pretrain/{stages['pretrain'][1]}" in result.output
     result = CliRunner().invoke(app, ["gc", "--workdir", str(work)])
     assert result.exit_code == 0 and "0 entries, 0.0 MB; run with --yes to delete" in result.output
+
+
+def test_cli_inspect_shows_exclusions_by_reason_with_samples(first_run: dict) -> None:
+    work = first_run["work"]
+    _, stages = _stages(work)
+    log = pq.read_table(work / "artifacts/ingest" / stages["ingest"][1] / "excluded.parquet")
+    reasons = log.column("reason").to_pylist()
+    result = CliRunner().invoke(app, ["inspect", "medtest", "--excluded", "--json",
+                                      "--limit", "2", "--workdir", str(work)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["counts"] == {r: reasons.count(r) for r in set(reasons)}
+    assert any(r.startswith("gopher_") for r in shown["counts"])  # the YAML's filters ran
+    by_reason = {r: [s for s in shown["samples"] if s["reason"] == r] for r in shown["counts"]}
+    assert all(1 <= len(v) <= 2 for v in by_reason.values())
+    reason = next(iter(shown["counts"]))
+    one = CliRunner().invoke(app, ["inspect", "medtest", "--excluded", "--reason", reason,
+                                   "--workdir", str(work)])
+    assert one.exit_code == 0 and f"== {reason}" in one.output
+    assert one.output.count("== ") == 1
+    bad = CliRunner().invoke(app, ["inspect", "medtest", "--excluded", "--reason", "nope",
+                                   "--workdir", str(work)])
+    assert bad.exit_code == 2 and "no document was excluded for 'nope'" in bad.output

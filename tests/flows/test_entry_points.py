@@ -20,7 +20,8 @@ from pipeline.catalog import Catalog
 BIN = Path(sys.executable).parent
 FAST = {"tokenizer": {"vocab_size": 2048},
         "pretrain": {"max_steps": 10, "warmup_steps": 1, "log_every": 5},
-        "finetune": {"max_train_examples": 200, "max_test_examples": 100, "epochs": 1, "seeds": [0]},
+        "finetune": {"max_train_examples": 200, "max_test_examples": 100, "epochs": 1,
+                     "seeds": [0]},
         "evaluate": {"max_eval_docs": 20}}
 
 
