@@ -2,7 +2,8 @@
 
 Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; normalises Unicode
 (NFC), control characters and whitespace; applies the length filter, then the Gopher quality and
-repetition filters (``pipeline/quality.py``); drops exact duplicates (first occurrence wins);
+repetition filters (``pipeline/quality.py``); drops exact duplicates (first occurrence wins),
+then near-duplicates (MinHash-LSH, ``pipeline/dedup.py``: one document per cluster is kept);
 splits a deterministic held-out slice by a hash of the document id.
 All of it is DuckDB SQL over Arrow tables. Every document that does not reach the output is a row
 in ``excluded.parquet`` with its reason, and the manifest reconciles ``docs_in = kept + excluded``.
@@ -22,11 +23,12 @@ import json
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import QualityGateError, quality
+from pipeline import QualityGateError, dedup, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
 from pipeline.domains import match_files
@@ -190,6 +192,23 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
               FROM docs WHERE reason IS NULL
               WINDOW w AS (PARTITION BY md5(text) ORDER BY ord)) d
         WHERE docs.ord = d.o AND d.rn > 1;
+    """)
+    near = {"near_dup_candidates": 0, "near_dup_verified": 0}
+    if config.near_dup.enabled:
+        con.execute("CREATE TEMP VIEW remaining AS SELECT ord, text FROM docs "
+                    "WHERE reason IS NULL")
+        found = dedup.find(con, "remaining", config.near_dup)
+        near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
+        con.register("near", pa.table({"ord": found.ords.astype(np.int64),
+                                       "rep": found.kept_ords.astype(np.int64),
+                                       "jaccard": found.jaccard.astype(np.float64)}))
+        con.execute("""
+            UPDATE docs SET reason = 'near_duplicate', detail = x.detail
+            FROM (SELECT n.ord, 'near duplicate of ' || d.doc_id || ' (estimated Jaccard '
+                         || round(n.jaccard, 3)::VARCHAR || ')' AS detail
+                  FROM near n JOIN docs d ON d.ord = n.rep) x
+            WHERE docs.ord = x.ord""")
+    con.execute(f"""
         CREATE TABLE kept AS
         SELECT ord, doc_id, source, text,
                CASE WHEN md5_number(doc_id || ':{config.seed}') % 1000000
@@ -222,7 +241,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         SELECT 'train_chars', coalesce(sum(length(text)), 0) FROM kept WHERE split = 'train'
         UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
         GROUP BY reason""").fetchall())
-    counts.update(files=sum(len(v) for v in files.values()), train_shards=shards)
+    counts.update(files=sum(len(v) for v in files.values()), train_shards=shards, **near)
     assert counts["docs_in"] == counts["kept"] + counts["excluded"], counts
     if counts["kept"] < config.min_kept_docs or counts["eval_docs"] == 0:
         raise QualityGateError(

@@ -61,7 +61,8 @@ class StageSpec:
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "ingest": StageSpec("pipeline.ingest", ("pipeline.ingest", "pipeline.quality"), ()),
+    "ingest": StageSpec("pipeline.ingest",
+                        ("pipeline.ingest", "pipeline.quality", "pipeline.dedup"), ()),
     "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
                            ("ingest",)),
     "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",

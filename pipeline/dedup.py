@@ -1,0 +1,120 @@
+"""Near-duplicate detection: MinHash over word n-gram shingles, LSH banding, a Jaccard check of
+each candidate pair, and connected components, so one representative (the first in input order)
+of each cluster is kept.
+
+Vectorised end to end: DuckDB hashes every document's words in one query; numpy combines
+them into n-gram shingle hashes (a polynomial over each window of word hashes); rensa's Rust
+kernel computes every document's MinHash signature from one flat buffer; LSH buckets are
+``np.unique`` over each band's rows. Python loops only over candidate pairs (the union-find),
+which are as many as there are near-duplicates, not documents.
+
+With ``b`` bands of ``r`` rows, a pair of Jaccard similarity ``s`` becomes a candidate with
+probability ``1 - (1 - s**r)**b``; candidates whose estimated Jaccard (the share of equal
+signature values) is below ``threshold`` are dropped, which keeps precision high.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from pipeline.config import NearDupConfig
+
+WORDS_SQL = r"""
+SELECT ord, hash(w) AS h FROM (
+    SELECT ord, unnest(words) AS w, generate_subscripts(words, 1) AS pos
+    FROM (SELECT ord, regexp_extract_all(lower(text), '\w+') AS words FROM $source))
+ORDER BY ord, pos
+"""
+
+
+def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(document ord, uint64 hash) of every word n-gram, by a polynomial combination of the
+    word hashes; a document of fewer than n words is one shingle of all its words."""
+    coef = np.random.default_rng(12345).integers(1, 2**63, size=n, dtype=np.uint64) | 1
+    m = len(word_hashes) - n + 1
+    with np.errstate(over="ignore"):
+        if m > 0:
+            g = np.zeros(m, dtype=np.uint64)
+            for k in range(n):
+                g += word_hashes[k:k + m] * coef[k]
+            whole = ords[:m] == ords[n - 1:]  # the window lies inside one document
+            g, g_ords = g[whole], ords[:m][whole]
+        else:
+            g, g_ords = np.array([], np.uint64), np.array([], ords.dtype)
+        doc_ords, starts, counts = np.unique(ords, return_index=True, return_counts=True)
+        short = counts < n
+        small = np.bitwise_xor.reduceat(word_hashes * coef[0], starts)[short]
+    out_ords = np.concatenate([g_ords, doc_ords[short]])
+    out = np.concatenate([g, small])
+    order = np.argsort(out_ords, kind="stable")
+    return out_ords[order], out[order]
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    ords: np.ndarray  # documents to drop
+    kept_ords: np.ndarray  # the representative each one duplicates
+    jaccard: np.ndarray  # estimated Jaccard with the representative's closest cluster member
+    candidates: int  # pairs LSH proposed
+    verified: int  # pairs above the threshold
+
+
+def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """(documents, num_perm) MinHash signatures; ``hashes`` are shingle hashes grouped by
+    document, ``starts`` each document's first index. rensa's Rust kernel: about 150x a
+    vectorised numpy multiply-shift version on this machine (13 ms vs 2 s for 1M shingles)."""
+    from rensa import RMinHash
+
+    offsets = np.append(starts, len(hashes)).astype(np.uint64)
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(hashes.astype(np.uint64), offsets,
+                                                           num_perm, seed)
+    return np.array(matrix.to_rows(), dtype=np.uint64).reshape(len(starts), num_perm)
+
+
+def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> NearDuplicates:
+    """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
+    table = con.sql(WORDS_SQL.replace("$source", source)).arrow()
+    if hasattr(table, "read_all"):
+        table = table.read_all()
+    empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
+    if table.num_rows == 0:
+        return empty
+    ords, hashes = shingles(table.column("ord").to_numpy(),
+                            table.column("h").to_numpy().astype(np.uint64), config.ngram)
+    doc_ords, starts = np.unique(ords, return_index=True)
+    sig = signatures(hashes, starts, config.num_bands * config.rows_per_band, config.seed)
+    r = config.rows_per_band
+    pairs = []
+    for band in range(config.num_bands):
+        keys = np.ascontiguousarray(sig[:, band * r:(band + 1) * r]).view(np.dtype((np.void,
+                                                                                     8 * r)))
+        _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+        linked = first[inverse] != np.arange(len(doc_ords))  # not its bucket's first member
+        pairs.append(np.stack([first[inverse][linked], np.flatnonzero(linked)], axis=1))
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    if not len(pairs):
+        return empty
+    similarity = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
+    good = pairs[similarity >= config.threshold]
+    # connected components by union-find over the verified pairs (few: one per near-duplicate)
+    parent = np.arange(len(doc_ords))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for u, v in good:
+        ru, rv = root(u), root(v)
+        if ru != rv:
+            parent[max(ru, rv)] = min(ru, rv)  # the earlier document is the representative
+    roots = np.array([root(i) for i in np.unique(good)]) if len(good) else np.array([], int)
+    members = np.unique(good)
+    drop = members[roots != members]
+    rep = roots[roots != members]
+    best = np.array([(sig[d] == sig[k]).mean() for d, k in zip(drop, rep, strict=True)])
+    return NearDuplicates(doc_ords[drop], doc_ords[rep], best, len(pairs), len(good))
