@@ -103,12 +103,39 @@ class NearDupConfig(_Strict):
     seed: int = 0
 
 
+class EvalSetConfig(_Strict):
+    """Text the model is evaluated on: training documents sharing an n-gram with it go."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_:-]*$")
+    path: str = Field(description="JSONL, CSV or Parquet; ${samples} and $ENV expanded.")
+    text_field: str = "text"
+    id_field: str = "id"
+    test_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="Rows whose id hashes below this (with "
+        "split_seed, as finetune splits) are the test set; 1.0 takes the whole file.")
+    split_seed: int = 0
+    max_rows: int | None = Field(
+        default=None, gt=0, description="Only the first N test rows in hash order (the rows "
+        "finetune.max_test_examples keeps); null: all.")
+
+
+class DecontaminationConfig(_Strict):
+    """Drop training documents that share a word n-gram with the held-out slice or a test set
+    (each fine-tune task's test split is added by the runner)."""
+
+    enabled: bool = True
+    ngram: int = Field(default=13, gt=0, description="Words; shorter texts must match whole.")
+    test_sets: list[EvalSetConfig] = Field(
+        default_factory=list, description="Extra evaluation sets besides the fine-tune tasks.")
+
+
 class IngestConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     min_chars: int = Field(default=20, ge=0, description="Shorter documents are excluded.")
     max_chars: int = Field(default=200_000, gt=0, description="Longer documents are excluded.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
     near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")
     num_docs_per_shard: int = Field(default=100_000, gt=0)
     min_kept_docs: int = Field(default=100, ge=1, description="Quality gate: fail below this.")

@@ -53,6 +53,18 @@ def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndar
     return out_ords[order], out[order]
 
 
+def ngram_hashes(con: duckdb.DuckDBPyConnection, source: str, n: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(document ord, hash) of every word n-gram of the rows (ord, text) of ``source``."""
+    table = con.sql(WORDS_SQL.replace("$source", source)).arrow()
+    if hasattr(table, "read_all"):
+        table = table.read_all()
+    if table.num_rows == 0:
+        return np.array([], np.int64), np.array([], np.uint64)
+    return shingles(table.column("ord").to_numpy(),
+                    table.column("h").to_numpy().astype(np.uint64), n)
+
+
 @dataclass(frozen=True)
 class NearDuplicates:
     ords: np.ndarray  # documents to drop
@@ -76,14 +88,10 @@ def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int)
 
 def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> NearDuplicates:
     """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
-    table = con.sql(WORDS_SQL.replace("$source", source)).arrow()
-    if hasattr(table, "read_all"):
-        table = table.read_all()
+    ords, hashes = ngram_hashes(con, source, config.ngram)
     empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
-    if table.num_rows == 0:
+    if len(ords) == 0:
         return empty
-    ords, hashes = shingles(table.column("ord").to_numpy(),
-                            table.column("h").to_numpy().astype(np.uint64), config.ngram)
     doc_ords, starts = np.unique(ords, return_index=True)
     sig = signatures(hashes, starts, config.num_bands * config.rows_per_band, config.seed)
     r = config.rows_per_band

@@ -156,6 +156,8 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
     resolved: dict[str, list[Path]] = {}
     fields = [(f"ingest.sources[{i}].path", s.path) for i, s in enumerate(run.ingest.sources)]
     fields += [(f"finetune.tasks[{i}].path", t.path) for i, t in enumerate(run.finetune.tasks)]
+    fields += [(f"ingest.decontamination.test_sets[{i}].path", s.path)
+               for i, s in enumerate(run.ingest.decontamination.test_sets)]
     for field_name, pattern in fields:
         full = resolve_path(pattern, domain, workdir)
         matches = sorted(Path(p) for p in match_files(full))

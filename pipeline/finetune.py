@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -36,62 +34,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from pipeline import models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import FinetuneConfig, TaskConfig
-from pipeline.ingest import infer_format
 from pipeline.metrics import classification_report
+from pipeline.tasks import load_task, split_of
 
 log = logging.getLogger("dapt")
 
 SCORES = ("accuracy", "macro_f1")
-
-
-def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:
-    """Rows (id, text, label) of a task file with ``label_map`` applied, and the number of rows
-    left out because their label is not in the map. Rows missing text or label are an error."""
-    fmt = infer_format(path, None)
-    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
-              "parquet": "read_parquet"}.get(fmt)
-    if reader is None:
-        raise ValueError(f"finetune.tasks.{task.name}.path: {path} must be JSONL, CSV or "
-                         f"Parquet, not {fmt}")
-    con = duckdb.connect()
-    try:
-        quoted = str(path).replace("'", "''")
-        table = con.sql(
-            f'SELECT "{task.id_field}"::VARCHAR AS id, "{task.text_field}"::VARCHAR AS text, '
-            f'"{task.label_field}"::VARCHAR AS label FROM {reader}(\'{quoted}\')'
-        ).to_arrow_table()
-    except duckdb.BinderException as exc:
-        raise ValueError(
-            f"finetune.tasks.{task.name}: {path} lacks a configured field "
-            f"(id_field={task.id_field!r}, text_field={task.text_field!r}, "
-            f"label_field={task.label_field!r}): {exc}"
-        ) from None
-    bad = table.num_rows - table.drop_null().num_rows
-    if bad:
-        raise ValueError(f"finetune.tasks.{task.name}: {bad} rows of {path} have no id, text "
-                         "or label")
-    if not task.label_map:
-        return table, 0
-    keys = pa.array(list(task.label_map), pa.string())
-    index = pc.index_in(table.column("label"), value_set=keys)
-    kept = table.filter(pc.is_valid(index))
-    names = pa.array(list(task.label_map.values()), pa.string())
-    mapped = names.take(pc.drop_null(index))
-    if not kept.num_rows:
-        raise ValueError(f"finetune.tasks.{task.name}.label_map: no label of {path} is a key "
-                         f"of the map {sorted(task.label_map)}")
-    return kept.set_column(2, "label", mapped), table.num_rows - kept.num_rows
-
-
-def split_of(example_id: str, test_fraction: float, validation_fraction: float,
-             seed: int) -> str:
-    """``train``, ``validation`` or ``test``: a fixed function of the id and the split seed."""
-    digest = hashlib.md5(f"{seed}:{example_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < test_fraction:
-        return "test"
-    return "validation" if u < test_fraction + (1 - test_fraction) * validation_fraction \
-        else "train"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; 
 (NFC), control characters and whitespace; applies the length filter, then the Gopher quality and
 repetition filters (``pipeline/quality.py``); drops exact duplicates (first occurrence wins),
 then near-duplicates (MinHash-LSH, ``pipeline/dedup.py``: one document per cluster is kept);
-splits a deterministic held-out slice by a hash of the document id.
-All of it is DuckDB SQL over Arrow tables. Every document that does not reach the output is a row
+splits a deterministic held-out slice by a hash of the document id; drops training documents
+that share a word 13-gram with the held-out slice or a fine-tune test set (decontamination).
+All of it is DuckDB SQL and numpy over Arrow tables. Every document that does not reach the output is a row
 in ``excluded.parquet`` with its reason, and the manifest reconciles ``docs_in = kept + excluded``.
 
 Outputs: ``train-NNNNN.parquet`` shards in input order and ``eval.parquet`` in hash order (any
@@ -208,12 +209,12 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
                          || round(n.jaccard, 3)::VARCHAR || ')' AS detail
                   FROM near n JOIN docs d ON d.ord = n.rep) x
             WHERE docs.ord = x.ord""")
+    held = (f"md5_number(doc_id || ':{config.seed}') % 1000000 "
+            f"< {round(config.eval_fraction * 1_000_000)}")
+    contaminated = _decontaminate(con, config, held) if config.decontamination.enabled else {}
     con.execute(f"""
         CREATE TABLE kept AS
-        SELECT ord, doc_id, source, text,
-               CASE WHEN md5_number(doc_id || ':{config.seed}') % 1000000
-                         < {round(config.eval_fraction * 1_000_000)}
-                    THEN 'eval' ELSE 'train' END AS split
+        SELECT ord, doc_id, source, text, CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
         FROM docs WHERE reason IS NULL;
     """)
     n_train = con.execute("SELECT count(*) FROM kept WHERE split = 'train'").fetchone()[0]
@@ -241,7 +242,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         SELECT 'train_chars', coalesce(sum(length(text)), 0) FROM kept WHERE split = 'train'
         UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
         GROUP BY reason""").fetchall())
-    counts.update(files=sum(len(v) for v in files.values()), train_shards=shards, **near)
+    counts.update(files=sum(len(v) for v in files.values()), train_shards=shards, **near,
+                  **contaminated)
     assert counts["docs_in"] == counts["kept"] + counts["excluded"], counts
     if counts["kept"] < config.min_kept_docs or counts["eval_docs"] == 0:
         raise QualityGateError(
@@ -260,6 +262,41 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
                "general_sources": [s.name for s in config.sources if s.general],
                "files": files},
     )
+
+
+def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str
+                   ) -> dict[str, int]:
+    """Exclude training documents that share a word n-gram with the held-out slice or a test
+    set (each fine-tune task's test split); the first set matched is named in the detail."""
+    from pipeline.tasks import eval_set_texts
+
+    n = config.decontamination.ngram
+    con.execute(f"CREATE TEMP VIEW held AS SELECT ord, text FROM docs "
+                f"WHERE reason IS NULL AND {held}")
+    con.execute(f"CREATE TEMP VIEW training AS SELECT ord, text FROM docs "
+                f"WHERE reason IS NULL AND NOT ({held})")
+    train_ords, train_hashes = dedup.ngram_hashes(con, "training", n)
+    sets = {"the held-out slice": dedup.ngram_hashes(con, "held", n)[1]}
+    for eval_set in config.decontamination.test_sets:
+        texts = eval_set_texts(eval_set)
+        con.register("eval_set", pa.table({"ord": list(range(len(texts))), "text": texts},
+                                          schema=pa.schema([("ord", pa.int64()),
+                                                            ("text", pa.string())])))
+        sets[f"test set {eval_set.name}"] = dedup.ngram_hashes(con, "eval_set", n)[1]
+        con.unregister("eval_set")
+    found: dict[int, str] = {}
+    counts = {"decontamination_test_sets": len(sets) - 1}
+    for name, hashes in sets.items():
+        hit = np.unique(train_ords[np.isin(train_hashes, hashes)])
+        new = [int(o) for o in hit if int(o) not in found]
+        found.update((o, f"shares a {n}-word sequence with {name}") for o in new)
+    if found:
+        con.register("contaminated", pa.table({"ord": list(found), "detail": list(found.values())},
+                                              schema=pa.schema([("ord", pa.int64()),
+                                                                ("detail", pa.string())])))
+        con.execute("UPDATE docs SET reason = 'contaminated', detail = c.detail "
+                    "FROM contaminated c WHERE docs.ord = c.ord")
+    return counts
 
 
 def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:

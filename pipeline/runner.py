@@ -38,7 +38,7 @@ from pipeline.artifacts import (
     stable_hash,
 )
 from pipeline.catalog import Catalog
-from pipeline.config import STAGES, RunConfig
+from pipeline.config import STAGES, EvalSetConfig, RunConfig
 from pipeline.domains import Domain
 
 log = logging.getLogger("dapt")
@@ -62,13 +62,15 @@ class StageSpec:
 
 STAGE_SPECS: dict[str, StageSpec] = {
     "ingest": StageSpec("pipeline.ingest",
-                        ("pipeline.ingest", "pipeline.quality", "pipeline.dedup"), ()),
+                        ("pipeline.ingest", "pipeline.quality", "pipeline.dedup",
+                         "pipeline.tasks"), ()),
     "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
                            ("ingest",)),
     "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",
                                                 "pipeline.train_worker", "pipeline.vocab"),
                           ("ingest", "tokenizer"), resumable=True),
-    "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics"),
+    "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics",
+                                                "pipeline.tasks"),
                           ("pretrain",)),
     "evaluate": StageSpec("pipeline.evaluate",
                           ("pipeline.evaluate", "pipeline.report", "pipeline.metrics"),
@@ -86,6 +88,28 @@ def uses_base_model(run: RunConfig, stage: str) -> bool:
     if run.pretrain.mode != "continue" or stage not in BASE_MODEL_STAGES:
         return False
     return stage != "finetune" or run.finetune.compare_base
+
+
+def eval_sets(run: RunConfig, files: dict[str, list[Path]], extra_inputs: dict[str, Any]
+              ) -> list[EvalSetConfig]:
+    """What ingest decontaminates against: the YAML's test sets and each fine-tune task's test
+    split, paths resolved; their files and split settings join ingest's key."""
+    if not run.ingest.decontamination.enabled:
+        return []
+    ft = run.finetune
+    own = "ingest.decontamination.test_sets[{}].path"
+    sets = [s.model_copy(update={"path": str(files[own.format(i)][0])})
+            for i, s in enumerate(run.ingest.decontamination.test_sets)]
+    sets += [EvalSetConfig(name=f"finetune:{t.name}",
+                           path=str(files[f"finetune.tasks[{i}].path"][0]),
+                           text_field=t.text_field, id_field=t.id_field,
+                           test_fraction=ft.test_fraction, split_seed=ft.split_seed,
+                           max_rows=ft.max_test_examples)
+             for i, t in enumerate(ft.tasks)]
+    for s in sets:
+        extra_inputs[f"test_set:{s.name}"] = [file_digest(Path(s.path)), s.test_fraction,
+                                              s.split_seed, s.max_rows]
+    return sets
 
 
 @dataclass(frozen=True)
@@ -117,7 +141,9 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
                 extra_inputs[f"source:{source.name}"] = [file_digest(p) for p in paths]
                 sources.append(source.model_copy(update={
                     "path": domain_registry.resolve_path(source.path, domain, workdir)}))
-            resolved = config.model_copy(update={"sources": sources})
+            resolved = config.model_copy(update={"sources": sources, "decontamination": (
+                config.decontamination.model_copy(update={
+                    "test_sets": eval_sets(run, files, extra_inputs)}))})
         elif stage == "finetune":
             tasks = []
             for i, task in enumerate(config.tasks):

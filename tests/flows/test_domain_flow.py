@@ -72,6 +72,8 @@ def test_first_run_builds_every_stage_and_reports(first_run: dict) -> None:
     ingest_dir = work / "artifacts/ingest" / stages["ingest"][1]
     counts = json.loads((ingest_dir / "manifest.json").read_text())["counts"]
     assert counts["docs_in"] == counts["kept"] + counts["excluded"] == 7500 + 300
+    # HPO definitions are also the organ_system task's texts: its test split leaves training
+    assert counts["excluded_contaminated"] > 0 and counts["decontamination_test_sets"] == 2
     assert pq.read_table(ingest_dir / "excluded.parquet").num_rows == counts["excluded"]
 
 

@@ -99,3 +99,33 @@ def test_ingest_drops_near_duplicates_after_exact_ones(planted: dict, tmp_path: 
     r = next(r for r in log if r["doc_id"] in planted_ids)
     original = f"n:{planted['truth'][int(r['doc_id'][2:])]}"
     assert r["detail"].startswith(f"near duplicate of {original} (estimated Jaccard 0.")
+
+
+def test_decontamination_drops_training_text_that_overlaps_a_test_set(tmp_path: Path) -> None:
+    from pipeline import ingest
+    from pipeline.config import IngestConfig
+
+    words = [f"w{i}" for i in range(1200)]
+    docs = [" ".join(words[i:i + 40]) for i in range(0, 1200, 40)]  # 30 disjoint documents
+    # each test row holds 13 consecutive words of one document (12 in the "short" set)
+    rows = [{"id": str(d), "text": "prefix " + " ".join(words[d * 40 + 5:d * 40 + 18])}
+            for d in range(30)]
+    short = [{"id": r["id"], "text": " ".join(r["text"].split()[1:13])} for r in rows]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    for name, table in (("long", rows), ("short", short)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table))
+    out = tmp_path / "out"
+    out.mkdir()
+    config = IngestConfig(
+        sources=[{"name": "c", "path": str(tmp_path / "c.jsonl")}], min_kept_docs=1,
+        eval_fraction=0.3, quality={"gopher": {"enabled": False},
+                                    "repetition": {"enabled": False}},
+        decontamination={"test_sets": [{"name": "short", "path": str(tmp_path / "short.jsonl")},
+                                       {"name": "long", "path": str(tmp_path / "long.jsonl")}]})
+    counts = ingest.run(config, {}, out).counts
+    # every training document overlaps the long set by 13 words; held-out ones stay
+    assert 0 < counts["eval_docs"] < 30 and counts["train_docs"] == 0
+    assert counts["excluded_contaminated"] == 30 - counts["eval_docs"]
+    details = {r["detail"] for r in pq.read_table(out / "excluded.parquet").to_pylist()}
+    assert details == {"shares a 13-word sequence with test set long"}  # 12 words: no match
+    assert counts["docs_in"] == 30 == counts["kept"] + counts["excluded"]

@@ -219,3 +219,15 @@ def test_stage_with_lora_saves_a_merged_model_that_reproduces_its_predictions(
                   padding=True, return_tensors="pt")
         again = model(**enc).logits.argmax(-1).tolist()
     assert [model.config.id2label[i] for i in again] == [r["pred"] for r in preds]
+
+
+def test_ingest_decontaminates_against_exactly_the_rows_finetune_tests_on(tiny_task: dict
+                                                                         ) -> None:
+    from pipeline.config import EvalSetConfig
+    from pipeline.tasks import eval_set_texts
+
+    config = _config(tiny_task, max_test_examples=50, split_seed=3)
+    data, _ = prepare_task(tiny_task["task"], config)
+    texts = eval_set_texts(EvalSetConfig(name="t", path=tiny_task["task"].path,
+                                         test_fraction=0.2, split_seed=3, max_rows=50))
+    assert texts == [data.texts[i] for i in data.splits["test"]] and len(texts) == 50

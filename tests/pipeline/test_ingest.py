@@ -15,16 +15,18 @@ from pipeline.config import IngestConfig
 LONG = "A sentence that is comfortably longer than the minimum length."
 # These tests are about reading, normalising, splitting and dedup; tests/pipeline/test_quality.py
 # covers the quality filters, which would drop these one-sentence documents, and
-# tests/pipeline/test_dedup.py near-duplicates, which these templated sentences are.
+# tests/pipeline/test_dedup.py near-duplicates (which these templated sentences are) and
+# decontamination.
 NO_QUALITY = {"gopher": {"enabled": False}, "repetition": {"enabled": False}}
 NO_NEAR_DUP = {"enabled": False}
+BASICS = {"quality": NO_QUALITY, "near_dup": NO_NEAR_DUP, "decontamination": {"enabled": False}}
 
 
 def _run(tmp_path: Path, sources: list[dict], **kw) -> tuple[dict, Path]:
     out = tmp_path / "out"
     out.mkdir()
     config = IngestConfig(sources=sources, min_kept_docs=1,
-                          **{"quality": NO_QUALITY, "near_dup": NO_NEAR_DUP, **kw})
+                          **{**BASICS, **kw})
     return ingest.run(config, {}, out).counts, out
 
 
@@ -88,7 +90,7 @@ def test_split_is_deterministic_and_shards_respect_size(tmp_path: Path) -> None:
         counts["train_shards"] - 1)
     (tmp_path / "again").mkdir()
     config = IngestConfig(sources=src, eval_fraction=0.1, num_docs_per_shard=50, min_kept_docs=1,
-                          quality=NO_QUALITY, near_dup=NO_NEAR_DUP)
+                          **BASICS)
     ingest.run(config, {}, tmp_path / "again")
     assert sorted(r["doc_id"] for r in _rows(tmp_path / "again/eval.parquet")) == first
 

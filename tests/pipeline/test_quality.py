@@ -95,7 +95,8 @@ def test_ingest_excludes_logs_and_counts_by_filter(tmp_path: Path) -> None:
     out.mkdir()
     config = IngestConfig(sources=[{"name": "a", "path": str(tmp_path / "a.jsonl")}],
                           min_kept_docs=1, eval_fraction=0.2,
-                          near_dup={"enabled": False})  # the 30 clean ones are near-copies
+                          # the 30 clean ones are near-copies, and overlap the held-out ones
+                          near_dup={"enabled": False}, decontamination={"enabled": False})
     counts = ingest.run(config, {}, out).counts
     assert counts["docs_in"] == 34 == counts["kept"] + counts["excluded"]
     assert counts["excluded_gopher_min_words"] == 3  # filtered before dedup: all three

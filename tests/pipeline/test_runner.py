@@ -36,6 +36,13 @@ def test_changing_one_stage_invalidates_it_and_downstream(samples_dir: Path,
     assert [s for s in after if after[s] != after2[s]] == [
         "tokenizer", "pretrain", "finetune", "evaluate"]
 
+    # ingest decontaminates against each task's test split: a new split changes every key
+    _edit(path, "finetune", test_fraction=0.3)
+    after_split = _keys(path, tmp_path)
+    assert all(after2[s] != after_split[s] for s in after2)
+    _edit(path, "finetune", test_fraction=0.2)
+    assert _keys(path, tmp_path) == after2
+
     with open(tmp_path / "data/hpo.jsonl", "a") as fh:  # new source content: everything
         fh.write('{"id": "X", "text": "A brand new phenotype definition for the test."}\n')
     after3 = _keys(path, tmp_path)

@@ -1,0 +1,91 @@
+"""Labelled task files: reading them (fields, label map) and their fixed train/validation/test
+split. Shared by the finetune stage and by ingest's decontamination, without torch."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import EvalSetConfig, TaskConfig
+
+
+def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:
+    """Rows (id, text, label) of a task file with ``label_map`` applied, and the number of rows
+    left out because their label is not in the map. Rows missing text or label are an error."""
+    from pipeline.ingest import infer_format  # (ingest imports this module)
+
+    fmt = infer_format(path, None)
+    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
+              "parquet": "read_parquet"}.get(fmt)
+    if reader is None:
+        raise ValueError(f"finetune.tasks.{task.name}.path: {path} must be JSONL, CSV or "
+                         f"Parquet, not {fmt}")
+    con = duckdb.connect()
+    try:
+        quoted = str(path).replace("'", "''")
+        table = con.sql(
+            f'SELECT "{task.id_field}"::VARCHAR AS id, "{task.text_field}"::VARCHAR AS text, '
+            f'"{task.label_field}"::VARCHAR AS label FROM {reader}(\'{quoted}\')'
+        ).to_arrow_table()
+    except duckdb.BinderException as exc:
+        raise ValueError(
+            f"finetune.tasks.{task.name}: {path} lacks a configured field "
+            f"(id_field={task.id_field!r}, text_field={task.text_field!r}, "
+            f"label_field={task.label_field!r}): {exc}"
+        ) from None
+    bad = table.num_rows - table.drop_null().num_rows
+    if bad:
+        raise ValueError(f"finetune.tasks.{task.name}: {bad} rows of {path} have no id, text "
+                         "or label")
+    if not task.label_map:
+        return table, 0
+    keys = pa.array(list(task.label_map), pa.string())
+    index = pc.index_in(table.column("label"), value_set=keys)
+    kept = table.filter(pc.is_valid(index))
+    names = pa.array(list(task.label_map.values()), pa.string())
+    mapped = names.take(pc.drop_null(index))
+    if not kept.num_rows:
+        raise ValueError(f"finetune.tasks.{task.name}.label_map: no label of {path} is a key "
+                         f"of the map {sorted(task.label_map)}")
+    return kept.set_column(2, "label", mapped), table.num_rows - kept.num_rows
+
+
+def split_of(example_id: str, test_fraction: float, validation_fraction: float,
+             seed: int) -> str:
+    """``train``, ``validation`` or ``test``: a fixed function of the id and the split seed."""
+    digest = hashlib.md5(f"{seed}:{example_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + (1 - test_fraction) * validation_fraction \
+        else "train"
+
+
+def eval_set_texts(eval_set: EvalSetConfig) -> list[str]:
+    """The texts of an evaluation set: the rows of its file in the test split."""
+    from pipeline.ingest import infer_format
+
+    path = Path(eval_set.path)
+    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
+              "parquet": "read_parquet"}.get(infer_format(path, None))
+    if reader is None:
+        raise ValueError(f"ingest.decontamination.test_sets.{eval_set.name}: {path} must be "
+                         "JSONL, CSV or Parquet")
+    quoted = str(path).replace("'", "''")
+    try:
+        rows = duckdb.connect().sql(
+            f'SELECT "{eval_set.id_field}"::VARCHAR, "{eval_set.text_field}"::VARCHAR '
+            f"FROM {reader}('{quoted}')").fetchall()
+    except duckdb.BinderException as exc:
+        raise ValueError(f"ingest.decontamination.test_sets.{eval_set.name}: {path} lacks "
+                         f"id_field={eval_set.id_field!r} or text_field="
+                         f"{eval_set.text_field!r}: {exc}") from None
+    test = [(i, text) for i, text in rows if text and (eval_set.test_fraction >= 1.0 or split_of(
+        str(i), eval_set.test_fraction, 0.0, eval_set.split_seed) == "test")]
+    # the same order and cap as prepare_task's, so these are exactly the rows scored
+    test.sort(key=lambda r: hashlib.md5(f"{eval_set.split_seed}:{r[0]}".encode()).digest())
+    return [text for _, text in test[:eval_set.max_rows]]
