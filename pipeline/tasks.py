@@ -13,30 +13,33 @@ import pyarrow.compute as pc
 from pipeline.config import EvalSetConfig, TaskConfig
 
 
-def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:
-    """Rows (id, text, label) of a task file with ``label_map`` applied, and the number of rows
-    left out because their label is not in the map. Rows missing text or label are an error."""
+def read_columns(path: Path, fields: dict[str, str], where: str) -> pa.Table:
+    """The configured columns of a JSONL, CSV or Parquet file as VARCHAR, named after their
+    config field (``{"id_field": "key"}`` gives a column ``id``); ``where`` names the config
+    section in errors."""
     from pipeline.ingest import infer_format  # (ingest imports this module)
 
     fmt = infer_format(path, None)
     reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
               "parquet": "read_parquet"}.get(fmt)
     if reader is None:
-        raise ValueError(f"finetune.tasks.{task.name}.path: {path} must be JSONL, CSV or "
-                         f"Parquet, not {fmt}")
-    con = duckdb.connect()
+        raise ValueError(f"{where}.path: {path} must be JSONL, CSV or Parquet, not {fmt}")
+    columns = ", ".join(f'"{column}"::VARCHAR AS {name.removesuffix("_field")}'
+                        for name, column in fields.items())
+    quoted = str(path).replace("'", "''")
     try:
-        quoted = str(path).replace("'", "''")
-        table = con.sql(
-            f'SELECT "{task.id_field}"::VARCHAR AS id, "{task.text_field}"::VARCHAR AS text, '
-            f'"{task.label_field}"::VARCHAR AS label FROM {reader}(\'{quoted}\')'
-        ).to_arrow_table()
+        return duckdb.connect().sql(
+            f"SELECT {columns} FROM {reader}('{quoted}')").to_arrow_table()
     except duckdb.BinderException as exc:
-        raise ValueError(
-            f"finetune.tasks.{task.name}: {path} lacks a configured field "
-            f"(id_field={task.id_field!r}, text_field={task.text_field!r}, "
-            f"label_field={task.label_field!r}): {exc}"
-        ) from None
+        named = ", ".join(f"{name}={column!r}" for name, column in fields.items())
+        raise ValueError(f"{where}: {path} lacks a configured field ({named}): {exc}") from None
+
+
+def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:
+    """Rows (id, text, label) of a task file with ``label_map`` applied, and the number of rows
+    left out because their label is not in the map. Rows missing text or label are an error."""
+    table = read_columns(path, {"id_field": task.id_field, "text_field": task.text_field,
+                                "label_field": task.label_field}, f"finetune.tasks.{task.name}")
     bad = table.num_rows - table.drop_null().num_rows
     if bad:
         raise ValueError(f"finetune.tasks.{task.name}: {bad} rows of {path} have no id, text "
@@ -67,25 +70,13 @@ def split_of(example_id: str, test_fraction: float, validation_fraction: float,
 
 def eval_set_texts(eval_set: EvalSetConfig) -> list[str]:
     """The texts of an evaluation set: the rows of its file in the test split."""
-    from pipeline.ingest import infer_format
-
-    path = Path(eval_set.path)
-    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
-              "parquet": "read_parquet"}.get(infer_format(path, None))
-    if reader is None:
-        raise ValueError(f"ingest.decontamination.test_sets.{eval_set.name}: {path} must be "
-                         "JSONL, CSV or Parquet")
-    quoted = str(path).replace("'", "''")
-    try:
-        rows = duckdb.connect().sql(
-            f'SELECT "{eval_set.id_field}"::VARCHAR, "{eval_set.text_field}"::VARCHAR '
-            f"FROM {reader}('{quoted}')").fetchall()
-    except duckdb.BinderException as exc:
-        raise ValueError(f"ingest.decontamination.test_sets.{eval_set.name}: {path} lacks "
-                         f"id_field={eval_set.id_field!r} or text_field="
-                         f"{eval_set.text_field!r}: {exc}") from None
-    test = [(i, text) for i, text in rows if text and (eval_set.test_fraction >= 1.0 or split_of(
-        str(i), eval_set.test_fraction, 0.0, eval_set.split_seed) == "test")]
+    table = read_columns(Path(eval_set.path), {"id_field": eval_set.id_field,
+                                               "text_field": eval_set.text_field},
+                         f"ingest.decontamination.test_sets.{eval_set.name}")
+    test = [(i, text) for i, text in zip(table.column("id").to_pylist(),
+                                         table.column("text").to_pylist(), strict=True)
+            if text and (eval_set.test_fraction >= 1.0 or split_of(
+                str(i), eval_set.test_fraction, 0.0, eval_set.split_seed) == "test")]
     # the same order and cap as prepare_task's, so these are exactly the rows scored
     test.sort(key=lambda r: hashlib.md5(f"{eval_set.split_seed}:{r[0]}".encode()).digest())
     return [text for _, text in test[:eval_set.max_rows]]
