@@ -70,14 +70,17 @@ def header_blocks(artifacts: Mapping[str, Artifact]) -> list[Block]:
     return [("table", ["stage", "artifact key", "config hash", "code", "inputs (lineage)"], rows)]
 
 
-def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
-                ) -> list[Block]:
+def training_curve(artifacts: Mapping[str, Artifact]) -> list[dict[str, Any]]:
+    path = artifacts["pretrain"].path / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+                curve: list[dict[str, Any]]) -> list[Block]:
     ing, tok = artifacts["ingest"].manifest, artifacts["tokenizer"].manifest
     pre, ft = artifacts["pretrain"].manifest, artifacts["finetune"].manifest
     metrics, per_source = evaluation["metrics"], evaluation["per_source"]
     base = evaluation.get("base_per_source")
-    curve = [json.loads(line) for line in
-             (artifacts["pretrain"].path / "metrics.jsonl").read_text().splitlines()]
     every = max(1, len(curve) // 10)
     sampled = curve[::every] + ([curve[-1]] if curve and (len(curve) - 1) % every else [])
     excluded = {k.removeprefix("excluded_"): v for k, v in ing.counts.items()
@@ -178,7 +181,8 @@ def _finetune_blocks(extra: Mapping[str, Any], counts: Mapping[str, int]) -> lis
 # --- plots --------------------------------------------------------------------------------------
 
 
-def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]) -> dict[str, bytes]:
+def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+          curve: list[dict[str, Any]]) -> dict[str, bytes]:
     """PNG bytes by file name, for every ``img`` block."""
     import matplotlib
 
@@ -194,8 +198,6 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]) -> d
         plt.close(fig)
         out[name] = buf.getvalue()
 
-    curve = [json.loads(line) for line in
-             (artifacts["pretrain"].path / "metrics.jsonl").read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(7, 4))
     for field, label in (("loss", "train"), ("heldout_loss", "held-out domain"),
                          ("general_loss", "held-out general")):
@@ -321,9 +323,10 @@ def to_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str) ->
 def write_report(out_dir: Path, title: str, intro: Sequence[Block],
                  artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]) -> Path:
     """Write ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``; the .md path."""
+    curve = training_curve(artifacts)
     blocks = [("h1", title), *intro, *header_blocks(artifacts),
-              *body_blocks(artifacts, evaluation)]
-    images = plots(artifacts, evaluation)
+              *body_blocks(artifacts, evaluation, curve)]
+    images = plots(artifacts, evaluation, curve)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for name, png in images.items():
         (out_dir / "plots" / name).write_bytes(png)
