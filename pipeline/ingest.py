@@ -6,8 +6,9 @@ repetition filters (``pipeline/quality.py``); drops exact duplicates (first occu
 then near-duplicates (MinHash-LSH, ``pipeline/dedup.py``: one document per cluster is kept);
 splits a deterministic held-out slice by a hash of the document id; drops training documents
 that share a word 13-gram with the held-out slice or a fine-tune test set (decontamination).
-All of it is DuckDB SQL and numpy over Arrow tables. Every document that does not reach the output is a row
-in ``excluded.parquet`` with its reason, and the manifest reconciles ``docs_in = kept + excluded``.
+All of it is DuckDB SQL and numpy over Arrow tables. Every document that does not reach the
+output is a row in ``excluded.parquet`` with its reason, and the manifest reconciles
+``docs_in = kept + excluded``.
 
 Outputs: ``train-NNNNN.parquet`` shards in input order and ``eval.parquet`` in hash order (any
 prefix is a fair sample across sources), both with columns doc_id, source, text;
