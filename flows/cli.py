@@ -50,6 +50,14 @@ def _workdir(workdir: Path | None) -> Path:
     return workdir.resolve() if workdir else default_workdir()
 
 
+def _catalog(work: Path) -> Catalog:
+    """The workdir's catalog; a clear error when nothing has run there yet."""
+    path = work / "catalog.duckdb"
+    if not path.exists():
+        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    return Catalog(path)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
@@ -167,10 +175,7 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
          ) -> None:
     """Past runs from the catalog: stages, artifact keys, cache hits, metrics, times."""
-    path = _workdir(workdir) / "catalog.duckdb"
-    if not path.exists():
-        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
-    catalog = Catalog(path)
+    catalog = _catalog(_workdir(workdir))
     rows = catalog.runs(domain, limit)
     for r in rows:
         r["stages"] = catalog.stage_runs(r["run_id"])
@@ -301,11 +306,9 @@ def compare(run_a: Annotated[str, typer.Argument(help="A run id or a unique pref
     """Two runs side by side: which artifacts they share, and every metric with B - A."""
     from pipeline import ops
 
-    path = _workdir(workdir) / "catalog.duckdb"
-    if not path.exists():
-        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    catalog = _catalog(_workdir(workdir))
     try:
-        result = ops.compare(Catalog(path), run_a, run_b)
+        result = ops.compare(catalog, run_a, run_b)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(ops.compare_lines(result)))
@@ -322,10 +325,7 @@ def report(run_id: Annotated[str, typer.Argument(help="A run id or a unique pref
     from pipeline.artifacts import ArtifactStore
 
     work = _workdir(workdir)
-    path = work / "catalog.duckdb"
-    if not path.exists():
-        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
-    catalog = Catalog(path)
+    catalog = _catalog(work)
     try:
         run = ops.find_run(catalog, run_id)
         written = ops.write_run_report(ArtifactStore(work / "artifacts"), catalog, run,
@@ -351,11 +351,9 @@ def inspect(domain: Annotated[str, typer.Argument(help="A domain name.")],
     if not excluded:
         raise _fail("say what to inspect: --excluded")
     work = _workdir(workdir)
-    path = work / "catalog.duckdb"
-    if not path.exists():
-        raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
+    catalog = _catalog(work)
     try:
-        art = ops.latest_ingest(ArtifactStore(work / "artifacts"), Catalog(path), domain)
+        art = ops.latest_ingest(ArtifactStore(work / "artifacts"), catalog, domain)
         result = ops.excluded(art, reason, limit)
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -374,9 +372,7 @@ def gc(workdir: Workdir = None,
     from pipeline.artifacts import ArtifactStore
 
     work = _workdir(workdir)
-    if not (work / "catalog.duckdb").exists():
-        raise _fail(f"no catalog at {work / 'catalog.duckdb'}")
-    catalog = Catalog(work / "catalog.duckdb")
+    catalog = _catalog(work)
     garbage = ops.find_garbage(ArtifactStore(work / "artifacts"), catalog, keep_runs)
     for g in garbage:
         typer.echo(f"{g.bytes / 1e6:10.1f} MB  {g.reason:<18} {g.path}")
