@@ -120,8 +120,8 @@ def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> 
         ru, rv = root(u), root(v)
         if ru != rv:
             parent[max(ru, rv)] = min(ru, rv)  # the earlier document is the representative
-    roots = np.array([root(i) for i in np.unique(good)]) if len(good) else np.array([], int)
     members = np.unique(good)
+    roots = np.array([root(i) for i in members], dtype=members.dtype)
     drop = members[roots != members]
     rep = roots[roots != members]
     best = np.array([(sig[d] == sig[k]).mean() for d, k in zip(drop, rep, strict=True)])
