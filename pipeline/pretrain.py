@@ -82,6 +82,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def release_shm(port: int, shm_dir: Path = Path("/dev/shm")) -> list[Path]:
+    """Unlink the shared-memory segments DeepSpeed's CPU allreduce left for this launch.
+
+    Its shm backend creates ``deepspeed_allreduce_buffer_*_<addr>_<port>_<rank>`` (67 MB per
+    rank) and never unlinks them, so every CPU run would hold RAM until reboot. Only this
+    launch's port is touched; other nodes of a multi-node CPU run keep theirs."""
+    leftovers = sorted(shm_dir.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[str]:
     """DeepSpeed launcher command; with ``num_nodes > 1`` it reaches the hostfile's nodes over
     ssh (pdsh), so ``spec_path`` and the artifact directory must be on a shared filesystem."""
@@ -217,11 +229,15 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     }
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
-    cmd = launch_command(config, spec_path, free_port())
+    port = free_port()
+    cmd = launch_command(config, spec_path, port)
     (out_dir / "launch.sh").write_text(shlex.join(cmd) + "\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     log.info("pretrain: launching %s", shlex.join(cmd))
-    _stream(cmd, out_dir / "train.log", env)
+    try:
+        _stream(cmd, out_dir / "train.log", env)
+    finally:
+        release_shm(port)
 
     summary = json.loads((out_dir / "summary.json").read_text())
     return Manifest(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.pretrain import release_shm
 from pipeline.runner import Session
 from tests.e2e_domain import write_test_domain
 
@@ -41,3 +42,17 @@ def test_two_ranks_zero2_match_one_rank(samples_dir: Path, tmp_path: Path) -> No
     assert len(digests) == 2 and digests[0] == digests[1]  # bitwise identical across ranks
     assert len(two["losses"]) == len(one["losses"]) == BASE["max_steps"]
     assert two["losses"] == pytest.approx(one["losses"], rel=TOLERANCE)
+    port = two["launch"].split("--master_port ")[1].split()[0]
+    # DeepSpeed's CPU allreduce leaves a 67 MB /dev/shm segment per rank; pretrain unlinks them.
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+
+
+def test_release_shm_removes_only_this_launch(tmp_path: Path) -> None:
+    names = ["deepspeed_allreduce_buffer_0_127.0.0.1_4100_0",
+             "deepspeed_allreduce_buffer_0_127.0.0.1_4100_1",
+             "deepspeed_allreduce_buffer_0_127.0.0.1_41000_0", "other_4100_0"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = release_shm(4100, shm_dir=tmp_path)
+    assert [p.name for p in removed] == names[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
