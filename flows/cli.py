@@ -338,23 +338,26 @@ def report(run_id: Annotated[str, typer.Argument(help="A run id or a unique pref
 @app.command()
 def inspect(domain: Annotated[str, typer.Argument(help="A domain name.")],
             excluded: Annotated[bool, typer.Option(
-                "--excluded", help="Show the exclusion log (the only view so far).")] = False,
+                "--excluded", help="Show the exclusion log.")] = False,
+            modified: Annotated[bool, typer.Option(
+                "--modified", help="Show the modification log (mojibake, PII).")] = False,
             reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
             limit: Annotated[int, typer.Option(help="Samples per reason.")] = 5,
             workdir: Workdir = None,
             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
             ) -> None:
-    """What the domain's latest ingest left out: counts by reason and sample documents."""
+    """What the domain's latest ingest left out (--excluded) or changed (--modified): counts by
+    reason and sample documents."""
     from pipeline import ops
     from pipeline.artifacts import ArtifactStore
 
-    if not excluded:
-        raise _fail("say what to inspect: --excluded")
+    if excluded == modified:
+        raise _fail("say what to inspect: --excluded or --modified")
     work = _workdir(workdir)
     catalog = _catalog(work)
     try:
         art = ops.latest_ingest(ArtifactStore(work / "artifacts"), catalog, domain)
-        result = ops.excluded(art, reason, limit)
+        result = ops.excluded(art, reason, limit, log="excluded" if excluded else "modified")
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=2) if as_json

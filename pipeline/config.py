@@ -89,6 +89,19 @@ class QualityConfig(_Strict):
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
 
 
+PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date", "phone", "ip")
+
+
+class PiiConfig(_Strict):
+    """Identifiers replaced by typed placeholders (``<EMAIL>``, ...) before filtering, so
+    neither the output nor the exclusion log holds them; see ``pipeline/pii.py``."""
+
+    enabled: bool = True
+    types: list[Literal[PII_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["email", "phone", "ip", "credit_card", "iban", "ssn"],
+        description="Any of " + ", ".join(PII_TYPES) + ".")
+
+
 class NearDupConfig(_Strict):
     """MinHash-LSH near-duplicate removal over word n-gram shingles (after exact dedup); one
     representative (the first in input order) of each connected cluster is kept."""
@@ -133,6 +146,9 @@ class IngestConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     min_chars: int = Field(default=20, ge=0, description="Shorter documents are excluded.")
     max_chars: int = Field(default=200_000, gt=0, description="Longer documents are excluded.")
+    fix_mojibake: bool = Field(
+        default=True, description="Re-decode UTF-8 text that was read as Latin-1 (ftfy).")
+    pii: PiiConfig = Field(default_factory=PiiConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)

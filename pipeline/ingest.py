@@ -1,7 +1,9 @@
 """Ingest stage: domain sources -> normalised, filtered, deduplicated, split zstd Parquet.
 
-Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; normalises Unicode
-(NFC), control characters and whitespace; applies the length filter, then the Gopher quality and
+Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; repairs mojibake
+(ftfy, on the documents that show its mark); normalises Unicode (NFC), control characters and
+whitespace; redacts PII with typed placeholders (``pipeline/pii.py``, per the domain's policy);
+applies the length filter, then the Gopher quality and
 repetition filters (``pipeline/quality.py``); drops exact duplicates (first occurrence wins),
 then near-duplicates (MinHash-LSH, ``pipeline/dedup.py``: one document per cluster is kept);
 splits a deterministic held-out slice by a hash of the document id; drops training documents
@@ -12,8 +14,9 @@ output is a row in ``excluded.parquet`` with its reason, and the manifest reconc
 
 Outputs: ``train-NNNNN.parquet`` shards in input order and ``eval.parquet`` in hash order (any
 prefix is a fair sample across sources), both with columns doc_id, source, text;
-``excluded.parquet`` (doc_id, source, reason, detail, text) and ``stats.parquet`` (per source and
-outcome: documents and characters).
+``excluded.parquet`` (doc_id, source, stage, reason, detail, text); ``modified.parquet`` (the
+same columns: one row per change made to a document, mojibake repair or PII redaction, with the
+text after it) and ``stats.parquet`` (per source and outcome: documents and characters).
 
 Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN --only ingest``.
 """
@@ -30,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import QualityGateError, dedup, quality
+from pipeline import QualityGateError, dedup, pii, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
 from pipeline.domains import match_files
@@ -51,6 +54,23 @@ trim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
     ' ?\n ?', chr(10), 'g'),
     '\n{3,}', chr(10) || chr(10), 'g'))
 """
+
+
+# A UTF-8 lead byte read as Latin-1/Windows-1252 (Â-ô), then a continuation byte read the same
+# way (U+0080-U+00BF or one of the Windows-1252 punctuation marks): the mark of mojibake.
+MOJIBAKE_RE = (r"[\x{00C2}-\x{00F4}][\x{0080}-\x{00BF}\x{0152}\x{0153}\x{0160}\x{0161}"
+               r"\x{0178}\x{017D}\x{017E}\x{0192}\x{02C6}\x{02DC}\x{2013}\x{2014}"
+               r"\x{2018}-\x{201E}\x{2020}-\x{2022}\x{2026}\x{2030}\x{2039}\x{203A}"
+               r"\x{20AC}\x{2122}]")
+
+# Which step of the stage excluded a document, from its reason.
+STAGE_SQL = """CASE
+    WHEN d.reason IN ('malformed_json', 'invalid_utf8', 'missing_text_field', 'unreadable_file')
+        THEN 'read'
+    WHEN d.reason IN ('empty', 'too_short', 'too_long') THEN 'length'
+    WHEN d.reason IN ('duplicate', 'near_duplicate') THEN 'dedup'
+    WHEN d.reason = 'contaminated' THEN 'decontaminate'
+    ELSE 'quality' END"""
 
 
 def infer_format(path: Path, declared: str | None) -> str:
@@ -175,9 +195,13 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)
     quality_reason, quality_detail = quality.reason_sql(config.quality)
+    con.execute("CREATE TABLE docs AS SELECT ord, doc_id, source, reason, detail, text FROM raw;"
+                "CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, "
+                "detail VARCHAR)")
+    repaired = _repair_mojibake(con) if config.fix_mojibake else 0
+    con.execute(f"UPDATE docs SET text = {NORMALISE_SQL}")
+    redacted = _redact(con, config) if config.pii.enabled else {}
     con.execute(f"""
-        CREATE TABLE docs AS
-        SELECT ord, doc_id, source, reason, detail, {NORMALISE_SQL} AS text FROM raw;
         UPDATE docs SET reason = CASE
             WHEN text IS NULL OR text = '' THEN 'empty'
             WHEN length(text) < {config.min_chars} THEN 'too_short'
@@ -218,7 +242,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         SELECT ord, doc_id, source, text, CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
         FROM docs WHERE reason IS NULL;
     """)
-    n_train = con.execute("SELECT count(*) FROM kept WHERE split = 'train'").fetchone()[0]
+    n_train = con.execute("SELECT count(*) FROM kept WHERE split = 'train'").fetchall()[0][0]
     shards = max(1, -(-n_train // config.num_docs_per_shard))
     for i in range(shards):
         _copy(con, f"""SELECT doc_id, source, text FROM kept WHERE split = 'train' ORDER BY ord
@@ -227,9 +251,13 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     # Held-out rows in hash order: any prefix is an unbiased sample across sources.
     _copy(con, "SELECT doc_id, source, text FROM kept WHERE split = 'eval' ORDER BY md5(doc_id)",
           out_dir / "eval.parquet")
-    _copy(con, """SELECT d.doc_id, d.source, d.reason, d.detail, coalesce(d.text, r.text) AS text
-                  FROM docs d JOIN raw r USING (ord) WHERE d.reason IS NOT NULL ORDER BY ord""",
+    _copy(con, f"""SELECT d.doc_id, d.source, {STAGE_SQL} AS stage, d.reason, d.detail,
+                          coalesce(d.text, r.text) AS text
+                   FROM docs d JOIN raw r USING (ord) WHERE d.reason IS NOT NULL ORDER BY ord""",
           out_dir / "excluded.parquet")
+    _copy(con, """SELECT d.doc_id, d.source, m.stage, m.reason, m.detail, d.text
+                  FROM modified m JOIN docs d USING (ord) ORDER BY ord, m.stage""",
+          out_dir / "modified.parquet")
     _copy(con, """SELECT d.source, coalesce(k.split, 'excluded:' || d.reason) AS outcome,
                          count(*) AS docs, sum(length(d.text)) AS chars
                   FROM docs d LEFT JOIN kept k USING (ord) GROUP BY ALL ORDER BY ALL""",
@@ -244,7 +272,10 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
         GROUP BY reason""").fetchall())
     counts.update(files=sum(len(v) for v in files.values()), train_shards=shards, **near,
-                  **contaminated)
+                  **contaminated, mojibake_repaired=repaired,
+                  pii_docs=con.execute("SELECT count(*) FROM modified WHERE stage = 'pii'"
+                                       ).fetchall()[0][0],
+                  **{f"pii_{name}": n for name, n in redacted.items()})
     assert counts["docs_in"] == counts["kept"] + counts["excluded"], counts
     if counts["kept"] < config.min_kept_docs or counts["eval_docs"] == 0:
         raise QualityGateError(
@@ -263,6 +294,40 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
                "general_sources": [s.name for s in config.sources if s.general],
                "files": files},
     )
+
+
+def _repair_mojibake(con: duckdb.DuckDBPyConnection) -> int:
+    """UTF-8 text once decoded as Latin-1 or Windows-1252 ("donâ€™t", "cafÃ©") is re-decoded
+    with ftfy. RE2 finds the few documents holding a UTF-8 lead byte's Latin-1 character next
+    to a continuation byte's; ftfy runs on those alone and each change is logged."""
+    import ftfy
+
+    rows = con.execute(f"SELECT ord, text FROM docs WHERE reason IS NULL AND "
+                       f"regexp_matches(text, '{MOJIBAKE_RE}')").fetchall()
+    fixed = [(o, new) for o, text in rows if (new := ftfy.fix_encoding(text)) != text]
+    if fixed:
+        con.register("fixed", pa.table({"ord": [o for o, _ in fixed],
+                                        "text": [t for _, t in fixed]},
+                                       schema=pa.schema([("ord", pa.int64()),
+                                                         ("text", pa.string())])))
+        con.execute("""UPDATE docs SET text = f.text FROM fixed f WHERE docs.ord = f.ord;
+            INSERT INTO modified SELECT ord, 'normalise', 'mojibake_repaired',
+                                        'ftfy re-decoded the text' FROM fixed""")
+        con.unregister("fixed")
+    return len(fixed)
+
+
+def _redact(con: duckdb.DuckDBPyConnection, config: IngestConfig) -> dict[str, int]:
+    """PII redaction over every document with text (the exclusion log holds none either)."""
+    totals = pii.redact(con, "docs", config.pii)
+    con.execute("""
+        INSERT INTO modified
+        SELECT ord, 'pii', 'pii_redacted',
+               array_to_string(list_transform(map_entries(pii),
+                                              lambda e: e.key || ' ' || e.value), ', ')
+        FROM docs WHERE pii IS NOT NULL;
+        ALTER TABLE docs DROP COLUMN pii""")
+    return totals
 
 
 def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str

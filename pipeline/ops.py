@@ -117,15 +117,16 @@ def latest_ingest(store: ArtifactStore, catalog: Catalog, domain: str) -> Artifa
 
 
 def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
-             width: int = 160) -> dict:
+             width: int = 160, log: str = "excluded") -> dict:
     """Counts of excluded documents by reason, and up to ``limit`` samples of each reason (or
-    of ``reason`` alone), from the artifact's exclusion log."""
-    path = str(art.path / "excluded.parquet").replace("'", "''")
+    of ``reason`` alone), from the artifact's exclusion log; with ``log="modified"``, the same
+    for the documents ingest changed (mojibake repair, PII redaction)."""
+    path = str(art.path / f"{log}.parquet").replace("'", "''")
     con = duckdb.connect()
     counts = dict(con.execute(f"SELECT reason, count(*) FROM read_parquet('{path}') "
                               "GROUP BY reason ORDER BY count(*) DESC, reason").fetchall())
     if reason is not None and reason not in counts:
-        raise ValueError(f"no document was excluded for {reason!r}; reasons here: "
+        raise ValueError(f"no document was {log} for {reason!r}; reasons here: "
                          f"{', '.join(counts) or 'none'}")
     samples = con.execute(
         f"SELECT reason, doc_id, source, detail, left(coalesce(text, ''), {int(width)}) AS text "
@@ -133,13 +134,14 @@ def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
         f"FROM read_parquet('{path}')) WHERE rn <= {int(limit)} AND (? IS NULL OR reason = ?) "
         "ORDER BY reason, doc_id", [reason, reason]).fetchall()
     cols = ("reason", "doc_id", "source", "detail", "text")
-    return {"artifact": art.key, "docs_in": art.manifest.counts["docs_in"], "counts": counts,
+    return {"artifact": art.key, "log": log, "docs_in": art.manifest.counts["docs_in"],
+            "counts": counts,
             "samples": [dict(zip(cols, row, strict=True)) for row in samples]}
 
 
 def excluded_lines(result: dict) -> list[str]:
     lines = [f"ingest/{result['artifact']}: {sum(result['counts'].values()):,} of "
-             f"{result['docs_in']:,} documents excluded", ""]
+             f"{result['docs_in']:,} documents {result['log']}", ""]
     lines += [f"  {n:>9,}  {reason}" for reason, n in result["counts"].items()]
     current = None
     for s in result["samples"]:

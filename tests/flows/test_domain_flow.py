@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -249,3 +250,18 @@ def test_cli_inspect_shows_exclusions_by_reason_with_samples(first_run: dict) ->
     bad = CliRunner().invoke(app, ["inspect", "medtest", "--excluded", "--reason", "nope",
                                    "--workdir", str(work)])
     assert bad.exit_code == 2 and "no document was excluded for 'nope'" in bad.output
+    # The tweets' URLs fall under the medical PII policy: every redacted document is logged.
+    manifest = json.loads((work / "artifacts/ingest" / stages["ingest"][1] / "manifest.json")
+                          .read_text())
+    mod = CliRunner().invoke(app, ["inspect", "medtest", "--modified", "--json",
+                                   "--workdir", str(work)])
+    assert mod.exit_code == 0, mod.output
+    shown = json.loads(mod.output)
+    assert shown["log"] == "modified" and manifest["counts"]["pii_url"] > 0
+    assert shown["counts"]["pii_redacted"] == manifest["counts"]["pii_docs"]
+    texts = pq.read_table(work / "artifacts/ingest" / stages["ingest"][1] / "modified.parquet"
+                          ).to_pylist()
+    redacted = [r["text"] for r in texts if r["reason"] == "pii_redacted"]
+    assert len(redacted) == manifest["counts"]["pii_docs"]
+    assert all(re.search(r"<(URL|EMAIL|PHONE|IP|PERSON_DATE|MRN)>", t) for t in redacted)
+    assert not any(re.search(r"https?://", t) for t in redacted)
