@@ -118,3 +118,60 @@ def test_quality_gate_fails_loudly(tmp_path: Path) -> None:
 def test_unknown_suffix_asks_for_format() -> None:
     with pytest.raises(ValueError, match="set `format` on the source"):
         ingest.infer_format(Path("corpus.xml"), None)
+
+
+def test_bad_input_matrix_is_counted_and_reconciled(tmp_path: Path) -> None:
+    """Malformed JSON, invalid UTF-8, empty and zero-byte files, a Parquet file without the text
+    column, binary files and a 50 MB document: the run completes, each bad record or file is in
+    the exclusion log with its reason (a corrupt file by name), and in = kept + excluded."""
+    import random
+
+    good = [{"id": str(i), "text": f"{LONG} Good document number {i}."} for i in range(20)]
+    lines = [json.dumps(d).encode() for d in good]
+    lines[3] = b'{"id": "bad-utf8", "text": "caf\xe9 \xff\xfe broken"}'
+    lines[7] = b'{"id": "x", "text": '
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "zero.jsonl").write_bytes(b"")
+    (tmp_path / "blank.jsonl").write_text("\n\n   \n")
+    rng = random.Random(0)
+    noise = bytes(rng.randrange(256) for _ in range(4096))
+    (tmp_path / "binary.jsonl").write_bytes(noise)
+    (tmp_path / "binary.txt").write_bytes(noise)
+    pq.write_table(pa.table({"body": ["no text column here"]}), tmp_path / "wrong.parquet")
+    big = ("word " * 10_500_000).strip()  # 52.5 MB, one document
+    (tmp_path / "huge.jsonl").write_text(json.dumps({"id": "huge", "text": big}) + "\n")
+    sources = [{"name": "j", "path": str(tmp_path / "*.jsonl"), "id_field": "id"},
+               {"name": "t", "path": str(tmp_path / "*.txt")},
+               {"name": "p", "path": str(tmp_path / "*.parquet")}]
+    counts, out = _run(tmp_path, sources, eval_fraction=0.3)
+    log = _rows(out / "excluded.parquet")
+    by_id = {r["doc_id"]: r for r in log}
+    assert by_id["j:a.jsonl:3"]["reason"] == "invalid_utf8"
+    assert by_id["j:a.jsonl:7"]["reason"] == "malformed_json"
+    assert by_id["j:huge"]["reason"] == "too_long" and by_id["j:huge"]["stage"] == "length"
+    assert by_id["p:wrong.parquet"]["reason"] == "unreadable_file"
+    assert "text" in by_id["p:wrong.parquet"]["detail"]  # names the missing column
+    assert by_id["t:binary.txt"]["reason"] == "unreadable_file"
+    binary = [r for r in log if r["doc_id"].startswith("j:binary.jsonl:")]
+    assert binary and {r["reason"] for r in binary} <= {"invalid_utf8", "malformed_json"}
+    assert all(r["stage"] == "read" for r in binary)
+    assert not any("zero.jsonl" in r["doc_id"] or "blank.jsonl" in r["doc_id"] for r in log)
+    kept = {r["doc_id"] for r in _rows(out / "train-00000.parquet") + _rows(out / "eval.parquet")}
+    assert kept == {f"j:{i}" for i in range(20)} - {"j:3", "j:7"}
+    assert counts["docs_in"] == counts["kept"] + counts["excluded"] == 18 + len(log)
+
+
+def test_rerun_writes_byte_identical_output(tmp_path: Path) -> None:
+    """Ingest is a pure function of its inputs: a rerun (after a killed run, say) writes the
+    same bytes, so the content-addressed artifact it replaces is the same artifact."""
+    _jsonl(tmp_path / "a.jsonl", [{"id": str(i), "text": f"{LONG} Document {i} " + "x" * (i % 7)}
+                                  for i in range(3000)])
+    src = [{"name": "a", "path": str(tmp_path / "a.jsonl"), "id_field": "id"}]
+    outs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        ingest.run(IngestConfig(sources=src, min_kept_docs=1, num_docs_per_shard=1000, **BASICS),
+                   {}, tmp_path / name)
+        outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())})
+    assert list(outs[0]) == list(outs[1]) and len(outs[0]) >= 6
+    assert outs[0] == outs[1]
