@@ -72,19 +72,47 @@ class GopherConfig(_Strict):
 
 class RepetitionConfig(_Strict):
     """Gopher repetition filters: shares of duplicated lines and paragraphs, by count and by
-    characters."""
+    characters, and of characters in the top and in duplicated word n-grams."""
 
     enabled: bool = True
     max_duplicate_lines: float | None = Field(default=0.3, ge=0, le=1)
     max_duplicate_paragraphs: float | None = Field(default=0.3, ge=0, le=1)
     max_duplicate_line_chars: float | None = Field(default=0.2, ge=0, le=1)
     max_duplicate_paragraph_chars: float | None = Field(default=0.2, ge=0, le=1)
+    max_top_ngram_chars: dict[int, float] | None = Field(
+        default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16},
+        description="n -> most share of word characters in the most frequent word n-gram.")
+    max_duplicate_ngram_chars: dict[int, float] | None = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="n -> most share of word characters inside repeated word n-grams.")
+
+
+class C4Config(_Strict):
+    """C4's line filters (Raffel et al. 2020), as datatrove's C4QualityFilter: a line that fails
+    is removed from the document (logged in modified.parquet); a document with 'lorem ipsum' or
+    a curly bracket, or with too few sentences left, is excluded. Off by default: it is made
+    for web pages and would strip hard-wrapped or telegraphic text (licences, diagnoses)."""
+
+    enabled: bool = False
+    terminal_punctuation: bool = Field(
+        default=True, description="Keep only lines ending in . ! ? \" or ' (not an ellipsis).")
+    min_words_per_line: int | None = Field(default=3, ge=1)
+    max_word_length: int | None = Field(
+        default=1000, gt=0, description="A line with a longer word goes.")
+    remove_citations: bool = Field(default=True, description="Strip [1], [edit], ... first.")
+    javascript_lines: bool = Field(default=True, description="Lines mentioning javascript go.")
+    policy_lines: bool = Field(
+        default=True, description="Lines with 'terms of use', 'privacy policy', cookies go.")
+    lorem_ipsum: bool = Field(default=True, description="Exclude documents with lorem ipsum.")
+    curly_bracket: bool = Field(default=True, description="Exclude documents with '{'.")
+    min_sentences: int | None = Field(default=5, ge=1, description="Left after the lines go.")
 
 
 class QualityConfig(_Strict):
     """Document quality filters, applied after the length filter and before dedup; a
     document's reason is the first filter it fails. Any threshold set to null is off."""
 
+    c4: C4Config = Field(default_factory=C4Config)
     gopher: GopherConfig = Field(default_factory=GopherConfig)
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
 

@@ -208,10 +208,28 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
             WHEN length(text) > {config.max_chars} THEN 'too_long' END
         WHERE reason IS NULL;
         CREATE TEMP VIEW source AS SELECT ord, text FROM docs WHERE reason IS NULL;
+    """)
+    if config.quality.c4.enabled:
+        con.execute(f"""
+            CREATE TEMP TABLE c4 AS {quality.c4_sql(config.quality.c4)};
+            UPDATE docs SET reason = c4.reason, detail = c4.detail
+            FROM c4 WHERE docs.ord = c4.ord AND c4.reason IS NOT NULL;
+            INSERT INTO modified SELECT ord, 'quality', 'c4_lines_removed',
+                   'removed ' || (n_lines - n_kept) || ' of ' || n_lines || ' lines'
+            FROM c4 WHERE reason IS NULL AND n_kept < n_lines;
+            UPDATE docs SET text = c4.c4_text
+            FROM c4 WHERE docs.ord = c4.ord AND c4.reason IS NULL AND c4.n_kept < c4.n_lines;
+            DROP TABLE c4""")
+    con.execute(f"""
         UPDATE docs SET reason = q.reason, detail = q.detail
         FROM (SELECT ord, {quality_reason} AS reason, {quality_detail} AS detail
               FROM ({quality.features_sql(config.quality)})) q
         WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
+    """)
+    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition))
+    con.execute("""
+        UPDATE docs SET reason = r.reason, detail = r.detail FROM ngram_rep r
+        WHERE docs.ord = r.ord;
         UPDATE docs SET reason = 'duplicate', detail = 'duplicate of ' || d.first_id
         FROM (SELECT ord AS o, first_value(doc_id) OVER w AS first_id,
                      row_number() OVER w AS rn

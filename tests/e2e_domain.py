@@ -47,7 +47,9 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
                        "general": True}], "min_kept_docs": 100,
                    # as in domains/medical.yaml
                    "quality": {"gopher": {"min_words": 2, "max_mean_word_length": 15,
-                                          "min_stop_words": None}},
+                                          "min_stop_words": None},
+                               "repetition": {"max_top_ngram_chars": None,
+                                              "max_duplicate_ngram_chars": None}},
                    "pii": {"types": ["email", "phone", "ip", "credit_card", "iban", "ssn", "url",
                                      "mrn", "person_date"]}},
         "pretrain": {"mixture": {"general": 0.1}},

@@ -105,3 +105,123 @@ def test_ingest_excludes_logs_and_counts_by_filter(tmp_path: Path) -> None:
     assert sorted(r["reason"] for r in log) == ["gopher_max_bullet_lines"] + [
         "gopher_min_words"] * 3
     assert all(r["text"] and r["detail"] for r in log)
+
+
+# --- C4 line filters ---------------------------------------------------------------------------
+
+C4_PAGE = "\n".join([
+    "Home | News | Contact",  # no terminal punctuation
+    "The council approved the new budget on Tuesday after a long debate.",
+    "It will fund two schools and a clinic.[1]",  # citation stripped, then kept
+    "Enable JavaScript to view this page.",
+    "This site uses cookies to improve your experience.",
+    "Read our privacy policy.",
+    "Ok.",  # fewer than 3 words
+    "",
+    "Residents welcomed the decision at the meeting.",
+    "The mayor said work would start in spring.",
+    "Critics warned that costs could rise...",  # an ellipsis is not an ending
+    "Officials will publish the full plan next month.",
+])
+
+
+def c4(texts: list[str], **kw) -> list[tuple]:
+    from pipeline.config import C4Config
+
+    con = duckdb.connect()
+    con.register("source", pa.table({"ord": list(range(len(texts))), "text": texts}))
+    return con.sql(f"SELECT c4_text, n_lines, n_kept, reason, detail FROM "
+                   f"({quality.c4_sql(C4Config(enabled=True, **kw))}) ORDER BY ord").fetchall()
+
+
+def test_c4_removes_failing_lines_and_keeps_paragraphs() -> None:
+    [(text, n_lines, n_kept, reason, _)] = c4([C4_PAGE])
+    assert text == ("The council approved the new budget on Tuesday after a long debate.\n"
+                    "It will fund two schools and a clinic.\n\n"
+                    "Residents welcomed the decision at the meeting.\n"
+                    "The mayor said work would start in spring.\n"
+                    "Officials will publish the full plan next month.")
+    assert (n_lines, n_kept, reason) == (11, 5, None)
+
+
+def test_c4_document_reasons() -> None:
+    rows = c4([C4_PAGE + "\nLorem ipsum dolor sit amet.", C4_PAGE + "\nvar x = {a: 1};",
+               "One sentence here. Two sentences here.", C4_PAGE])
+    assert [r[3] for r in rows] == ["c4_lorem_ipsum", "c4_curly_bracket", "c4_min_sentences",
+                                    None]
+    assert rows[2][4] == "2 sentences left < 5"
+    relaxed = c4([C4_PAGE], terminal_punctuation=False, policy_lines=False,
+                 javascript_lines=False, min_words_per_line=None)
+    assert relaxed[0][2] == 11 and "[1]" not in relaxed[0][0]
+    [long_word] = c4([C4_PAGE + "\nThis line holds " + "y" * 1001 + " in it."])
+    assert long_word[1:3] == (12, 5)
+
+
+def test_c4_through_ingest_logs_removed_lines(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("".join(
+        json.dumps({"id": str(i), "text": C4_PAGE.replace("Tuesday", f"day {i}")}) + "\n"
+        for i in range(6)))
+    out = tmp_path / "out"
+    out.mkdir()
+    config = IngestConfig(
+        sources=[{"name": "a", "path": str(tmp_path / "a.jsonl"), "id_field": "id"}],
+        min_kept_docs=1, eval_fraction=0.4, near_dup={"enabled": False},
+        decontamination={"enabled": False}, pii={"enabled": False},
+        quality={"c4": {"enabled": True}, "gopher": {"enabled": False},
+                 "repetition": {"enabled": False}})
+    counts = ingest.run(config, {}, out).counts
+    modified = pq.read_table(out / "modified.parquet").to_pylist()
+    assert {(m["stage"], m["reason"], m["detail"]) for m in modified} == {
+        ("quality", "c4_lines_removed", "removed 6 of 11 lines")}
+    assert len(modified) == counts["kept"] == 6
+    kept = [r["text"] for n in ("train-00000.parquet", "eval.parquet")
+            for r in pq.read_table(out / n).to_pylist()]
+    assert all("cookies" not in t and t.endswith("next month.") for t in kept)
+
+
+# --- n-gram repetition -------------------------------------------------------------------------
+
+
+def ngram(texts: list[str], **repetition) -> list[tuple]:
+    from pipeline.config import RepetitionConfig
+
+    con = duckdb.connect()
+    con.register("source", pa.table({"ord": list(range(len(texts))), "text": texts}))
+    out = quality.ngram_repetition(con, "source", RepetitionConfig(**repetition))
+    found = {r["ord"]: (r["reason"], r["detail"]) for r in out.to_pylist()}
+    return [found.get(i, (None, None)) for i in range(len(texts))]
+
+
+def test_top_ngram_share() -> None:
+    # "of the" 10 times: 50 word characters of 180 = 0.278 > 0.2; each 3-gram is rarer
+    text = " ".join(f"word{i:02d} of the" for i in range(10)) + " " + " ".join(
+        f"other{i:02d}" for i in range(10))
+    assert ngram([text, CLEAN]) == [
+        ("repetition_top_2gram", "top_2gram_chars 0.2778 > 0.2"), (None, None)]
+    assert ngram([text], max_top_ngram_chars={2: 0.3}) == [(None, None)]
+
+
+def test_duplicate_ngram_share_and_order() -> None:
+    sentence = "the quick brown fox jumps over the lazy dog near the river bank today"
+    repeated = CLEAN + " " + " ".join([sentence] * 3)
+    [(reason, detail)] = ngram([repeated], max_top_ngram_chars=None)
+    assert reason == "repetition_dup_5gram" and detail.startswith("dup_5gram_chars 0.")
+    # with n = 5 off, the next threshold that fails names it
+    [(reason, _)] = ngram([repeated], max_top_ngram_chars=None,
+                          max_duplicate_ngram_chars={7: 0.13, 10: 0.1})
+    assert reason == "repetition_dup_7gram"
+    # characters covered by repeated 5-grams, worked by hand: two copies of 8 words in 24
+    doc = " ".join(["alpha beta gamma delta epsilon zeta eta theta"] * 2 + [
+        f"w{i:03d}" for i in range(8)])
+    [(reason, detail)] = ngram([doc], max_top_ngram_chars=None,
+                               max_duplicate_ngram_chars={5: 0.5})
+    covered = 2 * len("alphabetagammadeltaepsilonzetaetatheta")
+    share = covered / (covered + 8 * 4)
+    assert (reason, detail) == ("repetition_dup_5gram", f"dup_5gram_chars {share:.4f} > 0.5")
+
+
+def test_ngram_filters_pass_clean_text_and_switch_off() -> None:
+    assert ngram([CLEAN]) == [(None, None)]
+    [(reason, _)] = ngram([CLEAN + " " + CLEAN])  # the whole text twice
+    assert reason == "repetition_dup_5gram"
+    assert ngram([" ".join(["spam eggs"] * 40)], enabled=False) == [(None, None)]

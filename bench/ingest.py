@@ -1,0 +1,312 @@
+"""Ingest throughput and near-dedup quality: our ingest stage against datatrove, same input, same
+machine, same run.
+
+The corpus is built from the real sample corpora (`dapt samples build` for medical, legal,
+finance, general):
+  1. our ingest cleans them once (filters, exact and near dedup), so the base holds no
+     near-duplicates we know of;
+  2. synthetic documents of 3+ real sentences drawn at random from the base fill it to the
+     size asked for (more distinct text than the samples hold);
+  3. 5% of the documents with 200+ words get a planted copy with 1 word in 100 replaced
+     (5-gram Jaccard about 0.9), placed later in the corpus.
+
+Both tools run the Gopher quality and repetition filters with the paper's thresholds, MinHash
+on word 5-grams with 14 bands x 8 rows, and write Parquet. Ours also normalises, repairs
+mojibake, redacts PII and removes exact duplicates (decontamination is off: there is no test
+set); datatrove runs its reader, GopherQualityFilter, GopherRepetitionFilter, the four MinHash
+stages and a ParquetWriter, 2 workers, with a regex word tokenizer (its fastest; its default
+spaCy one was 4x slower here). Each tool runs in a subprocess: its wall time and peak RSS
+(of the process or its largest worker) are printed.
+
+    dedup recall     planted pairs with exactly one of the two removed, over the pairs whose
+                     source passed the quality filters
+    dedup precision  removed documents that are correct, over all removed as near-duplicates:
+                     the planted copy or its source, or a document whose exact word 5-gram
+                     Jaccard with the one kept in its place is at least 0.8
+
+    python bench/ingest.py --samples /tmp/demo_work/samples --sizes 50,500 --datatrove 50,500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
+
+SOURCES = {"medical": ["hpo", "icd10cm", "healthnews"], "legal": ["licenses", "rules"],
+           "finance": ["bbc_business"], "general": ["news"]}
+FILES = 8  # corpus files: the unit of parallelism for datatrove's 2 workers
+
+
+def _gopher_defaults():
+    return {"gopher": {}, "repetition": {}}  # the paper's thresholds, as datatrove's defaults
+
+
+def clean_base(samples: Path, work: Path) -> list[dict]:
+    """The sample corpora after our ingest (defaults, no decontamination): no near-dups."""
+    import pyarrow.parquet as pq
+
+    from pipeline import ingest
+    from pipeline.config import IngestConfig
+
+    out = work / "base"
+    if not (out / "eval.parquet").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        sources = [{"name": f"{d}_{n}", "path": str(samples / d / f"{n}.jsonl"), "id_field": "id"}
+                   for d, names in SOURCES.items() for n in names]
+        ingest.run(IngestConfig(sources=sources, quality={"gopher": {"min_words": 1,
+                                                                     "min_stop_words": None}},
+                                decontamination={"enabled": False}, pii={"enabled": False}),
+                   {}, out)
+    rows = []
+    for path in sorted(out.glob("train-*.parquet")) + [out / "eval.parquet"]:
+        rows += pq.read_table(path, columns=["doc_id", "text"]).to_pylist()
+    return rows
+
+
+def build_corpus(base: list[dict], size_mb: int, out: Path, seed: int = 0) -> dict[str, str]:
+    """Write ``out/part-NN.jsonl`` (about ``size_mb`` MB); returns planted copy id -> source id."""
+    rng = random.Random(seed)
+    sentences = [s for row in base for s in re.split(r"(?<=[.!?])\s+", row["text"]) if s]
+    lengths = [max(3, len(re.split(r"(?<=[.!?])\s+", row["text"]))) for row in base]
+    vocab = list({w for s in rng.sample(sentences, 20000) for w in s.split()})
+    docs = [{"id": r["doc_id"], "text": r["text"]} for r in base]
+    target, size, i = size_mb * 1_000_000, sum(len(d["text"].encode()) for d in docs), 0
+    while size < target:
+        n = min(rng.choice(lengths), 60)
+        text = " ".join(rng.choice(sentences) for _ in range(n))
+        docs.append({"id": f"synthetic:{i}", "text": text})
+        size += len(text.encode())
+        i += 1
+    rng.shuffle(docs)
+    planted: dict[str, str] = {}
+    final: list[dict] = []
+    pending: list[tuple[int, dict]] = []
+    for pos, doc in enumerate(docs):
+        final.append(doc)
+        words = doc["text"].split(" ")
+        if len(words) >= 200 and rng.random() < 0.05:
+            for k in rng.sample(range(len(words)), len(words) // 100):
+                words[k] = rng.choice(vocab)
+            copy = {"id": f"planted:{len(planted)}", "text": " ".join(words)}
+            planted[copy["id"]] = doc["id"]
+            pending.append((pos + rng.randint(1, 50_000), copy))
+        while pending and pending[0][0] <= pos:
+            final.append(pending.pop(0)[1])
+        pending.sort(key=lambda p: p[0])
+    final += [c for _, c in pending]
+    out.mkdir(parents=True, exist_ok=True)
+    for k in range(FILES):
+        part = final[k * len(final) // FILES:(k + 1) * len(final) // FILES]
+        (out / f"part-{k:02d}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in part))
+    (out / "planted.json").write_text(json.dumps(planted))
+    return planted
+
+
+def run_ours(corpus: Path, out: Path) -> dict:
+    from pipeline import ingest
+    from pipeline.config import IngestConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = IngestConfig(sources=[{"name": "bench", "path": str(corpus / "part-*.jsonl"),
+                                    "id_field": "id"}],
+                          quality=_gopher_defaults(), decontamination={"enabled": False})
+    counts = ingest.run(config, {}, out).counts
+    import duckdb
+
+    con = duckdb.connect()
+    pairs = [(d.removeprefix("bench:"), re.search(r"of bench:(\S+)", detail)[1])
+             for d, detail in con.execute(
+                 f"SELECT doc_id, detail FROM '{out}/excluded.parquet' "
+                 "WHERE reason = 'near_duplicate'").fetchall()]
+    quality = [r[0].removeprefix("bench:") for r in con.execute(
+        f"SELECT doc_id FROM '{out}/excluded.parquet' WHERE stage IN ('quality', 'length')"
+    ).fetchall()]
+    return {"kept": counts["kept"], "pairs": pairs, "quality_excluded": quality}
+
+
+try:  # datatrove is not a dependency of dapt: `make bench-deps` installs it
+    from datatrove.utils.word_tokenizers import WordTokenizer
+except ImportError:
+    WordTokenizer = object
+
+
+class RegexWords(WordTokenizer):
+    """Words by one regex: datatrove's fastest word tokenizer option here (its default for
+    English is spaCy's)."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return re.findall(r"\w+|[^\w\s]", text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"[^.!?]+[.!?]*", text)]
+
+
+def run_datatrove(corpus: Path, out: Path, workers: int) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
+    from datatrove.utils.hashing import HashConfig
+
+    words = RegexWords()
+    config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="xxhash"), num_buckets=14,
+                           hashes_per_bucket=8, n_grams=5)
+    read = JsonlReader(str(corpus), glob_pattern="part-*.jsonl", id_key="id")
+    common = {"tasks": FILES, "workers": workers, "logging_dir": str(out / "logs")}
+    LocalPipelineExecutor(pipeline=[
+        read, GopherRepetitionFilter(language=words), GopherQualityFilter(language=words),
+        JsonlWriter(str(out / "filtered"), compression=None),
+        MinhashDedupSignature(output_folder=str(out / "sigs"), config=config, language=words),
+    ], **{**common, "logging_dir": str(out / "logs1")}).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(
+        input_folder=str(out / "sigs"), output_folder=str(out / "buckets"), config=config)],
+        tasks=config.num_buckets, workers=workers, logging_dir=str(out / "logs2")).run()
+    LocalPipelineExecutor(pipeline=[MinhashDedupCluster(
+        input_folder=str(out / "buckets"), output_folder=str(out / "remove_ids"),
+        config=config, save_cluster_id=True)], tasks=1, workers=1,
+        logging_dir=str(out / "logs3")).run()
+    LocalPipelineExecutor(pipeline=[
+        JsonlReader(str(out / "filtered"), id_key="id"),
+        MinhashDedupFilter(input_folder=str(out / "remove_ids"), load_cluster_ids=True,
+                           exclusion_writer=JsonlWriter(str(out / "removed"), compression=None)),
+        ParquetWriter(str(out / "output")),
+    ], **{**common, "logging_dir": str(out / "logs4")}).run()
+    import duckdb
+
+    con = duckdb.connect()
+    # Each removed document is paired with the kept document of its cluster.
+    pairs = con.execute(f"""
+        WITH removed AS (SELECT id, metadata.minhash_cluster_id AS c
+                         FROM read_json('{out}/removed/*', format='newline_delimited')),
+             kept AS (SELECT metadata.minhash_cluster_id AS c, min(id) AS rep
+                      FROM '{out}/output/*.parquet' WHERE metadata.minhash_cluster_id >= 0
+                      GROUP BY ALL)
+        SELECT r.id, k.rep FROM removed r LEFT JOIN kept k USING (c)""").fetchall()
+    n_kept = con.execute(f"SELECT count(*) FROM '{out}/output/*.parquet'").fetchall()[0][0]
+    return {"kept": n_kept, "pairs": pairs}
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+    """Exact Jaccard similarity of the word n-gram sets (lower-cased \\w+ words)."""
+    def grams(t: str) -> set:
+        w = re.findall(r"\w+", t.lower())
+        return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))}
+    x, y = grams(a), grams(b)
+    return len(x & y) / max(len(x | y), 1)
+
+
+def texts(corpus: Path, ids: set[str]) -> dict[str, str]:
+    import duckdb
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    con.register("wanted", pa.table({"id": sorted(ids)}))
+    return dict(con.execute(f"SELECT id, text FROM read_json('{corpus}/part-*.jsonl', "
+                            "format='newline_delimited', columns={'id': 'VARCHAR', "
+                            "'text': 'VARCHAR'}) JOIN wanted USING (id)").fetchall())
+
+
+def quality(result: dict, planted: dict[str, str], dropped_by_filters: set[str],
+            corpus: Path) -> dict:
+    pairs = dict(result["pairs"])  # removed -> the document kept in its place
+    planted = {c: s for c, s in planted.items() if s not in dropped_by_filters
+               and c not in dropped_by_filters}
+    found = {c for c, s in planted.items() if (c in pairs) != (s in pairs)}
+    in_planted = {x for c in found for x in (c, planted[c])}
+    check = {r: k for r, k in pairs.items() if r not in in_planted}
+    text = texts(corpus, set(check) | {k for k in check.values() if k})
+    verified = sum(1 for r, k in check.items()
+                   if k and jaccard(text.get(r, ""), text.get(k, "")) >= 0.8)
+    correct = len(in_planted & set(pairs)) + verified
+    return {"recall": len(found) / max(len(planted), 1), "pairs": len(planted),
+            "precision": correct / max(len(pairs), 1), "removed": len(pairs),
+            "unplanted": len(check), "unplanted_verified": verified}
+
+
+def _child(tool: str, corpus: Path, out: Path, workers: int) -> dict:
+    """Run one tool in a fresh process: wall time and peak RSS are its own."""
+    code = (f"import json, resource, sys; "
+            f"sys.path[0] = {str(Path(__file__).resolve().parent.parent)!r}; "
+            f"from bench.ingest import run_{tool}; from pathlib import Path; "
+            f"r = run_{tool}(Path({str(corpus)!r}), Path({str(out)!r})"
+            + (f", {workers})" if tool == "datatrove" else ")")
+            + "; r['peak_rss_mb'] = max(resource.getrusage(w).ru_maxrss for w in "
+            "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024"
+            + f"; Path({str(out / 'result.json')!r}).write_text(json.dumps(r))")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(out / "stderr.log", "w") as err:
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=out.parent,
+                       stdout=subprocess.DEVNULL, stderr=err)
+    seconds = time.perf_counter() - t0
+    result = json.loads((out / "result.json").read_text())
+    result.update(seconds=seconds)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=Path, required=True,
+                        help="a directory from `dapt samples build` for all four domains")
+    parser.add_argument("--sizes", default="50,500", help="corpus sizes in MB for our ingest")
+    parser.add_argument("--datatrove", default="50", help="sizes datatrove also runs on")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dapt-bench-ingest"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = clean_base(args.samples, args.work)
+    print(f"clean base: {len(base):,} documents, "
+          f"{sum(len(r['text'].encode()) for r in base) / 1e6:.1f} MB")
+    dt_sizes = {int(s) for s in args.datatrove.split(",") if s}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        corpus = args.work / f"corpus-{size}"
+        planted = (json.loads((corpus / "planted.json").read_text())
+                   if (corpus / "planted.json").exists() else build_corpus(base, size, corpus))
+        mb = sum(p.stat().st_size for p in corpus.glob("part-*.jsonl")) / 1e6
+        ours_out = args.work / f"ours-{size}"
+        subprocess.run(["rm", "-rf", str(ours_out)], check=True)
+        ours = _child("ours", corpus, ours_out, args.workers)
+        dropped = set(ours["quality_excluded"])
+        q = quality(ours, planted, dropped, corpus)
+        print(f"{mb:7.1f} MB  ours       {ours['seconds']:7.1f} s  {mb / ours['seconds']:6.2f} MB/s"
+              f"  peak RSS {ours['peak_rss_mb']:6.0f} MB  kept {ours['kept']:,}  near-dup "
+              f"precision {q['precision']:.3f} recall {q['recall']:.3f} "
+              f"({q['pairs']:,} planted pairs; {q['unplanted_verified']} of {q['unplanted']} "
+              "other removals at exact Jaccard >= 0.8)", flush=True)
+        if size in dt_sizes:
+            dt_out = args.work / f"datatrove-{size}"
+            subprocess.run(["rm", "-rf", str(dt_out)], check=True)
+            dt = _child("datatrove", corpus, dt_out, args.workers)
+            qd = quality(dt, planted, dropped, corpus)
+            print(f"{mb:7.1f} MB  datatrove  {dt['seconds']:7.1f} s  "
+                  f"{mb / dt['seconds']:6.2f} MB/s  peak RSS {dt['peak_rss_mb']:6.0f} MB  kept "
+                  f"{dt['kept']:,}  near-dup precision {qd['precision']:.3f} recall "
+                  f"{qd['recall']:.3f} ({qd['unplanted_verified']} of {qd['unplanted']} other "
+                  "removals at exact Jaccard >= 0.8)", flush=True)
+            print(f"{mb:7.1f} MB  ratio ours/datatrove: {dt['seconds'] / ours['seconds']:.1f}x",
+                  flush=True)
+        del planted
+    os.sync()
+
+
+if __name__ == "__main__":
+    main()
