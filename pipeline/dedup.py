@@ -21,13 +21,7 @@ import duckdb
 import numpy as np
 
 from pipeline.config import NearDupConfig
-
-WORDS_SQL = r"""
-SELECT ord, hash(w) AS h FROM (
-    SELECT ord, unnest(words) AS w, generate_subscripts(words, 1) AS pos
-    FROM (SELECT ord, regexp_extract_all(lower(text), '\w+') AS words FROM $source))
-ORDER BY ord, pos
-"""
+from pipeline.quality import word_hashes
 
 
 def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,13 +50,10 @@ def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndar
 def ngram_hashes(con: duckdb.DuckDBPyConnection, source: str, n: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(document ord, hash) of every word n-gram of the rows (ord, text) of ``source``."""
-    table = con.sql(WORDS_SQL.replace("$source", source)).arrow()
-    if hasattr(table, "read_all"):
-        table = table.read_all()
-    if table.num_rows == 0:
+    ords, hashes, _ = word_hashes(con, source)
+    if len(ords) == 0:
         return np.array([], np.int64), np.array([], np.uint64)
-    return shingles(table.column("ord").to_numpy(),
-                    table.column("h").to_numpy().astype(np.uint64), n)
+    return shingles(ords, hashes, n)
 
 
 @dataclass(frozen=True)
@@ -86,9 +77,14 @@ def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int)
     return np.array(matrix.to_rows(), dtype=np.uint64).reshape(len(starts), num_perm)
 
 
-def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> NearDuplicates:
-    """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
-    ords, hashes = ngram_hashes(con, source, config.ngram)
+def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig,
+         words: tuple[np.ndarray, np.ndarray] | None = None) -> NearDuplicates:
+    """Near-duplicates among the rows (ord, text) of the table or view ``source``; ``words``:
+    its (ord, word hash) in order, as ``word_hashes`` computes them, when the caller has them."""
+    if words is None:
+        ords, hashes = ngram_hashes(con, source, config.ngram)
+    else:
+        ords, hashes = shingles(words[0], words[1], config.ngram) if len(words[0]) else words
     empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
     if len(ords) == 0:
         return empty

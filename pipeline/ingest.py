@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import duckdb
@@ -185,6 +186,7 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
 def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
     """``config.sources[*].path`` must already be resolved to absolute paths or globs."""
     del inputs  # ingest has no upstream artifact: its inputs are the source files
+    lap = _Laps()
     con = duckdb.connect()
     tables, files = [], {}
     for source in config.sources:
@@ -194,13 +196,16 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)
+    lap("read")
     quality_reason, quality_detail = quality.reason_sql(config.quality)
     con.execute("CREATE TABLE docs AS SELECT ord, doc_id, source, reason, detail, text FROM raw;"
                 "CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, "
                 "detail VARCHAR)")
     repaired = _repair_mojibake(con) if config.fix_mojibake else 0
     con.execute(f"UPDATE docs SET text = {NORMALISE_SQL}")
+    lap("normalise")
     redacted = _redact(con, config) if config.pii.enabled else {}
+    lap("pii")
     con.execute(f"""
         UPDATE docs SET reason = CASE
             WHEN text IS NULL OR text = '' THEN 'empty'
@@ -226,7 +231,11 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
               FROM ({quality.features_sql(config.quality)})) q
         WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
     """)
-    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition))
+    lap("quality")
+    # The words of every document still in: for the n-gram filters and again for near-dedup.
+    words = quality.word_hashes(con, "source")
+    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition,
+                                                       words))
     con.execute("""
         UPDATE docs SET reason = r.reason, detail = r.detail FROM ngram_rep r
         WHERE docs.ord = r.ord;
@@ -237,11 +246,16 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
               WINDOW w AS (PARTITION BY md5(text) ORDER BY ord)) d
         WHERE docs.ord = d.o AND d.rn > 1;
     """)
+    lap("ngram_repetition_and_exact_dedup")
     near = {"near_dup_candidates": 0, "near_dup_verified": 0}
     if config.near_dup.enabled:
         con.execute("CREATE TEMP VIEW remaining AS SELECT ord, text FROM docs "
                     "WHERE reason IS NULL")
-        found = dedup.find(con, "remaining", config.near_dup)
+        remaining = con.sql("SELECT ord FROM remaining").arrow()
+        if hasattr(remaining, "read_all"):
+            remaining = remaining.read_all()
+        keep = np.isin(words[0], remaining.column(0).to_numpy())
+        found = dedup.find(con, "remaining", config.near_dup, (words[0][keep], words[1][keep]))
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
         con.register("near", pa.table({"ord": found.ords.astype(np.int64),
                                        "rep": found.kept_ords.astype(np.int64),
@@ -254,13 +268,16 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
             WHERE docs.ord = x.ord""")
     held = (f"md5_number(doc_id || ':{config.seed}') % 1000000 "
             f"< {round(config.eval_fraction * 1_000_000)}")
+    lap("near_dedup")
     contaminated = _decontaminate(con, config, held) if config.decontamination.enabled else {}
+    lap("decontaminate")
     con.execute(f"""
         CREATE TABLE kept AS
         SELECT ord, doc_id, source, text, CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
         FROM docs WHERE reason IS NULL;
     """)
     n_train = con.execute("SELECT count(*) FROM kept WHERE split = 'train'").fetchall()[0][0]
+    lap("split")
     shards = max(1, -(-n_train // config.num_docs_per_shard))
     for i in range(shards):
         _copy(con, f"""SELECT doc_id, source, text FROM kept WHERE split = 'train' ORDER BY ord
@@ -281,6 +298,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
                   FROM docs d LEFT JOIN kept k USING (ord) GROUP BY ALL ORDER BY ALL""",
           out_dir / "stats.parquet")
 
+    lap("write")
     counts = dict(con.sql("""SELECT 'docs_in', count(*) FROM docs UNION ALL
         SELECT 'kept', count(*) FROM kept UNION ALL
         SELECT 'train_docs', count(*) FROM kept WHERE split = 'train' UNION ALL
@@ -310,8 +328,21 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         extra={"sources": {s: {"kept": int(k), "docs_in": int(n)} for s, k, n in by_source},
                "source_names": [s.name for s in config.sources],
                "general_sources": [s.name for s in config.sources if s.general],
-               "files": files},
+               "files": files, "seconds": lap.seconds},
     )
+
+
+class _Laps:
+    """Seconds spent in each step, for the manifest (``extra.seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._t, 3)
+        self._t = now
 
 
 def _repair_mojibake(con: duckdb.DuckDBPyConnection) -> int:

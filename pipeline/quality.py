@@ -153,11 +153,11 @@ def c4_sql(config: C4Config) -> str:
 
 # --- Gopher n-gram repetition ------------------------------------------------------------------
 
+# No ORDER BY: DuckDB keeps a scan's order (preserve_insertion_order), and word_hashes checks
+# it, sorting only if it ever does not hold; the sort cost a third of the query.
 NGRAM_WORDS_SQL = r"""
 SELECT ord, hash(w) AS h, length(w) AS len FROM (
-    SELECT ord, unnest(words) AS w, generate_subscripts(words, 1) AS pos
-    FROM (SELECT ord, regexp_extract_all(lower(text), '\w+') AS words FROM $source))
-ORDER BY ord, pos
+    SELECT ord, unnest(regexp_extract_all(lower(text), '\w+')) AS w FROM $source)
 """
 
 
@@ -175,78 +175,115 @@ def _windows(h: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
     return start, g[start]
 
 
-def _runs(start: np.ndarray, g: np.ndarray, doc: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group equal n-grams of a document: (positions sorted by (doc, hash), run id of each,
-    run lengths)."""
-    order = np.lexsort((g, doc[start]))
-    pos, key, d = start[order], g[order], doc[start][order]
-    new = np.ones(len(pos), bool)
-    new[1:] = (key[1:] != key[:-1]) | (d[1:] != d[:-1])
-    run = np.cumsum(new) - 1
-    return pos, run, np.bincount(run)
+# Every n-gram of a document is keyed by its hash plus the document's index times an odd
+# constant, so equal keys are equal n-grams of one document; DuckDB's hash aggregate groups
+# them (a sort of the keys in numpy was 10x slower).
+DOC_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: RepetitionConfig
+def _keys(con: duckdb.DuckDBPyConnection, start: np.ndarray, g: np.ndarray, doc: np.ndarray,
+          chars: np.ndarray) -> None:
+    with np.errstate(over="ignore"):
+        key = g + doc[start].astype(np.uint64) * DOC_MIX
+    con.register("grams", pa.table({"key": key, "doc": doc[start], "pos": start,
+                                    "chars": chars}))
+
+
+def _top(con: duckdb.DuckDBPyConnection, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per document: the count of its most frequent n-gram (0 if none repeats) and that count
+    times the n-gram's characters (the longest, among equally frequent ones)."""
+    rows = con.sql("""
+        SELECT doc, max(cnt), arg_max(cnt * chars, cnt * 1000000000 + chars)
+        FROM (SELECT any_value(doc) AS doc, count(*) AS cnt, any_value(chars) AS chars
+              FROM grams GROUP BY key HAVING count(*) > 1)
+        GROUP BY doc""").arrow()
+    if hasattr(rows, "read_all"):
+        rows = rows.read_all()
+    count, top = np.zeros(n_docs, np.int64), np.zeros(n_docs, np.int64)
+    docs = rows.column(0).to_numpy()
+    count[docs] = rows.column(1).to_numpy()
+    top[docs] = rows.column(2).to_numpy()
+    return count, top
+
+
+def _repeated_positions(con: duckdb.DuckDBPyConnection) -> np.ndarray:
+    rows = con.sql("""
+        SELECT pos FROM grams WHERE key IN (SELECT key FROM grams GROUP BY key
+                                            HAVING count(*) > 1)""").arrow()
+    if hasattr(rows, "read_all"):
+        rows = rows.read_all()
+    return rows.column(0).to_numpy() if rows.num_rows else np.array([], np.int64)
+
+
+def word_hashes(con: duckdb.DuckDBPyConnection, source: str
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(document ord, uint64 hash, characters) of every word of the rows (ord, text) of
+    ``source``, in document and word order: lower-cased ``\\w+`` words, as near-dedup uses."""
+    table = con.sql(NGRAM_WORDS_SQL.replace("$source", source)).arrow()
+    if hasattr(table, "read_all"):
+        table = table.read_all()
+    ords = table.column("ord").to_numpy()
+    h = table.column("h").to_numpy().astype(np.uint64)
+    lens = table.column("len").to_numpy().astype(np.int64)
+    if len(ords) and (np.diff(ords) < 0).any():  # ord order, words in order within each
+        order = np.argsort(ords, kind="stable")
+        ords, h, lens = ords[order], h[order], lens[order]
+    return ords, h, lens
+
+
+def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: RepetitionConfig,
+                     words: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                      ) -> pa.Table:
     """Gopher's n-gram repetition filters over the rows (ord, text) of ``source``, with numpy:
 
     - top n-gram (n = 2, 3, 4): the characters of the most frequent word n-gram (its count times
       its length), as a share of all word characters;
     - duplicate n-grams (n = 5..10): the share of word characters inside any n-gram that occurs
-      more than once. It can only fall as n grows, so n > 5 is computed only for the documents
-      over the smallest threshold at n = 5.
+      more than once. It can only fall as n grows, so each n is computed only for the
+      documents that passed the checks so far and were over this n's threshold at n - 1.
 
-    Returns (ord, reason, detail) for the documents that fail, the first check in that order."""
+    Returns (ord, reason, detail) for the documents that fail, the first check in that order.
+    ``words``: ``word_hashes(con, source)``, when the caller already has them."""
     schema = pa.schema([("ord", pa.int64()), ("reason", pa.string()), ("detail", pa.string())])
     checks = [("top", n, t) for n, t in sorted((config.max_top_ngram_chars or {}).items())] + \
              [("dup", n, t) for n, t in sorted((config.max_duplicate_ngram_chars or {}).items())]
     if not config.enabled or not checks:
         return schema.empty_table()
-    table = con.sql(NGRAM_WORDS_SQL.replace("$source", source)).arrow()
-    if hasattr(table, "read_all"):
-        table = table.read_all()
-    if table.num_rows == 0:
+    ords, h, lens = words if words is not None else word_hashes(con, source)
+    if len(ords) == 0:
         return schema.empty_table()
-    ords = table.column("ord").to_numpy()
-    h = table.column("h").to_numpy().astype(np.uint64)
-    lens = table.column("len").to_numpy().astype(np.int64)
     doc_ords, doc = np.unique(ords, return_inverse=True)
     total = np.bincount(doc, weights=lens, minlength=len(doc_ords))
     csum = np.concatenate([[0], np.cumsum(lens)])
     failed: dict[int, tuple[str, str]] = {}
-    live = np.ones(len(doc_ords), bool)  # documents still to check for duplicate n-grams
-    dup_floor = min([t for kind, _, t in checks if kind == "dup"], default=1.0)
+    live = np.ones(len(doc_ords), bool)  # documents that can still fail a duplicate n-gram check
     for kind, n, threshold in checks:
-        if kind == "dup":
-            mask = live[doc]
-            start, g = _windows(h[mask], doc[mask], n)
-            start = np.flatnonzero(mask)[start] if len(start) else start
-        else:
-            start, g = _windows(h, doc, n)
+        mask = live[doc]
+        start, g = _windows(h[mask], doc[mask], n)
+        start = np.flatnonzero(mask)[start] if len(start) else start
         if not len(start):
             continue
-        pos, run, size = _runs(start, g, doc)
+        chars = csum[start + n] - csum[start]
+        _keys(con, start, g, doc, chars)
         if kind == "top":
-            first = np.r_[0, np.flatnonzero(np.diff(run)) + 1]  # one position per run
-            run_doc, chars = doc[pos[first]], csum[pos[first] + n] - csum[pos[first]]
-            count = np.zeros(len(doc_ords), np.int64)
-            np.maximum.at(count, run_doc, size)
-            top = size == count[run_doc]  # the most frequent n-grams; then the longest
-            top_chars = np.zeros(len(doc_ords), np.int64)
-            np.maximum.at(top_chars, run_doc[top], chars[top])
-            share = np.where(count >= 2, count * top_chars / np.maximum(total, 1), 0.0)
+            count, top = _top(con, len(doc_ords))
+            share = top / np.maximum(total, 1)
         else:
-            cover = np.zeros(len(h) + 1, np.int64)
-            dup_pos = pos[size[run] >= 2]
-            np.add.at(cover, dup_pos, 1)
-            np.add.at(cover, dup_pos + n, -1)
+            dup_pos = _repeated_positions(con)
+            cover = np.bincount(dup_pos, minlength=len(h) + n + 1)[:len(h) + 1] - \
+                np.bincount(dup_pos + n, minlength=len(h) + n + 1)[:len(h) + 1]
             covered = np.cumsum(cover[:-1]) > 0
             share = np.bincount(doc, weights=lens * covered, minlength=len(doc_ords)) / \
                 np.maximum(total, 1)
-            if n == min(m for k, m, _ in checks if k == "dup"):
-                live &= share > dup_floor
+        con.unregister("grams")
         name = f"{kind}_{n}gram"
+        if kind == "dup":
+            # The share only falls as n grows: only documents still under this threshold and
+            # over the next one can fail later.
+            later = [t for k, m, t in checks if k == "dup" and m > n]
+            live &= (share <= threshold) & (share > (later[0] if later else np.inf))
+        else:
+            live &= share <= threshold  # the first failing check is the reason
         for i in np.flatnonzero(share > threshold):
             failed.setdefault(int(doc_ords[i]),
                               (f"repetition_{name}",
