@@ -14,6 +14,8 @@ with the file and field named, not halfway through a run.
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import string
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from pipeline.artifacts import file_digest
 from pipeline.config import PROFILE_NAMES, DomainSpec, RunConfig
 
 ENTRY_POINT_GROUP = "dapt.domains"
@@ -144,6 +147,10 @@ def resolve_path(pattern: str, domain: Domain, workdir: Path) -> str:
     """Expand ``${samples}`` and environment variables; anchor relative paths at the YAML."""
     expanded = string.Template(pattern).safe_substitute(samples=str(workdir / "samples"))
     expanded = os.path.expanduser(os.path.expandvars(expanded))
+    if expanded.startswith("file://"):
+        expanded = expanded.removeprefix("file://")
+    if is_url(expanded):
+        return expanded
     if not os.path.isabs(expanded):
         base = domain.path.parent if domain.path else Path.cwd()
         expanded = str(base / expanded)
@@ -160,17 +167,49 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
                for i, s in enumerate(run.ingest.decontamination.test_sets)]
     for field_name, pattern in fields:
         full = resolve_path(pattern, domain, workdir)
-        matches = sorted(Path(p) for p in match_files(full))
+        matches = sorted(p if is_url(p) else Path(p) for p in match_files(full))
         if not matches:
             hint = " (run `dapt samples build` first)" if "${samples}" in pattern else ""
             raise DomainError(
                 f"invalid domain config {where}:\n  {field_name}: no file matches "
                 f"{pattern!r} (resolved to {full}){hint}"
             )
-        resolved[field_name] = matches
+        if field_name.startswith("ingest.sources") or not is_url(full):
+            resolved[field_name] = matches
+        else:
+            raise DomainError(f"invalid domain config {where}:\n  {field_name}: {pattern!r}: "
+                              "fine-tune tasks and test sets are read from local files only")
     return resolved
 
 
+def is_url(path: str | Path) -> bool:
+    """An fsspec URL (``s3://``, ``gs://``, ``memory://``, ...) rather than a local path."""
+    return "://" in str(path)
+
+
 def match_files(pattern: str) -> list[str]:
-    """Files (not directories) matching a path or glob; ``**`` recurses."""
+    """Files (not directories) matching a path or glob; ``**`` recurses. An fsspec URL is
+    globbed by its filesystem (install ``s3fs``, ``gcsfs``, ... for ``s3://``, ``gs://``)."""
+    if is_url(pattern):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(pattern)
+        found = fs.glob(root) if glob.has_magic(root) else [root] if fs.exists(root) else []
+        return [fs.unstrip_protocol(p) for p in sorted(found) if fs.isfile(p)]
     return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+
+
+def source_digest(path: str | Path) -> str:
+    """Content hash of a local file; for a URL, a hash of what its filesystem reports (size,
+    ETag or checksum, modification time), so hundreds of GB are not read to key an artifact."""
+    if not is_url(path):
+        return file_digest(Path(path))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(path))
+    info = fs.info(root)
+    stamp = {k: str(info[k]) for k in sorted(info) if k.lower() in {
+        "size", "etag", "md5", "md5hash", "crc32c", "mtime", "last_modified", "lastmodified",
+        "updated", "created", "generation", "version_id"}}
+    return hashlib.blake2b(json.dumps(stamp, sort_keys=True).encode(),
+                           digest_size=16).hexdigest()

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pipeline import QualityGateError, dedup, pii, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
-from pipeline.domains import match_files
+from pipeline.domains import is_url, match_files
 
 RAW_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
@@ -106,9 +106,25 @@ def _with_ids(source: SourceConfig, path: Path, ids: list | None, texts: list) -
                    "reason": [None] * n, "detail": [None] * n})
 
 
-def _read_jsonl_careful(source: SourceConfig, path: Path) -> pa.Table:
+class _UrlPath(str):
+    """An fsspec URL with the ``name`` the readers use for a local path."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _open_binary(path: Path | _UrlPath):
+    if isinstance(path, _UrlPath):
+        import fsspec
+
+        return fsspec.open(path, "rb", compression="gzip" if path.name.endswith(".gz")
+                           else None).open()
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _read_jsonl_careful(source: SourceConfig, path: Path | _UrlPath) -> pa.Table:
     """Line-by-line reader used only when the fast path rejects a file: quarantines bad lines."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
 
     def add(doc_id: str, text: str | None, reason: str | None, detail: str | None) -> None:
@@ -118,7 +134,7 @@ def _read_jsonl_careful(source: SourceConfig, path: Path) -> pa.Table:
 
     lineno = -1
     try:
-        with opener(path, "rb") as fh:
+        with _open_binary(path) as fh:
             for lineno, line in enumerate(fh):
                 fallback_id = f"{source.name}:{path.name}:{lineno}"
                 if not line.strip():
@@ -146,8 +162,11 @@ def _read_jsonl_careful(source: SourceConfig, path: Path) -> pa.Table:
     return _table(rows)
 
 
-def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path: Path) -> pa.Table:
-    """One file as rows (doc_id, source, text, reason, detail); reason is set for bad records."""
+def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path: Path | str
+                     ) -> pa.Table:
+    """One file (a local path, or an fsspec URL whose filesystem ``con`` has registered) as rows
+    (doc_id, source, text, reason, detail); reason is set for bad records."""
+    path = path if isinstance(path, Path) else _UrlPath(path)
     fmt = infer_format(path, source.format)
     text_col, id_col = source.text_field, source.id_field
     p = str(path).replace("'", "''")
@@ -190,9 +209,17 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     con = duckdb.connect()
     tables, files = [], {}
     for source in config.sources:
-        paths = sorted(Path(p) for p in match_files(source.path))
+        paths = [p if is_url(p) else Path(p) for p in sorted(match_files(source.path))]
         files[source.name] = [str(p) for p in paths]
-        tables.extend(read_source_file(con, source, path) for path in paths)
+        for path in paths:
+            if is_url(path):  # DuckDB reads it through the fsspec filesystem
+                import fsspec
+
+                fs = fsspec.core.url_to_fs(path)[0]
+                if not con.filesystem_is_registered(fs.protocol if isinstance(fs.protocol, str)
+                                                    else fs.protocol[0]):
+                    con.register_filesystem(fs)
+            tables.append(read_source_file(con, source, path))
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)

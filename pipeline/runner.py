@@ -138,7 +138,8 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
             sources = []
             for i, source in enumerate(config.sources):
                 paths = files[f"ingest.sources[{i}].path"]
-                extra_inputs[f"source:{source.name}"] = [file_digest(p) for p in paths]
+                extra_inputs[f"source:{source.name}"] = [domain_registry.source_digest(p)
+                                                         for p in paths]
                 sources.append(source.model_copy(update={
                     "path": domain_registry.resolve_path(source.path, domain, workdir)}))
             resolved = config.model_copy(update={"sources": sources, "decontamination": (

@@ -71,6 +71,31 @@ def test_samples_placeholder_resolves_under_workdir(tmp_path: Path) -> None:
     assert resolved == str(tmp_path / "samples/medical/hpo.jsonl")
 
 
+def test_url_sources_are_globbed_by_fsspec_and_not_anchored(tmp_path: Path) -> None:
+    import fsspec
+
+    domain = domains.get("medical")
+    assert domains.resolve_path("s3://bucket/med/*.jsonl", domain, tmp_path) == \
+        "s3://bucket/med/*.jsonl"
+    assert domains.resolve_path(f"file://{tmp_path}/x.jsonl", domain, tmp_path) == \
+        f"{tmp_path}/x.jsonl"
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"memory://dom-{tmp_path.name}/part-0.jsonl", b'{"text": "x"}\n')
+    doc = _valid()
+    doc["ingest"]["sources"] = doc["ingest"]["sources"][:1]
+    doc["pretrain"]["mixture"] = {}
+    (tmp_path / "task.jsonl").write_text('{"id": "1", "text": "x", "label": "a"}\n')
+    doc["finetune"]["task"]["path"] = str(tmp_path / "task.jsonl")
+    doc["ingest"]["sources"][0]["path"] = f"memory://dom-{tmp_path.name}/part-*.jsonl"
+    domain = domains.load_file(_write(tmp_path, doc))
+    files = domains.check_paths(domain.resolve("tiny"), domain, tmp_path)
+    assert files["ingest.sources[0].path"] == [f"memory:///dom-{tmp_path.name}/part-0.jsonl"]
+    doc["ingest"]["sources"][0]["path"] = f"memory://dom-{tmp_path.name}/none-*.jsonl"
+    domain = domains.load_file(_write(tmp_path, doc))
+    with pytest.raises(DomainError, match=r"ingest.sources\[0\].path: no file matches"):
+        domains.check_paths(domain.resolve("tiny"), domain, tmp_path)
+
+
 def test_name_clash_is_an_error_naming_both(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     clash = domains.Domain(domains.get("finance").spec, "entry point finance (acme-domains)",
