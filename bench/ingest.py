@@ -13,7 +13,8 @@ finance, general):
 Both tools run the Gopher quality and repetition filters with the paper's thresholds, MinHash
 on word 5-grams with 14 bands x 8 rows, and write Parquet. Ours also normalises, repairs
 mojibake, redacts PII and removes exact duplicates (decontamination is off: there is no test
-set); datatrove runs its reader, GopherQualityFilter, GopherRepetitionFilter, the four MinHash
+set; language ID is off, as datatrove's pipeline here has none); datatrove runs its reader,
+GopherQualityFilter, GopherRepetitionFilter, the four MinHash
 stages and a ParquetWriter, 2 workers, with a regex word tokenizer (its fastest; its default
 spaCy one was 4x slower here). Each tool runs in a subprocess: its wall time and peak RSS
 (of the process or its largest worker) are printed.
@@ -65,7 +66,8 @@ def clean_base(samples: Path, work: Path) -> list[dict]:
                    for d, names in SOURCES.items() for n in names]
         ingest.run(IngestConfig(sources=sources, quality={"gopher": {"min_words": 1,
                                                                      "min_stop_words": None}},
-                                decontamination={"enabled": False}, pii={"enabled": False}),
+                                decontamination={"enabled": False}, pii={"enabled": False},
+                                language={"enabled": False}),
                    {}, out)
     rows = []
     for path in sorted(out.glob("train-*.parquet")) + [out / "eval.parquet"]:
@@ -119,7 +121,8 @@ def run_ours(corpus: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     config = IngestConfig(sources=[{"name": "bench", "path": str(corpus / "part-*.jsonl"),
                                     "id_field": "id"}],
-                          quality=_gopher_defaults(), decontamination={"enabled": False})
+                          quality=_gopher_defaults(), decontamination={"enabled": False},
+                          language={"enabled": False})  # datatrove's pipeline here has none
     counts = ingest.run(config, {}, out).counts
     import duckdb
 

@@ -117,6 +117,37 @@ class QualityConfig(_Strict):
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
 
 
+class LanguageConfig(_Strict):
+    """Language identification with lingua (its models ship in the wheel: no download): a
+    document whose most likely language, among ``candidates``, is not in ``languages`` is
+    excluded (``language``). The first ``sample_chars`` characters are judged; documents
+    shorter than ``min_chars`` are kept unjudged (too little text to tell)."""
+
+    enabled: bool = True
+    languages: list[str] = Field(default_factory=lambda: ["en"],
+                                 description="Allowed, ISO 639-1 codes.")
+    candidates: list[str] | None = Field(
+        default_factory=lambda: ["en", "de", "fr", "es", "it", "pt", "nl", "sv", "pl", "ru",
+                                 "uk", "tr", "ar", "fa", "hi", "zh", "ja", "ko", "id", "vi"],
+        description="The languages told apart (ISO 639-1); null: all 75 lingua knows.")
+    sample_chars: int = Field(default=1000, gt=0)
+    min_chars: int = Field(default=50, ge=0)
+    low_accuracy: bool = Field(
+        default=False, description="lingua's faster mode (trigrams only): worse on short text.")
+
+    @model_validator(mode="after")
+    def _check(self) -> LanguageConfig:
+        from lingua import IsoCode639_1
+
+        unknown = [c for c in [*self.languages, *(self.candidates or [])]
+                   if not hasattr(IsoCode639_1, c.upper())]
+        if unknown:
+            raise ValueError(f"unknown ISO 639-1 language code(s) {unknown}")
+        if self.candidates is not None and not set(self.languages) <= set(self.candidates):
+            raise ValueError(f"languages {self.languages} must be among candidates")
+        return self
+
+
 PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date", "phone", "ip")
 
 
@@ -178,6 +209,7 @@ class IngestConfig(_Strict):
         default=True, description="Re-decode UTF-8 text that was read as Latin-1 (ftfy).")
     pii: PiiConfig = Field(default_factory=PiiConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
     near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import QualityGateError, dedup, pii, quality
+from pipeline import QualityGateError, dedup, language, pii, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
 from pipeline.domains import is_url, match_files
@@ -71,6 +71,7 @@ STAGE_SQL = """CASE
     WHEN d.reason IN ('empty', 'too_short', 'too_long') THEN 'length'
     WHEN d.reason IN ('duplicate', 'near_duplicate') THEN 'dedup'
     WHEN d.reason = 'contaminated' THEN 'decontaminate'
+    WHEN d.reason = 'language' THEN 'language'
     ELSE 'quality' END"""
 
 
@@ -274,6 +275,13 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         WHERE docs.ord = d.o AND d.rn > 1;
     """)
     lap("ngram_repetition_and_exact_dedup")
+    detected: dict[str, int] = {}
+    if config.language.enabled:
+        rejected, detected = language.identify(con, "source", config.language)
+        con.register("rejected", rejected)
+        con.execute("UPDATE docs SET reason = r.reason, detail = r.detail FROM rejected r "
+                    "WHERE docs.ord = r.ord")
+        lap("language")
     near = {"near_dup_candidates": 0, "near_dup_verified": 0}
     if config.near_dup.enabled:
         con.execute("CREATE TEMP VIEW remaining AS SELECT ord, text FROM docs "
@@ -338,7 +346,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
                   **contaminated, mojibake_repaired=repaired,
                   pii_docs=con.execute("SELECT count(*) FROM modified WHERE stage = 'pii'"
                                        ).fetchall()[0][0],
-                  **{f"pii_{name}": n for name, n in redacted.items()})
+                  **{f"pii_{name}": n for name, n in redacted.items()},
+                  **{f"language_{code}": n for code, n in detected.items()})
     assert counts["docs_in"] == counts["kept"] + counts["excluded"], counts
     if counts["kept"] < config.min_kept_docs or counts["eval_docs"] == 0:
         raise QualityGateError(

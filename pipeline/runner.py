@@ -63,6 +63,7 @@ class StageSpec:
 STAGE_SPECS: dict[str, StageSpec] = {
     "ingest": StageSpec("pipeline.ingest",
                         ("pipeline.ingest", "pipeline.quality", "pipeline.dedup", "pipeline.pii",
+                         "pipeline.language",
                          "pipeline.tasks"), ()),
     "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
                            ("ingest",)),

@@ -51,7 +51,8 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
                                "repetition": {"max_top_ngram_chars": None,
                                               "max_duplicate_ngram_chars": None}},
                    "pii": {"types": ["email", "phone", "ip", "credit_card", "iban", "ssn", "url",
-                                     "mrn", "person_date"]}},
+                                     "mrn", "person_date"]},
+                   "language": {"enabled": False}},
         "pretrain": {"mixture": {"general": 0.1}},
         # the chapter task first: the headline, and learnable in the tests' small budget
         "finetune": {"tasks": [
