@@ -212,12 +212,14 @@ def run_datatrove(corpus: Path, out: Path, workers: int) -> dict:
     return {"kept": n_kept, "pairs": pairs, "passed": passed}
 
 
-def jaccard(a: str, b: str, n: int = 5) -> float:
-    """Exact Jaccard similarity of the word n-gram sets (lower-cased \\w+ words)."""
-    def grams(t: str) -> set:
-        w = re.findall(r"\w+", t.lower())
-        return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))}
-    x, y = grams(a), grams(b)
+def grams(text: str, n: int = 5) -> set:
+    """Word n-grams of lower-cased ``\\w+`` words."""
+    w = re.findall(r"\w+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))}
+
+
+def jaccard(x: set, y: set) -> float:
+    """Exact Jaccard similarity of two n-gram sets."""
     return len(x & y) / max(len(x | y), 1)
 
 
@@ -241,12 +243,13 @@ def quality(result: dict, planted: dict[str, str], passed: set[str], corpus: Pat
     for removed, kept in pairs.items():
         clusters.setdefault(kept or removed, [kept] if kept else []).append(removed)
     text = texts(corpus, {d for members in clusters.values() for d in members})
+    shingled = {d: grams(t) for d, t in text.items()}
     correct = 0
     for members in clusters.values():
         for d in members:
             if d not in pairs:
                 continue  # the kept one
-            if any(o != d and jaccard(text.get(d, ""), text.get(o, "")) >= 0.8
+            if any(o != d and jaccard(shingled.get(d, set()), shingled.get(o, set())) >= 0.8
                    for o in members):
                 correct += 1
     return {"recall": len(found) / max(len(planted), 1), "pairs": len(planted),

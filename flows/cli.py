@@ -144,6 +144,11 @@ def run(
         "--from", help="Rebuild this stage and everything downstream.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild every selected stage.")] = False,
     domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    ingest_runner: Annotated[str, typer.Option(
+        help="Where ingest's shards run: threads, dask (a local cluster), tcp://HOST:PORT "
+             "(a Dask scheduler) or ray://HOST:PORT.")] = "threads",
+    ingest_workers: Annotated[int, typer.Option(
+        help="Threads or local Dask workers for ingest's shards.")] = 2,
     workdir: Workdir = None,
 ) -> None:
     """Run the domain pipeline (Prefect flow; no server needed)."""
@@ -162,7 +167,8 @@ def run(
     try:
         report = domain_pipeline(domain=domain, profile=profile, only=only,
                                  from_stage=from_stage, force=force, workdir=str(work),
-                                 domain_file=str(domain_file) if domain_file else None)
+                                 domain_file=str(domain_file) if domain_file else None,
+                                 ingest_runner=ingest_runner, ingest_workers=ingest_workers)
     except (StageError, FileNotFoundError, ValueError) as exc:
         raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})", code=1) from None
     if report:

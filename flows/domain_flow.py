@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 
+from flows.ingest_flow import ingest_flow, task_runner
 from pipeline.runner import Session, is_transient, select
 
 
@@ -35,7 +36,8 @@ def stage_task(session: Session, stage: str, key: str, force: bool, build_missin
 @flow(name="dapt-domain-pipeline", log_prints=True)
 def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str | None = None,
                     from_stage: str | None = None, force: bool = False,
-                    workdir: str | None = None, domain_file: str | None = None) -> str | None:
+                    workdir: str | None = None, domain_file: str | None = None,
+                    ingest_runner: str = "threads", ingest_workers: int = 2) -> str | None:
     params = {"profile": profile, "only": only, "from_stage": from_stage, "force": force,
               "domain_file": domain_file}
     session = Session.open(domain, profile, workdir=workdir, domain_file=domain_file,
@@ -45,6 +47,10 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
         retries = session.domain.spec.retries
         for stage in stages:
             build = force or stage in rebuild
+            if stage == "ingest" and session.needs_build(stage, build):  # shards as tasks
+                runner = task_runner(ingest_runner, ingest_workers)
+                ingest_flow.with_options(task_runner=runner)(session, build)
+                continue
             options = {"refresh_cache": session.needs_build(stage, build),
                        "retries": retries.count, "retry_delay_seconds": retries.delay_s,
                        "retry_condition_fn": _retry_transient}

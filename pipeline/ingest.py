@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -63,6 +66,9 @@ MOJIBAKE_RE = (r"[\x{00C2}-\x{00F4}][\x{0080}-\x{00BF}\x{0152}\x{0153}\x{0160}\x
                r"\x{0178}\x{017D}\x{017E}\x{0192}\x{02C6}\x{02DC}\x{2013}\x{2014}"
                r"\x{2018}-\x{201E}\x{2020}-\x{2022}\x{2026}\x{2030}\x{2039}\x{203A}"
                r"\x{20AC}\x{2122}]")
+
+# The shard of a row read with ``filename = true`` from ``_shards/NNNNN/<file>.parquet``.
+SHARD_SQL = "split_part(filename, '/', -2)::INTEGER"
 
 # Which step of the stage excluded a document, from its reason.
 STAGE_SQL = """CASE
@@ -203,24 +209,34 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
     return _with_ids(source, path, ids, table.column(0).to_pylist())
 
 
-def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    """``config.sources[*].path`` must already be resolved to absolute paths or globs."""
-    del inputs  # ingest has no upstream artifact: its inputs are the source files
-    lap = _Laps()
-    con = duckdb.connect()
-    tables, files = [], {}
-    for source in config.sources:
-        paths = [p if is_url(p) else Path(p) for p in sorted(match_files(source.path))]
-        files[source.name] = [str(p) for p in paths]
-        for path in paths:
-            if is_url(path):  # DuckDB reads it through the fsspec filesystem
-                import fsspec
+def shard_files(config: IngestConfig) -> list[list[tuple[str, str]]]:
+    """The per-document work in shards: one per source file, in source then file order, as
+    (source name, path or URL). The output depends on this order only, never on which worker
+    ran a shard or when."""
+    return [[(source.name, path)] for source in config.sources
+            for path in sorted(match_files(source.path))]
 
-                fs = fsspec.core.url_to_fs(path)[0]
-                if not con.filesystem_is_registered(fs.protocol if isinstance(fs.protocol, str)
-                                                    else fs.protocol[0]):
-                    con.register_filesystem(fs)
-            tables.append(read_source_file(con, source, path))
+
+def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir: Path
+                  ) -> dict[str, Any]:
+    """Everything ingest does to one document alone, for a shard's files: read, repair mojibake,
+    normalise, redact PII, the length, C4, Gopher, repetition and language filters. Writes
+    ``docs.parquet`` (ord, doc_id, source, reason, detail, text) and ``modified.parquet`` (ord,
+    stage, reason, detail) under ``shard_dir``; returns the shard's counts and step seconds.
+    Needs no other shard: Prefect maps it over a thread pool or a Dask cluster."""
+    lap = _Laps()
+    by_name = {s.name: s for s in config.sources}
+    con = duckdb.connect()
+    tables = []
+    for name, path in files:
+        if is_url(path):  # DuckDB reads it through the fsspec filesystem
+            import fsspec
+
+            fs = fsspec.core.url_to_fs(path)[0]
+            if not con.filesystem_is_registered(fs.protocol if isinstance(fs.protocol, str)
+                                                else fs.protocol[0]):
+                con.register_filesystem(fs)
+        tables.append(read_source_file(con, by_name[name], path if is_url(path) else Path(path)))
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)
@@ -260,21 +276,10 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
     """)
     lap("quality")
-    # The words of every document still in: for the n-gram filters and again for near-dedup.
-    words = quality.word_hashes(con, "source")
-    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition,
-                                                       words))
-    con.execute("""
-        UPDATE docs SET reason = r.reason, detail = r.detail FROM ngram_rep r
-        WHERE docs.ord = r.ord;
-        UPDATE docs SET reason = 'duplicate', detail = 'duplicate of ' || d.first_id
-        FROM (SELECT ord AS o, first_value(doc_id) OVER w AS first_id,
-                     row_number() OVER w AS rn
-              FROM docs WHERE reason IS NULL
-              WINDOW w AS (PARTITION BY md5(text) ORDER BY ord)) d
-        WHERE docs.ord = d.o AND d.rn > 1;
-    """)
-    lap("ngram_repetition_and_exact_dedup")
+    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition))
+    con.execute("UPDATE docs SET reason = r.reason, detail = r.detail FROM ngram_rep r "
+                "WHERE docs.ord = r.ord")
+    lap("ngram_repetition")
     detected: dict[str, int] = {}
     if config.language.enabled:
         rejected, detected = language.identify(con, "source", config.language)
@@ -282,15 +287,62 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         con.execute("UPDATE docs SET reason = r.reason, detail = r.detail FROM rejected r "
                     "WHERE docs.ord = r.ord")
         lap("language")
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    _copy(con, "SELECT ord, doc_id, source, reason, detail, text FROM docs ORDER BY ord",
+          shard_dir / "docs.parquet")
+    _copy(con, "SELECT * FROM modified ORDER BY ord, stage", shard_dir / "modified.parquet")
+    lap("write_shard")
+    con.close()
+    return {"mojibake_repaired": repaired, "pii": redacted, "language": detected,
+            "seconds": lap.seconds}
+
+
+def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
+        map_shards: Callable[[Callable, list[tuple]], list] | None = None) -> Manifest:
+    """``config.sources[*].path`` must already be resolved to absolute paths, globs or URLs.
+
+    ``map_shards(fn, jobs)`` runs ``fn(*job)`` for every job and returns the results in job
+    order; the default runs them here one by one. The flow passes one that maps Prefect tasks
+    over its task runner (threads, or a Dask cluster); the output is the same bytes either way.
+    """
+    del inputs  # ingest has no upstream artifact: its inputs are the source files
+    plan = shard_files(config)
+    work = out_dir / "_shards"
+    jobs = [(config, files, work / f"{i:05d}") for i, files in enumerate(plan)]
+    results = (map_shards or _serial_map)(prepare_shard, jobs)
+    lap = _Laps()
+    con = duckdb.connect()
+    # Global document order: shard order, then order within the shard.
+    parts = [str(work / f"{i:05d}" / "docs.parquet").replace("'", "''") for i in range(len(jobs))]
+    mods = [p.replace("docs.parquet", "modified.parquet") for p in parts]
+    con.execute(f"""
+        CREATE TABLE docs AS
+        SELECT (row_number() OVER (ORDER BY shard, local) - 1)::BIGINT AS ord, shard, local,
+               doc_id, source, reason, detail, text
+        FROM (SELECT {SHARD_SQL} AS shard, ord AS local, doc_id, source,
+                     reason, detail, text
+              FROM read_parquet({_sql_list(parts)}, filename = true));
+        CREATE TABLE modified AS
+        SELECT d.ord, m.stage, m.reason, m.detail
+        FROM (SELECT {SHARD_SQL} AS shard, ord AS local, stage, reason, detail
+              FROM read_parquet({_sql_list(mods)}, filename = true)) m
+        JOIN docs d USING (shard, local);
+        UPDATE docs SET reason = 'duplicate', detail = 'duplicate of ' || d.first_id
+        FROM (SELECT ord AS o, first_value(doc_id) OVER w AS first_id,
+                     row_number() OVER w AS rn
+              FROM docs WHERE reason IS NULL
+              WINDOW w AS (PARTITION BY md5(text) ORDER BY ord)) d
+        WHERE docs.ord = d.o AND d.rn > 1;
+    """) if jobs else con.execute("""
+        CREATE TABLE docs (ord BIGINT, doc_id VARCHAR, source VARCHAR, reason VARCHAR,
+                           detail VARCHAR, text VARCHAR);
+        CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR)""")
+    lap("exact_dedup")
     near = {"near_dup_candidates": 0, "near_dup_verified": 0}
     if config.near_dup.enabled:
         con.execute("CREATE TEMP VIEW remaining AS SELECT ord, text FROM docs "
                     "WHERE reason IS NULL")
-        remaining = con.sql("SELECT ord FROM remaining").arrow()
-        if hasattr(remaining, "read_all"):
-            remaining = remaining.read_all()
-        keep = np.isin(words[0], remaining.column(0).to_numpy())
-        found = dedup.find(con, "remaining", config.near_dup, (words[0][keep], words[1][keep]))
+        found = dedup.find(con, "remaining", config.near_dup)
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
         con.register("near", pa.table({"ord": found.ords.astype(np.int64),
                                        "rep": found.kept_ords.astype(np.int64),
@@ -321,9 +373,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     # Held-out rows in hash order: any prefix is an unbiased sample across sources.
     _copy(con, "SELECT doc_id, source, text FROM kept WHERE split = 'eval' ORDER BY md5(doc_id)",
           out_dir / "eval.parquet")
-    _copy(con, f"""SELECT d.doc_id, d.source, {STAGE_SQL} AS stage, d.reason, d.detail,
-                          coalesce(d.text, r.text) AS text
-                   FROM docs d JOIN raw r USING (ord) WHERE d.reason IS NOT NULL ORDER BY ord""",
+    _copy(con, f"""SELECT d.doc_id, d.source, {STAGE_SQL} AS stage, d.reason, d.detail, d.text
+                   FROM docs d WHERE d.reason IS NOT NULL ORDER BY ord""",
           out_dir / "excluded.parquet")
     _copy(con, """SELECT d.doc_id, d.source, m.stage, m.reason, m.detail, d.text
                   FROM modified m JOIN docs d USING (ord) ORDER BY ord, m.stage""",
@@ -342,7 +393,15 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
         SELECT 'train_chars', coalesce(sum(length(text)), 0) FROM kept WHERE split = 'train'
         UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
         GROUP BY reason""").fetchall())
-    counts.update(files=sum(len(v) for v in files.values()), train_shards=shards, **near,
+    files: dict[str, list[str]] = {s.name: [] for s in config.sources}
+    for shard in plan:
+        for name, path in shard:
+            files[name].append(str(path))
+    repaired = sum(r["mojibake_repaired"] for r in results)
+    redacted = _summed(r["pii"] for r in results)
+    detected = _summed(r["language"] for r in results)
+    seconds = {f"shards_{k}": v for k, v in _summed(r["seconds"] for r in results).items()}
+    counts.update(files=len(plan), ingest_shards=len(plan), train_shards=shards, **near,
                   **contaminated, mojibake_repaired=repaired,
                   pii_docs=con.execute("SELECT count(*) FROM modified WHERE stage = 'pii'"
                                        ).fetchall()[0][0],
@@ -358,14 +417,31 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path) -> Man
     by_source = con.sql("""SELECT source, count(*) FILTER (WHERE reason IS NULL),
                                   count(*) FROM docs GROUP BY source ORDER BY source""").fetchall()
     con.close()
+    shutil.rmtree(work, ignore_errors=True)
     return Manifest(
         stage="ingest",
         counts={k: int(v) for k, v in counts.items()},
         extra={"sources": {s: {"kept": int(k), "docs_in": int(n)} for s, k, n in by_source},
                "source_names": [s.name for s in config.sources],
                "general_sources": [s.name for s in config.sources if s.general],
-               "files": files, "seconds": lap.seconds},
+               "files": files, "seconds": {**seconds, **lap.seconds}},
     )
+
+
+def _serial_map(fn: Callable, jobs: list[tuple]) -> list:
+    return [fn(*job) for job in jobs]
+
+
+def _summed(dicts: Iterable[dict[str, float]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = round(total.get(k, 0) + v, 3)
+    return dict(sorted(total.items()))
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join(f"'{p}'" for p in paths) + "]"
 
 
 class _Laps:

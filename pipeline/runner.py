@@ -238,15 +238,17 @@ class Session:
                                              key=planned.inputs["models"])
         return found
 
-    def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True
-                  ) -> dict[str, Any]:
+    def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True,
+                  map_shards: Callable | None = None) -> dict[str, Any]:
+        """``map_shards``: how ingest runs its shards (see ``pipeline.ingest.run``)."""
         p = self.plan[stage]
+        extra = {"map_shards": map_shards} if map_shards is not None else {}
         started, t0 = datetime.now(UTC).replace(tzinfo=None), time.perf_counter()
         try:
             inputs = self.inputs(stage, build_missing=build_missing)
             art, hit = self.store.build(
                 stage=stage, key=p.key, config_hash=p.config_hash, code=p.code, inputs=inputs,
-                fn=lambda out: STAGE_SPECS[stage].fn()(p.config, inputs, out), force=force,
+                fn=lambda out: STAGE_SPECS[stage].fn()(p.config, inputs, out, **extra), force=force,
                 resume=STAGE_SPECS[stage].resumable)
         except Exception as exc:
             self.catalog.record_stage_failure(self.run_id, stage, p.key, started, repr(exc))

@@ -120,6 +120,7 @@ def test_decontamination_drops_training_text_that_overlaps_a_test_set(tmp_path: 
         sources=[{"name": "c", "path": str(tmp_path / "c.jsonl")}], min_kept_docs=1,
         eval_fraction=0.3, quality={"gopher": {"enabled": False},
                                     "repetition": {"enabled": False}},
+        language={"enabled": False},  # "w0 w1 ...": no language
         decontamination={"test_sets": [{"name": "short", "path": str(tmp_path / "short.jsonl")},
                                        {"name": "long", "path": str(tmp_path / "long.jsonl")}]})
     counts = ingest.run(config, {}, out).counts

@@ -1,0 +1,65 @@
+"""Ingest's shards as Prefect tasks: run alone, on a thread pool and on a local Dask cluster
+(separate worker processes), the ingest artifact holds the same bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.ingest_flow import ingest_flow, task_runner
+from pipeline.runner import Session
+from tests.e2e_domain import write_test_domain
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory):
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with (temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(storage)}),
+          prefect_test_harness(server_startup_timeout=120)):
+        yield
+
+
+def _shard_task_runs(state) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    return sorted(f"{r.name}:{r.state.name}" for r in runs)
+
+
+def _ingest(samples_dir: Path, root: Path, runner: str | None) -> tuple[dict, dict[str, bytes]]:
+    domain = write_test_domain(samples_dir, root)
+    session = Session.open(None, "tiny", workdir=root / "work", domain_file=domain)
+    if runner is None:
+        session.run_stage("ingest")  # no Prefect: the shards run one by one
+    else:
+        state = ingest_flow.with_options(task_runner=task_runner(runner, 2))(
+            session, return_state=True)
+        assert _shard_task_runs(state) == [f"ingest-shard-{i}:Completed" for i in range(4)]
+    art = session.artifacts["ingest"]
+    assert not (art.path / "_shards").exists()
+    return art.manifest.counts, {p.name: p.read_bytes() for p in sorted(art.path.glob("*.parquet"))}
+
+
+def test_threads_and_dask_write_the_same_bytes(harness, samples_dir: Path,
+                                               tmp_path: Path) -> None:
+    alone = _ingest(samples_dir, tmp_path / "alone", None)
+    threads = _ingest(samples_dir, tmp_path / "threads", "threads")
+    dask = _ingest(samples_dir, tmp_path / "dask", "dask")
+    counts, files = alone
+    assert counts["ingest_shards"] == 4  # one per source file: hpo, icd10cm, healthnews, news
+    assert counts["docs_in"] == counts["kept"] + counts["excluded"] == 7800
+    assert {"train-00000.parquet", "eval.parquet", "excluded.parquet", "modified.parquet",
+            "stats.parquet"} <= set(files)
+    assert threads == alone
+    assert dask == alone
+
+
+def test_unknown_runner_is_named() -> None:
+    with pytest.raises(ValueError, match="ingest_runner 'spark'"):
+        task_runner("spark")
