@@ -114,16 +114,24 @@ def build_corpus(base: list[dict], size_mb: int, out: Path, seed: int = 0) -> di
     return planted
 
 
-def run_ours(corpus: Path, out: Path) -> dict:
+def run_ours(corpus: Path, out: Path, workers: int = 2) -> dict:
+    """Our stage with its shards on ``workers`` threads, as `dapt run` maps them (Prefect's
+    thread pool there; a plain one here, without the flow's fixed start-up cost)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipeline import ingest
     from pipeline.config import IngestConfig
+
+    def threads(fn, jobs):
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda job: fn(*job), jobs))
 
     out.mkdir(parents=True, exist_ok=True)
     config = IngestConfig(sources=[{"name": "bench", "path": str(corpus / "part-*.jsonl"),
                                     "id_field": "id"}],
                           quality=_gopher_defaults(), decontamination={"enabled": False},
                           language={"enabled": False})  # datatrove's pipeline here has none
-    counts = ingest.run(config, {}, out).counts
+    counts = ingest.run(config, {}, out, map_shards=threads).counts
     import duckdb
 
     con = duckdb.connect()
@@ -262,7 +270,7 @@ def _child(tool: str, corpus: Path, out: Path, workers: int) -> dict:
             f"sys.path[0] = {str(Path(__file__).resolve().parent.parent)!r}; "
             f"from bench.ingest import run_{tool}; from pathlib import Path; "
             f"r = run_{tool}(Path({str(corpus)!r}), Path({str(out)!r})"
-            + (f", {workers})" if tool == "datatrove" else ")")
+            + f", {workers})"
             + "; r['peak_rss_mb'] = max(resource.getrusage(w).ru_maxrss for w in "
             "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024"
             + f"; Path({str(out / 'result.json')!r}).write_text(json.dumps(r))")
