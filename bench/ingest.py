@@ -304,26 +304,19 @@ def main() -> None:
         planted = (json.loads((corpus / "planted.json").read_text())
                    if (corpus / "planted.json").exists() else build_corpus(base, size, corpus))
         mb = sum(p.stat().st_size for p in corpus.glob("part-*.jsonl")) / 1e6
-        ours_out = args.work / f"ours-{size}"
-        subprocess.run(["rm", "-rf", str(ours_out)], check=True)
-        ours = _child("ours", corpus, ours_out, args.workers)
-        q = quality(ours, planted, set(ours["passed"]), corpus)
-        print(f"{mb:7.1f} MB  ours       {ours['seconds']:7.1f} s  {mb / ours['seconds']:6.2f} MB/s"
-              f"  peak RSS {ours['peak_rss_mb']:6.0f} MB  kept {ours['kept']:,}  near-dup "
-              f"precision {q['precision']:.3f} recall {q['recall']:.3f} "
-              f"({q['pairs']:,} planted pairs, {q['removed']:,} removed)", flush=True)
-        if size in dt_sizes:
-            dt_out = args.work / f"datatrove-{size}"
-            subprocess.run(["rm", "-rf", str(dt_out)], check=True)
-            dt = _child("datatrove", corpus, dt_out, args.workers)
-            qd = quality(dt, planted, set(dt["passed"]), corpus)
-            print(f"{mb:7.1f} MB  datatrove  {dt['seconds']:7.1f} s  "
-                  f"{mb / dt['seconds']:6.2f} MB/s  peak RSS {dt['peak_rss_mb']:6.0f} MB  kept "
-                  f"{dt['kept']:,}  near-dup precision {qd['precision']:.3f} recall "
-                  f"{qd['recall']:.3f} ({qd['pairs']:,} planted pairs, {qd['removed']:,} removed)",
-                  flush=True)
-            print(f"{mb:7.1f} MB  ratio ours/datatrove: {dt['seconds'] / ours['seconds']:.1f}x",
-                  flush=True)
+        results = {}
+        for tool in ("ours", "datatrove") if size in dt_sizes else ("ours",):
+            out = args.work / f"{tool}-{size}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            r = results[tool] = _child(tool, corpus, out, args.workers)
+            q = quality(r, planted, set(r["passed"]), corpus)
+            print(f"{mb:7.1f} MB  {tool:<10} {r['seconds']:7.1f} s  {mb / r['seconds']:6.2f} MB/s"
+                  f"  peak RSS {r['peak_rss_mb']:6.0f} MB  kept {r['kept']:,}  near-dup "
+                  f"precision {q['precision']:.3f} recall {q['recall']:.3f} "
+                  f"({q['pairs']:,} planted pairs, {q['removed']:,} removed)", flush=True)
+        if "datatrove" in results:
+            ratio = results["datatrove"]["seconds"] / results["ours"]["seconds"]
+            print(f"{mb:7.1f} MB  ratio ours/datatrove: {ratio:.1f}x", flush=True)
         del planted
     os.sync()
 

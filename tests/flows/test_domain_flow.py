@@ -9,8 +9,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -19,14 +17,6 @@ from flows.domain_flow import domain_pipeline
 from pipeline.catalog import Catalog
 from pipeline.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory):
-    storage = tmp_path_factory.mktemp("prefect-results")
-    with (temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(storage)}),
-          prefect_test_harness(server_startup_timeout=120)):
-        yield
 
 
 @pytest.fixture(scope="module")

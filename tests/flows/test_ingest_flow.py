@@ -6,20 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.ingest_flow import ingest_flow, task_runner
 from pipeline.runner import Session
 from tests.e2e_domain import write_test_domain
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory):
-    storage = tmp_path_factory.mktemp("prefect-results")
-    with (temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(storage)}),
-          prefect_test_harness(server_startup_timeout=120)):
-        yield
 
 
 def _shard_task_runs(state) -> list[str]:
