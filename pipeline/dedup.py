@@ -77,19 +77,29 @@ def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int)
     return np.array(matrix.to_rows(), dtype=np.uint64).reshape(len(starts), num_perm)
 
 
-def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig,
-         words: tuple[np.ndarray, np.ndarray] | None = None) -> NearDuplicates:
-    """Near-duplicates among the rows (ord, text) of the table or view ``source``; ``words``:
-    its (ord, word hash) in order, as ``word_hashes`` computes them, when the caller has them."""
-    if words is None:
-        ords, hashes = ngram_hashes(con, source, config.ngram)
-    else:
-        ords, hashes = shingles(words[0], words[1], config.ngram) if len(words[0]) else words
-    empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
+def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(document ords, (documents, bands x rows) MinHash signatures) of the rows (ord, text)
+    of ``source``; a document without a word has no signature."""
+    num_perm = config.num_bands * config.rows_per_band
+    ords, hashes = ngram_hashes(con, source, config.ngram)
     if len(ords) == 0:
-        return empty
+        return np.array([], np.int64), np.zeros((0, num_perm), np.uint64)
     doc_ords, starts = np.unique(ords, return_index=True)
-    sig = signatures(hashes, starts, config.num_bands * config.rows_per_band, config.seed)
+    return doc_ords, signatures(hashes, starts, num_perm, config.seed)
+
+
+def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> NearDuplicates:
+    """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
+    return find_in(*signatures_of(con, source, config), config)
+
+
+def find_in(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> NearDuplicates:
+    """Near-duplicates among documents given by their ords (ascending: the earliest of a
+    cluster is kept) and MinHash signatures, as ``signatures_of`` returns them."""
+    empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
+    if len(doc_ords) == 0:
+        return empty
     r = config.rows_per_band
     pairs = []
     for band in range(config.num_bands):

@@ -288,8 +288,17 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
                     "WHERE docs.ord = r.ord")
         lap("language")
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _copy(con, "SELECT ord, doc_id, source, reason, detail, text FROM docs ORDER BY ord",
-          shard_dir / "docs.parquet")
+    # What the global steps need besides the text, so they never hold the corpus's text: each
+    # document's MD5 (exact dedup) and MinHash signature (near dedup).
+    if config.near_dup.enabled:
+        sig_ords, sig = dedup.signatures_of(con, "source", config.near_dup)
+        pq.write_table(pa.table({"ord": pa.array(sig_ords, pa.int64()),
+                                 "sig": pa.FixedSizeListArray.from_arrays(
+                                     pa.array(sig.ravel(), pa.uint64()), sig.shape[1])}),
+                       shard_dir / "signatures.parquet")
+        lap("minhash")
+    _copy(con, "SELECT ord, doc_id, source, reason, detail, md5(text) AS md5, text FROM docs "
+          "ORDER BY ord", shard_dir / "docs.parquet")
     _copy(con, "SELECT * FROM modified ORDER BY ord, stage", shard_dir / "modified.parquet")
     lap("write_shard")
     con.close()
@@ -311,38 +320,60 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     jobs = [(config, files, work / f"{i:05d}") for i, files in enumerate(plan)]
     results = (map_shards or _serial_map)(prepare_shard, jobs)
     lap = _Laps()
-    con = duckdb.connect()
-    # Global document order: shard order, then order within the shard.
+    # The global steps keep one row per document without its text, in a database file that
+    # DuckDB may spill to disk; texts are read back from the shards' Parquet when written out.
+    con = duckdb.connect(str(work / "global.duckdb"))
     parts = [str(work / f"{i:05d}" / "docs.parquet").replace("'", "''") for i in range(len(jobs))]
     mods = [p.replace("docs.parquet", "modified.parquet") for p in parts]
-    con.execute(f"""
-        CREATE TABLE docs AS
-        SELECT (row_number() OVER (ORDER BY shard, local) - 1)::BIGINT AS ord, shard, local,
-               doc_id, source, reason, detail, text
-        FROM (SELECT {SHARD_SQL} AS shard, ord AS local, doc_id, source,
-                     reason, detail, text
-              FROM read_parquet({_sql_list(parts)}, filename = true));
-        CREATE TABLE modified AS
-        SELECT d.ord, m.stage, m.reason, m.detail
-        FROM (SELECT {SHARD_SQL} AS shard, ord AS local, stage, reason, detail
-              FROM read_parquet({_sql_list(mods)}, filename = true)) m
-        JOIN docs d USING (shard, local);
+    if jobs:  # global document order: shard order, then order within the shard
+        con.execute(f"""
+            CREATE TABLE docs AS
+            SELECT (row_number() OVER (ORDER BY shard, local) - 1)::BIGINT AS ord, shard, local,
+                   doc_id, source, reason, detail, md5, chars
+            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, doc_id, source, reason, detail,
+                         md5, length(text) AS chars
+                  FROM read_parquet({_sql_list(parts)}, filename = true));
+            CREATE TABLE modified AS
+            SELECT d.ord, m.stage, m.reason, m.detail
+            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, stage, reason, detail
+                  FROM read_parquet({_sql_list(mods)}, filename = true)) m
+            JOIN docs d USING (shard, local);
+            CREATE VIEW texts AS
+            SELECT d.ord, t.text
+            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, text
+                  FROM read_parquet({_sql_list(parts)}, filename = true)) t
+            JOIN docs d USING (shard, local);""")
+    else:
+        con.execute("""
+            CREATE TABLE docs (ord BIGINT, shard INTEGER, local BIGINT, doc_id VARCHAR,
+                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 VARCHAR,
+                               chars BIGINT);
+            CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR);
+            CREATE VIEW texts AS SELECT 0::BIGINT AS ord, ''::VARCHAR AS text WHERE false""")
+    con.execute("""
         UPDATE docs SET reason = 'duplicate', detail = 'duplicate of ' || d.first_id
         FROM (SELECT ord AS o, first_value(doc_id) OVER w AS first_id,
                      row_number() OVER w AS rn
               FROM docs WHERE reason IS NULL
-              WINDOW w AS (PARTITION BY md5(text) ORDER BY ord)) d
-        WHERE docs.ord = d.o AND d.rn > 1;
-    """) if jobs else con.execute("""
-        CREATE TABLE docs (ord BIGINT, doc_id VARCHAR, source VARCHAR, reason VARCHAR,
-                           detail VARCHAR, text VARCHAR);
-        CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR)""")
+              WINDOW w AS (PARTITION BY md5 ORDER BY ord)) d
+        WHERE docs.ord = d.o AND d.rn > 1""")
     lap("exact_dedup")
     near = {"near_dup_candidates": 0, "near_dup_verified": 0}
-    if config.near_dup.enabled:
-        con.execute("CREATE TEMP VIEW remaining AS SELECT ord, text FROM docs "
-                    "WHERE reason IS NULL")
-        found = dedup.find(con, "remaining", config.near_dup)
+    if config.near_dup.enabled and jobs:
+        sigs = [p.replace("docs.parquet", "signatures.parquet") for p in parts]
+        table = con.sql(f"""
+            SELECT d.ord, s.sig
+            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, sig
+                  FROM read_parquet({_sql_list(sigs)}, filename = true)) s
+            JOIN docs d USING (shard, local) WHERE d.reason IS NULL ORDER BY d.ord""").arrow()
+        if hasattr(table, "read_all"):
+            table = table.read_all()
+        num_perm = config.near_dup.num_bands * config.near_dup.rows_per_band
+        sig = (table.column("sig").combine_chunks().flatten().to_numpy()
+               .reshape(table.num_rows, num_perm) if table.num_rows
+               else np.zeros((0, num_perm), np.uint64))
+        found = dedup.find_in(table.column("ord").to_numpy(), sig, config.near_dup)
+        del table, sig
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
         con.register("near", pa.table({"ord": found.ords.astype(np.int64),
                                        "rep": found.kept_ords.astype(np.int64),
@@ -356,31 +387,37 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     held = (f"md5_number(doc_id || ':{config.seed}') % 1000000 "
             f"< {round(config.eval_fraction * 1_000_000)}")
     lap("near_dedup")
-    contaminated = _decontaminate(con, config, held) if config.decontamination.enabled else {}
+    contaminated = (_decontaminate(con, config, held, len(jobs))
+                    if config.decontamination.enabled else {})
     lap("decontaminate")
     con.execute(f"""
         CREATE TABLE kept AS
-        SELECT ord, doc_id, source, text, CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
+        SELECT ord, doc_id, source, chars, CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
         FROM docs WHERE reason IS NULL;
     """)
     n_train = con.execute("SELECT count(*) FROM kept WHERE split = 'train'").fetchall()[0][0]
     lap("split")
     shards = max(1, -(-n_train // config.num_docs_per_shard))
+    con.execute("""CREATE TABLE train_rank AS
+                   SELECT ord, (row_number() OVER (ORDER BY ord) - 1) AS rn
+                   FROM kept WHERE split = 'train'""")
     for i in range(shards):
-        _copy(con, f"""SELECT doc_id, source, text FROM kept WHERE split = 'train' ORDER BY ord
-                       LIMIT {config.num_docs_per_shard} OFFSET {i * config.num_docs_per_shard}""",
+        lo, hi = i * config.num_docs_per_shard, (i + 1) * config.num_docs_per_shard
+        _copy(con, f"""SELECT k.doc_id, k.source, t.text
+                       FROM kept k JOIN train_rank r USING (ord) JOIN texts t USING (ord)
+                       WHERE r.rn >= {lo} AND r.rn < {hi} ORDER BY ord""",
               out_dir / f"train-{i:05d}.parquet")
     # Held-out rows in hash order: any prefix is an unbiased sample across sources.
-    _copy(con, "SELECT doc_id, source, text FROM kept WHERE split = 'eval' ORDER BY md5(doc_id)",
-          out_dir / "eval.parquet")
-    _copy(con, f"""SELECT d.doc_id, d.source, {STAGE_SQL} AS stage, d.reason, d.detail, d.text
-                   FROM docs d WHERE d.reason IS NOT NULL ORDER BY ord""",
-          out_dir / "excluded.parquet")
-    _copy(con, """SELECT d.doc_id, d.source, m.stage, m.reason, m.detail, d.text
-                  FROM modified m JOIN docs d USING (ord) ORDER BY ord, m.stage""",
-          out_dir / "modified.parquet")
+    _copy(con, """SELECT k.doc_id, k.source, t.text FROM kept k JOIN texts t USING (ord)
+                  WHERE k.split = 'eval' ORDER BY md5(k.doc_id)""", out_dir / "eval.parquet")
+    _copy(con, f"""SELECT d.doc_id, d.source, {STAGE_SQL} AS stage, d.reason, d.detail, t.text
+                   FROM docs d JOIN texts t USING (ord) WHERE d.reason IS NOT NULL
+                   ORDER BY ord""", out_dir / "excluded.parquet")
+    _copy(con, """SELECT d.doc_id, d.source, m.stage, m.reason, m.detail, t.text
+                  FROM modified m JOIN docs d USING (ord) JOIN texts t USING (ord)
+                  ORDER BY ord, m.stage""", out_dir / "modified.parquet")
     _copy(con, """SELECT d.source, coalesce(k.split, 'excluded:' || d.reason) AS outcome,
-                         count(*) AS docs, sum(length(d.text)) AS chars
+                         count(*) AS docs, sum(d.chars) AS chars
                   FROM docs d LEFT JOIN kept k USING (ord) GROUP BY ALL ORDER BY ALL""",
           out_dir / "stats.parquet")
 
@@ -390,7 +427,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
         SELECT 'train_docs', count(*) FROM kept WHERE split = 'train' UNION ALL
         SELECT 'eval_docs', count(*) FROM kept WHERE split = 'eval' UNION ALL
         SELECT 'excluded', count(*) FROM docs WHERE reason IS NOT NULL UNION ALL
-        SELECT 'train_chars', coalesce(sum(length(text)), 0) FROM kept WHERE split = 'train'
+        SELECT 'train_chars', coalesce(sum(chars), 0) FROM kept WHERE split = 'train'
         UNION ALL SELECT 'excluded_' || reason, count(*) FROM docs WHERE reason IS NOT NULL
         GROUP BY reason""").fetchall())
     files: dict[str, list[str]] = {s.name: [] for s in config.sources}
@@ -491,18 +528,18 @@ def _redact(con: duckdb.DuckDBPyConnection, config: IngestConfig) -> dict[str, i
     return totals
 
 
-def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str
-                   ) -> dict[str, int]:
+def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str,
+                   n_shards: int) -> dict[str, int]:
     """Exclude training documents that share a word n-gram with the held-out slice or a test
-    set (each fine-tune task's test split); the first set matched is named in the detail."""
+    set (each fine-tune task's test split); the first set matched is named in the detail.
+    The held-out slice's and the test sets' n-grams are held (a few % of the corpus); training
+    text is hashed one shard at a time."""
     from pipeline.tasks import eval_set_texts
 
     n = config.decontamination.ngram
-    con.execute(f"CREATE TEMP VIEW held AS SELECT ord, text FROM docs "
-                f"WHERE reason IS NULL AND {held}")
-    con.execute(f"CREATE TEMP VIEW training AS SELECT ord, text FROM docs "
-                f"WHERE reason IS NULL AND NOT ({held})")
-    train_ords, train_hashes = dedup.ngram_hashes(con, "training", n)
+    con.execute(f"""CREATE TEMP VIEW held AS
+                    SELECT ord, text FROM texts JOIN docs USING (ord)
+                    WHERE reason IS NULL AND {held}""")
     sets = {"the held-out slice": dedup.ngram_hashes(con, "held", n)[1]}
     for eval_set in config.decontamination.test_sets:
         texts = eval_set_texts(eval_set)
@@ -512,18 +549,22 @@ def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: s
         sets[f"test set {eval_set.name}"] = dedup.ngram_hashes(con, "eval_set", n)[1]
         con.unregister("eval_set")
     found: dict[int, str] = {}
-    counts = {"decontamination_test_sets": len(sets) - 1}
-    for name, hashes in sets.items():
-        hit = np.unique(train_ords[np.isin(train_hashes, hashes)])
-        new = [int(o) for o in hit if int(o) not in found]
-        found.update((o, f"shares a {n}-word sequence with {name}") for o in new)
+    for shard in range(n_shards):
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW training AS
+                        SELECT ord, text FROM texts JOIN docs USING (ord)
+                        WHERE shard = {shard} AND reason IS NULL AND NOT ({held})""")
+        train_ords, train_hashes = dedup.ngram_hashes(con, "training", n)
+        for name, hashes in sets.items():
+            hit = np.unique(train_ords[np.isin(train_hashes, hashes)])
+            found.update((int(o), f"shares a {n}-word sequence with {name}") for o in hit
+                         if int(o) not in found)
     if found:
         con.register("contaminated", pa.table({"ord": list(found), "detail": list(found.values())},
                                               schema=pa.schema([("ord", pa.int64()),
                                                                 ("detail", pa.string())])))
         con.execute("UPDATE docs SET reason = 'contaminated', detail = c.detail "
                     "FROM contaminated c WHERE docs.ord = c.ord")
-    return counts
+    return {"decontamination_test_sets": len(sets) - 1}
 
 
 def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
