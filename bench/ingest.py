@@ -8,7 +8,8 @@ finance, general):
   2. synthetic documents of 3+ real sentences drawn at random from the base fill it to the
      size asked for (more distinct text than the samples hold);
   3. 5% of the documents with 200+ words get a planted copy with 1 word in 100 replaced
-     (5-gram Jaccard about 0.9), placed later in the corpus.
+     (5-gram Jaccard about 0.9), placed later in the corpus;
+  4. it is written as JSONL files of about 32 MB, as a crawl or an export would be.
 
 Both tools run the Gopher quality and repetition filters with the paper's thresholds, MinHash
 on word 5-grams with 14 bands x 8 rows, and write Parquet. Ours also normalises, repairs
@@ -45,7 +46,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py s
 
 SOURCES = {"medical": ["hpo", "icd10cm", "healthnews"], "legal": ["licenses", "rules"],
            "finance": ["bbc_business"], "general": ["news"]}
-FILES = 8  # corpus files: the unit of parallelism for datatrove's 2 workers
+PART_MB = 32  # corpus files of about this size: the unit of parallelism of both tools
 
 
 def _gopher_defaults():
@@ -107,8 +108,9 @@ def build_corpus(base: list[dict], size_mb: int, out: Path, seed: int = 0) -> di
         pending.sort(key=lambda p: p[0])
     final += [c for _, c in pending]
     out.mkdir(parents=True, exist_ok=True)
-    for k in range(FILES):
-        part = final[k * len(final) // FILES:(k + 1) * len(final) // FILES]
+    files = max(1, round(size_mb / PART_MB))
+    for k in range(files):
+        part = final[k * len(final) // files:(k + 1) * len(final) // files]
         (out / f"part-{k:02d}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in part))
     (out / "planted.json").write_text(json.dumps(planted))
     return planted
@@ -184,7 +186,8 @@ def run_datatrove(corpus: Path, out: Path, workers: int) -> dict:
     config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="xxhash"), num_buckets=14,
                            hashes_per_bucket=8, n_grams=5)
     read = JsonlReader(str(corpus), glob_pattern="part-*.jsonl", id_key="id")
-    common = {"tasks": FILES, "workers": workers, "logging_dir": str(out / "logs")}
+    files = len(list(corpus.glob("part-*.jsonl")))
+    common = {"tasks": files, "workers": workers, "logging_dir": str(out / "logs")}
     LocalPipelineExecutor(pipeline=[
         read, GopherRepetitionFilter(language=words), GopherQualityFilter(language=words),
         JsonlWriter(str(out / "filtered"), compression=None),
