@@ -214,6 +214,10 @@ class IngestConfig(_Strict):
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")
     num_docs_per_shard: int = Field(default=100_000, gt=0)
+    shard_mb: float = Field(
+        default=32, gt=0, description="Source files are grouped, in order, into work shards "
+        "of about this many MB (a bigger file is a shard alone); the output does not depend "
+        "on it.")
     min_kept_docs: int = Field(default=100, ge=1, description="Quality gate: fail below this.")
     seed: int = 0
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -210,11 +211,29 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
 
 
 def shard_files(config: IngestConfig) -> list[list[tuple[str, str]]]:
-    """The per-document work in shards: one per source file, in source then file order, as
-    (source name, path or URL). The output depends on this order only, never on which worker
-    ran a shard or when."""
-    return [[(source.name, path)] for source in config.sources
-            for path in sorted(match_files(source.path))]
+    """The per-document work in shards: source files in source then file order, as (source
+    name, path or URL), grouped into runs of about ``shard_mb`` (a bigger file is a shard
+    alone, so a folder of small files is not thousands of shards). The output depends on the
+    file order only, never on the grouping, on which worker ran a shard or when."""
+    limit, shards, current, size = config.shard_mb * 1e6, [], [], 0
+    for source in config.sources:
+        for path in sorted(match_files(source.path)):
+            n = _file_size(path)
+            if current and size + n > limit:
+                shards.append(current)
+                current, size = [], 0
+            current.append((source.name, path))
+            size += n
+    return shards + ([current] if current else [])
+
+
+def _file_size(path: str) -> int:
+    if not is_url(path):
+        return os.path.getsize(path)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return int(fs.size(root) or 0)
 
 
 def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir: Path
@@ -338,8 +357,10 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
             FROM (SELECT {SHARD_SQL} AS shard, ord AS local, stage, reason, detail
                   FROM read_parquet({_sql_list(mods)}, filename = true)) m
             JOIN docs d USING (shard, local);
+            -- CASE: always a nullable column, so the Parquet written is the same whether one
+            -- shard file or several were read (DuckDB writes "required" when it knows).
             CREATE VIEW texts AS
-            SELECT d.ord, t.text
+            SELECT d.ord, CASE WHEN t.text IS NULL THEN NULL ELSE t.text END AS text
             FROM (SELECT {SHARD_SQL} AS shard, ord AS local, text
                   FROM read_parquet({_sql_list(parts)}, filename = true)) t
             JOIN docs d USING (shard, local);""")
@@ -387,7 +408,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     held = (f"md5_number(doc_id || ':{config.seed}') % 1000000 "
             f"< {round(config.eval_fraction * 1_000_000)}")
     lap("near_dedup")
-    contaminated = (_decontaminate(con, config, held, len(jobs))
+    contaminated = (_decontaminate(con, config, held, parts)
                     if config.decontamination.enabled else {})
     lap("decontaminate")
     con.execute(f"""
@@ -438,7 +459,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     redacted = _summed(r["pii"] for r in results)
     detected = _summed(r["language"] for r in results)
     seconds = {f"shards_{k}": v for k, v in _summed(r["seconds"] for r in results).items()}
-    counts.update(files=len(plan), ingest_shards=len(plan), train_shards=shards, **near,
+    counts.update(files=sum(len(s) for s in plan), ingest_shards=len(plan), train_shards=shards,
+                  **near,
                   **contaminated, mojibake_repaired=repaired,
                   pii_docs=con.execute("SELECT count(*) FROM modified WHERE stage = 'pii'"
                                        ).fetchall()[0][0],
@@ -529,7 +551,7 @@ def _redact(con: duckdb.DuckDBPyConnection, config: IngestConfig) -> dict[str, i
 
 
 def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str,
-                   n_shards: int) -> dict[str, int]:
+                   parts: list[str]) -> dict[str, int]:
     """Exclude training documents that share a word n-gram with the held-out slice or a test
     set (each fine-tune task's test split); the first set matched is named in the detail.
     The held-out slice's and the test sets' n-grams are held (a few % of the corpus); training
@@ -549,10 +571,12 @@ def _decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: s
         sets[f"test set {eval_set.name}"] = dedup.ngram_hashes(con, "eval_set", n)[1]
         con.unregister("eval_set")
     found: dict[int, str] = {}
-    for shard in range(n_shards):
+    for shard, part in enumerate(parts):  # one shard's Parquet read at a time
         con.execute(f"""CREATE OR REPLACE TEMP VIEW training AS
-                        SELECT ord, text FROM texts JOIN docs USING (ord)
-                        WHERE shard = {shard} AND reason IS NULL AND NOT ({held})""")
+                        SELECT d.ord, t.text
+                        FROM (SELECT ord AS local, text FROM read_parquet('{part}')) t
+                        JOIN docs d ON d.shard = {shard} AND d.local = t.local
+                        WHERE d.reason IS NULL AND NOT ({held})""")
         train_ords, train_hashes = dedup.ngram_hashes(con, "training", n)
         for name, hashes in sets.items():
             hit = np.unique(train_ords[np.isin(train_hashes, hashes)])

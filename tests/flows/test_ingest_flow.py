@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.ingest_flow import ingest_flow, task_runner
 from pipeline.runner import Session
@@ -24,6 +25,9 @@ def _shard_task_runs(state) -> list[str]:
 
 def _ingest(samples_dir: Path, root: Path, runner: str | None) -> tuple[dict, dict[str, bytes]]:
     domain = write_test_domain(samples_dir, root)
+    doc = yaml.safe_load(domain.read_text())
+    doc["ingest"]["shard_mb"] = 0.01  # every file a shard of its own
+    domain.write_text(yaml.safe_dump(doc, sort_keys=False))
     session = Session.open(None, "tiny", workdir=root / "work", domain_file=domain)
     if runner is None:
         session.run_stage("ingest")  # no Prefect: the shards run one by one

@@ -216,3 +216,23 @@ def test_fsspec_url_sources_read_like_local_files(tmp_path: Path) -> None:
     counts, (train, held, excluded) = outs[0]
     assert counts["docs_in"] == 33 and [r["reason"] for r in excluded] == ["malformed_json"]
     assert {"j:g", "t:c.txt:0"} <= {r["doc_id"] for r in train + held}
+
+
+def test_shards_group_small_files_in_order_and_do_not_change_the_output(tmp_path: Path) -> None:
+    for i in range(6):
+        _jsonl(tmp_path / f"p{i}.jsonl", [{"id": f"{i}-{j}", "text": f"{LONG} File {i} row {j}."}
+                                          for j in range(40)])
+    size = (tmp_path / "p0.jsonl").stat().st_size / 1e6
+    src = [{"name": "a", "path": str(tmp_path / "p*.jsonl"), "id_field": "id"}]
+    outs = []
+    for shard_mb, expected in ((size * 2.5, [2, 2, 2]), (size / 2, [1] * 6), (100, [6])):
+        config = IngestConfig(sources=src, min_kept_docs=1, shard_mb=shard_mb, **BASICS)
+        assert [len(s) for s in ingest.shard_files(config)] == expected
+        assert [p for s in ingest.shard_files(config) for _, p in s] == sorted(
+            str(p) for p in tmp_path.glob("p*.jsonl"))
+        out = tmp_path / f"out-{len(expected)}"
+        out.mkdir()
+        counts = ingest.run(config, {}, out).counts
+        assert counts["ingest_shards"] == len(expected)
+        outs.append({p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))})
+    assert outs[0] == outs[1] == outs[2]
