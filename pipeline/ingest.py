@@ -172,9 +172,19 @@ def _read_jsonl_careful(source: SourceConfig, path: Path | _UrlPath) -> pa.Table
 
 def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path: Path | str
                      ) -> pa.Table:
-    """One file (a local path, or an fsspec URL whose filesystem ``con`` has registered) as rows
-    (doc_id, source, text, reason, detail); reason is set for bad records."""
-    path = path if isinstance(path, Path) else _UrlPath(path)
+    """One file (a local path, or an fsspec URL: its filesystem is registered with ``con`` so
+    DuckDB reads it) as rows (doc_id, source, text, reason, detail); reason is set for bad
+    records."""
+    if is_url(path):
+        import fsspec
+
+        fs = fsspec.core.url_to_fs(str(path))[0]
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if not con.filesystem_is_registered(protocol):
+            con.register_filesystem(fs)
+        path = _UrlPath(path)
+    else:
+        path = Path(path)
     fmt = infer_format(path, source.format)
     text_col, id_col = source.text_field, source.id_field
     p = str(path).replace("'", "''")
@@ -246,16 +256,7 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
     lap = _Laps()
     by_name = {s.name: s for s in config.sources}
     con = duckdb.connect()
-    tables = []
-    for name, path in files:
-        if is_url(path):  # DuckDB reads it through the fsspec filesystem
-            import fsspec
-
-            fs = fsspec.core.url_to_fs(path)[0]
-            if not con.filesystem_is_registered(fs.protocol if isinstance(fs.protocol, str)
-                                                else fs.protocol[0]):
-                con.register_filesystem(fs)
-        tables.append(read_source_file(con, by_name[name], path if is_url(path) else Path(path)))
+    tables = [read_source_file(con, by_name[name], path) for name, path in files]
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
     con.register("raw", raw)
