@@ -77,12 +77,17 @@ def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int)
     return np.array(matrix.to_rows(), dtype=np.uint64).reshape(len(starts), num_perm)
 
 
-def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig
+def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig,
+                  words: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(document ords, (documents, bands x rows) MinHash signatures) of the rows (ord, text)
-    of ``source``; a document without a word has no signature."""
+    of ``source``; a document without a word has no signature. ``words``: its (ord, word hash)
+    as ``word_hashes`` returns them, when the caller already has them."""
     num_perm = config.num_bands * config.rows_per_band
-    ords, hashes = ngram_hashes(con, source, config.ngram)
+    if words is None:
+        ords, hashes = ngram_hashes(con, source, config.ngram)
+    else:
+        ords, hashes = shingles(*words, config.ngram) if len(words[0]) else words
     if len(ords) == 0:
         return np.array([], np.int64), np.zeros((0, num_perm), np.uint64)
     doc_ords, starts = np.unique(ords, return_index=True)

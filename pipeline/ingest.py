@@ -296,7 +296,10 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
         WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
     """)
     lap("quality")
-    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition))
+    # The words of every document still in: for the n-gram filters, then for MinHash.
+    words = quality.word_hashes(con, "source")
+    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition,
+                                                       words))
     con.execute("UPDATE docs SET reason = r.reason, detail = r.detail FROM ngram_rep r "
                 "WHERE docs.ord = r.ord")
     lap("ngram_repetition")
@@ -311,7 +314,10 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
     # What the global steps need besides the text, so they never hold the corpus's text: each
     # document's MD5 (exact dedup) and MinHash signature (near dedup).
     if config.near_dup.enabled:
-        sig_ords, sig = dedup.signatures_of(con, "source", config.near_dup)
+        remaining = con.execute("SELECT ord FROM source").fetchnumpy()["ord"]
+        keep = np.isin(words[0], remaining)
+        sig_ords, sig = dedup.signatures_of(con, "source", config.near_dup,
+                                            (words[0][keep], words[1][keep]))
         pq.write_table(pa.table({"ord": pa.array(sig_ords, pa.int64()),
                                  "sig": pa.FixedSizeListArray.from_arrays(
                                      pa.array(sig.ravel(), pa.uint64()), sig.shape[1])}),
