@@ -21,23 +21,18 @@ import duckdb
 import numpy as np
 
 from pipeline.config import NearDupConfig
-from pipeline.quality import word_hashes
+from pipeline.quality import window_hashes, word_hashes
+
+SHINGLE_SEED = 12345  # the shingle polynomial's coefficients: part of every MinHash signature
 
 
 def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(document ord, uint64 hash) of every word n-gram, by a polynomial combination of the
     word hashes; a document of fewer than n words is one shingle of all its words."""
-    coef = np.random.default_rng(12345).integers(1, 2**63, size=n, dtype=np.uint64) | 1
-    m = len(word_hashes) - n + 1
+    start, g = window_hashes(word_hashes, ords, n, seed=SHINGLE_SEED)
+    g_ords = ords[start]
+    coef = np.random.default_rng(SHINGLE_SEED).integers(1, 2**63, size=n, dtype=np.uint64) | 1
     with np.errstate(over="ignore"):
-        if m > 0:
-            g = np.zeros(m, dtype=np.uint64)
-            for k in range(n):
-                g += word_hashes[k:k + m] * coef[k]
-            whole = ords[:m] == ords[n - 1:]  # the window lies inside one document
-            g, g_ords = g[whole], ords[:m][whole]
-        else:
-            g, g_ords = np.array([], np.uint64), np.array([], ords.dtype)
         doc_ords, starts, counts = np.unique(ords, return_index=True, return_counts=True)
         short = counts < n
         small = np.bitwise_xor.reduceat(word_hashes * coef[0], starts)[short]

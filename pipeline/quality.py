@@ -161,12 +161,15 @@ SELECT ord, hash(w) AS h, length(w) AS len FROM (
 """
 
 
-def _windows(h: np.ndarray, doc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start positions of the word n-grams that lie inside one document, and their hashes."""
+def window_hashes(h: np.ndarray, doc: np.ndarray, n: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions of the word n-grams that lie inside one document, and their hashes: a
+    polynomial over each window of word hashes ``h`` (``doc``: each word's document), with
+    odd coefficients drawn from ``seed``."""
     m = len(h) - n + 1
     if m <= 0:
         return np.array([], np.int64), np.array([], np.uint64)
-    coef = np.random.default_rng(n).integers(1, 2**63, size=n, dtype=np.uint64) | 1
+    coef = np.random.default_rng(seed).integers(1, 2**63, size=n, dtype=np.uint64) | 1
     g = np.zeros(m, np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
@@ -189,21 +192,19 @@ def _keys(con: duckdb.DuckDBPyConnection, start: np.ndarray, g: np.ndarray, doc:
                                     "chars": chars}))
 
 
-def _top(con: duckdb.DuckDBPyConnection, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per document: the count of its most frequent n-gram (0 if none repeats) and that count
-    times the n-gram's characters (the longest, among equally frequent ones)."""
+def _top(con: duckdb.DuckDBPyConnection, n_docs: int) -> np.ndarray:
+    """Per document: the count of its most frequent n-gram times the n-gram's characters (the
+    longest, among equally frequent ones); 0 if no n-gram repeats."""
     rows = con.sql("""
-        SELECT doc, max(cnt), arg_max(cnt * chars, cnt * 1000000000 + chars)
+        SELECT doc, arg_max(cnt * chars, cnt * 1000000000 + chars)
         FROM (SELECT any_value(doc) AS doc, count(*) AS cnt, any_value(chars) AS chars
               FROM grams GROUP BY key HAVING count(*) > 1)
         GROUP BY doc""").arrow()
     if hasattr(rows, "read_all"):
         rows = rows.read_all()
-    count, top = np.zeros(n_docs, np.int64), np.zeros(n_docs, np.int64)
-    docs = rows.column(0).to_numpy()
-    count[docs] = rows.column(1).to_numpy()
-    top[docs] = rows.column(2).to_numpy()
-    return count, top
+    top = np.zeros(n_docs, np.int64)
+    top[rows.column(0).to_numpy()] = rows.column(1).to_numpy()
+    return top
 
 
 def _repeated_positions(con: duckdb.DuckDBPyConnection) -> np.ndarray:
@@ -259,15 +260,14 @@ def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: Repeti
     live = np.ones(len(doc_ords), bool)  # documents that can still fail a duplicate n-gram check
     for kind, n, threshold in checks:
         mask = live[doc]
-        start, g = _windows(h[mask], doc[mask], n)
+        start, g = window_hashes(h[mask], doc[mask], n, seed=n)
         start = np.flatnonzero(mask)[start] if len(start) else start
         if not len(start):
             continue
         chars = csum[start + n] - csum[start]
         _keys(con, start, g, doc, chars)
         if kind == "top":
-            count, top = _top(con, len(doc_ords))
-            share = top / np.maximum(total, 1)
+            share = _top(con, len(doc_ords)) / np.maximum(total, 1)
         else:
             dup_pos = _repeated_positions(con)
             cover = np.bincount(dup_pos, minlength=len(h) + n + 1)[:len(h) + 1] - \
