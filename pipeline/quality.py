@@ -1,11 +1,12 @@
-"""Document quality filters as DuckDB SQL: Gopher's quality heuristics and repetition filters
-(Rae et al. 2021, "Scaling Language Models", appendix A), as datatrove implements them.
+"""Document quality filters: Gopher's quality heuristics and repetition filters (Rae et al.
+2021, "Scaling Language Models", appendix A), as datatrove implements them.
 
 Each filter is a threshold in ``QualityConfig`` (``null`` turns one off) and one branch of a SQL
 ``CASE``: the first filter a document fails is its exclusion reason (``gopher_<field>`` or
 ``repetition_<field>``, e.g. ``gopher_min_words``), with the measured value and the threshold
-in ``detail``. The features are computed once per document with DuckDB list functions,
-vectorised over the whole table: no per-document Python.
+in ``detail``. The features and the n-gram counts are computed once per document by the
+compiled kernels in ``pipeline/kernels.py`` (one pass over the text's UTF-8 buffer; no
+per-document Python); the CASE runs in DuckDB over their Arrow table.
 
     words       whitespace-separated tokens
     lines       non-empty lines
@@ -18,42 +19,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pipeline import kernels
 from pipeline.config import C4Config, QualityConfig, RepetitionConfig
-
-# The features, one row per document of ``source`` (columns ord, text).
-FEATURES_SQL = r"""
-SELECT ord, n_words, n_lines, n_chars,
-    list_avg(list_transform(words, lambda w: length(w))) AS mean_word_length,
-    (n_chars - length(replace(text, '#', ''))) / n_words AS hash_ratio,
-    ((n_chars - length(replace(text, '...', ''))) / 3
-     + n_chars - length(replace(text, '…', ''))) / n_words AS ellipsis_ratio,
-    len(list_filter(lines, lambda l: suffix(l, '...') OR suffix(l, '…'))) / n_lines
-        AS ellipsis_lines,
-    len(list_filter(lines, lambda l: regexp_matches(l, '^\s*[•●‣◦⁃▪\-\*]'))) / n_lines
-        AS bullet_lines,
-    len(list_filter(words, lambda w: regexp_matches(w, '\p{L}'))) / n_words AS alpha_words,
-    len(list_distinct(list_filter(list_transform(words, lambda w: lower(w)),
-                                  lambda w: list_contains($stop_words, w)))) AS stop_words,
-    (n_lines - len(list_distinct(lines))) / n_lines AS duplicate_lines,
-    (n_paragraphs - len(list_distinct(paragraphs))) / n_paragraphs AS duplicate_paragraphs,
-    (list_sum(list_transform(lines, lambda l: length(l)))
-     - coalesce(list_sum(list_transform(list_distinct(lines), lambda l: length(l))), 0))
-        / n_chars AS duplicate_line_chars,
-    (list_sum(list_transform(paragraphs, lambda p: length(p)))
-     - coalesce(list_sum(list_transform(list_distinct(paragraphs), lambda p: length(p))), 0))
-        / n_chars AS duplicate_paragraph_chars
-FROM (
-    SELECT ord, text, words, lines, paragraphs, length(text) AS n_chars,
-           greatest(len(words), 1) AS n_words, greatest(len(lines), 1) AS n_lines,
-           greatest(len(paragraphs), 1) AS n_paragraphs
-    FROM (
-        SELECT ord, text,
-               list_filter(regexp_split_to_array(text, '\s+'), lambda w: w <> '') AS words,
-               list_filter(string_split(text, chr(10)), lambda l: trim(l) <> '') AS lines,
-               list_filter(regexp_split_to_array(text, '\n\s*\n'), lambda p: trim(p) <> '')
-                   AS paragraphs
-        FROM source))
-"""
 
 # (config field, feature, comparison): a document fails when `feature comparison threshold`.
 CHECKS: tuple[tuple[str, str, str, str], ...] = (
@@ -92,9 +59,24 @@ def reason_sql(config: QualityConfig) -> tuple[str, str]:
     return (f"CASE {' '.join(reasons)} END", f"CASE {' '.join(details)} END")
 
 
-def features_sql(config: QualityConfig) -> str:
-    words = ", ".join("'" + w.lower().replace("'", "''") + "'" for w in config.gopher.stop_words)
-    return FEATURES_SQL.replace("$stop_words", f"[{words}]::VARCHAR[]")
+INTEGER_FEATURES = ("n_words", "n_lines", "n_chars", "stop_words")
+
+
+def features(con: duckdb.DuckDBPyConnection, source: str, config: QualityConfig) -> pa.Table:
+    """The features ``reason_sql`` tests, one row per document of ``source`` (ord, text):
+    ``pipeline/kernels.py`` computes them in one compiled pass over the text."""
+    table = _arrow(con.sql(f"SELECT ord, text FROM {source}"))
+    values = kernels.gopher_features(table.column("text"), config.gopher.stop_words)
+    columns = {"ord": table.column("ord")}
+    for name, x in values.items():
+        columns[name] = (pa.array(x.astype(np.int64)) if name in INTEGER_FEATURES
+                         else pa.array(x, mask=np.isnan(x)))
+    return pa.table(columns)
+
+
+def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    table = relation.arrow()
+    return table.read_all() if hasattr(table, "read_all") else table
 
 
 # --- C4 line filters ---------------------------------------------------------------------------
@@ -153,13 +135,6 @@ def c4_sql(config: C4Config) -> str:
 
 # --- Gopher n-gram repetition ------------------------------------------------------------------
 
-# No ORDER BY: DuckDB keeps a scan's order (preserve_insertion_order), and word_hashes checks
-# it, sorting only if it ever does not hold; the sort cost a third of the query.
-NGRAM_WORDS_SQL = r"""
-SELECT ord, hash(w) AS h, length(w) AS len FROM (
-    SELECT ord, unnest(regexp_extract_all(lower(text), '\w+')) AS w FROM $source)
-"""
-
 
 def window_hashes(h: np.ndarray, doc: np.ndarray, n: int, seed: int
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -178,54 +153,14 @@ def window_hashes(h: np.ndarray, doc: np.ndarray, n: int, seed: int
     return start, g[start]
 
 
-# Every n-gram of a document is keyed by its hash plus the document's index times an odd
-# constant, so equal keys are equal n-grams of one document; DuckDB's hash aggregate groups
-# them (a sort of the keys in numpy was 10x slower).
-DOC_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _keys(con: duckdb.DuckDBPyConnection, start: np.ndarray, g: np.ndarray, doc: np.ndarray,
-          chars: np.ndarray) -> None:
-    with np.errstate(over="ignore"):
-        key = g + doc[start].astype(np.uint64) * DOC_MIX
-    con.register("grams", pa.table({"key": key, "doc": doc[start], "pos": start,
-                                    "chars": chars}))
-
-
-def _top(con: duckdb.DuckDBPyConnection, n_docs: int) -> np.ndarray:
-    """Per document: the count of its most frequent n-gram times the n-gram's characters (the
-    longest, among equally frequent ones); 0 if no n-gram repeats."""
-    rows = con.sql("""
-        SELECT doc, arg_max(cnt * chars, cnt * 1000000000 + chars)
-        FROM (SELECT any_value(doc) AS doc, count(*) AS cnt, any_value(chars) AS chars
-              FROM grams GROUP BY key HAVING count(*) > 1)
-        GROUP BY doc""").arrow()
-    if hasattr(rows, "read_all"):
-        rows = rows.read_all()
-    top = np.zeros(n_docs, np.int64)
-    top[rows.column(0).to_numpy()] = rows.column(1).to_numpy()
-    return top
-
-
-def _repeated_positions(con: duckdb.DuckDBPyConnection) -> np.ndarray:
-    rows = con.sql("""
-        SELECT pos FROM grams WHERE key IN (SELECT key FROM grams GROUP BY key
-                                            HAVING count(*) > 1)""").arrow()
-    if hasattr(rows, "read_all"):
-        rows = rows.read_all()
-    return rows.column(0).to_numpy() if rows.num_rows else np.array([], np.int64)
-
-
 def word_hashes(con: duckdb.DuckDBPyConnection, source: str
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(document ord, uint64 hash, characters) of every word of the rows (ord, text) of
-    ``source``, in document and word order: lower-cased ``\\w+`` words, as near-dedup uses."""
-    table = con.sql(NGRAM_WORDS_SQL.replace("$source", source)).arrow()
-    if hasattr(table, "read_all"):
-        table = table.read_all()
-    ords = table.column("ord").to_numpy()
-    h = table.column("h").to_numpy().astype(np.uint64)
-    lens = table.column("len").to_numpy().astype(np.int64)
+    ``source``, in document and word order: lower-cased runs of word characters (Python's
+    ``\\w``), as the n-gram filters, near-dedup and decontamination use them."""
+    table = _arrow(con.sql(f"SELECT ord, text FROM {source}"))
+    row, h, lens = kernels.tokens(table.column("text"))
+    ords = table.column("ord").to_numpy()[row]
     if len(ords) and (np.diff(ords) < 0).any():  # ord order, words in order within each
         order = np.argsort(ords, kind="stable")
         ords, h, lens = ords[order], h[order], lens[order]
@@ -235,15 +170,16 @@ def word_hashes(con: duckdb.DuckDBPyConnection, source: str
 def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: RepetitionConfig,
                      words: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                      ) -> pa.Table:
-    """Gopher's n-gram repetition filters over the rows (ord, text) of ``source``, with numpy:
+    """Gopher's n-gram repetition filters over the rows (ord, text) of ``source``:
 
     - top n-gram (n = 2, 3, 4): the characters of the most frequent word n-gram (its count times
       its length), as a share of all word characters;
     - duplicate n-grams (n = 5..10): the share of word characters inside any n-gram that occurs
-      more than once. It can only fall as n grows, so each n is computed only for the
-      documents that passed the checks so far and were over this n's threshold at n - 1.
+      more than once. It can only fall as n grows, so a document under every later
+      threshold is not measured again.
 
-    Returns (ord, reason, detail) for the documents that fail, the first check in that order.
+    ``pipeline/kernels.py`` counts each document's n-grams in a hash table of its own. Returns
+    (ord, reason, detail) for the documents that fail, the first check in that order.
     ``words``: ``word_hashes(con, source)``, when the caller already has them."""
     schema = pa.schema([("ord", pa.int64()), ("reason", pa.string()), ("detail", pa.string())])
     checks = [("top", n, t) for n, t in sorted((config.max_top_ngram_chars or {}).items())] + \
@@ -253,40 +189,14 @@ def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: Repeti
     ords, h, lens = words if words is not None else word_hashes(con, source)
     if len(ords) == 0:
         return schema.empty_table()
-    doc_ords, doc = np.unique(ords, return_inverse=True)
-    total = np.bincount(doc, weights=lens, minlength=len(doc_ords))
-    csum = np.concatenate([[0], np.cumsum(lens)])
-    failed: dict[int, tuple[str, str]] = {}
-    live = np.ones(len(doc_ords), bool)  # documents that can still fail a duplicate n-gram check
-    for kind, n, threshold in checks:
-        mask = live[doc]
-        start, g = window_hashes(h[mask], doc[mask], n, seed=n)
-        start = np.flatnonzero(mask)[start] if len(start) else start
-        if not len(start):
-            continue
-        chars = csum[start + n] - csum[start]
-        _keys(con, start, g, doc, chars)
-        if kind == "top":
-            share = _top(con, len(doc_ords)) / np.maximum(total, 1)
-        else:
-            dup_pos = _repeated_positions(con)
-            cover = np.bincount(dup_pos, minlength=len(h) + n + 1)[:len(h) + 1] - \
-                np.bincount(dup_pos + n, minlength=len(h) + n + 1)[:len(h) + 1]
-            covered = np.cumsum(cover[:-1]) > 0
-            share = np.bincount(doc, weights=lens * covered, minlength=len(doc_ords)) / \
-                np.maximum(total, 1)
-        con.unregister("grams")
-        name = f"{kind}_{n}gram"
-        if kind == "dup":
-            # The share only falls as n grows: only documents still under this threshold and
-            # over the next one can fail later.
-            later = [t for k, m, t in checks if k == "dup" and m > n]
-            live &= (share <= threshold) & (share > (later[0] if later else np.inf))
-        else:
-            live &= share <= threshold  # the first failing check is the reason
-        for i in np.flatnonzero(share > threshold):
-            failed.setdefault(int(doc_ords[i]),
-                              (f"repetition_{name}",
-                               f"{name}_chars {share[i]:.4f} > {threshold}"))
-    return pa.table({"ord": list(failed), "reason": [r for r, _ in failed.values()],
-                     "detail": [d for _, d in failed.values()]}, schema=schema)
+    bounds = np.flatnonzero(np.diff(ords)) + 1
+    doc_ords = ords[np.concatenate([[0], bounds])]
+    doc = np.repeat(np.arange(len(doc_ords)), np.diff(np.concatenate([[0], bounds, [len(ords)]])))
+    failed, shares = kernels.repetition(doc, h, lens, len(doc_ords), checks)
+    hit = np.flatnonzero(failed >= 0)
+    names = [f"{kind}_{n}gram" for kind, n, _ in checks]
+    return pa.table({
+        "ord": doc_ords[hit].astype(np.int64),
+        "reason": [f"repetition_{names[failed[i]]}" for i in hit],
+        "detail": [f"{names[failed[i]]}_chars {shares[i]:.4f} > {checks[failed[i]][2]}"
+                   for i in hit]}, schema=schema)

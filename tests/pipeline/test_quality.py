@@ -29,9 +29,9 @@ def reasons(texts: list[str], config: QualityConfig | None = None) -> list[tuple
     config = config or QualityConfig()
     con = duckdb.connect()
     con.register("source", pa.table({"ord": list(range(len(texts))), "text": texts}))
+    con.register("features", quality.features(con, "source", config))
     reason, detail = quality.reason_sql(config)
-    return con.sql(f"SELECT {reason}, {detail} FROM ({quality.features_sql(config)}) "
-                   "ORDER BY ord").fetchall()
+    return con.sql(f"SELECT {reason}, {detail} FROM features ORDER BY ord").fetchall()
 
 
 @pytest.mark.parametrize(("text", "reason", "detail"), [
