@@ -88,17 +88,19 @@ def _table(rows: dict[str, list]) -> pa.Table:
     return pa.table(rows, schema=RAW_SCHEMA)
 
 
-def _with_ids(source: SourceConfig, path: Path, ids: list | None, texts: list) -> pa.Table:
+def _with_ids(source: SourceConfig, path: Path, ids: pa.ChunkedArray | None,
+              texts: pa.ChunkedArray) -> pa.Table:
+    """Rows (doc_id, source, text, reason, detail) from a file's columns, in Arrow: the id is
+    ``source:id``, or ``source:file:row`` where the file has no id for the row."""
     n = len(texts)
-    if ids is None or source.id_field is None:
-        doc_ids = [f"{source.name}:{path.name}:{i}" for i in range(n)]
-    else:
-        doc_ids = [
-            f"{source.name}:{x}" if x not in (None, "") else f"{source.name}:{path.name}:{i}"
-            for i, x in enumerate(ids)
-        ]
-    return _table({"doc_id": doc_ids, "source": [source.name] * n, "text": texts,
-                   "reason": [None] * n, "detail": [None] * n})
+    doc_ids = pc.binary_join_element_wise(f"{source.name}:{path.name}:",
+                                          pa.array(np.arange(n)).cast(pa.string()), "")
+    if ids is not None and source.id_field is not None:
+        given = pc.binary_join_element_wise(f"{source.name}:", ids, "")
+        doc_ids = pc.if_else(pc.fill_null(pc.not_equal(ids, ""), False), given, doc_ids)
+    none = pa.nulls(n, pa.string())
+    return pa.table([doc_ids, pc.fill_null(none, source.name), texts, none, none],
+                    schema=RAW_SCHEMA)
 
 
 class _UrlPath(str):
@@ -201,10 +203,8 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
         return _table({"doc_id": [f"{source.name}:{path.name}"], "source": [source.name],
                        "text": [None], "reason": ["unreadable_file"],
                        "detail": [f"{type(exc).__name__}: {exc}"[:300]]})
-    if fmt == "txt":
-        return _with_ids(source, path, None, table.column(0).to_pylist())
-    ids = table.column(1).to_pylist() if id_col else None
-    return _with_ids(source, path, ids, table.column(0).to_pylist())
+    return _with_ids(source, path, table.column(1) if id_col and fmt != "txt" else None,
+                     table.column(0))
 
 
 def shard_files(config: IngestConfig) -> list[list[tuple[str, str]]]:
@@ -245,7 +245,8 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
     con = duckdb.connect()
     tables = [read_source_file(con, by_name[name], path) for name, path in files]
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
-    raw = raw.append_column("ord", pa.array(range(raw.num_rows), pa.int64()))
+    raw = raw.append_column("ord", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+    num_docs = raw.num_rows
     lap("read")
     text = raw.column("text")
     fixed, repairs = _repair_mojibake(text) if config.fix_mojibake else ([], [])
@@ -263,6 +264,7 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
             'mojibake_repaired' AS reason, 'ftfy re-decoded the text' AS detail FROM fixed""")
     con.unregister("fixed")
     con.unregister("raw")
+    del raw, tables, text  # DuckDB holds the text now
     repaired = len(fixed)
     lap("normalise")
     quality_reason, quality_detail = quality.reason_sql(config.quality)
@@ -314,13 +316,14 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
     # What the global steps need besides the text, so they never hold the corpus's text: each
     # document's MD5 (exact dedup) and MinHash signature (near dedup).
     if config.near_dup.enabled:
-        remaining = con.execute("SELECT ord FROM source").fetchnumpy()["ord"]
-        keep = np.isin(words[0], remaining)
+        alive = np.zeros(num_docs, bool)
+        alive[con.execute("SELECT ord FROM source").fetchnumpy()["ord"]] = True
+        keep = alive[words[0]]
         sig_ords, sig = dedup.signatures_of(con, "source", config.near_dup,
                                             (words[0][keep], words[1][keep]))
         pq.write_table(pa.table({"ord": pa.array(sig_ords, pa.int64()),
                                  "sig": pa.FixedSizeListArray.from_arrays(
-                                     pa.array(sig.ravel(), pa.uint64()), sig.shape[1])}),
+                                     pa.array(sig.ravel(), pa.uint32()), sig.shape[1])}),
                        shard_dir / "signatures.parquet")
         lap("minhash")
     _copy(con, "SELECT ord, doc_id, source, reason, detail, md5(text) AS md5, text FROM docs "
@@ -399,7 +402,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
         num_perm = config.near_dup.num_bands * config.near_dup.rows_per_band
         sig = (table.column("sig").combine_chunks().flatten().to_numpy()
                .reshape(table.num_rows, num_perm) if table.num_rows
-               else np.zeros((0, num_perm), np.uint64))
+               else np.zeros((0, num_perm), np.uint32))
         found = dedup.find_in(table.column("ord").to_numpy(), sig, config.near_dup)
         del table, sig
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}

@@ -610,6 +610,37 @@ def repetition(doc: np.ndarray, h: np.ndarray, lens: np.ndarray, num_docs: int,
     return failed, shares
 
 
+# --- MinHash ---------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _minhash(hashes: np.ndarray, starts: np.ndarray, a: np.ndarray, b: np.ndarray,
+             out: np.ndarray) -> None:
+    for d in range(len(starts) - 1):
+        row = out[d]
+        row[:] = np.uint32(0xFFFFFFFF)
+        for i in range(starts[d], starts[d + 1]):
+            x = hashes[i]
+            for p in range(len(a)):  # vectorised by LLVM across the permutations
+                v = np.uint32((a[p] * x + b[p]) >> np.uint64(32))
+                if v < row[p]:
+                    row[p] = v
+
+
+def minhash(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """(documents, num_perm) uint32 MinHash signatures of shingle hashes grouped by document
+    (``starts``: each document's first index; a document with no shingle gets all-ones). Each
+    permutation is a multiply-add-shift hash, the high 32 bits of ``a x + b`` mod 2**64 for a
+    random odd ``a`` and a random ``b`` (Dietzfelbinger et al. 1997: universal)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2)
+    out = np.empty((len(starts), num_perm), np.uint32)
+    _minhash(hashes.astype(np.uint64), np.append(starts, len(hashes)).astype(np.int64), a, b,
+             out)
+    return out
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel on a few strings."""
     texts = pa.array(["Warm the kernels:  a\r\n\n\nb caf\u00e9 ...", None, ""])
@@ -617,6 +648,7 @@ def warm() -> None:
     row, h, lens = tokens(normalised)
     gopher_features(normalised, ["the"])
     repetition(row, h, lens, len(texts), [("top", 2, 0.2), ("dup", 5, 0.15)])
+    minhash(h, np.array([0], np.int64), 8, 0)
 
 
 if __name__ == "__main__":  # python -m pipeline.kernels: fill the compile cache

@@ -180,3 +180,20 @@ def test_unicode_tables_cover_every_classified_code_point() -> None:
     assert lower[ord("\u00c4")] == ord("\u00e4") and lower[ord("\u03a3")] == ord("\u03c3")
     beyond = [chr(c) for c in range(kernels.LAST_CLASSIFIED + 1, 0x110000)]
     assert not any(c.isalnum() or c.lower() != c for c in beyond)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "random", "strided"])
+def test_minhash_estimates_jaccard_without_bias(kind: str) -> None:
+    """Shared shingles over all: the estimate's error is unbiased, with the binomial spread
+    sqrt(J(1-J)/k), on shingle hashes with structure as well as random ones."""
+    base = {"sequential": np.arange(2000, dtype=np.uint64),
+            "random": np.random.default_rng(5).integers(0, 2**63, 2000, dtype=np.uint64),
+            "strided": np.arange(2000, dtype=np.uint64) << np.uint64(20)}[kind]
+    errors = []
+    for trial in range(40):
+        cut = 300 + 20 * trial  # the second set: the first but `cut` of it replaced
+        other = np.concatenate([base[cut:], base[:cut] + np.uint64(1 << 40)])
+        sig = kernels.minhash(np.concatenate([base, other]), np.array([0, 2000]), 256, trial)
+        errors.append((sig[0] == sig[1]).mean() - (2000 - cut) / (2000 + cut))
+    assert sig.dtype == np.uint32
+    assert abs(np.mean(errors)) < 0.015 and np.std(errors) < 0.04  # binomial sd <= 0.031
