@@ -326,8 +326,8 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
                                      pa.array(sig.ravel(), pa.uint32()), sig.shape[1])}),
                        shard_dir / "signatures.parquet")
         lap("minhash")
-    _copy(con, "SELECT ord, doc_id, source, reason, detail, md5(text) AS md5, text FROM docs "
-          "ORDER BY ord", shard_dir / "docs.parquet")
+    _copy(con, "SELECT ord, doc_id, source, reason, detail, md5_number(text) AS md5, "
+          "length(text) AS chars, text FROM docs ORDER BY ord", shard_dir / "docs.parquet")
     _copy(con, "SELECT * FROM modified ORDER BY ord, stage", shard_dir / "modified.parquet")
     lap("write_shard")
     con.close()
@@ -360,24 +360,18 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
             SELECT (row_number() OVER (ORDER BY shard, local) - 1)::BIGINT AS ord, shard, local,
                    doc_id, source, reason, detail, md5, chars
             FROM (SELECT {SHARD_SQL} AS shard, ord AS local, doc_id, source, reason, detail,
-                         md5, length(text) AS chars
+                         md5, chars
                   FROM read_parquet({_sql_list(parts)}, filename = true));
             CREATE TABLE modified AS
             SELECT d.ord, m.stage, m.reason, m.detail
             FROM (SELECT {SHARD_SQL} AS shard, ord AS local, stage, reason, detail
                   FROM read_parquet({_sql_list(mods)}, filename = true)) m
-            JOIN docs d USING (shard, local);
-            -- CASE: always a nullable column, so the Parquet written is the same whether one
-            -- shard file or several were read (DuckDB writes "required" when it knows).
-            CREATE VIEW texts AS
-            SELECT d.ord, CASE WHEN t.text IS NULL THEN NULL ELSE t.text END AS text
-            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, text
-                  FROM read_parquet({_sql_list(parts)}, filename = true)) t
             JOIN docs d USING (shard, local);""")
+        con.execute(f"CREATE VIEW texts AS {_texts_sql(parts)}")
     else:
         con.execute("""
             CREATE TABLE docs (ord BIGINT, shard INTEGER, local BIGINT, doc_id VARCHAR,
-                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 VARCHAR,
+                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 UHUGEINT,
                                chars BIGINT);
             CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR);
             CREATE VIEW texts AS SELECT 0::BIGINT AS ord, ''::VARCHAR AS text WHERE false""")
@@ -434,8 +428,16 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
                    FROM kept WHERE split = 'train'""")
     for i in range(shards):
         lo, hi = i * config.num_docs_per_shard, (i + 1) * config.num_docs_per_shard
+        # an output shard is a run of ords: read the text of the input shards that hold it
+        inputs = [parts[r[0]] for r in con.execute(f"""
+            SELECT DISTINCT shard FROM docs WHERE ord BETWEEN
+                (SELECT min(ord) FROM train_rank WHERE rn >= {lo} AND rn < {hi}) AND
+                (SELECT max(ord) FROM train_rank WHERE rn >= {lo} AND rn < {hi})
+            ORDER BY shard""").fetchall()]
         _copy(con, f"""SELECT k.doc_id, k.source, t.text
-                       FROM kept k JOIN train_rank r USING (ord) JOIN texts t USING (ord)
+                       FROM kept k JOIN train_rank r USING (ord)
+                       JOIN ({_texts_sql(inputs) if inputs else 'SELECT * FROM texts'}) t
+                       USING (ord)
                        WHERE r.rn >= {lo} AND r.rn < {hi} ORDER BY ord""",
               out_dir / f"train-{i:05d}.parquet")
     # Held-out rows in hash order: any prefix is an unbiased sample across sources.
@@ -507,6 +509,16 @@ def _summed(dicts: Iterable[dict[str, float]]) -> dict[str, Any]:
         for k, v in d.items():
             total[k] = round(total.get(k, 0) + v, 3)
     return dict(sorted(total.items()))
+
+
+def _texts_sql(parts: list[str]) -> str:
+    """(ord, text) of the documents in these shards' ``docs.parquet``. The CASE keeps the
+    column nullable, so the Parquet written is the same whether one shard file or several were
+    read (DuckDB writes "required" when it knows)."""
+    return f"""SELECT d.ord, CASE WHEN t.text IS NULL THEN NULL ELSE t.text END AS text
+               FROM (SELECT {SHARD_SQL} AS shard, ord AS local, text
+                     FROM read_parquet({_sql_list(parts)}, filename = true)) t
+               JOIN docs d USING (shard, local)"""
 
 
 def _sql_list(paths: list[str]) -> str:

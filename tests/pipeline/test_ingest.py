@@ -226,13 +226,17 @@ def test_shards_group_small_files_in_order_and_do_not_change_the_output(tmp_path
     src = [{"name": "a", "path": str(tmp_path / "p*.jsonl"), "id_field": "id"}]
     outs = []
     for shard_mb, expected in ((size * 2.5, [2, 2, 2]), (size / 2, [1] * 6), (100, [6])):
-        config = IngestConfig(sources=src, min_kept_docs=1, shard_mb=shard_mb, **BASICS)
+        # output shards of 70 documents: each reads the text of the input shards it spans
+        config = IngestConfig(sources=src, min_kept_docs=1, shard_mb=shard_mb,
+                              num_docs_per_shard=70, **BASICS)
         assert [len(s) for s in ingest.shard_files(config)] == expected
         assert [p for s in ingest.shard_files(config) for _, p in s] == sorted(
             str(p) for p in tmp_path.glob("p*.jsonl"))
         out = tmp_path / f"out-{len(expected)}"
         out.mkdir()
         counts = ingest.run(config, {}, out).counts
-        assert counts["ingest_shards"] == len(expected)
+        assert counts["ingest_shards"] == len(expected) and counts["train_shards"] == 4
+        train = [r for p in sorted(out.glob("train-*.parquet")) for r in _rows(p)]
+        assert len(train) == counts["train_docs"]
         outs.append({p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))})
     assert outs[0] == outs[1] == outs[2]
