@@ -116,10 +116,29 @@ def ordered(types: list[str]) -> list[str]:
 
 def redact(con: duckdb.DuckDBPyConnection, table: str, config: PiiConfig) -> dict[str, int]:
     """Redact ``table.text`` (columns ord, text) in place and add a ``pii`` column: a
-    ``{type: count}`` map for the documents that changed. Returns the counts per type."""
+    ``{type: count}`` map for the documents that changed. Returns the counts per type.
+
+    One scan with every type's pattern as alternatives finds the documents that hold any
+    (a few percent, usually); the per-type passes run on those alone."""
     con.execute(f"ALTER TABLE {table} ADD COLUMN pii MAP(VARCHAR, INTEGER)")
+    names = ordered(config.types)
+    if not names:
+        return {}
+    any_type = "|".join(f"(?:{TYPES[name].pattern})" for name in names).replace("'", "''")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE pii_docs AS
+                    SELECT ord, text, pii FROM {table}
+                    WHERE text IS NOT NULL AND regexp_matches(text, '{any_type}')""")
+    totals = _redact_types(con, "pii_docs", names)
+    con.execute(f"""UPDATE {table} SET text = p.text, pii = p.pii FROM pii_docs p
+                    WHERE {table}.ord = p.ord AND p.pii IS NOT NULL;
+                    DROP TABLE pii_docs""")
+    return totals
+
+
+def _redact_types(con: duckdb.DuckDBPyConnection, table: str, names: list[str]
+                  ) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for name in ordered(config.types):
+    for name in names:
         kind = TYPES[name]
         pattern = kind.pattern.replace("'", "''")
         if kind.valid is None:
