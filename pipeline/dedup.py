@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from pipeline.config import NearDupConfig
 from pipeline.quality import window_hashes, word_hashes
 
 SHINGLE_SEED = 12345  # the shingle polynomial's coefficients: part of every MinHash signature
+BAND_SEED = 6789  # the band keys' polynomial
 
 
 def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,32 +98,86 @@ def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupCo
     return ords[starts], signatures(hashes, starts, num_perm, config.seed)
 
 
+def band_keys(sig: np.ndarray, config: NearDupConfig) -> np.ndarray:
+    """(documents, bands) uint64 LSH bucket keys: a hash of each band's rows of the signature
+    (a polynomial with odd coefficients, then splitmix64's finaliser). Two documents share a
+    bucket when a band is equal; a rare collision only adds a candidate, which is checked."""
+    r = config.rows_per_band
+    coef = np.random.default_rng(BAND_SEED).integers(1, 2**63, size=r, dtype=np.uint64) | 1
+    bands = sig.reshape(len(sig), config.num_bands, r).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = (bands * coef).sum(axis=2, dtype=np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def signature_table(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> pa.Table:
+    """(ord, sig, bands) as ``find_sql`` reads them (and a shard writes them)."""
+    keys = band_keys(sig, config)
+    return pa.table({
+        "ord": pa.array(doc_ords, pa.int64()),
+        "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()),
+                                                 sig.shape[1]),
+        "bands": pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()),
+                                                   keys.shape[1])})
+
+
 def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> NearDuplicates:
     """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
     return find_in(*signatures_of(con, source, config), config)
 
 
 def find_in(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> NearDuplicates:
-    """Near-duplicates among documents given by their ords (ascending: the earliest of a
-    cluster is kept) and MinHash signatures, as ``signatures_of`` returns them."""
+    """Near-duplicates among documents given by their ords and MinHash signatures, as
+    ``signatures_of`` returns them (held in memory: ``find_sql`` is the same on a table)."""
+    con = duckdb.connect()
+    con.register("signatures", signature_table(doc_ords, sig, config))
+    return find_sql(con, "SELECT * FROM signatures", config)
+
+
+def find_sql(con: duckdb.DuckDBPyConnection, signatures: str, config: NearDupConfig
+             ) -> NearDuplicates:
+    """Near-duplicates among the rows (ord, sig, bands) of the query ``signatures``; the
+    earliest ord of a cluster is kept. The buckets are a DuckDB aggregate over one row per
+    document and band, which spills to disk past the connection's memory limit; Python
+    holds only the candidate pairs (about as many as there are near-duplicates)."""
     empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
-    if len(doc_ords) == 0:
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE lsh AS
+        SELECT ord, unnest(range({config.num_bands})) AS band, unnest(bands) AS key
+        FROM ({signatures});
+        -- each bucket's first document is paired with every other member
+        CREATE OR REPLACE TEMP TABLE pairs AS
+        SELECT DISTINCT first, ord FROM (
+            SELECT ord, min(ord) OVER (PARTITION BY band, key) AS first
+            FROM lsh SEMI JOIN (SELECT band, key FROM lsh GROUP BY ALL HAVING count(*) > 1)
+                 USING (band, key))
+        WHERE ord <> first;
+        DROP TABLE lsh""")
+    table = _arrow(con.sql(f"""
+        SELECT p.first, p.ord, a.sig AS a, b.sig AS b
+        FROM pairs p JOIN ({signatures}) a ON a.ord = p.first
+                     JOIN ({signatures}) b ON b.ord = p.ord
+        ORDER BY p.first, p.ord"""))
+    con.execute("DROP TABLE pairs")
+    if not table.num_rows:
         return empty
-    r = config.rows_per_band
-    pairs = []
-    for band in range(config.num_bands):
-        keys = np.ascontiguousarray(sig[:, band * r:(band + 1) * r]).view(
-            np.dtype((np.void, sig.itemsize * r)))
-        _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
-        linked = first[inverse] != np.arange(len(doc_ords))  # not its bucket's first member
-        pairs.append(np.stack([first[inverse][linked], np.flatnonzero(linked)], axis=1))
-    pairs = np.unique(np.concatenate(pairs), axis=0)
-    if not len(pairs):
-        return empty
-    similarity = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
-    good = pairs[similarity >= config.threshold]
+    num_perm = config.num_bands * config.rows_per_band
+    a, b = (table.column(c).combine_chunks().flatten().to_numpy().reshape(-1, num_perm)
+            for c in ("a", "b"))
+    similarity = (a == b).mean(axis=1)
+    good = similarity >= config.threshold
+    pairs = np.stack([table.column("first").to_numpy(), table.column("ord").to_numpy()], 1)
+    members, index = np.unique(pairs[good], return_inverse=True)
+    index = index.reshape(-1, 2)
+    member_sig = np.empty((len(members), num_perm), np.uint32)
+    member_sig[index[:, 0]], member_sig[index[:, 1]] = a[good], b[good]
     # connected components by union-find over the verified pairs (few: one per near-duplicate)
-    parent = np.arange(len(doc_ords))
+    parent = np.arange(len(members))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -129,13 +185,16 @@ def find_in(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> Nea
             i = parent[i]
         return i
 
-    for u, v in good:
+    for u, v in index:
         ru, rv = root(u), root(v)
         if ru != rv:
             parent[max(ru, rv)] = min(ru, rv)  # the earlier document is the representative
-    members = np.unique(good)
-    roots = np.array([root(i) for i in members], dtype=members.dtype)
-    drop = members[roots != members]
-    rep = roots[roots != members]
-    best = np.array([(sig[d] == sig[k]).mean() for d, k in zip(drop, rep, strict=True)])
-    return NearDuplicates(doc_ords[drop], doc_ords[rep], best, len(pairs), len(good))
+    roots = np.array([root(i) for i in range(len(members))], np.int64)
+    drop = np.flatnonzero(roots != np.arange(len(members)))
+    best = (member_sig[drop] == member_sig[roots[drop]]).mean(axis=1)
+    return NearDuplicates(members[drop], members[roots[drop]], best, len(pairs), int(good.sum()))
+
+
+def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
+    table = relation.arrow()
+    return table.read_all() if hasattr(table, "read_all") else table

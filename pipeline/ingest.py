@@ -321,9 +321,7 @@ def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir:
         keep = alive[words[0]]
         sig_ords, sig = dedup.signatures_of(con, "source", config.near_dup,
                                             (words[0][keep], words[1][keep]))
-        pq.write_table(pa.table({"ord": pa.array(sig_ords, pa.int64()),
-                                 "sig": pa.FixedSizeListArray.from_arrays(
-                                     pa.array(sig.ravel(), pa.uint32()), sig.shape[1])}),
+        pq.write_table(dedup.signature_table(sig_ords, sig, config.near_dup),
                        shard_dir / "signatures.parquet")
         lap("minhash")
     _copy(con, "SELECT ord, doc_id, source, reason, detail, md5_number(text) AS md5, "
@@ -352,6 +350,9 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     # The global steps keep one row per document without its text, in a database file that
     # DuckDB may spill to disk; texts are read back from the shards' Parquet when written out.
     con = duckdb.connect(str(work / "global.duckdb"))
+    spill = str(work / "spill").replace("'", "''")
+    con.execute(f"SET memory_limit = '{config.global_memory_gb}GB'; "
+                f"SET temp_directory = '{spill}'")
     parts = [str(work / f"{i:05d}" / "docs.parquet").replace("'", "''") for i in range(len(jobs))]
     mods = [p.replace("docs.parquet", "modified.parquet") for p in parts]
     if jobs:  # global document order: shard order, then order within the shard
@@ -386,19 +387,11 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     near = {"near_dup_candidates": 0, "near_dup_verified": 0}
     if config.near_dup.enabled and jobs:
         sigs = [p.replace("docs.parquet", "signatures.parquet") for p in parts]
-        table = con.sql(f"""
-            SELECT d.ord, s.sig
-            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, sig
+        found = dedup.find_sql(con, f"""
+            SELECT d.ord, s.sig, s.bands
+            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, sig, bands
                   FROM read_parquet({_sql_list(sigs)}, filename = true)) s
-            JOIN docs d USING (shard, local) WHERE d.reason IS NULL ORDER BY d.ord""").arrow()
-        if hasattr(table, "read_all"):
-            table = table.read_all()
-        num_perm = config.near_dup.num_bands * config.near_dup.rows_per_band
-        sig = (table.column("sig").combine_chunks().flatten().to_numpy()
-               .reshape(table.num_rows, num_perm) if table.num_rows
-               else np.zeros((0, num_perm), np.uint32))
-        found = dedup.find_in(table.column("ord").to_numpy(), sig, config.near_dup)
-        del table, sig
+            JOIN docs d USING (shard, local) WHERE d.reason IS NULL""", config.near_dup)
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
         con.register("near", pa.table({"ord": found.ords.astype(np.int64),
                                        "rep": found.kept_ords.astype(np.int64),
