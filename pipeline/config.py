@@ -38,7 +38,7 @@ class SourceConfig(_Strict):
     path: str = Field(
         description="File or glob; ${samples} and $ENV are expanded; relative to the YAML."
     )
-    format: Literal["jsonl", "jsonl.gz", "txt", "csv", "parquet"] | None = Field(
+    format: Literal["jsonl", "jsonl.gz", "jsonl.zst", "txt", "csv", "parquet"] | None = Field(
         default=None, description="Inferred from the file suffix when omitted."
     )
     text_field: str = Field(default="text", description="Column holding the document text.")

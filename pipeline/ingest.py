@@ -28,15 +28,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import zstandard
 
 from pipeline import QualityGateError, dedup, kernels, language, pii, quality
 from pipeline.artifacts import Artifact, Manifest
@@ -73,14 +74,15 @@ def infer_format(path: Path, declared: str | None) -> str:
     if declared:
         return declared
     name = path.name.lower()
-    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"), (".jsonl", "jsonl"),
-                        (".json", "jsonl"), (".txt", "txt"), (".csv", "csv"),
+    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".json.gz", "jsonl.gz"),
+                        (".jsonl.zst", "jsonl.zst"), (".json.zst", "jsonl.zst"),
+                        (".jsonl", "jsonl"), (".json", "jsonl"), (".txt", "txt"), (".csv", "csv"),
                         (".parquet", "parquet")):
         if name.endswith(suffix):
             return fmt
     raise ValueError(
         f"cannot infer the format of {path}; set `format` on the source "
-        "(jsonl, jsonl.gz, txt, csv, parquet)"
+        "(jsonl, jsonl.gz, jsonl.zst, txt, csv, parquet)"
     )
 
 
@@ -111,16 +113,55 @@ class _UrlPath(str):
         return self.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _open_binary(path: Path | _UrlPath):
+def _open_raw(path: Path | _UrlPath) -> BinaryIO:
     if isinstance(path, _UrlPath):
         import fsspec
 
-        return fsspec.open(path, "rb", compression="gzip" if path.name.endswith(".gz")
-                           else None).open()
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+        return fsspec.open(path, "rb").open()
+    return open(path, "rb")  # noqa: SIM115 (the caller closes it)
 
 
-def _read_jsonl_careful(source: SourceConfig, path: Path | _UrlPath) -> pa.Table:
+def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    """The decompressed bytes of every zstd frame in ``raw``; ZstdError when the last frame is
+    cut short (zstandard's stream reader and DuckDB both end such a file quietly)."""
+    d, fed = zstandard.ZstdDecompressor().decompressobj(), False
+    for chunk in iter(lambda: raw.read(1 << 20), b""):
+        while chunk:
+            yield d.decompress(chunk)
+            fed = True
+            if not d.eof:
+                break
+            chunk = d.unused_data
+            d, fed = zstandard.ZstdDecompressor().decompressobj(), False
+    if fed:
+        raise zstandard.ZstdError("the file ends inside a zstd frame (truncated)")
+
+
+def _zstd_complete(path: Path | _UrlPath) -> bool:
+    try:
+        with _open_raw(path) as raw:
+            for _ in _zstd_chunks(raw):
+                pass
+    except zstandard.ZstdError:
+        return False
+    return True
+
+
+def _lines(path: Path | _UrlPath, fmt: str) -> Iterator[bytes]:
+    """The file's lines, decompressed for the formats jsonl.gz and jsonl.zst."""
+    with _open_raw(path) as raw:
+        if fmt == "jsonl.zst":
+            tail = b""
+            for chunk in _zstd_chunks(raw):
+                *lines, tail = (tail + chunk).split(b"\n")
+                yield from (line + b"\n" for line in lines)
+            if tail:
+                yield tail
+        else:
+            yield from (gzip.GzipFile(fileobj=raw) if fmt == "jsonl.gz" else raw)
+
+
+def _read_jsonl_careful(source: SourceConfig, path: Path | _UrlPath, fmt: str) -> pa.Table:
     """Line-by-line reader used only when the fast path rejects a file: quarantines bad lines."""
     rows: dict[str, list] = {k: [] for k in RAW_SCHEMA.names}
 
@@ -131,29 +172,29 @@ def _read_jsonl_careful(source: SourceConfig, path: Path | _UrlPath) -> pa.Table
 
     lineno = -1
     try:
-        with _open_binary(path) as fh:
-            for lineno, line in enumerate(fh):
-                fallback_id = f"{source.name}:{path.name}:{lineno}"
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line.decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    add(fallback_id, None, "invalid_utf8", str(exc)[:200])
-                    continue
-                except json.JSONDecodeError as exc:
-                    add(fallback_id, None, "malformed_json", str(exc)[:200])
-                    continue
-                if not isinstance(record, dict) or not isinstance(
-                    record.get(source.text_field), str
-                ):
-                    add(fallback_id, None, "missing_text_field",
-                        f"no string field {source.text_field!r}")
-                    continue
-                rid = record.get(source.id_field) if source.id_field else None
-                doc_id = f"{source.name}:{rid}" if rid not in (None, "") else fallback_id
-                add(doc_id, record[source.text_field], None, None)
-    except (OSError, EOFError) as exc:  # e.g. a truncated .gz: keep what was read, log the file
+        for lineno, line in enumerate(_lines(path, fmt)):
+            fallback_id = f"{source.name}:{path.name}:{lineno}"
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                add(fallback_id, None, "invalid_utf8", str(exc)[:200])
+                continue
+            except json.JSONDecodeError as exc:
+                add(fallback_id, None, "malformed_json", str(exc)[:200])
+                continue
+            if not isinstance(record, dict) or not isinstance(
+                record.get(source.text_field), str
+            ):
+                add(fallback_id, None, "missing_text_field",
+                    f"no string field {source.text_field!r}")
+                continue
+            rid = record.get(source.id_field) if source.id_field else None
+            doc_id = f"{source.name}:{rid}" if rid not in (None, "") else fallback_id
+            add(doc_id, record[source.text_field], None, None)
+    except (OSError, EOFError, zstandard.ZstdError) as exc:  # a truncated .gz or .zst: keep
+        # what was read, log the file
         add(f"{source.name}:{path.name}:#{lineno + 1}", None, "unreadable_file",
             f"{type(exc).__name__}: {exc}"[:200])
     return _table(rows)
@@ -178,13 +219,17 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
     text_col, id_col = source.text_field, source.id_field
     p = str(path).replace("'", "''")
     cols = [f'"{text_col}"'] + ([f'"{id_col}"'] if id_col else [])
+    if fmt == "jsonl.zst" and not _zstd_complete(path):
+        return _read_jsonl_careful(source, path, fmt)  # DuckDB would stop at the cut quietly
     try:
-        if fmt in ("jsonl", "jsonl.gz"):
+        if fmt.startswith("jsonl"):
+            compression = {"jsonl": "none", "jsonl.gz": "gzip", "jsonl.zst": "zstd"}[fmt]
             spec = {text_col: "VARCHAR", **({id_col: "VARCHAR"} if id_col else {})}
             columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in spec.items()) + "}"
             rel = con.sql(
                 f"SELECT {', '.join(cols)} FROM read_json('{p}', format='newline_delimited', "
-                f"columns={columns}, maximum_object_size=268435456)"
+                f"columns={columns}, maximum_object_size=268435456, "
+                f"compression='{compression}')"
             )
         elif fmt == "csv":
             rel = con.sql(f"SELECT {', '.join(cols)} FROM read_csv('{p}', header=true, "
@@ -198,8 +243,8 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
         if hasattr(table, "read_all"):
             table = table.read_all()
     except duckdb.Error as exc:
-        if fmt in ("jsonl", "jsonl.gz"):
-            return _read_jsonl_careful(source, path)
+        if fmt.startswith("jsonl"):
+            return _read_jsonl_careful(source, path, fmt)
         return _table({"doc_id": [f"{source.name}:{path.name}"], "source": [source.name],
                        "text": [None], "reason": ["unreadable_file"],
                        "detail": [f"{type(exc).__name__}: {exc}"[:300]]})

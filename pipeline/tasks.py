@@ -20,7 +20,8 @@ def read_columns(path: Path, fields: dict[str, str], where: str) -> pa.Table:
     from pipeline.ingest import infer_format  # (ingest imports this module)
 
     fmt = infer_format(path, None)
-    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "csv": "read_csv",
+    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "jsonl.zst": "read_json",
+              "csv": "read_csv",
               "parquet": "read_parquet"}.get(fmt)
     if reader is None:
         raise ValueError(f"{where}.path: {path} must be JSONL, CSV or Parquet, not {fmt}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from pipeline import QualityGateError, ingest
 from pipeline.config import IngestConfig
@@ -95,15 +96,28 @@ def test_split_is_deterministic_and_shards_respect_size(tmp_path: Path) -> None:
     assert sorted(r["doc_id"] for r in _rows(tmp_path / "again/eval.parquet")) == first
 
 
-def test_truncated_gzip_keeps_read_lines_and_reports_file(tmp_path: Path) -> None:
-    payload = gzip.compress(
-        "".join(json.dumps({"text": f"{LONG} {i}"}) + "\n" for i in range(50)).encode())
-    (tmp_path / "t.jsonl.gz").write_bytes(payload[: len(payload) // 2])
-    counts, out = _run(tmp_path, [{"name": "g", "path": str(tmp_path / "t.jsonl.gz")}],
+COMPRESS = {"gz": gzip.compress, "zst": lambda b: zstandard.ZstdCompressor().compress(b)}
+
+
+@pytest.mark.parametrize("suffix", ["gz", "zst"])
+def test_compressed_jsonl_is_read_and_a_truncated_file_keeps_its_lines(tmp_path: Path,
+                                                                       suffix: str) -> None:
+    # 5,000 lines, so the compressed file holds many blocks and a cut keeps the first ones
+    payload = COMPRESS[suffix](
+        "".join(json.dumps({"text": f"{LONG} {i} {i * 7919 % 10007}"}) + "\n"
+                for i in range(5000)).encode())
+    (tmp_path / f"whole.jsonl.{suffix}").write_bytes(payload)
+    counts, _ = _run(tmp_path, [{"name": "w", "path": str(tmp_path / f"whole.jsonl.{suffix}")}],
+                     eval_fraction=0.49)
+    assert counts["docs_in"] == counts["kept"] == 5000
+    (tmp_path / f"t.jsonl.{suffix}").write_bytes(payload[: len(payload) // 2])
+    (tmp_path / "out").rename(tmp_path / "whole-out")
+    counts, out = _run(tmp_path, [{"name": "g", "path": str(tmp_path / f"t.jsonl.{suffix}")}],
                        eval_fraction=0.49)
-    reasons = [r["reason"] for r in _rows(out / "excluded.parquet")]
-    assert reasons.count("unreadable_file") == 1
+    excluded = _rows(out / "excluded.parquet")
+    assert [r["reason"] for r in excluded].count("unreadable_file") == 1
     assert counts["docs_in"] == counts["kept"] + counts["excluded"]
+    assert 0 < counts["kept"] < 5000  # the lines before the cut
 
 
 def test_quality_gate_fails_loudly(tmp_path: Path) -> None:
