@@ -170,8 +170,8 @@ class NearDupConfig(_Strict):
     num_bands: int = Field(default=14, gt=0)
     rows_per_band: int = Field(default=8, gt=0)
     threshold: float = Field(
-        default=0.8, gt=0, le=1, description="Least estimated Jaccard similarity of a verified "
-        "pair; LSH candidates below it are kept apart.")
+        default=0.8, gt=0, le=1, description="Least Jaccard similarity of a pair's word n-gram "
+        "sets, computed exactly for every LSH candidate; candidates below it are kept apart.")
     seed: int = 0
 
 

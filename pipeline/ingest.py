@@ -436,14 +436,15 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
             SELECT d.ord, s.sig, s.bands
             FROM (SELECT {SHARD_SQL} AS shard, ord AS local, sig, bands
                   FROM read_parquet({_sql_list(sigs)}, filename = true)) s
-            JOIN docs d USING (shard, local) WHERE d.reason IS NULL""", config.near_dup)
+            JOIN docs d USING (shard, local) WHERE d.reason IS NULL""",
+            "SELECT ord, text FROM texts", config.near_dup)
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
         con.register("near", pa.table({"ord": found.ords.astype(np.int64),
                                        "rep": found.kept_ords.astype(np.int64),
                                        "jaccard": found.jaccard.astype(np.float64)}))
         con.execute("""
             UPDATE docs SET reason = 'near_duplicate', detail = x.detail
-            FROM (SELECT n.ord, 'near duplicate of ' || d.doc_id || ' (estimated Jaccard '
+            FROM (SELECT n.ord, 'near duplicate of ' || d.doc_id || ' (Jaccard '
                          || round(n.jaccard, 3)::VARCHAR || ')' AS detail
                   FROM near n JOIN docs d ON d.ord = n.rep) x
             WHERE docs.ord = x.ord""")

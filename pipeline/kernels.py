@@ -641,6 +641,35 @@ def minhash(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int) ->
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def _pair_jaccard(starts: np.ndarray, values: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  out: np.ndarray) -> None:
+    for k in range(len(a)):
+        i, i_end = starts[a[k]], starts[a[k] + 1]
+        j, j_end = starts[b[k]], starts[b[k] + 1]
+        both = 0
+        while i < i_end and j < j_end:
+            if values[i] == values[j]:
+                both += 1
+                i += 1
+                j += 1
+            elif values[i] < values[j]:
+                i += 1
+            else:
+                j += 1
+        union = (i_end - starts[a[k]]) + (j_end - starts[b[k]]) - both
+        out[k] = both / union if union else 1.0
+
+
+def pair_jaccard(starts: np.ndarray, values: np.ndarray, a: np.ndarray, b: np.ndarray
+                 ) -> np.ndarray:
+    """The Jaccard similarity of sets ``a[k]`` and ``b[k]``; set ``i`` is the sorted, distinct
+    ``values[starts[i]:starts[i + 1]]``."""
+    out = np.empty(len(a), np.float64)
+    _pair_jaccard(starts.astype(np.int64), values, a.astype(np.int64), b.astype(np.int64), out)
+    return out
+
+
 def warm() -> None:
     """Compile (or load from the cache) every kernel on a few strings."""
     texts = pa.array(["Warm the kernels:  a\r\n\n\nb caf\u00e9 ...", None, ""])
@@ -649,6 +678,7 @@ def warm() -> None:
     gopher_features(normalised, ["the"])
     repetition(row, h, lens, len(texts), [("top", 2, 0.2), ("dup", 5, 0.15)])
     minhash(h, np.array([0], np.int64), 8, 0)
+    pair_jaccard(np.array([0, 1], np.int64), h[:1], np.array([0]), np.array([0]))
 
 
 if __name__ == "__main__":  # python -m pipeline.kernels: fill the compile cache

@@ -41,6 +41,15 @@ def test_clusters_keep_their_first_document() -> None:
     unrelated = " ".join(f"term{i}" for i in range(60))
     found = _find([unrelated, text, edited, text + " extra"])
     assert sorted(found.ords.tolist()) == [2, 3] and found.kept_ords.tolist() == [1, 1]
+    # the exact Jaccard of the word 5-gram sets, as the pairs are checked
+
+    def grams(t: str) -> set:
+        w = t.split()
+        return {tuple(w[i:i + 5]) for i in range(len(w) - 4)}
+
+    exact = [len(grams(text) & grams(t)) / len(grams(text) | grams(t)) for t in (edited,
+                                                                                 text + " extra")]
+    assert found.jaccard.tolist() == pytest.approx(exact, abs=1e-12)
     assert all(j >= 0.8 for j in found.jaccard)
     assert _find([unrelated, text, edited], threshold=0.99).ords.tolist() == []
 
@@ -98,7 +107,7 @@ def test_ingest_drops_near_duplicates_after_exact_ones(planted: dict, tmp_path: 
     assert counts["excluded_near_duplicate"] == len(log) <= 100 + 2
     r = next(r for r in log if r["doc_id"] in planted_ids)
     original = f"n:{planted['truth'][int(r['doc_id'][2:])]}"
-    assert r["detail"].startswith(f"near duplicate of {original} (estimated Jaccard 0.")
+    assert r["detail"].startswith(f"near duplicate of {original} (Jaccard 0.")
 
 
 def test_decontamination_drops_training_text_that_overlaps_a_test_set(tmp_path: Path) -> None:

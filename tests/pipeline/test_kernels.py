@@ -197,3 +197,15 @@ def test_minhash_estimates_jaccard_without_bias(kind: str) -> None:
         errors.append((sig[0] == sig[1]).mean() - (2000 - cut) / (2000 + cut))
     assert sig.dtype == np.uint32
     assert abs(np.mean(errors)) < 0.015 and np.std(errors) < 0.04  # binomial sd <= 0.031
+
+
+def test_pair_jaccard_is_the_jaccard_of_the_sets() -> None:
+    rng = np.random.default_rng(0)
+    sets = [np.unique(rng.integers(0, 60, rng.integers(0, 40))).astype(np.uint64)
+            for _ in range(30)]
+    starts = np.cumsum([0] + [len(x) for x in sets])
+    a, b = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    got = kernels.pair_jaccard(starts, np.concatenate(sets), a, b)
+    for k in range(200):
+        x, y = set(sets[a[k]].tolist()), set(sets[b[k]].tolist())
+        assert got[k] == (len(x & y) / len(x | y) if x | y else 1.0)
