@@ -200,23 +200,18 @@ def find_sql(con: duckdb.DuckDBPyConnection, signatures: str, texts: str,
 def _exact_jaccard(con: duckdb.DuckDBPyConnection, texts: str, pairs: np.ndarray, n: int
                    ) -> np.ndarray:
     """The Jaccard similarity of each pair's word n-gram sets, from the texts read back."""
-    from pipeline.kernels import pair_jaccard, tokens
+    from pipeline.kernels import distinct_sorted, pair_jaccard, tokens
 
     docs = np.unique(pairs)
     con.register("wanted", pa.table({"ord": docs}))
     table = _arrow(con.sql(f"SELECT t.ord, t.text FROM ({texts}) t SEMI JOIN wanted USING (ord) "
-                           "ORDER BY t.ord"))
+                           "ORDER BY t.ord"))  # (docs is sorted too)
     con.unregister("wanted")
     assert table.num_rows == len(docs), "a candidate's text is missing"
     row, h, _ = tokens(table.column("text"))
-    ords, grams = shingles(row, h, n)  # ords: index into docs
-    order = np.lexsort((grams, ords))
-    ords, grams = ords[order], grams[order]
-    distinct = np.ones(len(grams), bool)
-    distinct[1:] = (ords[1:] != ords[:-1]) | (grams[1:] != grams[:-1])
-    ords, grams = ords[distinct], grams[distinct]
-    starts = np.searchsorted(ords, np.arange(len(docs) + 1))
-    return pair_jaccard(starts, grams, np.searchsorted(docs, pairs[:, 0]),
+    ords, grams = shingles(row, h, n)  # ords: index into docs, ascending
+    starts, sets = distinct_sorted(np.searchsorted(ords, np.arange(len(docs) + 1)), grams)
+    return pair_jaccard(starts, sets, np.searchsorted(docs, pairs[:, 0]),
                         np.searchsorted(docs, pairs[:, 1]))
 
 

@@ -642,6 +642,29 @@ def minhash(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int) ->
 
 
 @numba.njit(nogil=True, cache=True)
+def _distinct_sorted(starts: np.ndarray, values: np.ndarray, out_starts: np.ndarray) -> int:
+    o = 0
+    for d in range(len(starts) - 1):
+        out_starts[d] = o
+        segment = np.sort(values[starts[d]:starts[d + 1]])
+        for k in range(len(segment)):
+            if k == 0 or segment[k] != segment[k - 1]:
+                values[o] = segment[k]
+                o += 1
+    out_starts[len(starts) - 1] = o
+    return o
+
+
+def distinct_sorted(starts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group ``values[starts[i]:starts[i + 1]]`` sorted with its repeats removed, as
+    (new starts, values); ``starts`` ends with ``len(values)``."""
+    values = values.copy()
+    out_starts = np.empty(len(starts), np.int64)
+    n = _distinct_sorted(starts.astype(np.int64), values, out_starts)
+    return out_starts, values[:n]
+
+
+@numba.njit(nogil=True, cache=True)
 def _pair_jaccard(starts: np.ndarray, values: np.ndarray, a: np.ndarray, b: np.ndarray,
                   out: np.ndarray) -> None:
     for k in range(len(a)):
@@ -678,7 +701,8 @@ def warm() -> None:
     gopher_features(normalised, ["the"])
     repetition(row, h, lens, len(texts), [("top", 2, 0.2), ("dup", 5, 0.15)])
     minhash(h, np.array([0], np.int64), 8, 0)
-    pair_jaccard(np.array([0, 1], np.int64), h[:1], np.array([0]), np.array([0]))
+    pair_jaccard(*distinct_sorted(np.array([0, 1], np.int64), h[:1]), np.array([0]),
+                 np.array([0]))
 
 
 if __name__ == "__main__":  # python -m pipeline.kernels: fill the compile cache
