@@ -100,20 +100,12 @@ def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupCo
 
 
 def band_keys(sig: np.ndarray, config: NearDupConfig) -> np.ndarray:
-    """(documents, bands) uint64 LSH bucket keys: a hash of each band's rows of the signature
-    (a polynomial with odd coefficients, then splitmix64's finaliser). Two documents share a
-    bucket when a band is equal; a rare collision only adds a candidate, which is checked."""
-    r = config.rows_per_band
-    coef = np.random.default_rng(BAND_SEED).integers(1, 2**63, size=r, dtype=np.uint64) | 1
-    bands = sig.reshape(len(sig), config.num_bands, r).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        h = (bands * coef).sum(axis=2, dtype=np.uint64)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return h
+    """(documents, bands) uint64 LSH bucket keys, a hash of each band's rows of the signature.
+    Two documents share a bucket when a band is equal; a rare collision only adds a candidate,
+    which is checked."""
+    from pipeline.kernels import band_keys
+
+    return band_keys(sig, config.rows_per_band, BAND_SEED)
 
 
 def signature_table(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> pa.Table:

@@ -642,6 +642,25 @@ def minhash(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int) ->
 
 
 @numba.njit(nogil=True, cache=True)
+def _band_keys(sig: np.ndarray, rows: int, coef: np.ndarray, out: np.ndarray) -> None:
+    for d in range(sig.shape[0]):
+        for band in range(out.shape[1]):
+            h = np.uint64(0)
+            for j in range(rows):
+                h += np.uint64(sig[d, band * rows + j]) * coef[j]
+            out[d, band] = _mix(h)
+
+
+def band_keys(sig: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """(documents, bands) uint64: a hash of each band of ``rows`` signature values (a
+    polynomial with odd coefficients drawn from ``seed``, then splitmix64's finaliser)."""
+    coef = np.random.default_rng(seed).integers(1, 2**63, size=rows, dtype=np.uint64) | 1
+    out = np.empty((sig.shape[0], sig.shape[1] // rows), np.uint64)
+    _band_keys(np.ascontiguousarray(sig), rows, coef, out)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
 def _distinct_sorted(starts: np.ndarray, values: np.ndarray, out_starts: np.ndarray) -> int:
     o = 0
     for d in range(len(starts) - 1):
@@ -700,7 +719,7 @@ def warm() -> None:
     row, h, lens = tokens(normalised)
     gopher_features(normalised, ["the"])
     repetition(row, h, lens, len(texts), [("top", 2, 0.2), ("dup", 5, 0.15)])
-    minhash(h, np.array([0], np.int64), 8, 0)
+    band_keys(minhash(h, np.array([0], np.int64), 8, 0), 4, 0)
     pair_jaccard(*distinct_sorted(np.array([0, 1], np.int64), h[:1]), np.array([0]),
                  np.array([0]))
 
