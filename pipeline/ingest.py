@@ -395,9 +395,11 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     jobs = [(config, files, work / f"{i:05d}") for i, files in enumerate(plan)]
     results = (map_shards or _serial_map)(prepare_shard, jobs)
     lap = _Laps()
-    # The global steps keep one row per document without its text, in a database file that
-    # DuckDB may spill to disk; texts are read back from the shards' Parquet when written out.
-    con = duckdb.connect(str(work / "global.duckdb"))
+    # The global steps keep one row per document without its text, in DuckDB tables that it
+    # spills to the build directory past global_memory_gb (an in-memory database: a database
+    # file would also write every table and update to disk); texts are read back from the
+    # shards' Parquet when written out.
+    con = duckdb.connect()
     spill = str(work / "spill").replace("'", "''")
     con.execute(f"SET memory_limit = '{config.global_memory_gb}GB'; "
                 f"SET temp_directory = '{spill}'")
