@@ -17,6 +17,7 @@ high.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -123,24 +124,29 @@ def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> 
     """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
     con.register("near_dup_signatures", signature_table(*signatures_of(con, source, config),
                                                         config))
-    found = find_sql(con, "SELECT * FROM near_dup_signatures", f"SELECT ord, text FROM {source}",
-                     config)
+    def texts(ords: np.ndarray) -> Iterator[pa.Table]:
+        con.register("wanted", pa.table({"ord": ords}))
+        yield _arrow(con.sql(f"SELECT s.ord, s.text FROM {source} s SEMI JOIN wanted "
+                             "USING (ord) ORDER BY s.ord"))
+        con.unregister("wanted")
+
+    found = find_sql(con, "SELECT * FROM near_dup_signatures", texts, config)
     con.unregister("near_dup_signatures")
     return found
 
 
-VERIFY_BATCH = 200_000  # candidate pairs whose texts are read back at once
-
-
-def find_sql(con: duckdb.DuckDBPyConnection, signatures: str, texts: str,
-             config: NearDupConfig) -> NearDuplicates:
-    """Near-duplicates among the rows (ord, sig, bands) of the query ``signatures``, whose
-    text is in the query ``texts`` (ord, text); the earliest ord of a cluster is kept.
+def find_sql(con: duckdb.DuckDBPyConnection, signatures: str,
+             texts: Callable[[np.ndarray], Iterator[pa.Table]], config: NearDupConfig
+             ) -> NearDuplicates:
+    """Near-duplicates among the rows (ord, sig, bands) of the query ``signatures``; the
+    earliest ord of a cluster is kept. ``texts(ords)`` yields tables (ord, text) of those
+    documents (sorted), in ord order, a batch at a time.
 
     The buckets are a DuckDB aggregate over one row per document and band, which spills to disk
     past the connection's memory limit. Each candidate pair is then checked exactly: the texts
-    of a batch of pairs are read back, tokenised and shingled again, and the pair is kept when
-    the Jaccard similarity of its n-gram sets reaches ``threshold``. A 112-value signature's
+    of the candidates are read back a batch at a time, tokenised and shingled again, and only
+    each document's distinct shingles are kept (32 bits each); a pair counts when the Jaccard
+    similarity of its n-gram sets reaches ``threshold``. A 112-value signature's
     estimate has a spread of 0.04 at Jaccard 0.75, and remixed documents sharing sentences
     make thousands of such pairs, so a check on the estimate admits hundreds of them."""
     empty = NearDuplicates(np.array([], np.int64), np.array([], np.int64), np.array([]), 0, 0)
@@ -161,9 +167,7 @@ def find_sql(con: duckdb.DuckDBPyConnection, signatures: str, texts: str,
     pairs = np.stack([pairs["first"], pairs["ord"]], axis=1).astype(np.int64)
     if not len(pairs):
         return empty
-    similarity = np.concatenate([_exact_jaccard(con, texts, pairs[i:i + VERIFY_BATCH],
-                                                config.ngram)
-                                 for i in range(0, len(pairs), VERIFY_BATCH)])
+    similarity = _exact_jaccard(texts, pairs, config.ngram)
     good = similarity >= config.threshold
     members, index = np.unique(pairs[good], return_inverse=True)
     index = index.reshape(-1, 2)
@@ -189,22 +193,29 @@ def find_sql(con: duckdb.DuckDBPyConnection, signatures: str, texts: str,
                           int(good.sum()))
 
 
-def _exact_jaccard(con: duckdb.DuckDBPyConnection, texts: str, pairs: np.ndarray, n: int
-                   ) -> np.ndarray:
-    """The Jaccard similarity of each pair's word n-gram sets, from the texts read back."""
+def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.ndarray,
+                   n: int) -> np.ndarray:
+    """The Jaccard similarity of each pair's word n-gram sets, from the texts read back. The
+    sets keep the top 32 bits of each shingle hash: a false match between two documents' few
+    hundred shingles has odds of about 1 in 10^5, and the sets take half the memory."""
     from pipeline.kernels import distinct_sorted, pair_jaccard, tokens
 
     docs = np.unique(pairs)
-    con.register("wanted", pa.table({"ord": docs}))
-    table = _arrow(con.sql(f"SELECT t.ord, t.text FROM ({texts}) t SEMI JOIN wanted USING (ord) "
-                           "ORDER BY t.ord"))  # (docs is sorted too)
-    con.unregister("wanted")
-    assert table.num_rows == len(docs), "a candidate's text is missing"
-    row, h, _ = tokens(table.column("text"))
-    ords, grams = shingles(row, h, n)  # ords: index into docs, ascending
-    starts, sets = distinct_sorted(np.searchsorted(ords, np.arange(len(docs) + 1)), grams)
-    return pair_jaccard(starts, sets, np.searchsorted(docs, pairs[:, 0]),
-                        np.searchsorted(docs, pairs[:, 1]))
+    counts, values, seen = [], [], []
+    for table in texts(docs):
+        row, h, _ = tokens(table.column("text"))
+        ords, grams = shingles(row, h, n)  # ords: row of the table, ascending
+        starts, sets = distinct_sorted(np.searchsorted(ords, np.arange(table.num_rows + 1)),
+                                       (grams >> np.uint64(32)).astype(np.uint32))
+        counts.append(np.diff(starts))
+        values.append(sets)
+        seen.append(table.column("ord").to_numpy())
+    assert np.array_equal(np.concatenate(seen) if seen else docs[:0], docs), \
+        "the candidates' texts did not come back in order"
+    starts = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else \
+        np.zeros(1, np.int64)
+    return pair_jaccard(starts, np.concatenate(values) if values else np.zeros(0, np.uint32),
+                        np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1]))
 
 
 def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:

@@ -442,7 +442,7 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
             FROM (SELECT {SHARD_SQL} AS shard, ord AS local, sig, bands
                   FROM read_parquet({_sql_list(sigs)}, filename = true)) s
             JOIN docs d USING (shard, local) WHERE d.reason IS NULL""",
-            "SELECT ord, text FROM texts", config.near_dup)
+            lambda ords: _texts_of(con, parts, ords), config.near_dup)
         near = {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
         con.register("near", pa.table({"ord": found.ords.astype(np.int64),
                                        "rep": found.kept_ords.astype(np.int64),
@@ -586,6 +586,22 @@ def _stream_out(con: duckdb.DuckDBPyConnection, parts: list[str], rows_sql: str,
 
 
 ROW_GROUP = 122_880  # DuckDB's row group size
+
+
+def _texts_of(con: duckdb.DuckDBPyConnection, parts: list[str], ords: np.ndarray
+              ) -> Iterator[pa.Table]:
+    """(ord, text) of the documents ``ords`` (sorted), one shard's Parquet at a time."""
+    con.register("wanted", pa.table({"ord": ords}))
+    where = _arrow(con.sql("SELECT d.shard, d.local, d.ord FROM docs d SEMI JOIN wanted "
+                           "USING (ord) ORDER BY d.ord"))
+    con.unregister("wanted")
+    shard = where.column("shard").to_numpy()
+    for s in np.unique(shard):
+        rows = np.flatnonzero(shard == s)
+        local = pa.array(where.column("local").to_numpy()[rows])
+        yield pa.table({"ord": where.column("ord").to_numpy()[rows],
+                        "text": pq.read_table(parts[s], columns=["text"]).column("text")
+                        .take(local)})
 
 
 def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:

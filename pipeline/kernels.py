@@ -720,8 +720,8 @@ def warm() -> None:
     gopher_features(normalised, ["the"])
     repetition(row, h, lens, len(texts), [("top", 2, 0.2), ("dup", 5, 0.15)])
     band_keys(minhash(h, np.array([0], np.int64), 8, 0), 4, 0)
-    pair_jaccard(*distinct_sorted(np.array([0, 1], np.int64), h[:1]), np.array([0]),
-                 np.array([0]))
+    pair_jaccard(*distinct_sorted(np.array([0, 1], np.int64), h[:1].astype(np.uint32)),
+                 np.array([0]), np.array([0]))
 
 
 if __name__ == "__main__":  # python -m pipeline.kernels: fill the compile cache
