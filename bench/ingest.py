@@ -25,7 +25,7 @@ spaCy one was 4x slower here). Each tool runs in a subprocess: its wall time and
     dedup precision  removed documents whose exact word 5-gram Jaccard with another member of
                      their cluster (the kept one or another removed one) is at least 0.8, over
                      all removed as near-duplicates. datatrove keeps any pair that shares an
-                     LSH bucket; we check each candidate's estimated Jaccard against 0.8.
+                     LSH bucket; we check each candidate's exact 5-gram Jaccard against 0.8.
 
     python bench/ingest.py --samples /tmp/demo_work/samples --sizes 50,500 --datatrove 50,500
 """
