@@ -1,16 +1,18 @@
 """Ingest stage: domain sources -> normalised, filtered, deduplicated, split zstd Parquet.
 
-Reads JSONL (optionally gzipped), TXT (one document per file), CSV and Parquet; repairs mojibake
-(ftfy, on the documents that show its mark); normalises Unicode (NFC), control characters and
-whitespace; redacts PII with typed placeholders (``pipeline/pii.py``, per the domain's policy);
-applies the length filter, then the Gopher quality and
-repetition filters (``pipeline/quality.py``); drops exact duplicates (first occurrence wins),
-then near-duplicates (MinHash-LSH, ``pipeline/dedup.py``: one document per cluster is kept);
-splits a deterministic held-out slice by a hash of the document id; drops training documents
-that share a word 13-gram with the held-out slice or a fine-tune test set (decontamination).
-All of it is DuckDB SQL and numpy over Arrow tables. Every document that does not reach the
-output is a row in ``excluded.parquet`` with its reason, and the manifest reconciles
-``docs_in = kept + excluded``.
+Reads JSONL (optionally gzip or zstd compressed), TXT (one document per file), CSV and Parquet;
+repairs mojibake (ftfy, on the documents that show its mark); normalises Unicode (NFC), control
+characters and whitespace; redacts PII with typed placeholders (``pipeline/pii.py``, per the
+domain's policy); applies the length filter, then the Gopher quality and repetition filters
+(``pipeline/quality.py``); drops exact duplicates (first occurrence wins), then near-duplicates
+(MinHash-LSH with an exact Jaccard check, ``pipeline/dedup.py``: one document per cluster is
+kept); splits a deterministic held-out slice by a hash of the document id; drops training
+documents that share a word 13-gram with the held-out slice or a fine-tune test set
+(decontamination). All of it is DuckDB SQL, numpy and compiled kernels
+(``pipeline/kernels.py``) over Arrow buffers, in shards (``prepare_shard``) and then global
+steps over the shards' outputs. Every document that does not reach the output is a row in
+``excluded.parquet`` with its reason, and the manifest reconciles ``docs_in = kept +
+excluded``.
 
 Outputs: ``train-NNNNN.parquet`` shards in input order and ``eval.parquet`` in hash order (any
 prefix is a fair sample across sources), both with columns doc_id, source, text;

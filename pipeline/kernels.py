@@ -1,17 +1,20 @@
-"""Compiled per-document kernels for ingest: word hashing, the Gopher features and the n-gram
-repetition filters, each one pass over an Arrow string column's UTF-8 buffer.
+"""Compiled per-document kernels for ingest, each one pass over an Arrow string column's UTF-8
+buffer or over the arrays made from it: normalisation, word tokens, the Gopher features, the
+n-gram repetition counts, MinHash signatures and LSH band keys, and the exact Jaccard check of
+near-duplicate candidates.
 
 These are the loops that DuckDB's list functions and hash aggregates did before, per document
 and per word; numba compiles them to machine code (``nogil``, so shard threads run them in
 parallel) and caches the result beside this file (``__pycache__``), so only the first process on
-a machine pays the few seconds of compilation. Nothing here loops in Python per document.
+a machine pays the few seconds of compilation (``python -m pipeline.kernels`` fills the cache;
+``make install`` runs it). Nothing here loops in Python per document.
 
 Definitions (the tests hold each against a plain-Python or SQL statement of it):
 
     word        for the Gopher features: a run of bytes other than ``\\t \\n \\f \\r`` and
                 space (RE2's ``\\s``), as ``regexp_split_to_array(text, '\\s+')``
     token       for n-grams and MinHash: a run of Unicode word characters (Python's ``\\w``:
-                letters, digits, marks' neighbours excluded, underscore), lower-cased
+                letters, digits and underscore), lower-cased code point by code point
     line        the text between newlines that holds more than spaces
     paragraph   the text between blank-line separators (RE2 ``\\n\\s*\\n``) that holds more
                 than spaces
