@@ -24,6 +24,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pipeline import kernels
 from pipeline.config import NearDupConfig
 from pipeline.quality import window_hashes, word_hashes
 
@@ -37,7 +38,7 @@ def shingles(ords: np.ndarray, word_hashes: np.ndarray, n: int) -> tuple[np.ndar
     words."""
     start, g = window_hashes(word_hashes, ords, n, seed=SHINGLE_SEED)
     g_ords = ords[start]
-    coef = np.random.default_rng(SHINGLE_SEED).integers(1, 2**63, size=n, dtype=np.uint64) | 1
+    coef = kernels.odd_coefficients(n, SHINGLE_SEED)
     starts = document_starts(ords)
     counts = np.diff(np.append(starts, len(ords)))
     short = counts < n
@@ -78,9 +79,7 @@ def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int)
     """(documents, num_perm) uint32 MinHash signatures; ``hashes`` are shingle hashes grouped by
     document, ``starts`` each document's first index. A compiled kernel: on 5M shingles x 112
     permutations 0.5 s, against rensa's 0.3 s plus 2 s to turn its matrix into an array."""
-    from pipeline.kernels import minhash
-
-    return minhash(hashes, starts, num_perm, seed)
+    return kernels.minhash(hashes, starts, num_perm, seed)
 
 
 def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig,
@@ -104,9 +103,7 @@ def band_keys(sig: np.ndarray, config: NearDupConfig) -> np.ndarray:
     """(documents, bands) uint64 LSH bucket keys, a hash of each band's rows of the signature.
     Two documents share a bucket when a band is equal; a rare collision only adds a candidate,
     which is checked."""
-    from pipeline.kernels import band_keys
-
-    return band_keys(sig, config.rows_per_band, BAND_SEED)
+    return kernels.band_keys(sig, config.rows_per_band, BAND_SEED)
 
 
 def signature_table(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> pa.Table:
@@ -198,14 +195,12 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
     """The Jaccard similarity of each pair's word n-gram sets, from the texts read back. The
     sets keep the top 32 bits of each shingle hash: a false match between two documents' few
     hundred shingles has odds of about 1 in 10^5, and the sets take half the memory."""
-    from pipeline.kernels import distinct_sorted, pair_jaccard, tokens
-
     docs = np.unique(pairs)
     counts, values, seen = [], [], []
     for table in texts(docs):
-        row, h, _ = tokens(table.column("text"))
+        row, h, _ = kernels.tokens(table.column("text"))
         ords, grams = shingles(row, h, n)  # ords: row of the table, ascending
-        starts, sets = distinct_sorted(np.searchsorted(ords, np.arange(table.num_rows + 1)),
+        starts, sets = kernels.distinct_sorted(np.searchsorted(ords, np.arange(table.num_rows + 1)),
                                        (grams >> np.uint64(32)).astype(np.uint32))
         counts.append(np.diff(starts))
         values.append(sets)
@@ -214,8 +209,9 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
         "the candidates' texts did not come back in order"
     starts = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else \
         np.zeros(1, np.int64)
-    return pair_jaccard(starts, np.concatenate(values) if values else np.zeros(0, np.uint32),
-                        np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1]))
+    return kernels.pair_jaccard(
+        starts, np.concatenate(values) if values else np.zeros(0, np.uint32),
+        np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1]))
 
 
 def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:

@@ -74,6 +74,12 @@ def _unicode_tables() -> tuple[np.ndarray, np.ndarray]:
     return flags, lower
 
 
+def odd_coefficients(n: int, seed: int) -> np.ndarray:
+    """``n`` random odd uint64 multipliers drawn from ``seed``: the coefficients of the
+    polynomial hashes over windows of word hashes (n-grams, shingles, LSH bands)."""
+    return np.random.default_rng(seed).integers(1, 2**63, size=n, dtype=np.uint64) | 1
+
+
 def utf8_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets, uint8 data) of a string column, without copying the text when it is
     one chunk of large strings; nulls read as empty strings."""
@@ -145,10 +151,6 @@ def _insert(keys: np.ndarray, stamps: np.ndarray, counts: np.ndarray, mask: np.u
             counts[slot] += 1
             return slot, False
         slot = np.int64((np.uint64(slot) + np.uint64(1)) & mask)
-
-
-def _table_size(n: int) -> int:
-    return 1 << max(4, int(2 * max(n, 1) - 1).bit_length())
 
 
 @numba.njit(inline="always")
@@ -349,14 +351,13 @@ def _features(offsets: np.ndarray, data: np.ndarray, flags: np.ndarray, lower: n
               stop: np.ndarray, stop_min: int, stop_max: int, bullets: np.ndarray,
               out: np.ndarray) -> None:
     """One row of ``out`` (documents x FEATURES, float64; NaN for SQL's NULL) per document."""
-    most = 0  # the most newlines in a document: lines and paragraphs are at most one more
+    # lines and paragraphs of a document: at most one more than its newlines
+    pieces = np.ones(len(offsets) - 1, np.int64)
     for d in range(len(offsets) - 1):
-        nl = 0
         for i in range(offsets[d], offsets[d + 1]):
             if data[i] == 10:
-                nl += 1
-        most = max(most, nl + 1)
-    capacity = np.int64(_mask_for(most)) + 1
+                pieces[d] += 1
+    capacity = np.int64(_mask_for(pieces.max() if len(pieces) else 1)) + 1
     keys = np.empty(capacity, np.uint64)
     stamps = np.full(capacity, -1, np.int64)
     counts = np.empty(capacity, np.int64)
@@ -414,11 +415,7 @@ def _features(offsets: np.ndarray, data: np.ndarray, flags: np.ndarray, lower: n
             i += 1
         # lines: between newlines, holding more than spaces
         stamp += 1
-        nl = 1
-        for i in range(lo, hi):
-            if data[i] == 10:
-                nl += 1
-        mask = _mask_for(nl)
+        mask = _mask_for(pieces[d])
         n_lines = 0
         line_chars = 0
         distinct = 0
@@ -529,10 +526,14 @@ def gopher_features(array: pa.Array | pa.ChunkedArray, stop_words: list[str]
 @numba.njit(nogil=True, cache=True)
 def _repetition(starts: np.ndarray, h: np.ndarray, lens: np.ndarray, kinds: np.ndarray,
                 ns: np.ndarray, thresholds: np.ndarray, later_min: np.ndarray,
-                coefs: np.ndarray, failed: np.ndarray, shares: np.ndarray, capacity: int) -> None:
+                coefs: np.ndarray, failed: np.ndarray, shares: np.ndarray) -> None:
     """Per document (tokens ``starts[d]:starts[d + 1]``), the first check it fails (-1: none)
     and the share measured; ``kinds`` 0 = top n-gram, 1 = duplicated n-grams; ``later_min``:
     the lowest threshold of the checks after each one."""
+    most = 1  # the most tokens in a document: its windows are fewer
+    for d in range(len(starts) - 1):
+        most = max(most, starts[d + 1] - starts[d])
+    capacity = np.int64(_mask_for(most)) + 1
     keys = np.empty(capacity, np.uint64)
     stamps = np.full(capacity, -1, np.int64)
     counts = np.empty(capacity, np.int64)
@@ -590,8 +591,7 @@ def _repetition(starts: np.ndarray, h: np.ndarray, lens: np.ndarray, kinds: np.n
 
 
 def repetition(doc: np.ndarray, h: np.ndarray, lens: np.ndarray, num_docs: int,
-               checks: list[tuple[str, int, float]], seed_of: dict[int, int] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+               checks: list[tuple[str, int, float]]) -> tuple[np.ndarray, np.ndarray]:
     """(index of the first failed check or -1, its share) per document, from ``tokens``'s
     output (``doc`` ascending). ``checks``: (``"top"`` or ``"dup"``, n, threshold), top checks
     first, each kind by n. An n-gram's hash is a polynomial over its tokens' hashes with odd
@@ -601,15 +601,14 @@ def repetition(doc: np.ndarray, h: np.ndarray, lens: np.ndarray, num_docs: int,
     width = max((n for _, n, _ in checks), default=1)
     coefs = np.zeros((len(checks), width), np.uint64)
     for c, (_, n, _) in enumerate(checks):
-        coefs[c, :n] = np.random.default_rng(n).integers(1, 2**63, size=n, dtype=np.uint64) | 1
+        coefs[c, :n] = odd_coefficients(n, seed=n)
     failed = np.full(num_docs, -1, np.int64)
     shares = np.zeros(num_docs, np.float64)
-    longest = int(np.diff(starts).max()) if num_docs else 0
     thresholds = np.array([t for _, _, t in checks], np.float64)
     later_min = np.append(np.minimum.accumulate(thresholds[::-1])[::-1][1:], -np.inf)
     _repetition(starts, h, lens, np.array([k == "dup" for k, _, _ in checks], np.int64),
                 np.array([n for _, n, _ in checks], np.int64), thresholds, later_min, coefs,
-                failed, shares, _table_size(longest))
+                failed, shares)
     return failed, shares
 
 
@@ -657,7 +656,7 @@ def _band_keys(sig: np.ndarray, rows: int, coef: np.ndarray, out: np.ndarray) ->
 def band_keys(sig: np.ndarray, rows: int, seed: int) -> np.ndarray:
     """(documents, bands) uint64: a hash of each band of ``rows`` signature values (a
     polynomial with odd coefficients drawn from ``seed``, then splitmix64's finaliser)."""
-    coef = np.random.default_rng(seed).integers(1, 2**63, size=rows, dtype=np.uint64) | 1
+    coef = odd_coefficients(rows, seed)
     out = np.empty((sig.shape[0], sig.shape[1] // rows), np.uint64)
     _band_keys(np.ascontiguousarray(sig), rows, coef, out)
     return out

@@ -144,7 +144,7 @@ def window_hashes(h: np.ndarray, doc: np.ndarray, n: int, seed: int
     m = len(h) - n + 1
     if m <= 0:
         return np.array([], np.int64), np.array([], np.uint64)
-    coef = np.random.default_rng(seed).integers(1, 2**63, size=n, dtype=np.uint64) | 1
+    coef = kernels.odd_coefficients(n, seed)
     g = np.zeros(m, np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
