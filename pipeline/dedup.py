@@ -121,10 +121,11 @@ def find(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig) -> 
     """Near-duplicates among the rows (ord, text) of the table or view ``source``."""
     con.register("near_dup_signatures", signature_table(*signatures_of(con, source, config),
                                                         config))
+
     def texts(ords: np.ndarray) -> Iterator[pa.Table]:
         con.register("wanted", pa.table({"ord": ords}))
-        yield _arrow(con.sql(f"SELECT s.ord, s.text FROM {source} s SEMI JOIN wanted "
-                             "USING (ord) ORDER BY s.ord"))
+        yield con.sql(f"SELECT s.ord, s.text FROM {source} s SEMI JOIN wanted "
+                      "USING (ord) ORDER BY s.ord").to_arrow_table()
         con.unregister("wanted")
 
     found = find_sql(con, "SELECT * FROM near_dup_signatures", texts, config)
@@ -212,8 +213,3 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
     return kernels.pair_jaccard(
         starts, np.concatenate(values) if values else np.zeros(0, np.uint32),
         np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1]))
-
-
-def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
-    table = relation.arrow()
-    return table.read_all() if hasattr(table, "read_all") else table

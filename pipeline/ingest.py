@@ -241,9 +241,7 @@ def read_source_file(con: duckdb.DuckDBPyConnection, source: SourceConfig, path:
                           f"FROM read_parquet('{p}')")
         else:  # txt: the whole file is one document
             rel = con.sql(f"SELECT content FROM read_text('{p}')")
-        table = rel.arrow()
-        if hasattr(table, "read_all"):
-            table = table.read_all()
+        table = rel.to_arrow_table()
     except duckdb.Error as exc:
         if fmt.startswith("jsonl"):
             return _read_jsonl_careful(source, path, fmt)
@@ -554,7 +552,7 @@ def _stream_out(con: duckdb.DuckDBPyConnection, parts: list[str], rows_sql: str,
     the number of files. Nothing is sorted, and one shard's text is held at a time. Row groups
     are cut at fixed row counts, so the bytes do not depend on how the input was sharded."""
     limit = rows_per_file or 2**62
-    schema = _arrow(con.sql(rows_sql.format(shard=-1))).schema.remove(0)
+    schema = con.sql(rows_sql.format(shard=-1)).to_arrow_table().schema.remove(0)
     schema = pa.schema([pa.field(f.name, f.type) for f in schema] + [("text", pa.string())])
     writer, pending, in_file, files = None, [], 0, 0
 
@@ -575,7 +573,7 @@ def _stream_out(con: duckdb.DuckDBPyConnection, parts: list[str], rows_sql: str,
         pending = [table] if table.num_rows else []
 
     for shard, part in enumerate(parts):
-        rows = _arrow(con.sql(rows_sql.format(shard=shard)))
+        rows = con.sql(rows_sql.format(shard=shard)).to_arrow_table()
         text = pq.read_table(part, columns=["text"]).column("text").take(rows.column("local"))
         pending.append(rows.drop_columns(["local"]).append_column("text", text).cast(schema))
         flush(final=False)
@@ -594,8 +592,8 @@ def _texts_of(con: duckdb.DuckDBPyConnection, parts: list[str], ords: np.ndarray
               ) -> Iterator[pa.Table]:
     """(ord, text) of the documents ``ords`` (sorted), one shard's Parquet at a time."""
     con.register("wanted", pa.table({"ord": ords}))
-    where = _arrow(con.sql("SELECT d.shard, d.local, d.ord FROM docs d SEMI JOIN wanted "
-                           "USING (ord) ORDER BY d.ord"))
+    where = con.sql("SELECT d.shard, d.local, d.ord FROM docs d SEMI JOIN wanted "
+                    "USING (ord) ORDER BY d.ord").to_arrow_table()
     con.unregister("wanted")
     shard = where.column("shard").to_numpy()
     for s in np.unique(shard):
@@ -604,11 +602,6 @@ def _texts_of(con: duckdb.DuckDBPyConnection, parts: list[str], ords: np.ndarray
         yield pa.table({"ord": where.column("ord").to_numpy()[rows],
                         "text": pq.read_table(parts[s], columns=["text"]).column("text")
                         .take(local)})
-
-
-def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
-    table = relation.arrow()
-    return table.read_all() if hasattr(table, "read_all") else table
 
 
 def _texts_sql(parts: list[str]) -> str:

@@ -65,18 +65,13 @@ INTEGER_FEATURES = ("n_words", "n_lines", "n_chars", "stop_words")
 def features(con: duckdb.DuckDBPyConnection, source: str, config: QualityConfig) -> pa.Table:
     """The features ``reason_sql`` tests, one row per document of ``source`` (ord, text):
     ``pipeline/kernels.py`` computes them in one compiled pass over the text."""
-    table = _arrow(con.sql(f"SELECT ord, text FROM {source}"))
+    table = con.sql(f"SELECT ord, text FROM {source}").to_arrow_table()
     values = kernels.gopher_features(table.column("text"), config.gopher.stop_words)
     columns = {"ord": table.column("ord")}
     for name, x in values.items():
         columns[name] = (pa.array(x.astype(np.int64)) if name in INTEGER_FEATURES
                          else pa.array(x, mask=np.isnan(x)))
     return pa.table(columns)
-
-
-def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
-    table = relation.arrow()
-    return table.read_all() if hasattr(table, "read_all") else table
 
 
 # --- C4 line filters ---------------------------------------------------------------------------
@@ -158,7 +153,7 @@ def word_hashes(con: duckdb.DuckDBPyConnection, source: str
     """(document ord, uint64 hash, characters) of every word of the rows (ord, text) of
     ``source``, in document and word order: lower-cased runs of word characters (Python's
     ``\\w``), as the n-gram filters, near-dedup and decontamination use them."""
-    table = _arrow(con.sql(f"SELECT ord, text FROM {source}"))
+    table = con.sql(f"SELECT ord, text FROM {source}").to_arrow_table()
     row, h, lens = kernels.tokens(table.column("text"))
     ords = table.column("ord").to_numpy()[row]
     if len(ords) and (np.diff(ords) < 0).any():  # ord order, words in order within each
@@ -189,14 +184,11 @@ def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: Repeti
     ords, h, lens = words if words is not None else word_hashes(con, source)
     if len(ords) == 0:
         return schema.empty_table()
-    bounds = np.flatnonzero(np.diff(ords)) + 1
-    doc_ords = ords[np.concatenate([[0], bounds])]
-    doc = np.repeat(np.arange(len(doc_ords)), np.diff(np.concatenate([[0], bounds, [len(ords)]])))
-    failed, shares = kernels.repetition(doc, h, lens, len(doc_ords), checks)
-    hit = np.flatnonzero(failed >= 0)
+    failed, shares = kernels.repetition(ords, h, lens, int(ords[-1]) + 1, checks)
+    hit = np.flatnonzero(failed >= 0)  # the ords that fail
     names = [f"{kind}_{n}gram" for kind, n, _ in checks]
     return pa.table({
-        "ord": doc_ords[hit].astype(np.int64),
+        "ord": hit.astype(np.int64),
         "reason": [f"repetition_{names[failed[i]]}" for i in hit],
         "detail": [f"{names[failed[i]]}_chars {shares[i]:.4f} > {checks[failed[i]][2]}"
                    for i in hit]}, schema=schema)
