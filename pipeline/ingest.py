@@ -574,7 +574,7 @@ def _stream_out(con: duckdb.DuckDBPyConnection, parts: list[str], rows_sql: str,
 
     for shard, part in enumerate(parts):
         rows = con.sql(rows_sql.format(shard=shard)).to_arrow_table()
-        text = pq.read_table(part, columns=["text"]).column("text").take(rows.column("local"))
+        text = _shard_text(part, rows.column("local"))
         pending.append(rows.drop_columns(["local"]).append_column("text", text).cast(schema))
         flush(final=False)
     flush(final=True)
@@ -598,10 +598,13 @@ def _texts_of(con: duckdb.DuckDBPyConnection, parts: list[str], ords: np.ndarray
     shard = where.column("shard").to_numpy()
     for s in np.unique(shard):
         rows = np.flatnonzero(shard == s)
-        local = pa.array(where.column("local").to_numpy()[rows])
         yield pa.table({"ord": where.column("ord").to_numpy()[rows],
-                        "text": pq.read_table(parts[s], columns=["text"]).column("text")
-                        .take(local)})
+                        "text": _shard_text(parts[s], where.column("local").take(rows))})
+
+
+def _shard_text(part: str, local: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """The texts at rows ``local`` of a shard's ``docs.parquet`` (row i is the shard's ord i)."""
+    return pq.read_table(part, columns=["text"]).column("text").take(local)
 
 
 def _texts_sql(parts: list[str]) -> str:
