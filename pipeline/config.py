@@ -2,7 +2,7 @@
 
 A domain YAML has one section per stage (``ingest``, ``tokenizer``, ``pretrain``, ``finetune``,
 ``evaluate``) plus ``profiles`` overrides and an optional ``schedule``. Resolving a domain for a
-profile (the size dial: ``tiny``, ``small``, ``base``) merges, in increasing priority:
+profile (the size dial: ``tiny``, ``small``, ``base``, ``cpu``) merges, in increasing priority:
 
 1. the built-in profile defaults in ``PROFILES``,
 2. the domain's stage sections,
@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evaluate")
-ProfileName = Literal["tiny", "small", "base"]
-PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base")
+ProfileName = Literal["tiny", "small", "base", "cpu"]
+PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base", "cpu")
 
 
 class _Strict(BaseModel):
@@ -337,10 +337,26 @@ class PretrainConfig(_Strict):
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
     tensorboard: bool = Field(
         default=True, description="Curves to <artifact>/tensorboard via DeepSpeed's monitor.")
-    eval_max_seqs: int = Field(default=256, gt=0)
+    eval_max_seqs: int = Field(
+        default=256, gt=0, description="Held-out sequences per slice (domain, general) scored "
+        "at each eval point; with select_checkpoint, those of the dev half.")
+    select_checkpoint: bool = Field(
+        default=False, description="Continue mode: score the model before training and at "
+        "every eval_every step on the dev half of the held-out text (domain and general), and "
+        "export the eval point with the largest domain loss drop whose general loss rise stays "
+        "within select_max_general_degradation (else the one with the smallest rise).")
+    select_max_general_degradation: float = Field(
+        default=0.03, ge=0, description="Checkpoint choice: most relative rise of the general "
+        "dev loss over the base model's (0.03: 3%).")
+    control: bool = Field(
+        default=False, description="Continue mode: also continue the base model on general "
+        "text only with the same recipe and budget (the control run of 'Don't Stop "
+        "Pretraining'); finetune and evaluate score it beside base and adapted. One control "
+        "artifact serves every domain with the same recipe and general sources.")
     mixture: dict[str, float] = Field(
-        default_factory=dict, description="Source name -> share of training tokens; sources "
-        "not named share the rest in their natural proportions and are used exactly once.")
+        default_factory=dict, description="Source name -> share of training tokens (0: not "
+        "trained on); sources not named share the rest in their natural proportions and are "
+        "used exactly once.")
     num_pack_workers: int = Field(
         default=0, ge=0, description="Processes that tokenize for packing; 0: one per CPU.")
     max_shard_tokens: int = Field(
@@ -362,15 +378,23 @@ class PretrainConfig(_Strict):
                              f"log_every ({self.log_every})")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (got zero_stage 0)")
-        bad = {k: v for k, v in self.mixture.items() if not 0 < v <= 1}
+        bad = {k: v for k, v in self.mixture.items() if not 0 <= v <= 1}
         if bad:
-            raise ValueError(f"mixture shares must be in (0, 1], got {bad}")
+            raise ValueError(f"mixture shares must be in [0, 1] (0: not trained on), got {bad}")
         if self.mixture and sum(self.mixture.values()) > 1 + 1e-9:
             raise ValueError(f"mixture shares sum to {sum(self.mixture.values()):.3f}; "
                              "they are fractions of the training tokens, so at most 1")
         if self.max_shard_tokens < self.seq_len:
             raise ValueError(f"max_shard_tokens ({self.max_shard_tokens}) must hold at least "
                              f"one sequence of seq_len ({self.seq_len}) tokens")
+        if self.select_checkpoint and (self.mode != "continue" or not self.eval_every):
+            raise ValueError(
+                "pretrain.select_checkpoint needs pretrain.mode: continue (the base model is the "
+                f"reference) and pretrain.eval_every > 0; got mode {self.mode!r}, eval_every "
+                f"{self.eval_every}")
+        if self.control and self.mode != "continue":
+            raise ValueError("pretrain.control: a control run continues the base model, so it "
+                             f"needs pretrain.mode: continue (got {self.mode!r})")
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
@@ -462,8 +486,14 @@ class FinetuneConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     max_eval_docs: int = Field(
-        default=500, gt=0, description="Held-out docs scored, per slice (domain, general).")
+        default=500, gt=0, description="Held-out test docs scored, per slice (domain, general).")
+    max_general_docs: int | None = Field(
+        default=None, gt=0, description="Cap on the general slice's test docs (news articles "
+        "are long); null: max_eval_docs.")
     batch_size: int = Field(default=8, gt=0)
+    bootstrap_samples: int = Field(
+        default=1000, ge=0, description="Resamples of the test documents for the standard "
+        "errors of bits-per-byte and of its changes; 0: none.")
     min_domain_gain: float | None = Field(
         default=0.001, description="Continue mode: fail unless the adapted model's domain "
         "bits-per-byte is at least this far below the base model's; null: no gate.")
@@ -500,6 +530,9 @@ class RunConfig(_Strict):
                 "extends the base model's tokenizer, so it needs pretrain.mode: continue "
                 f"(got {self.pretrain.mode})")
         names = [s.name for s in self.ingest.sources]
+        if self.pretrain.control and not any(s.general for s in self.ingest.sources):
+            raise ValueError("pretrain.control trains on the general sources, but no "
+                             "ingest.sources entry has general: true")
         unknown = sorted(set(self.pretrain.mixture) - set(names))
         if unknown:
             raise ValueError(f"pretrain.mixture names unknown source(s) {unknown}; "
@@ -556,7 +589,51 @@ PROFILES: dict[str, dict[str, Any]] = {
         "finetune": {"max_train_examples": 50000, "max_seq_len": 512, "epochs": 3, "lr": 5e-5},
         "evaluate": {"max_eval_docs": 5000},
     },
+    # Continued pretraining of SmolLM2-135M sized for a 2-core CPU: under an hour per domain
+    # with the control, scored by a linear probe instead of full fine-tuning (docs/profiles.md).
+    "cpu": {
+        "pretrain": {
+            "mode": "continue", "base_model": "smollm2-135m",
+            "model": {"num_layers": 30, "hidden_size": 576, "num_heads": 9,
+                      "intermediate_size": 1536, "tie_embeddings": True},
+            "seq_len": 256, "micro_batch_size": 4, "grad_accum_steps": 2, "max_steps": 48,
+            "lr": 1e-4, "warmup_steps": 4, "log_every": 4, "eval_every": 12,
+            "checkpoint_every": 12, "keep_checkpoints": 1, "eval_max_seqs": 32,
+            "select_checkpoint": True, "control": True, "tensorboard": False,
+        },
+        "finetune": {"method": "probe", "max_train_examples": 600, "max_test_examples": 400,
+                     "max_seq_len": 64, "seeds": [0, 1, 2]},
+        "evaluate": {"max_eval_docs": 5000, "max_general_docs": 20, "batch_size": 8,
+                     "max_general_degradation": 0.03},
+    },
 }
+
+
+class SweepConfig(_Strict):
+    """The LR x replay grid of ``dapt sweep`` (see ``pipeline/sweep.py``)."""
+
+    lrs: list[float] = Field(
+        default_factory=lambda: [2e-5, 1e-4], description="Peak learning rates to try.")
+    replay: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25], description="Shares of training tokens replayed "
+        "from the general source, each in [0, 1).")
+    max_steps: int = Field(default=16, gt=1, description="Optimizer steps of each proxy run.")
+    replay_source: str | None = Field(
+        default=None, description="The replayed source; null: the first general source.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        for name in ("lrs", "replay"):
+            if not getattr(self, name):
+                raise ValueError(f"sweep.{name} is empty: give at least one value")
+        for i, lr in enumerate(self.lrs):
+            if not lr > 0:
+                raise ValueError(f"sweep.lrs[{i}] is {lr:g}: a learning rate must be > 0")
+        for i, share in enumerate(self.replay):
+            if not 0 <= share < 1:
+                raise ValueError(f"sweep.replay[{i}] is {share:g}: a replay share must be in "
+                                 "[0, 1)")
+        return self
 
 
 class RetryConfig(_Strict):
@@ -579,6 +656,7 @@ class DomainSpec(_Strict):
     profiles: dict[ProfileName, dict[str, Any]] = Field(default_factory=dict)
     schedule: ScheduleConfig | None = None
     retries: RetryConfig = Field(default_factory=RetryConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _check_profiles(self) -> DomainSpec:

@@ -9,7 +9,11 @@
    launch ``pipeline.train_worker`` through DeepSpeed's launcher as a subprocess: one process
    here, ``num_gpus`` ranks on a GPU node. The command, config and log are kept in the artifact.
 3. The worker trains, checkpoints, and exports ``hf/`` (safetensors + tokenizer) that
-   ``AutoModelForCausalLM.from_pretrained`` loads.
+   ``AutoModelForCausalLM.from_pretrained`` loads: the final weights, or with
+   ``select_checkpoint`` the eval point chosen on the dev half of the held-out text.
+
+``pack`` and ``train`` take plain files and tables, so the control run (``pipeline.control``)
+trains through the same code on general text.
 """
 
 from __future__ import annotations
@@ -24,17 +28,21 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError, models, packing
+from pipeline import QualityGateError, heldout, models, packing
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.ingest import train_shards
+from pipeline.worker_io import WorkerEvent, WorkerSpec, WorkerSummary
 
 log = logging.getLogger("dapt")
 
@@ -123,7 +131,14 @@ def _forward_signals(proc: subprocess.Popen) -> dict[int, Any]:
     return previous
 
 
-def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
+def _log_event(event: WorkerEvent) -> None:
+    log.info("pretrain: %s", event.describe())
+
+
+def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
+            on_event: Callable[[WorkerEvent], None] = _log_event) -> None:
+    """Run the launcher, appending its output to ``log_path``; each worker event line is
+    parsed and handed to ``on_event``."""
     tail: deque[str] = deque(maxlen=40)
     with open(log_path, "a") as log_fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -135,8 +150,9 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
                 log_fh.write(line)
                 log_fh.flush()  # so `tail -f train.log` follows a long run
                 tail.append(line)
-                if "[dapt]" in line:
-                    log.info(line.rstrip().split("[dapt]", 1)[1].strip())
+                event = WorkerEvent.parse(line)
+                if event is not None:
+                    on_event(event)
             code = proc.wait()
         finally:
             for sig, handler in forwarded.items():
@@ -148,22 +164,21 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
         )
 
 
-def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id: int,
-         data_dir: Path) -> dict[str, Any]:
-    """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams."""
-    names = ingest.manifest.extra["source_names"]
-    general = set(ingest.manifest.extra.get("general_sources", []))
+def pack(config: PretrainConfig, train_files: list[Path], dev: pa.Table, names: list[str],
+         general: set[str], tokenizer_path: Path, eos_id: int, data_dir: Path) -> dict[str, Any]:
+    """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams; the held-out
+    streams come from ``dev`` (the held-out slice's dev part: see ``pipeline.heldout``)."""
     common = {"source_names": names, "num_workers": config.num_pack_workers}
-    stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin"]
+    stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin",
+                data_dir / "staging-dev.parquet"]
     try:
-        train = packing.encode(tokenizer_path, train_shards(ingest),
-                               eos_id, stagings[0], **common)
+        train = packing.encode(tokenizer_path, train_files, eos_id, stagings[0], **common)
         selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
         packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
                                                    config.seq_len, config.max_shard_tokens),
                   "mixture": mixture}
-        held = packing.encode(tokenizer_path, [ingest.path / "eval.parquet"], eos_id,
-                              stagings[1], **common)
+        pq.write_table(dev.select(["text", "source"]), stagings[2])
+        held = packing.encode(tokenizer_path, [stagings[2]], eos_id, stagings[1], **common)
         is_general = np.isin(held.sources, [i for i, n in enumerate(names) if n in general])
         for name, docs in (("eval", np.flatnonzero(~is_general)),
                            ("eval_general", np.flatnonzero(is_general))):
@@ -176,8 +191,64 @@ def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id:
     return packed
 
 
+def packed_streams(config: PretrainConfig, out_dir: Path, pack_fn: Callable[[Path], dict]
+                   ) -> dict[str, Any]:
+    """The packed streams of this build: packed now, or read back when resuming a killed one."""
+    data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
+    if marker.exists():  # resuming a killed build: the packed streams are complete
+        log.info("pretrain: resuming in %s", out_dir)
+        return json.loads(marker.read_text())
+    packed = pack_fn(data_dir)
+    tmp = marker.with_suffix(".tmp")  # a resume must never find half a marker
+    tmp.write_text(json.dumps(packed, indent=2))
+    os.replace(tmp, marker)
+    return packed
+
+
+def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_dir: Path,
+          base_dir: Path | None, base_tok_dir: Path | None, eos_id: int, pad_id: int
+          ) -> dict[str, Any]:
+    """Check the packed streams, launch the worker through DeepSpeed's launcher, and return
+    its summary (``summary.json``)."""
+    n_train_seqs = packed["train"]["sequences"]
+    n_eval_seqs = packed["eval"]["sequences"] if "eval" in packed else 0
+    per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
+    if n_train_seqs < per_step or n_eval_seqs < 1:
+        raise QualityGateError(
+            f"pretrain: {n_train_seqs} training and {n_eval_seqs} held-out (dev) sequences of "
+            f"{config.seq_len} tokens; need at least {per_step} and 1"
+        )
+    if "eval_general" in packed and not packed["eval_general"]["sequences"]:
+        log.warning("pretrain: the general held-out text is shorter than one sequence of %d "
+                    "tokens; no general (forgetting) loss", config.seq_len)
+    bf16 = use_bf16(config)
+    ds_config = deepspeed_config(config, bf16=bf16)
+    (out_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    spec = WorkerSpec(
+        config=config, ds_config=ds_config, tokenizer_dir=str(tok_dir),
+        base_dir=str(base_dir) if base_dir else None,
+        base_tokenizer_dir=str(base_tok_dir) if base_tok_dir else None,
+        vocab_size=tok.get_vocab_size(), eos_id=eos_id, pad_id=pad_id,
+        general_eval=packed.get("eval_general", {}).get("sequences", 0) > 0,
+        out_dir=str(out_dir))
+    spec_path = out_dir / "spec.json"
+    spec_path.write_text(spec.model_dump_json(indent=2))
+    port = free_port()
+    cmd = launch_command(config, spec_path, port)
+    (out_dir / "launch.sh").write_text(shlex.join(cmd) + "\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log.info("pretrain: launching %s", shlex.join(cmd))
+    try:
+        _stream(cmd, out_dir / "train.log", env)
+    finally:
+        release_shm(port)
+    summary = WorkerSummary.model_validate_json((out_dir / "summary.json").read_text())
+    return {"summary": summary, "cmd": cmd, "bf16": bf16}
+
+
 def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    tok_art = inputs["tokenizer"]
+    tok_art, ingest = inputs["tokenizer"], inputs["ingest"]
     base_tok_dir = None
     if config.mode == "continue":  # the base model's own tokenizer, or its extension
         base_dir = models.hf_dir(inputs["models"])
@@ -190,71 +261,36 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     else:
         base_dir, tok_dir = None, tok_art.path
         eos_id, pad_id = tok_art.manifest.extra["eos_id"], tok_art.manifest.extra["pad_id"]
-    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
-    if marker.exists():  # resuming a killed build: the packed streams are complete
-        packed = json.loads(marker.read_text())
-        log.info("pretrain: resuming in %s", out_dir)
-    else:
-        packed = pack(config, inputs["ingest"], tok_dir / "tokenizer.json", eos_id, data_dir)
-        tmp = marker.with_suffix(".tmp")  # a resume must never find half a marker
-        tmp.write_text(json.dumps(packed, indent=2))
-        os.replace(tmp, marker)
-    n_train_seqs = packed["train"]["sequences"]
-    n_eval_seqs = packed["eval"]["sequences"] if "eval" in packed else 0
-    per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
-    if n_train_seqs < per_step or n_eval_seqs < 1:
-        raise QualityGateError(
-            f"pretrain: {n_train_seqs} training and {n_eval_seqs} held-out domain sequences of "
-            f"{config.seq_len} tokens; need at least {per_step} and 1"
-        )
+    names = ingest.manifest.extra["source_names"]
+    general = set(ingest.manifest.extra.get("general_sources", []))
 
-    if "eval_general" in packed and not packed["eval_general"]["sequences"]:
-        log.warning("pretrain: the general held-out text is shorter than one sequence of %d "
-                    "tokens; no general (forgetting) loss", config.seq_len)
-    bf16 = use_bf16(config)
-    ds_config = deepspeed_config(config, bf16=bf16)
-    (out_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-    spec = {
-        "config": config.model_dump(mode="json"),
-        "ds_config": ds_config,
-        "tokenizer_dir": str(tok_dir),
-        "base_dir": str(base_dir) if base_dir else None,
-        "base_tokenizer_dir": str(base_tok_dir) if base_tok_dir else None,
-        "vocab_size": tok.get_vocab_size(),
-        "eos_id": eos_id,
-        "pad_id": pad_id,
-        "general_eval": packed.get("eval_general", {}).get("sequences", 0) > 0,
-        "out_dir": str(out_dir),
-    }
-    spec_path = out_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    port = free_port()
-    cmd = launch_command(config, spec_path, port)
-    (out_dir / "launch.sh").write_text(shlex.join(cmd) + "\n")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log.info("pretrain: launching %s", shlex.join(cmd))
-    try:
-        _stream(cmd, out_dir / "train.log", env)
-    finally:
-        release_shm(port)
+    def pack_fn(data_dir: Path) -> dict[str, Any]:
+        held = heldout.parts(ingest, ["source", "text"])
+        dev = pa.concat_tables([held["domain"]["dev"], held["general"]["dev"]])
+        return pack(config, train_shards(ingest), dev, names, general,
+                    tok_dir / "tokenizer.json", eos_id, data_dir)
 
-    summary = json.loads((out_dir / "summary.json").read_text())
+    packed = packed_streams(config, out_dir, pack_fn)
+    trained = train(config, packed, out_dir, tok_dir=tok_dir, base_dir=base_dir,
+                    base_tok_dir=base_tok_dir, eos_id=eos_id, pad_id=pad_id)
+    summary: WorkerSummary = trained["summary"]
     return Manifest(
         stage="pretrain",
         counts={
             "train_tokens": packed["train"]["tokens"], "train_docs": packed["train"]["documents"],
-            "train_seqs": n_train_seqs, "train_shards": len(packed["train"]["shards"]),
-            "eval_tokens": packed["eval"]["tokens"], "eval_seqs": n_eval_seqs,
-            "new_embeddings": summary.get("new_embeddings", 0),
-            "steps": summary["steps"], "tokens_trained": summary["tokens_trained"],
-            "params": summary["params"], "world_size": summary["world_size"],
+            "train_seqs": packed["train"]["sequences"],
+            "train_shards": len(packed["train"]["shards"]),
+            "eval_tokens": packed["eval"]["tokens"], "eval_seqs": packed["eval"]["sequences"],
+            "new_embeddings": summary.new_embeddings,
+            "steps": summary.steps, "tokens_trained": summary.tokens_trained,
+            "params": summary.params, "world_size": summary.world_size,
         },
-        metrics={k: summary[k] for k in ("final_train_loss", "eval_loss", "eval_perplexity",
-                                         "general_eval_loss", "tokens_per_s") if k in summary},
-        extra={"precision": "bf16" if bf16 else "fp32", "launch": cmd, "mode": config.mode,
+        metrics=summary.metrics(),
+        extra={"precision": "bf16" if trained["bf16"] else "fp32", "launch": trained["cmd"],
+               "mode": config.mode,
                "base_model": config.base_model if config.mode == "continue" else None,
-               "checkpoint": summary["checkpoint"], "mixture": packed["mixture"],
+               "checkpoint": summary.checkpoint, "mixture": packed["mixture"],
+               "selection": summary.selection.model_dump() if summary.selection else None,
                "tokenizer": "domain" if config.mode == "from_scratch" else
                             "extended" if base_tok_dir else "base"},
     )
