@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import StageError, models, ops
+from pipeline import StageError, control, models, ops
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
@@ -68,13 +68,15 @@ STAGE_SPECS: dict[str, StageSpec] = {
     "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
                            ("ingest",)),
     "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",
-                                                "pipeline.train_worker", "pipeline.vocab"),
+                                                "pipeline.train_worker", "pipeline.vocab",
+                                                "pipeline.worker_io", "pipeline.heldout"),
                           ("ingest", "tokenizer"), resumable=True),
     "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics",
                                                 "pipeline.tasks"),
                           ("pretrain",)),
     "evaluate": StageSpec("pipeline.evaluate",
-                          ("pipeline.evaluate", "pipeline.report", "pipeline.metrics"),
+                          ("pipeline.evaluate", "pipeline.report", "pipeline.metrics",
+                           "pipeline.heldout"),
                           ("ingest", "tokenizer", "pretrain", "finetune")),
 }
 
@@ -83,6 +85,26 @@ STAGE_SPECS: dict[str, StageSpec] = {
 # extend) its tokenizer, pretraining starts from its weights, fine-tuning trains it beside the
 # adapted model (finetune.compare_base), evaluation scores it beside the adapted model.
 BASE_MODEL_STAGES = ("tokenizer", "pretrain", "finetune", "evaluate")
+
+
+# The control run (pipeline.control) is not a stage of the domain: its artifact is shared by
+# every domain with the same recipe. Finetune and evaluate score it; it trains through the
+# pretrain code.
+CONTROL_STAGES = ("finetune", "evaluate")
+CONTROL_CODE = ("pipeline.control", "pipeline.pretrain", "pipeline.packing",
+                "pipeline.train_worker", "pipeline.vocab", "pipeline.worker_io",
+                "pipeline.ingest", "pipeline.models")
+
+
+def uses_control(run: RunConfig, stage: str) -> bool:
+    return run.pretrain.mode == "continue" and run.pretrain.control and stage in CONTROL_STAGES
+
+
+def general_sources(run: RunConfig, files: dict[str, list[Path]]
+                    ) -> list[tuple[Any, list[Path]]]:
+    """The general sources with their resolved files (what the control trains on)."""
+    return [(s, files[f"ingest.sources[{i}].path"]) for i, s in enumerate(run.ingest.sources)
+            if s.general]
 
 
 def uses_base_model(run: RunConfig, stage: str) -> bool:
@@ -130,11 +152,18 @@ def default_workdir() -> Path:
 def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStage]:
     files = domain_registry.check_paths(run, domain, workdir)
     planned: dict[str, PlannedStage] = {}
+    control_key = None
+    if run.pretrain.mode == "continue" and run.pretrain.control:
+        control_key = control.key(run.pretrain, general_sources(run, files), run.ingest.seed,
+                                  models.base_key(run.pretrain.base_model),
+                                  code_version(*CONTROL_CODE))
     for stage in STAGES:
         config = run.stage(stage)
         extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
         if uses_base_model(run, stage):
             extra_inputs["models"] = models.base_key(run.pretrain.base_model)
+        if uses_control(run, stage):
+            extra_inputs["control"] = control_key
         if stage == "ingest":
             sources = []
             for i, source in enumerate(config.sources):
@@ -236,6 +265,12 @@ class Session:
         if "models" in planned.inputs:
             found["models"] = models.prepare(self.run.pretrain.base_model, self.store,
                                              key=planned.inputs["models"])
+        if "control" in planned.inputs:
+            files = domain_registry.check_paths(self.run, self.domain, self.workdir)
+            base = models.prepare(self.run.pretrain.base_model, self.store)
+            found["control"] = control.prepare(
+                self.run.pretrain, general_sources(self.run, files), self.run.ingest.seed, base,
+                self.store, key=planned.inputs["control"], code=code_version(*CONTROL_CODE))
         return found
 
     def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True,
