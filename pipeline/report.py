@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import Artifact
+from pipeline.worker_io import PretrainOutput
 
 Block = tuple[Any, ...]  # ("h1"|"h2"|"h3"|"p", text) | ("table", header, rows) | ("img", name, alt)
 
@@ -61,6 +61,64 @@ def key_rows(evaluation: Mapping[str, Any], finetune: Mapping[str, Any]) -> list
     return rows
 
 
+def verdict_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    """The verdict in plain numbers and each gate's outcome: the first thing a reader sees."""
+    verdict = evaluation.get("verdict")
+    if not verdict:
+        return []
+    gates = verdict.get("gates", [])
+    text = f"**Verdict**: {verdict['text']}."
+    if gates:
+        text += " Gates: " + "; ".join(
+            f"{g['gate']} {'passed' if g['passed'] else 'FAILED'} ({g['value']:+.4g}, limit "
+            f"{g['limit']:g})" for g in gates) + "."
+    return [("p", text)]
+
+
+def control_rows(evaluation: Mapping[str, Any]) -> list[list[Any]]:
+    """slice | base | control | adapted | adapted vs base | adapted vs control (bits/byte)."""
+    m = evaluation["metrics"]
+    per, base = evaluation["per_source"], evaluation.get("base_per_source") or {}
+    ctrl = evaluation.get("control_per_source") or {}
+
+    def change(name: str) -> str:
+        if name not in m:
+            return "-"
+        se = m.get(f"{name}_se")
+        return f"{m[name]:+.2%}" + (f" +- {se:.2%}" if se is not None else "")
+
+    rows = []
+    for slice_, vs_base, vs_ctrl in (
+            ("domain", "domain_bits_per_byte_change", "domain_change_vs_control"),
+            ("general", "general_bits_per_byte_change", "general_change_vs_control")):
+        if slice_ in per and slice_ in ctrl:
+            rows.append([slice_, base.get(slice_, {}).get("bits_per_byte", "-"),
+                         ctrl[slice_]["bits_per_byte"], per[slice_]["bits_per_byte"],
+                         change(vs_base), change(vs_ctrl)])
+    return rows
+
+
+def selection_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    sel = evaluation.get("selection")
+    if not sel:
+        return []
+    return [
+        ("h3", "Checkpoint choice"),
+        ("p", f"Rule: {sel['rule']} (limit {sel['max_general_degradation']:.1%}). Scored on the "
+         f"dev part of the held-out text, never on the test part reported above. Chosen: step "
+         f"**{sel['chosen_step']}**" + ("" if sel["within_limit"] else
+                                        " (no eval point stayed within the limit)") + "."),
+        ("img", "checkpoints.png", "dev loss change vs the base model at each eval point"),
+        ("table", ["step", "domain dev loss", "general dev loss", "domain change",
+                   "general change", "within limit", "chosen"],
+         [[c["step"], c["eval_loss"], c["general_loss"] if c["general_loss"] is not None
+           else "-", f"{c['domain_change']:+.2%}",
+           f"{c['general_change']:+.2%}" if c["general_change"] is not None else "-",
+           c["within_limit"], "yes" if c["step"] == sel["chosen_step"] else ""]
+          for c in sel["candidates"]]),
+    ]
+
+
 def header_blocks(artifacts: Mapping[str, Artifact]) -> list[Block]:
     rows = []
     for stage, art in artifacts.items():
@@ -71,8 +129,7 @@ def header_blocks(artifacts: Mapping[str, Artifact]) -> list[Block]:
 
 
 def training_curve(artifacts: Mapping[str, Artifact]) -> list[dict[str, Any]]:
-    path = artifacts["pretrain"].path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return PretrainOutput(artifacts["pretrain"].path).curve()
 
 
 def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
@@ -108,7 +165,17 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
                f"{v['bits_per_byte'] / base[s]['bits_per_byte'] - 1:+.2%}"]
               for s, v in per_source.items() if s in base]),
         ]
+    if evaluation.get("control_per_source"):
+        blocks += [
+            ("h3", "Base, control and adapted"),
+            ("p", "The control continued the base model on general text only, with the same "
+             "recipe and budget: adapted vs control is the effect of the domain data. Changes "
+             "are relative bits-per-byte +- a bootstrap standard error over documents."),
+            ("table", ["slice", "base", "control", "adapted", "adapted vs base",
+                       "adapted vs control"], control_rows(evaluation)),
+        ]
     blocks.append(("img", "bits_per_byte.png", "bits-per-byte per slice, base vs adapted"))
+    blocks += selection_blocks(evaluation)
     blocks += _finetune_blocks(ft.extra, ft.counts)
     blocks += [
         ("h2", "Pretraining"),
@@ -250,6 +317,23 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
         ax.set(xlabel="predicted", ylabel="true", title=f"{task} (adapted, all seeds)")
         save(f"confusion_{task}.png", fig)
 
+    sel = evaluation.get("selection")
+    if sel:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps = [c["step"] for c in sel["candidates"]]
+        ax.plot(steps, [100 * c["domain_change"] for c in sel["candidates"]], marker="o",
+                label="domain dev loss")
+        general = [(c["step"], 100 * c["general_change"]) for c in sel["candidates"]
+                   if c["general_change"] is not None]
+        if general:
+            ax.plot(*zip(*general, strict=True), marker="o", label="general dev loss")
+            ax.axhline(100 * sel["max_general_degradation"], color="grey", linestyle="--",
+                       label="general limit")
+        ax.axvline(sel["chosen_step"], color="tab:green", linestyle=":", label="chosen")
+        ax.set(xlabel="step", ylabel="change vs base (%)", title="Checkpoint choice (dev)")
+        ax.legend()
+        save("checkpoints.png", fig)
+
     eff = artifacts["tokenizer"].manifest.extra.get("efficiency", {})
     names = list(eff)
     parts = sorted({p for v in eff.values() for p in v})
@@ -324,7 +408,7 @@ def write_report(out_dir: Path, title: str, intro: Sequence[Block],
                  artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]) -> Path:
     """Write ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``; the .md path."""
     curve = training_curve(artifacts)
-    blocks = [("h1", title), *intro, *header_blocks(artifacts),
+    blocks = [("h1", title), *verdict_blocks(evaluation), *intro, *header_blocks(artifacts),
               *body_blocks(artifacts, evaluation, curve)]
     images = plots(artifacts, evaluation, curve)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
@@ -338,7 +422,8 @@ def write_report(out_dir: Path, title: str, intro: Sequence[Block],
 def summary_markdown(title: str, artifacts: Mapping[str, Artifact],
                      evaluation: Mapping[str, Any]) -> str:
     """The key table alone: what the Prefect UI shows as the run's markdown artifact."""
-    return to_markdown([("h2", title), ("table", ["metric", "base", "adapted", "change"],
+    return to_markdown([("h2", title), *verdict_blocks(evaluation),
+                        ("table", ["metric", "base", "adapted", "change"],
                                         key_rows(evaluation,
                                                  artifacts["finetune"].manifest.extra)),
                         *header_blocks(artifacts)])
