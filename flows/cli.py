@@ -176,6 +176,41 @@ def run(
 
 
 @app.command()
+def sweep(
+    domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
+    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "cpu",
+    lr: Annotated[list[float] | None, typer.Option(
+        help="A learning rate of the grid (repeat the option); default: the YAML's sweep.lrs.")
+    ] = None,
+    replay: Annotated[list[float] | None, typer.Option(
+        help="A general-replay share in [0, 1) (repeat); default: the YAML's sweep.replay.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Optimizer steps per proxy run; default: the YAML's sweep.max_steps.")] = None,
+    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    workdir: Workdir = None,
+) -> None:
+    """LR x replay sweep: short continued-pretraining proxies scored against the base model."""
+    from pipeline.config import SweepConfig
+    from pipeline.sweep import run_sweep
+
+    work = _workdir(workdir)
+    try:
+        d = domain_registry.select(domain, domain_file)
+        grid = d.spec.sweep.model_dump()
+        grid.update({k: v for k, v in (("lrs", lr), ("replay", replay), ("max_steps", steps))
+                     if v is not None})
+        config = SweepConfig.model_validate(grid)
+        run_config = d.resolve(profile)
+        domain_registry.check_paths(run_config, d, work)
+        out = run_sweep(d, run_config, work, config)
+    except (domain_registry.DomainError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo((Path(out["dir"]) / "sweep.md").read_text())
+    typer.echo(f"sweep: {out['dir']}")
+
+
+@app.command()
 def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdir = None,
          limit: Annotated[int, typer.Option(help="Most recent N runs.")] = 10,
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
@@ -185,6 +220,10 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
     rows = catalog.runs(domain, limit)
     for r in rows:
         r["stages"] = catalog.stage_runs(r["run_id"])
+        if r["params"] and json.loads(r["params"]).get("kind") == "sweep":
+            r["sweep"] = {m["name"]: m["value"] for m in catalog.query(
+                "SELECT name, value FROM metrics WHERE run_id = ? AND stage = 'sweep'",
+                [r["run_id"]])}
     if as_json:
         typer.echo(json.dumps(rows, default=str, indent=2))
         return
@@ -199,6 +238,9 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
             typer.echo(f"    {s['stage']:<10} {s['artifact_key']}  "
                        f"{'cached' if s['cache_hit'] else s['status']:<9} "
                        f"{s['duration_s']:>7.1f}s  {shown}")
+        if r.get("sweep"):
+            typer.echo(f"    sweep: {len(r['sweep']) // 2 - 1} points, pick lr "
+                       f"{r['sweep']['pick_lr']:g}, replay {r['sweep']['pick_replay']:g}")
         if r["error"]:
             typer.echo(f"    error: {r['error'][:300]}")
         if r["report_path"]:

@@ -139,6 +139,14 @@ class Catalog:
                 [run_id, stage, key, started_at, (_now() - started_at).total_seconds(), error],
             )
 
+    def record_metrics(self, run_id: str, stage: str, key: str,
+                       metrics: Mapping[str, float]) -> None:
+        """Metrics of a run that are not an artifact's (a sweep's table)."""
+        rows = [[run_id, stage, key, k, float(v)] for k, v in sorted(metrics.items())]
+        if rows:
+            with self.connect() as con:
+                con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+
     # --- reads ----------------------------------------------------------------------------
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
