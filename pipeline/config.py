@@ -429,20 +429,46 @@ class LoraConfig(_Strict):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
+class ProbeConfig(_Strict):
+    """Linear probe (``method: probe``): multinomial logistic regression on the frozen model's
+    mean-pooled last hidden states, features standardised with train statistics."""
+
+    c_grid: list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0], min_length=1,
+        description="Inverse L2 strengths tried; the one with the best validation macro-F1 is "
+        "kept (ties: the smaller C). Never chosen on the test split.")
+    max_iter: int = Field(default=1000, gt=0, description="L-BFGS iterations per fit.")
+    batch_size: int = Field(default=32, gt=0, description="Examples per forward pass when "
+                            "extracting features (batches are sorted by length).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ProbeConfig:
+        bad = [c for c in self.c_grid if not c > 0]
+        if bad:
+            raise ValueError(f"finetune.probe.c_grid: every C must be > 0, got {bad}")
+        if len(set(self.c_grid)) != len(self.c_grid):
+            raise ValueError(f"finetune.probe.c_grid: values must be distinct, got {self.c_grid}")
+        return self
+
+
 class FinetuneConfig(_Strict):
     tasks: list[TaskConfig] = Field(
         min_length=1, description="Labelled tasks; the first is the headline in metrics and "
         "reports. `task:` (one task) is accepted as shorthand.")
-    method: Literal["full", "lora"] = Field(
-        default="full", description="full: every (unfrozen) weight; lora: peft adapters.")
+    method: Literal["full", "lora", "probe"] = Field(
+        default="full", description="full: every (unfrozen) weight; lora: peft adapters; "
+        "probe: logistic regression on frozen mean-pooled features (see `probe`).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
     freeze_layers: int = Field(
         default=0, ge=0, description="Freeze the embeddings and the lowest N transformer layers "
         "(with lora: no adapters there).")
     seeds: list[int] = Field(
         default_factory=lambda: [0, 1, 2], min_length=1,
-        description="One fine-tune per seed (head init, shuffling, dropout); metrics are the "
-        "mean and std over seeds. The splits do not depend on it.")
+        description="One fine-tune per seed; metrics are the mean and std over seeds. full/lora: "
+        "the seed varies head init, shuffling and dropout, not the splits; probe: the seed "
+        "re-draws the train/validation partition of the non-test rows (the test rows never "
+        "change).")
     split_seed: int = Field(default=0, description="Seeds the train/validation/test split.")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     validation_fraction: float = Field(
@@ -478,6 +504,11 @@ class FinetuneConfig(_Strict):
             raise ValueError(f"finetune.tasks: task names must be unique, got {names}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"finetune.seeds: seeds must be distinct, got {self.seeds}")
+        if self.method == "probe" and self.validation_fraction == 0 and len(
+                self.probe.c_grid) > 1:
+            raise ValueError("finetune.validation_fraction: 0, but method probe chooses "
+                             "probe.c_grid's C on the validation split; set it > 0 or give "
+                             "probe.c_grid one value")
         return self
 
 

@@ -1,35 +1,49 @@
 """Finetune stage: sequence classification on each of the domain's labelled tasks, for the
-adapted model and (continue mode) the base model, over several seeds.
+adapted model, the base model (continue mode) and the control model (when given), over several
+seeds.
 
 Each task file (JSONL, CSV or Parquet; id, text and label fields and an optional label mapping
 from the config) is split into train, validation and test by a hash of each example's id, so the
-splits are fixed across runs, seeds and models: base and adapted are compared on the same test
-set with the same hyperparameters, and the difference is the effect of domain pretraining.
+test split is fixed across runs, seeds and models: base, control and adapted are compared on the
+same test set with the same hyperparameters, and the difference is the effect of pretraining.
 
-A classification head goes on the model's ``hf/`` export; training is full fine-tuning or LoRA
-(``peft``), optionally with the embeddings and lowest N layers frozen, with AdamW and linear
-decay. Every epoch is scored on the validation split and the best epoch's weights are kept
-(early stopping after ``patience`` epochs without a better macro-F1). Each seed's test
-predictions give accuracy, macro-F1, per-class F1 and a confusion matrix; the manifest holds
-the mean and standard deviation over seeds. Writes ``predictions.parquet`` (every test
-prediction of every model and seed) and ``model/<task>/`` (the adapted model of the first seed,
-LoRA merged).
+``method: full`` or ``lora``: a classification head goes on the model's ``hf/`` export; training
+is full fine-tuning or LoRA (``peft``), optionally with the embeddings and lowest N layers frozen,
+with AdamW and linear decay. Every epoch is scored on the validation split and the best epoch's
+weights are kept (early stopping after ``patience`` epochs without a better macro-F1). The seed
+varies the head's initialisation and the shuffling; ``model/<task>/`` holds the adapted model of
+the first seed (LoRA merged).
+
+``method: probe`` (docs/finetune-probe.md): each model's frozen base transformer (no LM head)
+turns every example once into the attention-masked mean of its last hidden state; a multinomial
+logistic regression on the standardised features is then fitted per seed, its C chosen on the
+validation split. The seed re-draws the train/validation partition of the non-test rows
+(``resplit``); the test rows never change.
+
+Each seed's test predictions give accuracy, macro-F1, per-class F1 and a confusion matrix; the
+manifest holds the mean and standard deviation over seeds, and the adapted - base and adapted -
+control differences with the standard deviation of their per-seed (paired) values. Writes
+``predictions.parquet`` (every test prediction of every model and seed).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import random
 import statistics
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline import models
 from pipeline.artifacts import Artifact, Manifest
@@ -40,6 +54,10 @@ from pipeline.tasks import load_task, split_of
 log = logging.getLogger("dapt")
 
 SCORES = ("accuracy", "macro_f1")
+# every model scored, with its prefix in the headline metrics
+MODEL_TAGS = {"adapted": "", "base": "base_", "control": "control_"}
+RUN_FIELDS = ("seed", "accuracy", "macro_f1", "per_class_f1", "best_epoch", "c",
+              "validation_macro_f1", "history")
 
 
 @dataclass(frozen=True)
@@ -194,11 +212,97 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
                 params[name].copy_(value)
     test = data.splits["test"]
     preds = predict(test)
+    # The optimizer and its scheduler reference each other, so without this the AdamW state
+    # (twice the trainable weights) would outlive the call until a full garbage collection.
+    opt.state.clear()
     model.cpu()
     report = classification_report([data.labels[i] for i in test], preds,
                                    len(data.label_names))
     return {**report, "seed": seed, "best_epoch": best_epoch, "history": history,
             "predictions": preds, "model": model, "tokenizer": tok}
+
+
+def resplit(data: TaskData, seed: int, split_seed: int) -> dict[str, list[int]]:
+    """The probe's splits for one seed: the non-test rows (``prepare_task``'s train and
+    validation) re-partitioned by a hash of the split seed, the seed and the id, with the same
+    sizes; the test rows are ``data``'s, whatever the seed."""
+    pool = data.splits["train"] + data.splits["validation"]
+    pool.sort(key=lambda i: hashlib.md5(f"{split_seed}:{seed}:{data.ids[i]}".encode()).digest())
+    n_val = len(data.splits["validation"])
+    return {"train": sorted(pool[n_val:]), "validation": sorted(pool[:n_val]),
+            "test": data.splits["test"]}
+
+
+@torch.no_grad()
+def extract_features(model_dir: Path, texts: list[str], config: FinetuneConfig
+                     ) -> tuple[np.ndarray, int]:
+    """One float32 row per text: the mean over its tokens (padding masked out) of the last
+    hidden state of the base transformer (``AutoModel``: no LM head), and the number of tokens
+    read. Batches are sorted by length so little is padding; the model is freed on return."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    encoded = tok(texts, truncation=True, max_length=config.max_seq_len)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), config.probe.batch_size):
+        rows = order[start:start + config.probe.batch_size]
+        enc = tok.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+        mask = enc["attention_mask"].to(device)
+        with autocast:
+            hidden = model(input_ids=enc["input_ids"].to(device),
+                           attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        out[rows] = pooled.cpu().numpy()
+    del model
+    gc.collect()
+    return out, sum(len(e) for e in encoded)
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, splits: dict[str, list[int]],
+              num_labels: int, config: FinetuneConfig, seed: int) -> dict[str, Any]:
+    """Fit the probe on ``splits["train"]`` (rows of ``features``) for each C of the grid, keep
+    the C with the best validation macro-F1, and report that classifier on the test rows."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train, val, test = splits["train"], splits["validation"], splits["test"]
+    if len(set(labels[train].tolist())) < 2:
+        raise ValueError(f"finetune: seed {seed}'s train split has a single label; add rows or "
+                         "lower finetune.validation_fraction")
+    if not val and len(config.probe.c_grid) > 1:
+        raise ValueError("finetune.validation_fraction: the validation split is empty, but the "
+                         "probe chooses probe.c_grid's C on it; add rows or raise the fraction")
+    scaler = StandardScaler().fit(features[train])  # train statistics only
+    x = {name: scaler.transform(features[rows]) for name, rows in splits.items()}
+    history: list[dict[str, Any]] = []
+    best: tuple[Any, float, Any] | None = None
+    for c in sorted(config.probe.c_grid):
+        clf = LogisticRegression(C=c, max_iter=config.probe.max_iter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf.fit(x["train"], labels[train])
+        # no validation rows (None): a grid of one C, nothing to choose
+        score = classification_report(labels[val], clf.predict(x["validation"]),
+                                      num_labels)["macro_f1"] if val else None
+        history.append({"c": c, "validation_macro_f1": score,
+                        "iterations": int(np.max(clf.n_iter_)),
+                        "converged": not any(issubclass(w.category, ConvergenceWarning)
+                                             for w in caught)})
+        if best is None or score > best[0]:  # ties keep the smaller C (stronger penalty)
+            best = (score, c, clf)
+    assert best is not None  # c_grid has min_length 1
+    score, c, clf = best
+    preds = clf.predict(x["test"]).tolist()
+    report = classification_report(labels[test].tolist(), preds, num_labels)
+    return {**report, "seed": seed, "c": c, "validation_macro_f1": score, "history": history,
+            "predictions": preds}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -214,37 +318,112 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["support"] = runs[0]["support"]
     out["confusion"] = [[sum(c) for c in zip(*rows, strict=True)]
                         for rows in zip(*(r["confusion"] for r in runs), strict=True)]
-    out["runs"] = [{k: r[k] for k in ("seed", "accuracy", "macro_f1", "per_class_f1",
-                                      "best_epoch", "history")} for r in runs]
+    out["runs"] = [{k: r[k] for k in RUN_FIELDS if k in r} for r in runs]
+    return out
+
+
+def difference(adapted: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """adapted - other per seed (paired on seed): the mean, and the sample standard deviation
+    of the per-seed differences."""
+    by_seed = {r["seed"]: r for r in other["runs"]}
+    out: dict[str, Any] = {"per_seed": []}
+    for name in SCORES:
+        diffs = [r[name] - by_seed[r["seed"]][name] for r in adapted["runs"]]
+        out[name] = statistics.fmean(diffs)
+        out[f"{name}_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    out["per_seed"] = [{"seed": r["seed"], **{n: r[n] - by_seed[r["seed"]][n] for n in SCORES}}
+                       for r in adapted["runs"]]
     return out
 
 
 def headline_metrics(tasks: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Flat metrics: the first task unprefixed, the others as ``<task>.<metric>``; base model
-    figures as ``base_<metric>`` and the adapted - base difference as ``<metric>_gain``."""
+    """Flat metrics: the first task unprefixed, the others as ``<task>.<metric>``; base and
+    control figures as ``base_<metric>`` and ``control_<metric>``, the adapted - base difference
+    as ``<metric>_gain`` and adapted - control as ``<metric>_gain_vs_control`` (each with
+    ``_std``, the spread of the per-seed differences)."""
     metrics: dict[str, float] = {}
     for i, (name, result) in enumerate(tasks.items()):
         prefix = "" if i == 0 else f"{name}."
-        for model in ("adapted", "base"):
+        for model, tag in MODEL_TAGS.items():
             summary = result.get(model)
             if summary is None:
                 continue
-            tag = "" if model == "adapted" else "base_"
             for metric in (*SCORES, *(f"{s}_std" for s in SCORES)):
                 metrics[f"{prefix}{tag}{metric}"] = summary[metric]
         metrics[f"{prefix}majority_rate"] = result["adapted"]["majority_rate"]
-        if result.get("base"):
+        for other, suffix in (("base", "_gain"), ("control", "_gain_vs_control")):
+            if not result.get(other):
+                continue
+            diff = difference(result["adapted"], result[other])
             for metric in SCORES:
-                metrics[f"{prefix}{metric}_gain"] = (result["adapted"][metric]
-                                                     - result["base"][metric])
+                metrics[f"{prefix}{metric}{suffix}"] = (result["adapted"][metric]
+                                                        - result[other][metric])
+                metrics[f"{prefix}{metric}{suffix}_std"] = diff[f"{metric}_std"]
     return metrics
 
 
+def _predictions(task: str, model: str, seed: int, data: TaskData, preds: list[int]
+                 ) -> pa.Table:
+    test = data.splits["test"]
+    return pa.table({
+        "task": [task] * len(test), "model": [model] * len(test), "seed": [seed] * len(test),
+        "id": [data.ids[i] for i in test],
+        "label": [data.label_names[data.labels[i]] for i in test],
+        "pred": [data.label_names[p] for p in preds]})
+
+
+def _fine_tune_runs(model_name: str, model_dir: Path, data: TaskData, config: FinetuneConfig,
+                    out_dir: Path) -> list[dict[str, Any]]:
+    """full / lora: one fine-tune per seed; the adapted model of the first seed is saved, and
+    no model outlives its seed."""
+    runs = []
+    for seed in config.seeds:
+        fitted = fit(model_dir, data, config, seed, model_name)
+        model, tok = fitted.pop("model"), fitted.pop("tokenizer")
+        if model_name == "adapted" and seed == config.seeds[0]:
+            if config.method == "lora":
+                model = model.merge_and_unload()
+            model.save_pretrained(out_dir / "model" / data.name, safe_serialization=True)
+            tok.save_pretrained(out_dir / "model" / data.name)
+        del model, tok
+        gc.collect()
+        runs.append(fitted)
+    return runs
+
+
+def _probe_runs(model_name: str, model_dir: Path, data: TaskData, config: FinetuneConfig
+                ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """probe: features of every train, validation and test row once, then one fit per seed."""
+    rows = sorted(set().union(*data.splits.values()))
+    start = time.perf_counter()
+    features, n_tokens = extract_features(model_dir, [data.texts[i] for i in rows], config)
+    seconds = time.perf_counter() - start
+    log.info("finetune %s %s: features of %d examples (%d tokens) in %.1f s", data.name,
+             model_name, len(rows), n_tokens, seconds)
+    position = {row: k for k, row in enumerate(rows)}
+    labels = np.asarray([data.labels[i] for i in rows])
+    runs = []
+    for seed in config.seeds:
+        splits = {name: [position[i] for i in r]
+                  for name, r in resplit(data, seed, config.split_seed).items()}
+        runs.append(fit_probe(features, labels, splits, len(data.label_names), config, seed))
+        log.info("finetune %s %s seed %d: C %g, validation macro-F1 %s, test macro-F1 %.4f",
+                 data.name, model_name, seed, runs[-1]["c"], runs[-1]["validation_macro_f1"],
+                 runs[-1]["macro_f1"])
+    return runs, {"examples": len(rows), "tokens": n_tokens, "seconds": seconds,
+                  "tokens_per_s": n_tokens / seconds if seconds else 0.0}
+
+
 def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    """Every ``config.tasks[*].path`` must already be resolved to an absolute path."""
+    """Every ``config.tasks[*].path`` must already be resolved to an absolute path. Inputs:
+    ``pretrain`` (the adapted model), ``models`` (the base, optional) and ``control`` (an
+    artifact whose ``hf/`` is the control model: same base and budget, general text only;
+    optional)."""
     checkpoints = {"adapted": inputs["pretrain"].path / "hf"}
     if "models" in inputs:
         checkpoints["base"] = models.hf_dir(inputs["models"])
+    if inputs.get("control") is not None:
+        checkpoints["control"] = inputs["control"].path / "hf"
     tasks: dict[str, dict[str, Any]] = {}
     predictions = []
     for task in config.tasks:
@@ -254,23 +433,17 @@ def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
             "counts": {"task_rows": len(data.ids), "unmapped_rows": unmapped,
                        **{f"{s}_examples": len(r) for s, r in data.splits.items()}}}
         for model_name, model_dir in checkpoints.items():
-            runs = []
-            for seed in config.seeds:
-                fitted = fit(model_dir, data, config, seed, model_name)
-                test = data.splits["test"]
-                predictions.append(pa.table({
-                    "task": [task.name] * len(test), "model": [model_name] * len(test),
-                    "seed": [seed] * len(test), "id": [data.ids[i] for i in test],
-                    "label": [data.label_names[data.labels[i]] for i in test],
-                    "pred": [data.label_names[p] for p in fitted["predictions"]]}))
-                if model_name == "adapted" and seed == config.seeds[0]:
-                    model = fitted["model"]
-                    if config.method == "lora":
-                        model = model.merge_and_unload()
-                    model.save_pretrained(out_dir / "model" / task.name, safe_serialization=True)
-                    fitted["tokenizer"].save_pretrained(out_dir / "model" / task.name)
-                runs.append(fitted)
+            if config.method == "probe":
+                runs, features = _probe_runs(model_name, model_dir, data, config)
+                result.setdefault("features", {})[model_name] = features
+            else:
+                runs = _fine_tune_runs(model_name, model_dir, data, config, out_dir)
+            predictions += [_predictions(task.name, model_name, r["seed"], data,
+                                         r["predictions"]) for r in runs]
             result[model_name] = summarize(runs)
+        for other in ("base", "control"):
+            if other in result:
+                result[f"adapted_vs_{other}"] = difference(result["adapted"], result[other])
         tasks[task.name] = result
     pq.write_table(pa.concat_tables(predictions), out_dir / "predictions.parquet")
     first = next(iter(tasks.values()))

@@ -231,11 +231,14 @@ def _finetune_blocks(extra: Mapping[str, Any], counts: Mapping[str, int]) -> lis
              f"{c['test_examples']} test examples, {len(r['labels'])} labels"
              + (f", {c['unmapped_rows']} rows outside the label map" if c["unmapped_rows"]
                 else "") + f"; majority-class rate {a['majority_rate']:.3f}."),
-            ("table", ["model", "accuracy", "macro-F1", "per seed macro-F1", "best epochs"],
+            # probe runs have the C chosen on validation where fine-tunes have a best epoch
+            ("table", ["model", "accuracy", "macro-F1", "per seed macro-F1",
+                       "chosen C" if extra["method"] == "probe" else "best epochs"],
              [[name, _pm(s, "accuracy"), _pm(s, "macro_f1"),
                ", ".join(f"{x['macro_f1']:.3f}" for x in s["runs"]),
-               ", ".join(str(x["best_epoch"]) for x in s["runs"])]
-              for name, s in (("adapted", a), ("base", b)) if s]),
+               ", ".join(f"{x.get('best_epoch', x.get('c'))}" for x in s["runs"])]
+              for name, s in (("adapted", a), ("base", b), ("control", r.get("control")))
+              if s]),
             ("table", ["label", "support", "F1 adapted"] + (["F1 base"] if b else []),
              [[lab, n, f1] + ([b["per_class_f1"][i]] if b else [])
               for i, (lab, n, f1) in enumerate(zip(r["labels"], a["support"], a["per_class_f1"],
@@ -293,16 +296,17 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
 
     ft = artifacts["finetune"].manifest.extra
     bars = [(task, model, r[model]) for task, r in tasks(ft)
-            for model in ("base", "adapted") if r.get(model)]
+            for model in ("base", "control", "adapted") if r.get(model)]
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(bars)), 4))
     for ax, metric in zip(axes, ("accuracy", "macro_f1"), strict=True):
         ax.bar(range(len(bars)), [s[metric] for _, _, s in bars],
                yerr=[s[f"{metric}_std"] for _, _, s in bars], capsize=4,
-               color=["tab:blue" if m == "base" else "tab:orange" for _, m, _ in bars])
+               color=[{"base": "tab:blue", "control": "tab:gray"}.get(m, "tab:orange")
+                      for _, m, _ in bars])
         ax.set_xticks(range(len(bars)), [f"{t}\n{m}" for t, m, _ in bars])
         ax.set(ylim=(0, 1), title=metric.replace("macro_f1", "macro-F1"))
     fig.suptitle(f"Fine-tuning: mean +- std over {len(ft['seeds'])} seeds "
-                 "(blue: base, orange: adapted)")
+                 "(blue: base, gray: control, orange: adapted)")
     save("finetune.png", fig)
 
     for task, r in tasks(ft):

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import gc
 import json
 import math
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -17,13 +20,17 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from pipeline.config import FinetuneConfig, LoraConfig, TaskConfig
+from pipeline.config import FinetuneConfig, LoraConfig, ProbeConfig, TaskConfig
 from pipeline.finetune import (
     adapt,
+    difference,
+    extract_features,
     fit,
+    fit_probe,
     headline_metrics,
     load_task,
     prepare_task,
+    resplit,
     run,
     split_of,
     summarize,
@@ -167,7 +174,13 @@ def test_fit_keeps_the_best_validation_epoch(tiny_task: dict) -> None:
     config = _config(tiny_task, validation_fraction=0.25, patience=1, epochs=6)
     data, unmapped = prepare_task(tiny_task["task"], config)
     assert unmapped == 0 and sum(len(r) for r in data.splits.values()) == 400
-    fitted = fit(tiny_task["model_dir"], data, config, seed=0, label="adapted")
+    gc.disable()  # (a collection would hide a reference cycle that keeps AdamW's state)
+    try:
+        fitted = fit(tiny_task["model_dir"], data, config, seed=0, label="adapted")
+        kept = [o for o in gc.get_objects() if type(o) is torch.optim.AdamW and o.state]
+    finally:
+        gc.enable()
+    assert kept == []  # no optimizer state outlives the fine-tune
     scores = [h["validation_macro_f1"] for h in fitted["history"]]
     best = scores.index(max(scores)) + 1
     assert fitted["best_epoch"] == best
@@ -231,3 +244,197 @@ def test_ingest_decontaminates_against_exactly_the_rows_finetune_tests_on(tiny_t
     texts = eval_set_texts(EvalSetConfig(name="t", path=tiny_task["task"].path,
                                          test_fraction=0.2, split_seed=3, max_rows=50))
     assert texts == [data.texts[i] for i in data.splits["test"]] and len(texts) == 50
+
+
+# --- method: probe ---------------------------------------------------------------------------
+
+
+def test_probe_config_is_typed_and_errors_name_the_field(tiny_task: dict) -> None:
+    config = _config(tiny_task, method="probe", max_seq_len=32, max_train_examples=50,
+                     max_test_examples=20, probe={"c_grid": [0.5, 2.0], "batch_size": 4})
+    assert config.probe == ProbeConfig(c_grid=[0.5, 2.0], batch_size=4)
+    assert FinetuneConfig.model_validate({"task": {"name": "a", "path": "a"}}).method == "full"
+    with pytest.raises(ValueError, match=r"finetune\.probe\.c_grid: every C must be > 0"):
+        _config(tiny_task, method="probe", probe={"c_grid": [1.0, 0.0]})
+    with pytest.raises(ValueError, match=r"finetune\.probe\.c_grid: values must be distinct"):
+        _config(tiny_task, method="probe", probe={"c_grid": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="c_grid"):
+        _config(tiny_task, method="probe", probe={"c_grid": []})
+    with pytest.raises(ValueError, match="max_iter"):
+        _config(tiny_task, method="probe", probe={"max_iter": 0})
+    with pytest.raises(ValueError, match="extra"):
+        _config(tiny_task, method="probe", probe={"cgrid": [1.0]})
+    with pytest.raises(ValueError, match=r"finetune\.validation_fraction: 0, but method probe"):
+        _config(tiny_task, method="probe", validation_fraction=0)
+    # one C needs no validation split
+    _config(tiny_task, method="probe", validation_fraction=0, probe={"c_grid": [1.0]})
+
+
+def test_features_are_the_masked_mean_of_the_last_hidden_state(tiny_task: dict) -> None:
+    texts = ["Abnormality of the kidney.", "A much longer description of a heart defect that "
+             "affects the valves and the walls of the heart.", "Cleft."]
+    config = _config(tiny_task, method="probe", max_seq_len=16, probe={"batch_size": 2})
+    features, n_tokens = extract_features(tiny_task["model_dir"], texts, config)
+    tok = AutoTokenizer.from_pretrained(tiny_task["model_dir"])
+    lm = LlamaForCausalLM.from_pretrained(tiny_task["model_dir"]).eval()
+    lengths = []
+    for text, row in zip(texts, features, strict=True):
+        ids = tok(text, truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+        lengths.append(ids.shape[1])
+        with torch.no_grad():  # one example alone: no padding, a plain mean over its tokens
+            hidden = lm.model(input_ids=ids).last_hidden_state[0]
+        assert row == pytest.approx(hidden.mean(0).numpy(), abs=1e-5)
+    assert n_tokens == sum(lengths) and len(set(lengths)) == 3 and max(lengths) == 16
+    assert features.shape == (3, 32) and features.dtype == np.float32
+
+
+def test_seeds_redraw_train_and_validation_but_never_the_test_rows(tiny_task: dict) -> None:
+    config = _config(tiny_task, method="probe", validation_fraction=0.25)
+    data, _ = prepare_task(tiny_task["task"], config)
+    pool = set(data.splits["train"]) | set(data.splits["validation"])
+    drawn = [resplit(data, seed, config.split_seed) for seed in (0, 1, 2)]
+    for splits in drawn:
+        assert splits["test"] == data.splits["test"]
+        assert {k: len(v) for k, v in splits.items()} == {k: len(v)
+                                                          for k, v in data.splits.items()}
+        assert set(splits["train"]) | set(splits["validation"]) == pool
+        assert not set(splits["train"]) & set(splits["validation"])
+    assert len({tuple(s["validation"]) for s in drawn}) == 3
+    assert resplit(data, 1, config.split_seed) == drawn[1]  # a function of the seed
+
+
+def test_probe_beats_the_majority_rate_and_chooses_c_on_validation_only(tiny_task: dict
+                                                                       ) -> None:
+    config = _config(tiny_task, method="probe", validation_fraction=0.25,
+                     probe={"c_grid": [0.001, 0.1, 10.0]})
+    data, _ = prepare_task(tiny_task["task"], config)
+    rows = sorted(set().union(*data.splits.values()))
+    features, _ = extract_features(tiny_task["model_dir"], [data.texts[i] for i in rows], config)
+    labels = np.asarray([data.labels[i] for i in rows])
+    pos = {r: k for k, r in enumerate(rows)}
+    splits = {k: [pos[i] for i in v] for k, v in resplit(data, 0, 0).items()}
+    fitted = fit_probe(features, labels, splits, 4, config, seed=0)
+    assert fitted["macro_f1"] > fitted["majority_rate"] + 0.1 and fitted["majority_rate"] < 0.4
+    assert [h["c"] for h in fitted["history"]] == [0.001, 0.1, 10.0]
+    best = max(fitted["history"], key=lambda h: h["validation_macro_f1"])
+    assert fitted["c"] == best["c"] and fitted["validation_macro_f1"] == \
+        best["validation_macro_f1"]
+    # the test labels play no part in the choice: shuffled, they change only the test scores
+    shuffled = labels.copy()
+    test = splits["test"]
+    shuffled[test] = np.random.default_rng(0).permutation(labels[test])
+    again = fit_probe(features, shuffled, splits, 4, config, seed=0)
+    assert again["history"] == fitted["history"] and again["c"] == fitted["c"]
+    assert again["predictions"] == fitted["predictions"]
+    assert again["accuracy"] != fitted["accuracy"]
+    # while the validation labels do steer it: a grid scored on different labels differs
+    moved = labels.copy()
+    val = splits["validation"]
+    moved[val] = np.random.default_rng(1).permutation(labels[val])
+    assert fit_probe(features, moved, splits, 4, config, seed=0)["history"] != fitted["history"]
+
+
+def test_stage_probe_scores_base_control_and_adapted_on_the_same_test_rows(
+        tiny_task: dict, tmp_path: Path) -> None:
+    pretrain, control = tmp_path / "pretrain", tmp_path / "control"
+    pretrain.mkdir()
+    (pretrain / "hf").symlink_to(tiny_task["model_dir"])
+    # the control: the same architecture and tokenizer, other weights
+    torch.manual_seed(1)
+    AutoTokenizer.from_pretrained(tiny_task["model_dir"]).save_pretrained(control / "hf")
+    LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_task["model_dir"])).save_pretrained(
+        control / "hf")
+    config = _config(tiny_task, method="probe", seeds=[0, 1, 2], validation_fraction=0.25,
+                     max_train_examples=200, max_test_examples=60, max_seq_len=32)
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = run(config, {"pretrain": SimpleNamespace(path=pretrain),
+                            "models": SimpleNamespace(path=pretrain),
+                            "control": SimpleNamespace(path=control)}, out)
+    m, result = manifest.metrics, manifest.extra["tasks"]["organ"]
+    assert manifest.extra["models"] == ["adapted", "base", "control"]
+    assert manifest.counts["fine_tunes"] == 9 and manifest.counts["test_examples"] == 60
+    preds = pq.read_table(out / "predictions.parquet").to_pylist()
+    ids = {}
+    for r in preds:
+        ids.setdefault((r["model"], r["seed"]), []).append(r["id"])
+    assert len(ids) == 9 and len({tuple(v) for v in ids.values()}) == 1
+    assert len(next(iter(ids.values()))) == 60
+    # the base is the adapted model here: the same features, so the same scores per seed
+    assert m["macro_f1"] == m["base_macro_f1"] and m["macro_f1_gain"] == 0.0
+    assert m["macro_f1_gain_std"] == 0.0
+    for key in ("control_macro_f1", "control_accuracy", "control_macro_f1_std",
+                "control_accuracy_std", "macro_f1_gain_vs_control",
+                "macro_f1_gain_vs_control_std", "accuracy_gain_vs_control"):
+        assert math.isfinite(m[key])
+    assert m["macro_f1_gain_vs_control"] == pytest.approx(m["macro_f1"] - m["control_macro_f1"])
+    per_seed = [a["macro_f1"] - c["macro_f1"] for a, c in
+                zip(result["adapted"]["runs"], result["control"]["runs"], strict=True)]
+    diff = result["adapted_vs_control"]
+    assert [d["macro_f1"] for d in diff["per_seed"]] == pytest.approx(per_seed)
+    assert diff["macro_f1_std"] == pytest.approx(statistics.stdev(per_seed))
+    assert m["macro_f1_gain_vs_control_std"] == pytest.approx(statistics.stdev(per_seed))
+    # different weights, different features
+    assert any(a["macro_f1"] != c["macro_f1"] or a["c"] != c["c"] for a, c in
+               zip(result["adapted"]["runs"], result["control"]["runs"], strict=True))
+    assert {r["seed"] for r in result["adapted"]["runs"]} == {0, 1, 2}
+    assert all(r["c"] in config.probe.c_grid for r in result["adapted"]["runs"])
+    feats = result["features"]["adapted"]
+    assert feats["examples"] == sum(len(v) for v in prepare_task(tiny_task["task"], config)[0]
+                                    .splits.values()) and feats["tokens"] > feats["examples"]
+    assert not (out / "model").exists()  # a probe trains no model worth saving
+
+
+def test_headline_metrics_name_control_and_the_paired_spread() -> None:
+    adapted = summarize([_run(0.6, 0.7, 0), _run(0.8, 0.9, 1)])
+    control = summarize([_run(0.5, 0.7, 0), _run(0.5, 0.6, 1)])
+    m = headline_metrics({"first": {"adapted": adapted, "control": control},
+                          "second": {"adapted": adapted, "base": control, "control": control}})
+    assert m["control_macro_f1"] == pytest.approx(0.5) and m["control_macro_f1_std"] == 0.0
+    assert m["macro_f1_gain_vs_control"] == pytest.approx(0.2)
+    # per-seed differences 0.1 and 0.3: their sample std, not a sum of the two models' stds
+    assert m["macro_f1_gain_vs_control_std"] == pytest.approx(math.sqrt(0.02))
+    assert "macro_f1_gain" not in m and "base_macro_f1" not in m
+    assert m["second.macro_f1_gain"] == pytest.approx(0.2)
+    assert m["second.control_accuracy"] == pytest.approx(0.65)
+    d = difference(adapted, control)
+    assert [x["macro_f1"] for x in d["per_seed"]] == pytest.approx([0.1, 0.3])
+
+
+def test_probe_on_the_real_smollm2_weights(samples_dir: Path, tmp_path: Path) -> None:
+    """Prepares SmolLM2-135M (about 25 s) and probes a few dozen real examples at seq 32."""
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.models import hf_dir, prepare
+
+    art = prepare("smollm2-135m", ArtifactStore(tmp_path / "artifacts"))
+    rows = [json.loads(x) for x in
+            (samples_dir / "medical/task_organ_system.jsonl").read_text().splitlines()]
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r)
+    top = sorted(by_label, key=lambda k: -len(by_label[k]))[:3]
+    task_path = tmp_path / "task.jsonl"
+    task_path.write_text("".join(json.dumps(r) + "\n" for k in top for r in by_label[k][:20]))
+    config = FinetuneConfig.model_validate({
+        "task": {"name": "organ", "path": str(task_path)}, "method": "probe", "seeds": [0, 1],
+        "max_seq_len": 32, "validation_fraction": 0.25, "probe": {"c_grid": [0.1, 1.0]}})
+    out = tmp_path / "out"
+    out.mkdir()
+    # the base as the adapted model too: the path of a real run, without pretraining it
+    manifest = run(config, {"pretrain": SimpleNamespace(path=hf_dir(art).parent),
+                            "models": art}, out)
+    m, result = manifest.metrics, manifest.extra["tasks"]["organ"]
+    assert result["counts"]["task_rows"] == 60 and m["macro_f1"] == m["base_macro_f1"]
+    assert 0 <= m["macro_f1"] <= 1 and {"macro_f1_std", "majority_rate"} <= set(m)
+    assert result["features"]["base"]["tokens"] > 60
+    # AutoModel loads the real weights (none re-initialised): the feature of one example is
+    # the mean of the causal LM's own last hidden state
+    text = by_label[top[0]][0]["text"]
+    features, _ = extract_features(hf_dir(art), [text], config)
+    tok = AutoTokenizer.from_pretrained(hf_dir(art))
+    lm = LlamaForCausalLM.from_pretrained(hf_dir(art)).eval()
+    with torch.no_grad():
+        hidden = lm.model(**tok(text, truncation=True, max_length=32, return_tensors="pt")
+                          ).last_hidden_state[0]
+    assert features.shape == (1, 576)
+    assert features[0] == pytest.approx(hidden.mean(0).numpy(), rel=1e-4, abs=1e-4)
