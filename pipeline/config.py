@@ -352,7 +352,8 @@ class PretrainConfig(_Strict):
         default=False, description="Continue mode: also continue the base model on general "
         "text only with the same recipe and budget (the control run of 'Don't Stop "
         "Pretraining'); finetune and evaluate score it beside base and adapted. One control "
-        "artifact serves every domain with the same recipe and general sources.")
+        "artifact serves every domain with the same recipe and general sources. A domain "
+        "without a general source (general: true) has no control; its report says so.")
     mixture: dict[str, float] = Field(
         default_factory=dict, description="Source name -> share of training tokens (0: not "
         "trained on); sources not named share the rest in their natural proportions and are "
@@ -561,9 +562,6 @@ class RunConfig(_Strict):
                 "extends the base model's tokenizer, so it needs pretrain.mode: continue "
                 f"(got {self.pretrain.mode})")
         names = [s.name for s in self.ingest.sources]
-        if self.pretrain.control and not any(s.general for s in self.ingest.sources):
-            raise ValueError("pretrain.control trains on the general sources, but no "
-                             "ingest.sources entry has general: true")
         unknown = sorted(set(self.pretrain.mixture) - set(names))
         if unknown:
             raise ValueError(f"pretrain.mixture names unknown source(s) {unknown}; "

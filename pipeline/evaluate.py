@@ -213,12 +213,18 @@ def verdict(metrics: dict[str, float], config: EvaluateConfig, base_model: str |
         parts.append(f"general {pct('general_bits_per_byte_change')}")
     if "domain_change_vs_control" in metrics:
         parts.append(f"domain vs control {pct('domain_change_vs_control')}")
-    f1 = finetune.get("macro_f1")
-    if f1 is not None and "base_macro_f1" in finetune:
+    elif "domain_bits_per_byte_change" in metrics:
+        parts.append("no control run")
+    if finetune.get("macro_f1") is not None and "base_macro_f1" in finetune:
         seeds = finetune.get("seeds", "")
-        diff_sd = finetune.get("macro_f1_gain_std")
-        parts.append(f"downstream macro-F1 {finetune['macro_f1'] - finetune['base_macro_f1']:+.3f}"
-                     + (f" +- {diff_sd:.3f}" if diff_sd is not None else "")
+
+        def f1(suffix: str) -> str:
+            sd = finetune.get(f"macro_f1{suffix}_std")
+            return f"{finetune[f'macro_f1{suffix}']:+.3f}" + (f" +- {sd:.3f}" if sd is not None
+                                                              else "")
+        parts.append(f"downstream macro-F1 {f1('_gain')}"
+                     + (f" (vs control {f1('_gain_vs_control')})"
+                        if "macro_f1_gain_vs_control" in finetune else "")
                      + (f" over {seeds} seeds" if seeds else ""))
     gates = []
     if config.min_domain_gain is not None and "domain_bits_per_byte_gain" in metrics:

@@ -97,7 +97,8 @@ CONTROL_CODE = ("pipeline.control", "pipeline.pretrain", "pipeline.packing",
 
 
 def uses_control(run: RunConfig, stage: str) -> bool:
-    return run.pretrain.mode == "continue" and run.pretrain.control and stage in CONTROL_STAGES
+    return (run.pretrain.mode == "continue" and run.pretrain.control
+            and any(s.general for s in run.ingest.sources) and stage in CONTROL_STAGES)
 
 
 def general_sources(run: RunConfig, files: dict[str, list[Path]]
@@ -153,7 +154,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
     files = domain_registry.check_paths(run, domain, workdir)
     planned: dict[str, PlannedStage] = {}
     control_key = None
-    if run.pretrain.mode == "continue" and run.pretrain.control:
+    if uses_control(run, "evaluate"):
         control_key = control.key(run.pretrain, general_sources(run, files), run.ingest.seed,
                                   models.base_key(run.pretrain.base_model),
                                   code_version(*CONTROL_CODE))

@@ -118,7 +118,14 @@ def test_pretrain_settings_that_need_continue_mode() -> None:
 
 
 def test_control_needs_a_general_source() -> None:
+    from pipeline.runner import uses_control
+
     spec = DomainSpec(name="d", ingest={"sources": [{"name": "a", "path": "a.jsonl"}]},
                       finetune={"task": {"name": "t", "path": "t.jsonl"}})
-    with pytest.raises(ValueError, match="pretrain.control trains on the general sources"):
-        spec.resolve("cpu")
+    run = spec.resolve("cpu")
+    assert run.pretrain.control and not uses_control(run, "evaluate")
+    general = {"name": "g", "path": "g.jsonl", "general": True}
+    spec = DomainSpec(name="d", ingest={"sources": [{"name": "a", "path": "a.jsonl"}, general]},
+                      finetune={"task": {"name": "t", "path": "t.jsonl"}})
+    assert uses_control(spec.resolve("cpu"), "evaluate")
+    assert not uses_control(spec.resolve("cpu"), "pretrain")

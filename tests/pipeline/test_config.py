@@ -69,7 +69,7 @@ def test_mixture_is_checked_against_the_sources() -> None:
         _with_mixture({"nwes": 0.1}).resolve("tiny")
     with pytest.raises(ValidationError, match="leaving nothing for the source.*: a"):
         _with_mixture({"news": 1.0}).resolve("tiny")
-    with pytest.raises(ValidationError, match=r"shares must be in \(0, 1\]"):
+    with pytest.raises(ValidationError, match=r"shares must be in \[0, 1\] \(0: not trained on\)"):
         _with_mixture({"news": 1.5}).resolve("tiny")
     assert _with_mixture({"a": 2 / 3, "news": 1 / 3}).resolve("tiny").pretrain.mixture
 
