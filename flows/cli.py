@@ -195,6 +195,8 @@ def sweep(
     from pipeline.sweep import run_sweep
 
     work = _workdir(workdir)
+    if not logging.getLogger().handlers:  # no Prefect here: progress to stderr
+        logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
     try:
         d = domain_registry.select(domain, domain_file)
         grid = d.spec.sweep.model_dump()
