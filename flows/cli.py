@@ -4,6 +4,7 @@
     dapt samples build [DOMAIN]
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
+    dapt plan DOMAIN [--profile P] [--domain-file F] [--json]
     dapt runs [DOMAIN]
     dapt models list | prepare NAME
     dapt lineage KEY
@@ -173,6 +174,34 @@ def run(
         raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})", code=1) from None
     if report:
         typer.echo(f"report: {report}")
+
+
+@app.command()
+def plan(
+    domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
+    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "tiny",
+    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    workdir: Workdir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
+    """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.runner import plan as plan_stages
+
+    work = _workdir(workdir)
+    try:
+        d = domain_registry.select(domain, domain_file)
+        planned = plan_stages(d, d.resolve(profile), work)
+    except (domain_registry.DomainError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    store = ArtifactStore(work / "artifacts")
+    rows = [{"stage": stage, "key": p.key, "cached": store.get(stage, p.key) is not None}
+            for stage, p in planned.items()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r['stage']:<10} {r['key']}  {'cached' if r['cached'] else 'would build'}")
 
 
 @app.command()

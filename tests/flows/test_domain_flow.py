@@ -180,6 +180,18 @@ def test_rerun_hits_cache_and_only_from_rebuild_the_right_stages(first_run: dict
         "evaluate": False}
 
 
+def test_cli_plan_shows_every_stage_cached_after_a_run(first_run: dict) -> None:
+    _, built = _stages(first_run["work"])
+    result = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
+                                      "--workdir", str(first_run["work"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"stage": s, "key": key, "cached": True}
+                                         for s, (_, key) in built.items()]
+    text = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
+                                    "--workdir", str(first_run["work"])]).output
+    assert f"evaluate   {built['evaluate'][1]}  cached" in text
+
+
 def test_cli_runs_lists_history(first_run: dict) -> None:
     result = CliRunner().invoke(app, ["runs", "--workdir", str(first_run["work"])])
     assert result.exit_code == 0, result.output
