@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -44,17 +43,6 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def code_version(*modules: str) -> str:
-    """Hash of the named modules' source files (found, not imported): editing a stage
-    invalidates its artifacts."""
-    h = hashlib.sha256()
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin, f"module {name} not found"
-        h.update(Path(spec.origin).read_bytes())
-    return h.hexdigest()[:12]
 
 
 def artifact_key(config: Mapping[str, Any], code: str, inputs: Mapping[str, Any]) -> str:

@@ -28,9 +28,9 @@ from pipeline.artifacts import (
     ArtifactStore,
     Manifest,
     artifact_key,
-    code_version,
     file_digest,
 )
+from pipeline.versions import code_version
 
 log = logging.getLogger("dapt")
 

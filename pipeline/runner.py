@@ -33,49 +33,40 @@ from pipeline.artifacts import (
     Artifact,
     ArtifactStore,
     artifact_key,
-    code_version,
     file_digest,
     stable_hash,
 )
 from pipeline.catalog import Catalog
 from pipeline.config import STAGES, EvalSetConfig, RunConfig
 from pipeline.domains import Domain
+from pipeline.versions import code_version
 
 log = logging.getLogger("dapt")
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A stage: its module (with ``run``), the modules its code version covers, its inputs.
-
-    Modules are named, not imported: a fully cached run never imports torch or DeepSpeed.
-    """
+    """A stage: its module (with ``run``) and its inputs. Its code version hashes the module's
+    import closure inside the project (``pipeline.versions``): found by reading the files, not
+    by importing them, so a fully cached run never imports torch or DeepSpeed."""
 
     module: str
-    code: tuple[str, ...]
     needs: tuple[str, ...]
     resumable: bool = False  # continues from a killed build's checkpoints
 
     def fn(self) -> Callable[..., Any]:
         return importlib.import_module(self.module).run
 
+    def code_version(self) -> str:
+        return code_version(self.module)
+
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "ingest": StageSpec("pipeline.ingest",
-                        ("pipeline.ingest", "pipeline.quality", "pipeline.dedup", "pipeline.pii",
-                         "pipeline.language",
-                         "pipeline.tasks"), ()),
-    "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
-                           ("ingest",)),
-    "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",
-                                                "pipeline.train_worker", "pipeline.vocab"),
-                          ("ingest", "tokenizer"), resumable=True),
-    "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics",
-                                                "pipeline.tasks"),
-                          ("pretrain",)),
-    "evaluate": StageSpec("pipeline.evaluate",
-                          ("pipeline.evaluate", "pipeline.report", "pipeline.metrics"),
-                          ("ingest", "tokenizer", "pretrain", "finetune")),
+    "ingest": StageSpec("pipeline.ingest", ()),
+    "tokenizer": StageSpec("pipeline.tokenizer", ("ingest",)),
+    "pretrain": StageSpec("pipeline.pretrain", ("ingest", "tokenizer"), resumable=True),
+    "finetune": StageSpec("pipeline.finetune", ("pretrain",)),
+    "evaluate": StageSpec("pipeline.evaluate", ("ingest", "tokenizer", "pretrain", "finetune")),
 }
 
 
@@ -156,7 +147,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
         else:
             resolved = config
         config_json = config.model_dump(mode="json")
-        code = code_version(*STAGE_SPECS[stage].code)
+        code = STAGE_SPECS[stage].code_version()
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
                                       stable_hash(config_json), code, resolved, extra_inputs)
     return planned
