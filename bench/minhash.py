@@ -1,4 +1,4 @@
-"""MinHash signatures: our numba kernel (``pipeline/kernels.py``) against rensa (Rust), on the
+"""MinHash signatures: our numba kernel (``ingest/kernels.py``) against rensa (Rust), on the
 shingles of a real corpus, same machine, same run.
 
 Speed: signatures of every document of the corpus (word 5-gram shingles, 14 x 8 = 112
@@ -23,8 +23,8 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py s
 import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline import dedup, kernels  # noqa: E402
 from pipeline.config import NearDupConfig  # noqa: E402
+from pipeline.ingest import dedup, kernels  # noqa: E402
 
 
 def rensa_signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int

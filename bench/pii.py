@@ -1,4 +1,4 @@
-"""Precision and recall of PII redaction (``pipeline/pii.py``) on a labelled set built from real
+"""Precision and recall of PII redaction (``ingest/pii.py``) on a labelled set built from real
 text: sentences of the sample corpora carry identifiers inserted after a cue ("Contact:",
 "MRN:", ...), and hard negatives that look like identifiers but are not (Luhn-invalid card
 numbers, never-issued SSNs, ICD codes, version numbers, dates with no person).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
 
-from pipeline import pii  # noqa: E402
+from pipeline.ingest import pii  # noqa: E402
 
 CARRIERS = ("medical/hpo.jsonl", "medical/icd10cm.jsonl", "medical/healthnews.jsonl",
             "finance/bbc_business.jsonl", "general/news.jsonl")

@@ -23,9 +23,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from pipeline import QualityGateError, models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
-from pipeline.ingest import held_out
+from pipeline.ingest.artifact import IngestOutput
 from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.report import write_report
+from pipeline.tokenizer import TokenizerOutput
 
 
 @torch.no_grad()
@@ -115,7 +116,7 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(hf_dir).to(device)
     window = json.loads((pretrain.path / "spec.json").read_text())["config"]["seq_len"]
-    parts = held_out(inputs["ingest"], ["source", "text"])
+    parts = IngestOutput(inputs["ingest"]).held_out(["source", "text"])
     # up to max_eval_docs of each slice (a prefix is a fair sample: the file is in hash order)
     domain, general = (parts[k].slice(0, config.max_eval_docs) for k in ("domain", "general"))
     if not domain.num_rows:
@@ -130,7 +131,7 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         base_scores = slice_scores(AutoModelForCausalLM.from_pretrained(base_dir).to(device),
                                    AutoTokenizer.from_pretrained(base_dir), texts, sources,
                                    is_general, window, config.batch_size)
-    ft, tk = finetune.manifest, inputs["tokenizer"].manifest
+    ft, tk = finetune.manifest, TokenizerOutput(inputs["tokenizer"])
     metrics = {
         **(comparison(config, per_source, base_scores) if base_scores else {}),
         "heldout_perplexity": per_source["domain"]["perplexity"],
@@ -141,8 +142,7 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         # finetune_accuracy, finetune_macro_f1(_std), finetune_base_macro_f1, ..._gain
         **{f"finetune_{k}": v for k, v in ft.metrics.items()},
         # the tokenizer training used: domain (from scratch), base or extended (continue)
-        "tokenizer_fertility": tk.extra["efficiency"][
-            pretrain.manifest.extra.get("tokenizer", "domain")]["domain"]["fertility"],
+        "tokenizer_fertility": tk.fertility(pretrain.manifest.extra.get("tokenizer", "domain")),
         "vocab_size": float(len(tok)),
     }
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores}

@@ -21,6 +21,7 @@ import duckdb
 from pipeline import report
 from pipeline.artifacts import Artifact, ArtifactStore
 from pipeline.catalog import Catalog
+from pipeline.ingest.artifact import IngestOutput
 
 
 def find(store: ArtifactStore, key_prefix: str) -> tuple[str, str]:
@@ -121,7 +122,9 @@ def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
     """Counts of excluded documents by reason, and up to ``limit`` samples of each reason (or
     of ``reason`` alone), from the artifact's exclusion log; with ``log="modified"``, the same
     for the documents ingest changed (mojibake repair, PII redaction)."""
-    path = str(art.path / f"{log}.parquet").replace("'", "''")
+    ingest = IngestOutput(art)
+    logged = ingest.excluded_file if log == "excluded" else ingest.modified_file
+    path = str(logged).replace("'", "''")
     con = duckdb.connect()
     counts = dict(con.execute(f"SELECT reason, count(*) FROM read_parquet('{path}') "
                               "GROUP BY reason ORDER BY count(*) DESC, reason").fetchall())
@@ -134,7 +137,7 @@ def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
         f"FROM read_parquet('{path}')) WHERE rn <= {int(limit)} AND (? IS NULL OR reason = ?) "
         "ORDER BY reason, doc_id", [reason, reason]).fetchall()
     cols = ("reason", "doc_id", "source", "detail", "text")
-    return {"artifact": art.key, "log": log, "docs_in": art.manifest.counts["docs_in"],
+    return {"artifact": art.key, "log": log, "docs_in": ingest.docs_in,
             "counts": counts,
             "samples": [dict(zip(cols, row, strict=True)) for row in samples]}
 

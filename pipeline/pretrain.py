@@ -34,7 +34,8 @@ from tokenizers import Tokenizer
 from pipeline import QualityGateError, models, packing
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
-from pipeline.ingest import train_shards
+from pipeline.ingest.artifact import IngestOutput
+from pipeline.tokenizer import TokenizerOutput
 
 log = logging.getLogger("dapt")
 
@@ -148,21 +149,21 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
         )
 
 
-def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id: int,
+def pack(config: PretrainConfig, ingest: IngestOutput, tokenizer_path: Path, eos_id: int,
          data_dir: Path) -> dict[str, Any]:
     """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams."""
-    names = ingest.manifest.extra["source_names"]
-    general = set(ingest.manifest.extra.get("general_sources", []))
+    names = ingest.source_names
+    general = set(ingest.general_sources)
     common = {"source_names": names, "num_workers": config.num_pack_workers}
     stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin"]
     try:
-        train = packing.encode(tokenizer_path, train_shards(ingest),
+        train = packing.encode(tokenizer_path, ingest.train_shards,
                                eos_id, stagings[0], **common)
         selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
         packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
                                                    config.seq_len, config.max_shard_tokens),
                   "mixture": mixture}
-        held = packing.encode(tokenizer_path, [ingest.path / "eval.parquet"], eos_id,
+        held = packing.encode(tokenizer_path, [ingest.eval_file], eos_id,
                               stagings[1], **common)
         is_general = np.isin(held.sources, [i for i, n in enumerate(names) if n in general])
         for name, docs in (("eval", np.flatnonzero(~is_general)),
@@ -177,26 +178,27 @@ def pack(config: PretrainConfig, ingest: Artifact, tokenizer_path: Path, eos_id:
 
 
 def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    tok_art = inputs["tokenizer"]
+    tok_out = TokenizerOutput(inputs["tokenizer"])
     base_tok_dir = None
     if config.mode == "continue":  # the base model's own tokenizer, or its extension
         base_dir = models.hf_dir(inputs["models"])
-        extended = tok_art.manifest.extra.get("extended_dir")
-        tok_dir = tok_art.path / extended if extended else base_dir
+        extended = tok_out.extended_dir
+        tok_dir = extended or base_dir
         base_tok_dir = base_dir if extended else None
         base_config = json.loads((base_dir / "config.json").read_text())
         eos_id = base_config["eos_token_id"]
         pad_id = base_config.get("pad_token_id") or eos_id
     else:
-        base_dir, tok_dir = None, tok_art.path
-        eos_id, pad_id = tok_art.manifest.extra["eos_id"], tok_art.manifest.extra["pad_id"]
+        base_dir, tok_dir = None, tok_out.dir
+        eos_id, pad_id = tok_out.eos_id, tok_out.pad_id
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
     if marker.exists():  # resuming a killed build: the packed streams are complete
         packed = json.loads(marker.read_text())
         log.info("pretrain: resuming in %s", out_dir)
     else:
-        packed = pack(config, inputs["ingest"], tok_dir / "tokenizer.json", eos_id, data_dir)
+        packed = pack(config, IngestOutput(inputs["ingest"]), tok_dir / "tokenizer.json", eos_id,
+                      data_dir)
         tmp = marker.with_suffix(".tmp")  # a resume must never find half a marker
         tmp.write_text(json.dumps(packed, indent=2))
         os.replace(tmp, marker)

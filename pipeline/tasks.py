@@ -6,34 +6,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import EvalSetConfig, TaskConfig
-
-
-def read_columns(path: Path, fields: dict[str, str], where: str) -> pa.Table:
-    """The configured columns of a JSONL, CSV or Parquet file as VARCHAR, named after their
-    config field (``{"id_field": "key"}`` gives a column ``id``); ``where`` names the config
-    section in errors."""
-    from pipeline.ingest import infer_format  # (ingest imports this module)
-
-    fmt = infer_format(path, None)
-    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "jsonl.zst": "read_json",
-              "csv": "read_csv",
-              "parquet": "read_parquet"}.get(fmt)
-    if reader is None:
-        raise ValueError(f"{where}.path: {path} must be JSONL, CSV or Parquet, not {fmt}")
-    columns = ", ".join(f'"{column}"::VARCHAR AS {name.removesuffix("_field")}'
-                        for name, column in fields.items())
-    quoted = str(path).replace("'", "''")
-    try:
-        return duckdb.connect().sql(
-            f"SELECT {columns} FROM {reader}('{quoted}')").to_arrow_table()
-    except duckdb.BinderException as exc:
-        named = ", ".join(f"{name}={column!r}" for name, column in fields.items())
-        raise ValueError(f"{where}: {path} lacks a configured field ({named}): {exc}") from None
+from pipeline.files import read_columns
 
 
 def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:

@@ -6,8 +6,9 @@ near-duplicate candidates.
 These are the loops that DuckDB's list functions and hash aggregates did before, per document
 and per word; numba compiles them to machine code (``nogil``, so shard threads run them in
 parallel) and caches the result beside this file (``__pycache__``), so only the first process on
-a machine pays the few seconds of compilation (``python -m pipeline.kernels`` fills the cache;
-``make install`` runs it). Nothing here loops in Python per document.
+a machine pays the few seconds of compilation (``warm()`` fills the cache: ``make install``
+runs ``python -c "from pipeline.ingest import kernels; kernels.warm()"``). Nothing here loops
+in Python per document.
 
 Definitions (the tests hold each against a plain-Python or SQL statement of it):
 
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if sys.byteorder != "little":  # utf8_buffers and the UTF-32 table assume it
-    raise ImportError("pipeline.kernels needs a little-endian machine")
+    raise ImportError("pipeline.ingest.kernels needs a little-endian machine")
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -726,5 +727,5 @@ def warm() -> None:
                  np.array([0]), np.array([0]))
 
 
-if __name__ == "__main__":  # python -m pipeline.kernels: fill the compile cache
+if __name__ == "__main__":  # python -m pipeline.ingest.kernels: fill the compile cache too
     warm()

@@ -3,7 +3,7 @@ each candidate pair, and connected components, so one representative (the first 
 of each cluster is kept.
 
 Vectorised end to end: a compiled kernel hashes every document's words in one pass
-(``pipeline/kernels.py``); numpy combines them into n-gram shingle hashes (a polynomial over
+(``pipeline/ingest/kernels.py``); numpy combines them into n-gram shingle hashes (a polynomial over
 each window of word hashes); another kernel computes every document's MinHash signature (32-bit
 values) from one flat buffer; LSH buckets are ``np.unique`` over each band's rows. Python
 loops only over candidate pairs (the union-find), which are as many as there are
@@ -24,9 +24,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import kernels
 from pipeline.config import NearDupConfig
-from pipeline.quality import window_hashes, word_hashes
+from pipeline.ingest import kernels
+from pipeline.ingest.quality import window_hashes, word_hashes
 
 SHINGLE_SEED = 12345  # the shingle polynomial's coefficients: part of every MinHash signature
 BAND_SEED = 6789  # the band keys' polynomial
