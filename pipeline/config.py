@@ -374,7 +374,7 @@ class PretrainConfig(_Strict):
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
-                "DeepSpeed hostfile (`python -m pipeline.launch hostfile` writes one)"
+                "DeepSpeed hostfile (`python -m pipeline.train.launch hostfile` writes one)"
             )
         return self
 

@@ -20,13 +20,14 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline import QualityGateError, models
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
 from pipeline.ingest.artifact import IngestOutput
 from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.report import write_report
 from pipeline.tokenizer import TokenizerOutput
+from pipeline.train import models
 
 
 @torch.no_grad()

@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline import models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import FinetuneConfig, TaskConfig
 from pipeline.metrics import classification_report
 from pipeline.tasks import load_task, split_of
+from pipeline.train import models
 
 log = logging.getLogger("dapt")
 

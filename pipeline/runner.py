@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import StageError, models, ops
+from pipeline import StageError, ops
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
@@ -39,6 +39,7 @@ from pipeline.artifacts import (
 from pipeline.catalog import Catalog
 from pipeline.config import STAGES, EvalSetConfig, RunConfig
 from pipeline.domains import Domain
+from pipeline.train import models
 from pipeline.versions import code_version
 
 log = logging.getLogger("dapt")
@@ -64,7 +65,7 @@ class StageSpec:
 STAGE_SPECS: dict[str, StageSpec] = {
     "ingest": StageSpec("pipeline.ingest", ()),
     "tokenizer": StageSpec("pipeline.tokenizer", ("ingest",)),
-    "pretrain": StageSpec("pipeline.pretrain", ("ingest", "tokenizer"), resumable=True),
+    "pretrain": StageSpec("pipeline.train.pretrain", ("ingest", "tokenizer"), resumable=True),
     "finetune": StageSpec("pipeline.finetune", ("pretrain",)),
     "evaluate": StageSpec("pipeline.evaluate", ("ingest", "tokenizer", "pretrain", "finetune")),
 }

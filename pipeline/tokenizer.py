@@ -7,7 +7,7 @@ trains on a seeded uniform sample of about that many characters instead.
 
 In continue mode the stage also gets the base model (the ``models`` artifact): it reports the
 base tokenizer, and with ``extend.num_new_tokens > 0`` writes ``extended/``, the base tokenizer
-plus the domain's most useful new tokens (``pipeline.vocab``), which pretraining then uses.
+plus the domain's most useful new tokens (``pipeline.train.vocab``), which pretraining then uses.
 
 Outputs ``tokenizer.json`` plus the files ``PreTrainedTokenizerFast.from_pretrained`` reads,
 and ``efficiency.json``: fertility (tokens per word) and characters per token of every tokenizer
@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline import QualityGateError, vocab
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import TokenizerConfig
 from pipeline.ingest.artifact import IngestOutput
-from pipeline.models import hf_dir
+from pipeline.train import vocab
+from pipeline.train.models import hf_dir
 
 
 def iter_texts(files: list[Path], batch_size: int, fraction: float = 1.0, seed: int = 0,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
 from pipeline.catalog import Catalog
-from pipeline.packing import TokenBatches
+from pipeline.train.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 

@@ -30,7 +30,7 @@ def later():
     from pipeline.tasks import eval_set_texts
     if True:
         import pipeline.metrics as m
-    return ["--module", "pipeline.train_worker", "not.a module", "pipeline"]
+    return ["--module", "pipeline.train.worker", "not.a module", "pipeline"]
 
 class C:
     def m(self):
@@ -41,7 +41,7 @@ class C:
     names = versions.imported_names(source, "pipeline.sub.mod", is_package=False)
     assert {"os", "pipeline", "pipeline.kernels", "pipeline.config",
             "pipeline.config.IngestConfig", "pipeline.tasks", "pipeline.metrics",
-            "pipeline.train_worker", "pipeline.sub.quality", "pipeline.sub.dedup",
+            "pipeline.train.worker", "pipeline.sub.quality", "pipeline.sub.dedup",
             "pipeline.sub.dedup.find_sql", "pipeline.report"} <= names
     assert "not.a module" not in names
     # in a package's __init__, "." is the package itself
@@ -69,7 +69,7 @@ def test_closure_holds_every_project_module_a_stage_imports() -> None:
         assert new <= closure, (stage, sorted(new - closure))
         seen |= set(loaded[spec.module])
     # the training worker runs as `--module NAME` in a subprocess: covered by name
-    assert any(m.endswith("worker") for m in versions.import_closure("pipeline.pretrain"))
+    assert any(m.endswith("worker") for m in versions.import_closure("pipeline.train.pretrain"))
 
 
 def test_planning_imports_no_torch(tmp_path: Path) -> None:
@@ -129,9 +129,9 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
     # the task split: ingest's decontamination and finetune
     ("pipeline.tasks", STAGES),
     # the training worker is started by name, never imported by pretrain
-    ("pipeline.train_worker", ["pretrain", "finetune", "evaluate"]),
+    ("pipeline.train.worker", ["pretrain", "finetune", "evaluate"]),
     # base-model conversion (its artifact key too)
-    ("pipeline.models", ["tokenizer", "pretrain", "finetune", "evaluate"]),
+    ("pipeline.train.models", ["tokenizer", "pretrain", "finetune", "evaluate"]),
 ])
 def test_editing_a_module_changes_exactly_the_keys_that_run_it(
         module: str, changed: list[str], project_copy: Path, samples_dir: Path,

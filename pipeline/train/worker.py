@@ -1,8 +1,8 @@
 """One training rank, started by DeepSpeed's launcher from the pretrain stage.
 
-``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train_worker --spec SPEC``
+``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train.worker --spec SPEC``
 
-Reads the spec written by ``pipeline.pretrain``, builds a Llama-style model, trains it through a
+Reads the spec written by ``pretrain.py``, builds a Llama-style model, trains it through a
 DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, checkpoints every
 ``checkpoint_every`` steps (keeping the newest ``keep_checkpoints``) and on SIGTERM/SIGINT, and
 exports ``hf/`` with safetensors and the tokenizer.
@@ -34,8 +34,8 @@ from deepspeed.accelerator import get_accelerator
 from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pipeline.packing import TokenBatches
-from pipeline.vocab import init_new_embeddings
+from pipeline.train.packing import TokenBatches
+from pipeline.train.vocab import init_new_embeddings
 
 
 def llama_config(model: dict[str, Any], *, vocab_size: int, seq_len: int, eos_id: int,

@@ -1,12 +1,12 @@
 """Pretrain stage: pack the corpus into token sequences and train a causal LM with DeepSpeed.
 
-1. Tokenize and pack the ingest shards (``pipeline.packing``): the training stream follows
+1. Tokenize and pack the ingest shards (``pipeline.train.packing``): the training stream follows
    ``mixture``, and the held-out text becomes two streams, ``eval`` (domain sources) and
    ``eval_general`` (general sources, when the domain has any: the forgetting loss). The
    tokenizer is the domain one (from_scratch), or the base model's, extended when the tokenizer
    stage extended it (continue; new embeddings start as the mean of their pieces').
 2. Generate the DeepSpeed JSON from ``PretrainConfig`` (``ds_overrides`` is merged over it) and
-   launch ``pipeline.train_worker`` through DeepSpeed's launcher as a subprocess: one process
+   launch ``pipeline.train.worker`` through DeepSpeed's launcher as a subprocess: one process
    here, ``num_gpus`` ranks on a GPU node. The command, config and log are kept in the artifact.
 3. The worker trains, checkpoints, and exports ``hf/`` (safetensors + tokenizer) that
    ``AutoModelForCausalLM.from_pretrained`` loads.
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError, models, packing
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.ingest.artifact import IngestOutput
 from pipeline.tokenizer import TokenizerOutput
+from pipeline.train import models, packing
 
 log = logging.getLogger("dapt")
 
@@ -108,7 +109,7 @@ def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[s
     return [
         sys.executable, "-m", "deepspeed.launcher.runner",
         "--num_gpus", str(config.num_gpus), "--master_port", str(port), *multi_node,
-        "--module", "pipeline.train_worker", "--spec", str(spec_path),
+        "--module", "pipeline.train.worker", "--spec", str(spec_path),
     ]
 
 
