@@ -25,10 +25,10 @@ from pipeline.finetune import (
     load_task,
     prepare_task,
     run,
-    split_of,
     summarize,
 )
 from pipeline.metrics import classification_report
+from pipeline.tasks import split_of
 
 
 def test_split_is_a_stable_function_of_id_and_split_seed() -> None:
