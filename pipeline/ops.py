@@ -10,7 +10,6 @@ collection of unreferenced artifacts.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from dataclasses import dataclass
@@ -216,18 +215,6 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _in_use(lock_path: Path) -> bool:
-    if not lock_path.exists():
-        return False
-    with open(lock_path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None = None
                  ) -> list[Garbage]:
     """Artifacts no kept run references (directly or as an input of one it references), plus
@@ -252,13 +239,7 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
                 todo.append((input_stage, input_key))
     garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
                if (a.stage, a.key) not in referenced]
-    for pattern, reason in ((".failed-*", "failed build"), (".old-*", "replaced artifact"),
-                            (".tmp-*", "interrupted build")):
-        for path in sorted(store.root.glob(f"*/{pattern}")):
-            key = path.name.split("-")[1]
-            if reason == "interrupted build" and _in_use(path.parent / f".{key}.lock"):
-                continue  # a build is running right now
-            garbage.append(Garbage(path, reason, _size(path)))
+    garbage += [Garbage(g.path, g.reason, _size(g.path)) for g in store.leftovers()]
     return garbage
 
 
