@@ -206,8 +206,8 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
         counts.append(np.diff(starts))
         values.append(sets)
         seen.append(table.column("ord").to_numpy())
-    assert np.array_equal(np.concatenate(seen) if seen else docs[:0], docs), \
-        "the candidates' texts did not come back in order"
+    if not np.array_equal(np.concatenate(seen) if seen else docs[:0], docs):
+        raise RuntimeError("near dedup: the candidates' texts did not come back in order")
     starts = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else \
         np.zeros(1, np.int64)
     return kernels.pair_jaccard(
