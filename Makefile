@@ -40,8 +40,8 @@ lint: install
 
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/python bench/flow_overhead.py
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python -m bench.flow_overhead
+	$(BIN)/python -m bench.tokenizer_bench
 
 clean:
 	rm -rf dapt-work .pytest_cache

@@ -2,7 +2,7 @@
 prints base -> adapted: domain and general bits-per-byte, and fine-tune macro-F1 and accuracy
 (mean +- std over seeds, same splits and hyperparameters for both models).
 
-    .venv/bin/python bench/dapt_effect.py [--domains medical legal] [--profile base]
+    .venv/bin/python -m bench.dapt_effect [--domains medical legal] [--profile base]
         [--workdir DIR] [--json OUT.json]
 
 ``--profile base`` is the measurement the issue asks for (SmolLM2-135M, sequence 2048): it needs
@@ -14,20 +14,16 @@ reason to lose the other numbers. Not a test: it trains real models.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import tempfile
+import time
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
+import yaml
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import yaml  # noqa: E402
-
-from pipeline import domains, samples  # noqa: E402
-from pipeline.runner import Session  # noqa: E402
+from pipeline import domains, samples
+from pipeline.runner import Session
 
 
 def domain_file(name: str, profile: str, out: Path) -> Path:

@@ -1,6 +1,6 @@
 """Training throughput: our DeepSpeed pretrain stage vs a plain PyTorch loop vs HF Trainer.
 
-    .venv/bin/python bench/train.py [--steps 100] [--profile tiny]
+    .venv/bin/python -m bench.train [--steps 100] [--profile tiny]
 
 Same model (the profile's Llama config and the domain tokenizer), same packed sequences in the
 same order, same micro-batch, AdamW, fp32 on CPU. Tokens/s is measured after ``--warmup``
@@ -11,26 +11,20 @@ Not a test: timings vary with the machine.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
-# bench/ holds tokenize.py (the issue's name for it), which would shadow the standard library's
-# tokenize module for any script run from here: put the repo root first on the path instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import torch
+import yaml
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from pipeline import domains, samples  # noqa: E402
-from pipeline.runner import Session  # noqa: E402
-from pipeline.train.packing import TokenBatches  # noqa: E402
-from pipeline.train.worker import llama_config  # noqa: E402
+from pipeline import domains, samples
+from pipeline.runner import Session
+from pipeline.train.packing import TokenBatches
+from pipeline.train.worker import llama_config
 
 
 def plain_loop(spec: dict, data: TokenBatches, steps: int, warmup: int) -> float:
