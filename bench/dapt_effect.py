@@ -8,7 +8,7 @@ and the downstream macro-F1 (mean +- std over seeds), against the issue's goals:
 - downstream macro-F1 of adapted >= base and >= control;
 - the whole run <= 60 minutes per domain (the first domain also trains the shared control).
 
-    .venv/bin/python bench/dapt_effect.py [--domains medical legal finance] [--profile cpu]
+    .venv/bin/python -m bench.dapt_effect [--domains medical legal finance] [--profile cpu]
         [--workdir DIR] [--json OUT.json]
 
 It runs the CLI as a user would (Prefect flow included). A run that fails its quality gate still

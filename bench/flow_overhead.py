@@ -1,7 +1,7 @@
 """Orchestration overhead: the tiny medical run through the Prefect flow vs the same stages
 called directly, and a fully cached rerun.
 
-    .venv/bin/python bench/flow_overhead.py [--domain medical] [--profile tiny]
+    .venv/bin/python -m bench.flow_overhead [--domain medical] [--profile tiny]
 
 Each measurement is a fresh process on a fresh workdir (same samples), so both include the same
 imports and the same DeepSpeed launch; the flow run is the user's path, ``dapt run``, with
@@ -13,18 +13,13 @@ what orchestration costs. Goals: overhead <= 5% of the run, cached rerun <= 15 s
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# bench/ holds tokenize.py (the issue's name for it), which would shadow the standard library's
-# tokenize module for any script run from here: put the repo root first on the path instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 DIRECT = """
 import sys

@@ -27,7 +27,7 @@ spaCy one was 4x slower here). Each tool runs in a subprocess: its wall time and
                      all removed as near-duplicates. datatrove keeps any pair that shares an
                      LSH bucket; we check each candidate's exact 5-gram Jaccard against 0.8.
 
-    python bench/ingest.py --samples /tmp/demo_work/samples --sizes 50,500 --datatrove 50,500
+    python -m bench.ingest --samples /tmp/demo_work/samples --sizes 50,500 --datatrove 50,500
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
 
 SOURCES = {"medical": ["hpo", "icd10cm", "healthnews"], "legal": ["licenses", "rules"],
            "finance": ["bbc_business"], "general": ["news"]}
@@ -269,8 +267,7 @@ def quality(result: dict, planted: dict[str, str], passed: set[str], corpus: Pat
 
 def _child(tool: str, corpus: Path, out: Path, workers: int) -> dict:
     """Run one tool in a fresh process: wall time and peak RSS are its own."""
-    code = (f"import json, resource, sys; "
-            f"sys.path[0] = {str(Path(__file__).resolve().parent.parent)!r}; "
+    code = (f"import json, resource; "
             f"from bench.ingest import run_{tool}; from pathlib import Path; "
             f"r = run_{tool}(Path({str(corpus)!r}), Path({str(out)!r})"
             + f", {workers})"
@@ -280,7 +277,9 @@ def _child(tool: str, corpus: Path, out: Path, workers: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out / "stderr.log", "w") as err:
+        # (the child runs in out.parent; PYTHONPATH lets it import bench.ingest from there)
         subprocess.run([sys.executable, "-c", code], check=True, cwd=out.parent,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                        stdout=subprocess.DEVNULL, stderr=err)
     seconds = time.perf_counter() - t0
     result = json.loads((out / "result.json").read_text())

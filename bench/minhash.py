@@ -1,4 +1,4 @@
-"""MinHash signatures: our numba kernel (``pipeline/kernels.py``) against rensa (Rust), on the
+"""MinHash signatures: our numba kernel (``ingest/kernels.py``) against rensa (Rust), on the
 shingles of a real corpus, same machine, same run.
 
 Speed: signatures of every document of the corpus (word 5-gram shingles, 14 x 8 = 112
@@ -7,24 +7,21 @@ the corpus's planted near-duplicate pairs and as many random pairs, the error of
 signature's estimated Jaccard against the exact 5-gram Jaccard (mean, and the RMS error that
 sampling alone gives: sqrt(J (1 - J) / 112)).
 
-    python bench/minhash.py --corpus /tmp/dapt-bench-ingest/corpus-50   # from bench/ingest.py
+    python -m bench.minhash --corpus /tmp/dapt-bench-ingest/corpus-50   # from bench/ingest.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
+import duckdb
+import numpy as np
 
-import duckdb  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pipeline import dedup, kernels  # noqa: E402
-from pipeline.config import NearDupConfig  # noqa: E402
+from pipeline.config import NearDupConfig
+from pipeline.ingest import dedup, kernels
 
 
 def rensa_signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int

@@ -1,4 +1,4 @@
-"""Precision and recall of PII redaction (``pipeline/pii.py``) on a labelled set built from real
+"""Precision and recall of PII redaction (``ingest/pii.py``) on a labelled set built from real
 text: sentences of the sample corpora carry identifiers inserted after a cue ("Contact:",
 "MRN:", ...), and hard negatives that look like identifiers but are not (Luhn-invalid card
 numbers, never-issued SSNs, ICD codes, version numbers, dates with no person).
@@ -10,7 +10,7 @@ numbers, never-issued SSNs, ICD codes, version numbers, dates with no person).
                   false positive (sentences with '@', 'http' or 'www.' are not used, so the
                   corpus itself holds no identifiers we know of)
 
-    python bench/pii.py --samples /tmp/demo_work/samples [--n 2000]
+    python -m bench.pii --samples /tmp/demo_work/samples [--n 2000]
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ import argparse
 import json
 import random
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
-
-from pipeline import pii  # noqa: E402
+from pipeline.ingest import pii
 
 CARRIERS = ("medical/hpo.jsonl", "medical/icd10cm.jsonl", "medical/healthnews.jsonl",
             "finance/bbc_business.jsonl", "general/news.jsonl")

@@ -1,7 +1,7 @@
 """Training throughput: our DeepSpeed pretrain stage vs a plain PyTorch loop vs HF Trainer.
 
-    .venv/bin/python bench/train.py [--steps 100] [--profile tiny]
-    .venv/bin/python bench/train.py --profile cpu --steps 12 --warmup 2 [--variants]
+    .venv/bin/python -m bench.train [--steps 100] [--profile tiny]
+    .venv/bin/python -m bench.train --profile cpu --steps 12 --warmup 2 [--variants]
 
 Same model (the profile's Llama config and the domain tokenizer, or with ``--profile cpu`` the
 real SmolLM2-135M continued from its weights), same packed sequences in the same order, same
@@ -24,26 +24,20 @@ Not a test: timings vary with the machine.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
-# bench/ holds tokenize.py (the issue's name for it), which would shadow the standard library's
-# tokenize module for any script run from here: put the repo root first on the path instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import torch
+import yaml
 
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from pipeline import domains, samples  # noqa: E402
-from pipeline.packing import TokenBatches  # noqa: E402
-from pipeline.runner import Session  # noqa: E402
-from pipeline.train_worker import llama_config  # noqa: E402
-from pipeline.worker_io import PretrainOutput, WorkerSpec  # noqa: E402
+from pipeline import domains, samples
+from pipeline.runner import Session
+from pipeline.train.packing import TokenBatches
+from pipeline.train.worker import llama_config
+from pipeline.train.worker_io import PretrainOutput, WorkerSpec
 
 
 def build_model(spec: WorkerSpec, attn: str = "sdpa") -> torch.nn.Module:

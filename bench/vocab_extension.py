@@ -1,7 +1,7 @@
 """Vocabulary extension: fertility of GPT-2, the base model's tokenizer, the base extended with N
 domain tokens, and the domain-trained tokenizer, on a domain's held-out text and general text.
 
-    .venv/bin/python bench/vocab_extension.py [--domain medical] [--new-tokens 2000]
+    .venv/bin/python -m bench.vocab_extension [--domain medical] [--new-tokens 2000]
 
 Runs the tokenizer stage (and what it needs: ingest, the prepared base model) of the shipped
 domain at ``--profile base`` (continue mode) with ``tokenizer.extend.num_new_tokens`` set, in
@@ -11,21 +11,15 @@ Not a test: it prints a table for bench/RESULTS.md.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import tempfile
+import time
 from pathlib import Path
 
-# bench/ holds tokenize.py (the issue's name for it), which would shadow the standard library's
-# tokenize module for any script run from here: put the repo root first on the path instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import yaml
 
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import yaml  # noqa: E402
-
-from pipeline import domains  # noqa: E402
-from pipeline.runner import Session  # noqa: E402
+from pipeline import domains
+from pipeline.runner import Session
 
 
 def main() -> None:

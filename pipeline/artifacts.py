@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+# Directories beside the artifacts that are not artifacts, by name prefix: what each one is.
+TMP, FAILED, OLD = ".tmp-", ".failed-", ".old-"
+LEFTOVER_REASONS = {FAILED: "failed build", OLD: "replaced artifact", TMP: "interrupted build"}
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -44,17 +46,6 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def code_version(*modules: str) -> str:
-    """Hash of the named modules' source files (found, not imported): editing a stage
-    invalidates its artifacts."""
-    h = hashlib.sha256()
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin, f"module {name} not found"
-        h.update(Path(spec.origin).read_bytes())
-    return h.hexdigest()[:12]
 
 
 def artifact_key(config: Mapping[str, Any], code: str, inputs: Mapping[str, Any]) -> str:
@@ -87,6 +78,16 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class Leftover:
+    """A directory a build left beside the artifacts: never an artifact, removable."""
+
+    path: Path
+    stage: str
+    key: str
+    reason: str  # a value of LEFTOVER_REASONS
+
+
+@dataclass(frozen=True)
 class Artifact:
     stage: str
     key: str
@@ -114,11 +115,39 @@ class ArtifactStore:
             for manifest in sorted((self.root / s).glob(f"*/{MANIFEST}")):
                 yield Artifact(s, manifest.parent.name, manifest.parent)
 
+    def leftovers(self) -> list[Leftover]:
+        """Partial outputs of failed builds, replaced artifacts not yet deleted, and directories
+        of interrupted builds (except those of a build running now)."""
+        found = []
+        for prefix, reason in LEFTOVER_REASONS.items():
+            for path in sorted(self.root.glob(f"*/{prefix}*")):
+                key = path.name.removeprefix(prefix).rsplit("-", 1)[0]
+                if prefix == TMP and self.building(path.parent.name, key):
+                    continue
+                found.append(Leftover(path, path.parent.name, key, reason))
+        return found
+
+    def building(self, stage: str, key: str) -> bool:
+        """A process holds the build lock of ``stage/key`` now."""
+        lock_path = self._lock_path(stage, key)
+        if not lock_path.exists():
+            return False
+        with open(lock_path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+    def _lock_path(self, stage: str, key: str) -> Path:
+        return self.root / stage / f".{key}.lock"
+
     @contextmanager
     def _lock(self, stage: str, key: str) -> Iterator[None]:
-        lock_dir = self.root / stage
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f".{key}.lock", "w") as fh:
+        lock_path = self._lock_path(stage, key)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -147,10 +176,10 @@ class ArtifactStore:
             existing = self.get(stage, key)
             if existing and not force:
                 return existing, True
-            tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+            tmp = self.root / stage / f"{TMP}{key}-{uuid.uuid4().hex[:8]}"
             # Holding the lock, any .tmp- of this key belongs to a build that died.
             leftovers = sorted(
-                (p for pattern in (f".tmp-{key}-*", f".failed-{key}-*")
+                (p for pattern in (f"{TMP}{key}-*", f"{FAILED}{key}-*")
                  for p in (self.root / stage).glob(pattern)),
                 key=lambda p: p.stat().st_mtime)
             if resume and not force and leftovers:
@@ -160,7 +189,9 @@ class ArtifactStore:
             start = time.perf_counter()
             try:
                 manifest = fn(tmp)
-                assert manifest.stage == stage, (manifest.stage, stage)
+                if manifest.stage != stage:
+                    raise RuntimeError(f"{stage}: the stage returned a {manifest.stage!r} "
+                                       "manifest")
                 manifest = dataclasses.replace(
                     manifest,
                     key=key,
@@ -177,7 +208,7 @@ class ArtifactStore:
                 (tmp / MANIFEST).write_text(manifest.to_json())
                 final = self.path(stage, key)
                 if final.exists():
-                    trash = final.with_name(f".old-{key}-{uuid.uuid4().hex[:8]}")
+                    trash = final.with_name(f"{OLD}{key}-{uuid.uuid4().hex[:8]}")
                     os.rename(final, trash)
                     os.rename(tmp, final)
                     shutil.rmtree(trash, ignore_errors=True)
@@ -186,7 +217,7 @@ class ArtifactStore:
             except Exception as exc:
                 # Keep what the stage wrote (its log above all) under a name that never looks
                 # like an artifact; `dapt gc` removes these.
-                failed = tmp.with_name(f".failed-{key}-{uuid.uuid4().hex[:8]}")
+                failed = tmp.with_name(f"{FAILED}{key}-{uuid.uuid4().hex[:8]}")
                 os.rename(tmp, failed)
                 exc.add_note(f"partial outputs of the failed build: {failed}")
                 raise

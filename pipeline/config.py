@@ -153,7 +153,7 @@ PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date",
 
 class PiiConfig(_Strict):
     """Identifiers replaced by typed placeholders (``<EMAIL>``, ...) before filtering, so
-    neither the output nor the exclusion log holds them; see ``pipeline/pii.py``."""
+    neither the output nor the exclusion log holds them; see ``pipeline/ingest/pii.py``."""
 
     enabled: bool = True
     types: list[Literal[PII_TYPES]] = Field(  # type: ignore[valid-type]
@@ -399,7 +399,7 @@ class PretrainConfig(_Strict):
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
-                "DeepSpeed hostfile (`python -m pipeline.launch hostfile` writes one)"
+                "DeepSpeed hostfile (`python -m pipeline.train.launch hostfile` writes one)"
             )
         return self
 

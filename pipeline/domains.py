@@ -13,7 +13,6 @@ with the file and field named, not halfway through a run.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 
 from pipeline.artifacts import file_digest
 from pipeline.config import PROFILE_NAMES, DomainSpec, RunConfig
+from pipeline.files import is_url, match_files
 
 ENTRY_POINT_GROUP = "dapt.domains"
 
@@ -180,23 +180,6 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
             raise DomainError(f"invalid domain config {where}:\n  {field_name}: {pattern!r}: "
                               "fine-tune tasks and test sets are read from local files only")
     return resolved
-
-
-def is_url(path: str | Path) -> bool:
-    """An fsspec URL (``s3://``, ``gs://``, ``memory://``, ...) rather than a local path."""
-    return "://" in str(path)
-
-
-def match_files(pattern: str) -> list[str]:
-    """Files (not directories) matching a path or glob; ``**`` recurses. An fsspec URL is
-    globbed by its filesystem (install ``s3fs``, ``gcsfs``, ... for ``s3://``, ``gs://``)."""
-    if is_url(pattern):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(pattern)
-        found = fs.glob(root) if glob.has_magic(root) else [root] if fs.exists(root) else []
-        return [fs.unstrip_protocol(p) for p in sorted(found) if fs.isfile(p)]
-    return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
 
 
 def source_digest(path: str | Path) -> str:

@@ -3,12 +3,12 @@ continue mode, of the base model, with quality gates), the fine-tune metrics and
 efficiency, gathered into ``metrics.json`` and the report (``report.md``, ``report.html``,
 ``plots/``).
 
-Only the held-out slice's ``test`` part is scored (``pipeline.heldout``): the checkpoint choice
-and the sweep use the ``dev`` part, so no figure reported here was chosen on the text it is
-measured on. Continue mode scores the base model, and with ``pretrain.control`` the control model,
-on the same documents; each bits-per-byte and each change (adapted vs base, adapted vs control)
-has a standard error from a bootstrap over documents, paired across models. The verdict (plain
-numbers and each gate's outcome) heads the report.
+Only the held-out slice's ``test`` part is scored (``IngestOutput.held_out_parts``): the
+checkpoint choice and the sweep use the ``dev`` part, so no figure reported here was chosen on
+the text it is measured on. Continue mode scores the base model, and with ``pretrain.control``
+the control model, on the same documents; each bits-per-byte and each change (adapted vs base,
+adapted vs control) has a standard error from a bootstrap over documents, paired across models.
+The verdict (plain numbers and each gate's outcome) heads the report.
 
 Perplexity is computed from the ``hf/`` export (not the training process), so it also checks
 that the export loads and predicts. Each held-out document is scored on its own, preceded by the
@@ -31,12 +31,15 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline import QualityGateError, heldout, models
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
+from pipeline.ingest.artifact import IngestOutput
 from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.report import write_report
-from pipeline.worker_io import PretrainOutput
+from pipeline.tokenizer import TokenizerOutput
+from pipeline.train import models
+from pipeline.train.worker_io import PretrainOutput
 
 
 @torch.no_grad()
@@ -151,7 +154,7 @@ def test_text(config: EvaluateConfig, ingest: Artifact) -> tuple[list[str], list
                                                                    list[bool]]:
     """The held-out test documents scored: the domain slice and the general slice, capped (a
     prefix is a fair sample: the file is in hash order). Dev documents are never scored here."""
-    parts = heldout.parts(ingest, ["source", "text"])
+    parts = IngestOutput(ingest).held_out_parts(["source", "text"])
     general_cap = config.max_general_docs or config.max_eval_docs
     domain = parts["domain"]["test"].slice(0, config.max_eval_docs)
     general = parts["general"]["test"].slice(0, general_cap)
@@ -262,7 +265,7 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
     per_source, base_scores = per["adapted"], per.get("base")
-    ft, tk = finetune.manifest, inputs["tokenizer"].manifest
+    ft, tk = finetune.manifest, TokenizerOutput(inputs["tokenizer"])
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
         **changes(config, scores, is_general),
@@ -280,8 +283,8 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         # finetune_accuracy, finetune_macro_f1(_std), finetune_base_macro_f1, ..._gain
         **{f"finetune_{k}": v for k, v in ft.metrics.items()},
         # the tokenizer training used: domain (from scratch), base or extended (continue)
-        "tokenizer_fertility": tk.extra["efficiency"][
-            inputs["pretrain"].manifest.extra.get("tokenizer", "domain")]["domain"]["fertility"],
+        "tokenizer_fertility": tk.fertility(
+            inputs["pretrain"].manifest.extra.get("tokenizer", "domain")),
         "vocab_size": float(len(tok)),
     }
     ft_view = {**ft.metrics, "seeds": len(ft.extra.get("seeds", []))}

@@ -45,11 +45,11 @@ import pyarrow.parquet as pq
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline import models
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import FinetuneConfig, TaskConfig
 from pipeline.metrics import classification_report
-from pipeline.tasks import load_task, split_of
+from pipeline.tasks import load_task, split_rows
+from pipeline.train import models
 
 log = logging.getLogger("dapt")
 
@@ -78,17 +78,11 @@ def prepare_task(task: TaskConfig, config: FinetuneConfig) -> tuple[TaskData, in
     if len(label_names) < 2:
         raise ValueError(f"finetune.tasks.{task.name}: {task.path} has {len(label_names)} "
                          "label value(s); a classification task needs at least 2")
-    splits: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
-    for i, x in enumerate(ids):
-        splits[split_of(x, config.test_fraction, config.validation_fraction,
-                        config.split_seed)].append(i)
-
-    def key(i: int) -> bytes:
-        return hashlib.md5(f"{config.split_seed}:{ids[i]}".encode()).digest()
-
     caps = {"train": config.max_train_examples, "validation": config.max_test_examples,
             "test": config.max_test_examples}
-    splits = {s: sorted(rows, key=key)[:caps[s]] for s, rows in splits.items()}
+    splits = split_rows(ids, test_fraction=config.test_fraction,
+                        validation_fraction=config.validation_fraction, seed=config.split_seed,
+                        caps=caps)
     if not splits["train"] or not splits["test"]:
         raise ValueError(f"finetune.tasks.{task.name}: {len(ids)} rows give an empty train or "
                          "test split; add rows or change finetune.test_fraction")

@@ -10,7 +10,6 @@ collection of unreferenced artifacts.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import duckdb
 from pipeline import report
 from pipeline.artifacts import Artifact, ArtifactStore
 from pipeline.catalog import Catalog
+from pipeline.ingest.artifact import IngestOutput
 
 
 def find(store: ArtifactStore, key_prefix: str) -> tuple[str, str]:
@@ -121,7 +121,9 @@ def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
     """Counts of excluded documents by reason, and up to ``limit`` samples of each reason (or
     of ``reason`` alone), from the artifact's exclusion log; with ``log="modified"``, the same
     for the documents ingest changed (mojibake repair, PII redaction)."""
-    path = str(art.path / f"{log}.parquet").replace("'", "''")
+    ingest = IngestOutput(art)
+    logged = ingest.excluded_file if log == "excluded" else ingest.modified_file
+    path = str(logged).replace("'", "''")
     con = duckdb.connect()
     counts = dict(con.execute(f"SELECT reason, count(*) FROM read_parquet('{path}') "
                               "GROUP BY reason ORDER BY count(*) DESC, reason").fetchall())
@@ -134,7 +136,7 @@ def excluded(art: Artifact, reason: str | None = None, limit: int = 5,
         f"FROM read_parquet('{path}')) WHERE rn <= {int(limit)} AND (? IS NULL OR reason = ?) "
         "ORDER BY reason, doc_id", [reason, reason]).fetchall()
     cols = ("reason", "doc_id", "source", "detail", "text")
-    return {"artifact": art.key, "log": log, "docs_in": art.manifest.counts["docs_in"],
+    return {"artifact": art.key, "log": log, "docs_in": ingest.docs_in,
             "counts": counts,
             "samples": [dict(zip(cols, row, strict=True)) for row in samples]}
 
@@ -213,18 +215,6 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _in_use(lock_path: Path) -> bool:
-    if not lock_path.exists():
-        return False
-    with open(lock_path) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
 def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None = None
                  ) -> list[Garbage]:
     """Artifacts no kept run references (directly or as an input of one it references), plus
@@ -249,13 +239,7 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
                 todo.append((input_stage, input_key))
     garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
                if (a.stage, a.key) not in referenced]
-    for pattern, reason in ((".failed-*", "failed build"), (".old-*", "replaced artifact"),
-                            (".tmp-*", "interrupted build")):
-        for path in sorted(store.root.glob(f"*/{pattern}")):
-            key = path.name.split("-")[1]
-            if reason == "interrupted build" and _in_use(path.parent / f".{key}.lock"):
-                continue  # a build is running right now
-            garbage.append(Garbage(path, reason, _size(path)))
+    garbage += [Garbage(g.path, g.reason, _size(g.path)) for g in store.leftovers()]
     return garbage
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import Artifact
-from pipeline.worker_io import PretrainOutput
+from pipeline.train.worker_io import PretrainOutput
 
 Block = tuple[Any, ...]  # ("h1"|"h2"|"h3"|"p", text) | ("table", header, rows) | ("img", name, alt)
 

@@ -27,57 +27,47 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import StageError, control, models, ops
+from pipeline import StageError, ops
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
     ArtifactStore,
     artifact_key,
-    code_version,
     file_digest,
     stable_hash,
 )
 from pipeline.catalog import Catalog
 from pipeline.config import STAGES, EvalSetConfig, RunConfig
 from pipeline.domains import Domain
+from pipeline.train import control, models
+from pipeline.versions import code_version
 
 log = logging.getLogger("dapt")
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A stage: its module (with ``run``), the modules its code version covers, its inputs.
-
-    Modules are named, not imported: a fully cached run never imports torch or DeepSpeed.
-    """
+    """A stage: its module (with ``run``) and its inputs. Its code version hashes the module's
+    import closure inside the project (``pipeline.versions``): found by reading the files, not
+    by importing them, so a fully cached run never imports torch or DeepSpeed."""
 
     module: str
-    code: tuple[str, ...]
     needs: tuple[str, ...]
     resumable: bool = False  # continues from a killed build's checkpoints
 
     def fn(self) -> Callable[..., Any]:
         return importlib.import_module(self.module).run
 
+    def code_version(self) -> str:
+        return code_version(self.module)
+
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "ingest": StageSpec("pipeline.ingest",
-                        ("pipeline.ingest", "pipeline.quality", "pipeline.dedup", "pipeline.pii",
-                         "pipeline.language",
-                         "pipeline.tasks"), ()),
-    "tokenizer": StageSpec("pipeline.tokenizer", ("pipeline.tokenizer", "pipeline.vocab"),
-                           ("ingest",)),
-    "pretrain": StageSpec("pipeline.pretrain", ("pipeline.pretrain", "pipeline.packing",
-                                                "pipeline.train_worker", "pipeline.vocab",
-                                                "pipeline.worker_io", "pipeline.heldout"),
-                          ("ingest", "tokenizer"), resumable=True),
-    "finetune": StageSpec("pipeline.finetune", ("pipeline.finetune", "pipeline.metrics",
-                                                "pipeline.tasks"),
-                          ("pretrain",)),
-    "evaluate": StageSpec("pipeline.evaluate",
-                          ("pipeline.evaluate", "pipeline.report", "pipeline.metrics",
-                           "pipeline.heldout"),
-                          ("ingest", "tokenizer", "pretrain", "finetune")),
+    "ingest": StageSpec("pipeline.ingest", ()),
+    "tokenizer": StageSpec("pipeline.tokenizer", ("ingest",)),
+    "pretrain": StageSpec("pipeline.train.pretrain", ("ingest", "tokenizer"), resumable=True),
+    "finetune": StageSpec("pipeline.finetune", ("pretrain",)),
+    "evaluate": StageSpec("pipeline.evaluate", ("ingest", "tokenizer", "pretrain", "finetune")),
 }
 
 
@@ -87,13 +77,11 @@ STAGE_SPECS: dict[str, StageSpec] = {
 BASE_MODEL_STAGES = ("tokenizer", "pretrain", "finetune", "evaluate")
 
 
-# The control run (pipeline.control) is not a stage of the domain: its artifact is shared by
+# The control run (pipeline.train.control) is not a stage of the domain: its artifact is shared by
 # every domain with the same recipe. Finetune and evaluate score it; it trains through the
 # pretrain code.
 CONTROL_STAGES = ("finetune", "evaluate")
-CONTROL_CODE = ("pipeline.control", "pipeline.pretrain", "pipeline.packing",
-                "pipeline.train_worker", "pipeline.vocab", "pipeline.worker_io",
-                "pipeline.ingest", "pipeline.models")
+CONTROL_MODULE = "pipeline.train.control"  # its code version is this module's import closure
 
 
 def uses_control(run: RunConfig, stage: str) -> bool:
@@ -157,7 +145,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
     if uses_control(run, "evaluate"):
         control_key = control.key(run.pretrain, general_sources(run, files), run.ingest.seed,
                                   models.base_key(run.pretrain.base_model),
-                                  code_version(*CONTROL_CODE))
+                                  code_version(CONTROL_MODULE))
     for stage in STAGES:
         config = run.stage(stage)
         extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
@@ -186,7 +174,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
         else:
             resolved = config
         config_json = config.model_dump(mode="json")
-        code = code_version(*STAGE_SPECS[stage].code)
+        code = STAGE_SPECS[stage].code_version()
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
                                       stable_hash(config_json), code, resolved, extra_inputs)
     return planned
@@ -271,7 +259,7 @@ class Session:
             base = models.prepare(self.run.pretrain.base_model, self.store)
             found["control"] = control.prepare(
                 self.run.pretrain, general_sources(self.run, files), self.run.ingest.seed, base,
-                self.store, key=planned.inputs["control"], code=code_version(*CONTROL_CODE))
+                self.store, key=planned.inputs["control"], code=code_version(CONTROL_MODULE))
         return found
 
     def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True,

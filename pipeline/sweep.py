@@ -33,7 +33,7 @@ from pipeline.catalog import Catalog
 from pipeline.config import RunConfig, SweepConfig, deep_merge
 from pipeline.domains import Domain
 from pipeline.runner import Session
-from pipeline.worker_io import PretrainOutput
+from pipeline.train.worker_io import PretrainOutput
 
 log = logging.getLogger("dapt")
 

@@ -6,34 +6,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import EvalSetConfig, TaskConfig
-
-
-def read_columns(path: Path, fields: dict[str, str], where: str) -> pa.Table:
-    """The configured columns of a JSONL, CSV or Parquet file as VARCHAR, named after their
-    config field (``{"id_field": "key"}`` gives a column ``id``); ``where`` names the config
-    section in errors."""
-    from pipeline.ingest import infer_format  # (ingest imports this module)
-
-    fmt = infer_format(path, None)
-    reader = {"jsonl": "read_json", "jsonl.gz": "read_json", "jsonl.zst": "read_json",
-              "csv": "read_csv",
-              "parquet": "read_parquet"}.get(fmt)
-    if reader is None:
-        raise ValueError(f"{where}.path: {path} must be JSONL, CSV or Parquet, not {fmt}")
-    columns = ", ".join(f'"{column}"::VARCHAR AS {name.removesuffix("_field")}'
-                        for name, column in fields.items())
-    quoted = str(path).replace("'", "''")
-    try:
-        return duckdb.connect().sql(
-            f"SELECT {columns} FROM {reader}('{quoted}')").to_arrow_table()
-    except duckdb.BinderException as exc:
-        named = ", ".join(f"{name}={column!r}" for name, column in fields.items())
-        raise ValueError(f"{where}: {path} lacks a configured field ({named}): {exc}") from None
+from pipeline.files import read_columns
 
 
 def load_task(task: TaskConfig, path: Path) -> tuple[pa.Table, int]:
@@ -69,15 +46,30 @@ def split_of(example_id: str, test_fraction: float, validation_fraction: float,
         else "train"
 
 
+def split_rows(ids: list[str], *, test_fraction: float, validation_fraction: float, seed: int,
+               caps: dict[str, int | None]) -> dict[str, list[int]]:
+    """Row indices of each split (``train``, ``validation``, ``test``), each in MD5 order of
+    ``seed:id`` (deterministic, not file order) and cut to ``caps[split]`` (None or absent: no
+    cap). Fine-tuning trains and scores on these rows, and ingest's decontamination removes the
+    test rows' n-grams from the training corpus: both call this, so they cannot disagree."""
+    splits: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    for i, x in enumerate(ids):
+        splits[split_of(x, test_fraction, validation_fraction, seed)].append(i)
+
+    def key(i: int) -> bytes:
+        return hashlib.md5(f"{seed}:{ids[i]}".encode()).digest()
+
+    return {s: sorted(rows, key=key)[:caps.get(s)] for s, rows in splits.items()}
+
+
 def eval_set_texts(eval_set: EvalSetConfig) -> list[str]:
-    """The texts of an evaluation set: the rows of its file in the test split."""
+    """The texts of an evaluation set: the rows of its file in the test split, the same rows
+    (order and cap) that fine-tuning scores."""
     table = read_columns(Path(eval_set.path), {"id_field": eval_set.id_field,
                                                "text_field": eval_set.text_field},
                          f"ingest.decontamination.test_sets.{eval_set.name}")
-    test = [(i, text) for i, text in zip(table.column("id").to_pylist(),
-                                         table.column("text").to_pylist(), strict=True)
-            if text and (eval_set.test_fraction >= 1.0 or split_of(
-                str(i), eval_set.test_fraction, 0.0, eval_set.split_seed) == "test")]
-    # the same order and cap as prepare_task's, so these are exactly the rows scored
-    test.sort(key=lambda r: hashlib.md5(f"{eval_set.split_seed}:{r[0]}".encode()).digest())
-    return [text for _, text in test[:eval_set.max_rows]]
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    texts = table.column("text").to_pylist()
+    test = split_rows(ids, test_fraction=eval_set.test_fraction, validation_fraction=0.0,
+                      seed=eval_set.split_seed, caps={"test": eval_set.max_rows})["test"]
+    return [texts[i] for i in test if texts[i]]

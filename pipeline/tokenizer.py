@@ -7,7 +7,7 @@ trains on a seeded uniform sample of about that many characters instead.
 
 In continue mode the stage also gets the base model (the ``models`` artifact): it reports the
 base tokenizer, and with ``extend.num_new_tokens > 0`` writes ``extended/``, the base tokenizer
-plus the domain's most useful new tokens (``pipeline.vocab``), which pretraining then uses.
+plus the domain's most useful new tokens (``pipeline.train.vocab``), which pretraining then uses.
 
 Outputs ``tokenizer.json`` plus the files ``PreTrainedTokenizerFast.from_pretrained`` reads,
 and ``efficiency.json``: fertility (tokens per word) and characters per token of every tokenizer
@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline import QualityGateError, vocab
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import TokenizerConfig
-from pipeline.ingest import held_out, train_shards
-from pipeline.models import hf_dir
+from pipeline.ingest.artifact import IngestOutput
+from pipeline.train import vocab
+from pipeline.train.models import hf_dir
 
 
 def iter_texts(files: list[Path], batch_size: int, fraction: float = 1.0, seed: int = 0,
@@ -118,10 +119,10 @@ def save_hf_files(tok: Tokenizer, config: TokenizerConfig, out_dir: Path) -> Non
     }, indent=2))
 
 
-def held_out_texts(ingest: Artifact) -> dict[str, list[str]]:
+def held_out_texts(ingest: IngestOutput) -> dict[str, list[str]]:
     """Held-out text split into the domain slice and the general (replay) slice."""
     return {part: table.column("text").to_pylist()
-            for part, table in held_out(ingest, ["source", "text"]).items()}
+            for part, table in ingest.held_out(["source", "text"]).items()}
 
 
 def gpt2_tokenizer() -> Tokenizer | None:
@@ -147,15 +148,15 @@ def check_roundtrip(name: str, tok: Tokenizer, texts: list[str]) -> None:
         )
 
 
-def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest: Artifact
+def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest: IngestOutput
                 ) -> tuple[Tokenizer, dict[str, int]]:
     """The base tokenizer plus up to ``extend.num_new_tokens`` tokens of the domain's text (the
     general sources are left out: their words are not what the extension is for)."""
     vocab.check_base(base, base_name)
     ext = config.extend
-    fraction = min(1.0, ext.sample_chars / max(ingest.manifest.counts.get("train_chars", 0), 1))
-    texts = iter_texts(train_shards(ingest), config.batch_size, fraction,
-                       config.seed, ingest.manifest.extra.get("general_sources") or None)
+    fraction = min(1.0, ext.sample_chars / max(ingest.train_chars, 1))
+    texts = iter_texts(ingest.train_shards, config.batch_size, fraction,
+                       config.seed, ingest.general_sources or None)
     counts = vocab.word_counts(base, (t for batch in texts for t in batch))
     merges = vocab.choose_merges(base, counts, ext.num_new_tokens, ext.min_frequency)
     extended = vocab.extend(base, merges)
@@ -164,10 +165,8 @@ def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest
 
 
 def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    ingest = inputs["ingest"]
-    files = train_shards(ingest)
-    total_chars = ingest.manifest.counts.get("train_chars", 0)
-    tok = train(config, files, total_chars)
+    ingest = IngestOutput(inputs["ingest"])
+    tok = train(config, ingest.train_shards, ingest.train_chars)
     save_hf_files(tok, config, out_dir)
     held = held_out_texts(ingest)
     if not held["domain"]:
@@ -205,3 +204,35 @@ def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> 
                     if key != "eval_tokens"})
     return Manifest(stage="tokenizer", counts=counts, metrics=metrics,
                     extra={**extra, "efficiency": table})
+
+
+class TokenizerOutput:
+    """A tokenizer artifact as the stages downstream may read it (never its files by name).
+
+    - ``dir``: the domain tokenizer's HF files (``tokenizer.json``, ``tokenizer_config.json``,
+      ``special_tokens_map.json``); ``eos_id`` and ``pad_id`` are its ids;
+    - ``extended_dir``: in continue mode with ``extend.num_new_tokens``, the base model's
+      tokenizer with the domain's new tokens (HF files, plus what ``vocab`` needs to initialise
+      their embeddings); None otherwise;
+    - ``base_vocab_size``: the base tokenizer's size in continue mode, else None;
+    - ``efficiency``: {tokenizer (domain, base, extended, gpt2): {slice (domain, general):
+      {fertility, chars_per_token, eval_tokens}}} on the held-out text.
+    """
+
+    def __init__(self, artifact: Artifact):
+        if artifact.stage != "tokenizer":
+            raise ValueError(f"{artifact.stage}/{artifact.key} is not a tokenizer artifact")
+        extra = artifact.manifest.extra
+        self.artifact = artifact
+        self.dir: Path = artifact.path
+        self.eos_id: int = extra["eos_id"]
+        self.pad_id: int = extra["pad_id"]
+        self.model: str = extra.get("model", "bpe")
+        self.extended_dir: Path | None = (artifact.path / extra["extended_dir"]
+                                          if extra.get("extended_dir") else None)
+        self.base_vocab_size: int | None = extra.get("base_vocab_size")
+        self.efficiency: dict[str, dict[str, dict[str, float]]] = extra["efficiency"]
+
+    def fertility(self, tokenizer: str = "domain", part: str = "domain") -> float:
+        """Tokens per whitespace word of ``tokenizer`` on the held-out ``part``."""
+        return self.efficiency[tokenizer][part]["fertility"]

@@ -50,7 +50,20 @@ def test_domains_new_scaffolds_a_file_that_validates_once_filled_in(tmp_path: Pa
     result = runner.invoke(app, ["domains", "validate", str(out)])
     assert result.exit_code == 0, result.output
     assert "domain 'oncology' is valid" in result.output
-    out.write_text(out.read_text().replace("min_chars: 50", "min_chars: fifty"))
+    text = out.read_text()
+    assert "# min_chars: 20 " in text  # the schema's default, commented out
+    out.write_text(text.replace("# min_chars: 20 ", "min_chars: fifty "))
     result = runner.invoke(app, ["domains", "validate", str(out)])
     assert result.exit_code == 2 and "ingest.min_chars" in result.output
     assert runner.invoke(app, ["domains", "new", "oncology", "--out", str(out)]).exit_code == 2
+
+
+def test_committed_template_is_the_one_generated_from_the_schema() -> None:
+    from pipeline import template
+
+    assert template.TEMPLATE.read_text() == template.render(), (
+        "domains/_template.yaml is stale: run `python -m pipeline.template --write`")
+    rendered = template.render()
+    for line in ("# max_chars: 200000", "# vocab_size: 8192", "profiles: tiny 8192, small 16384",
+                 "# near_dup:", "# compare_base: true"):
+        assert line in rendered, line

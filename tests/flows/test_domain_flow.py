@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
 from pipeline.catalog import Catalog
-from pipeline.packing import TokenBatches
+from pipeline.train.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 
@@ -178,6 +178,18 @@ def test_rerun_hits_cache_and_only_from_rebuild_the_right_stages(first_run: dict
     assert {s: hit for s, (hit, _) in stages.items()} == {
         "ingest": True, "tokenizer": True, "pretrain": True, "finetune": False,
         "evaluate": False}
+
+
+def test_cli_plan_shows_every_stage_cached_after_a_run(first_run: dict) -> None:
+    _, built = _stages(first_run["work"])
+    result = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
+                                      "--workdir", str(first_run["work"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [{"stage": s, "key": key, "cached": True}
+                                         for s, (_, key) in built.items()]
+    text = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
+                                    "--workdir", str(first_run["work"])]).output
+    assert f"evaluate   {built['evaluate'][1]}  cached" in text
 
 
 def test_cli_runs_lists_history(first_run: dict) -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline.config import DomainSpec, PretrainConfig, SweepConfig
 from pipeline.evaluate import bootstrap_indices, paired_change, slice_scores
-from pipeline.heldout import DEV_SHARE, dev_mask, split
+from pipeline.ingest.artifact import DEV_SHARE, dev_mask, split_dev_test
 from pipeline.sweep import pareto, pick
-from pipeline.worker_io import Candidate, WorkerEvent, choose
+from pipeline.train.worker_io import Candidate, WorkerEvent, choose
 
 MODEL = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
 
@@ -50,11 +50,11 @@ def test_dev_and_test_parts_are_disjoint_stable_and_about_dev_share() -> None:
     assert abs(mask.mean() - DEV_SHARE) < 0.02
     assert (mask == dev_mask(ids).to_numpy(zero_copy_only=False)).all()
     table = pa.table({"doc_id": ids, "text": [str(i) for i in range(20_000)]})
-    parts = split(table)
+    parts = split_dev_test(table)
     assert parts["dev"].num_rows + parts["test"].num_rows == 20_000
     assert not set(parts["dev"]["doc_id"].to_pylist()) & set(parts["test"]["doc_id"].to_pylist())
     # a document's part does not depend on what else is held out
-    small = split(table.slice(0, 500))
+    small = split_dev_test(table.slice(0, 500))
     assert set(small["dev"]["doc_id"].to_pylist()) <= set(parts["dev"]["doc_id"].to_pylist())
 
 

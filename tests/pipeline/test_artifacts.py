@@ -93,3 +93,30 @@ def test_crash_leaves_nothing_that_looks_done(tmp_path: Path) -> None:
     assert store.get("s", "k") is None
     assert not list((tmp_path / "s").glob("*/" + MANIFEST))
     assert [p.name for p in (tmp_path / "s").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_leftovers_are_failed_and_interrupted_builds_but_not_a_running_one(tmp_path: Path
+                                                                          ) -> None:
+    store = ArtifactStore(tmp_path)
+
+    def fail(out: Path) -> Manifest:
+        raise FloatingPointError("non-finite loss")
+
+    with pytest.raises(FloatingPointError):
+        store.build(stage="s", key="k1", config_hash="c", code="v", inputs={}, fn=fail)
+    (tmp_path / "s/.tmp-k2-0123abcd").mkdir()  # a build killed before it could clean up
+    seen = []
+
+    def look(out: Path) -> Manifest:  # while k3 builds, its own .tmp- is not a leftover
+        seen.extend((g.key, g.reason) for g in store.leftovers())
+        return Manifest(stage="s")
+
+    store.build(stage="s", key="k3", config_hash="c", code="v", inputs={}, fn=look)
+    assert sorted(seen) == [("k1", "failed build"), ("k2", "interrupted build")]
+    assert not store.building("s", "k3") and store.get("s", "k3") is not None
+
+
+def test_a_stage_returning_another_stages_manifest_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="returned a 'other' manifest"):
+        ArtifactStore(tmp_path).build(stage="s", key="k", config_hash="c", code="v", inputs={},
+                                      fn=lambda out: Manifest(stage="other"))

@@ -13,8 +13,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
-from pipeline.packing import TokenBatches
 from pipeline.runner import Session
+from pipeline.train.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 CONTINUE = {"mode": "continue", "base_model": "smollm2-135m", "seq_len": 64,

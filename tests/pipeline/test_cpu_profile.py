@@ -12,12 +12,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from pipeline import control
 from pipeline.config import SweepConfig
-from pipeline.packing import TokenBatches
 from pipeline.runner import Session, plan
 from pipeline.sweep import run_sweep
-from pipeline.worker_io import PretrainOutput
+from pipeline.train import control
+from pipeline.train.packing import TokenBatches
+from pipeline.train.worker_io import PretrainOutput
 from tests.e2e_domain import write_test_domain
 
 CPU_TEST = {
@@ -98,9 +98,9 @@ def test_checkpoint_choice_exports_the_chosen_eval_point(cpu_run: Session) -> No
 
 
 def test_evaluate_scores_only_the_test_part(cpu_run: Session) -> None:
-    from pipeline import heldout
+    from pipeline.ingest.artifact import IngestOutput
 
-    parts = heldout.parts(cpu_run.artifacts["ingest"], ["source", "text", "doc_id"])
+    parts = IngestOutput(cpu_run.artifacts["ingest"]).held_out_parts(["source", "text"])
     n_test = min(parts["domain"]["test"].num_rows, 60) + min(parts["general"]["test"].num_rows, 4)
     assert cpu_run.artifacts["evaluate"].manifest.counts["eval_docs"] == n_test
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import dedup
 from pipeline.config import NearDupConfig
+from pipeline.ingest import dedup
 
 
 def test_shingles_are_word_ngrams_within_a_document() -> None:

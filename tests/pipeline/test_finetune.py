@@ -32,10 +32,10 @@ from pipeline.finetune import (
     prepare_task,
     resplit,
     run,
-    split_of,
     summarize,
 )
 from pipeline.metrics import classification_report
+from pipeline.tasks import split_of
 
 
 def test_split_is_a_stable_function_of_id_and_split_seed() -> None:
@@ -404,7 +404,7 @@ def test_headline_metrics_name_control_and_the_paired_spread() -> None:
 def test_probe_on_the_real_smollm2_weights(samples_dir: Path, tmp_path: Path) -> None:
     """Prepares SmolLM2-135M (about 25 s) and probes a few dozen real examples at seq 32."""
     from pipeline.artifacts import ArtifactStore
-    from pipeline.models import hf_dir, prepare
+    from pipeline.train.models import hf_dir, prepare
 
     art = prepare("smollm2-135m", ArtifactStore(tmp_path / "artifacts"))
     rows = [json.loads(x) for x in

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline import QualityGateError, ingest
+from pipeline import QualityGateError, files, ingest
 from pipeline.config import IngestConfig
 
 LONG = "A sentence that is comfortably longer than the minimum length."
@@ -131,7 +131,7 @@ def test_quality_gate_fails_loudly(tmp_path: Path) -> None:
 
 def test_unknown_suffix_asks_for_format() -> None:
     with pytest.raises(ValueError, match="set `format` on the source"):
-        ingest.infer_format(Path("corpus.xml"), None)
+        files.infer_format(Path("corpus.xml"), None)
 
 
 def test_bad_input_matrix_is_counted_and_reconciled(tmp_path: Path) -> None:
@@ -196,7 +196,8 @@ def test_fsspec_url_sources_read_like_local_files(tmp_path: Path) -> None:
     malformed line included (the line-by-line reader opens the URL through fsspec)."""
     import fsspec
 
-    from pipeline.domains import match_files, source_digest
+    from pipeline.domains import source_digest
+    from pipeline.files import match_files
 
     files = {
         "a.jsonl": "".join(json.dumps({"id": str(i), "text": f"{LONG} Remote {i}."}) + "\n"

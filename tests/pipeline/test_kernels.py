@@ -1,4 +1,4 @@
-"""The compiled kernels (``pipeline/kernels.py``) against plain statements of what they compute:
+"""The compiled kernels (``ingest/kernels.py``) against plain statements of what they compute:
 the DuckDB SQL that ingest ran before them (normalisation, Gopher features), Python's ``re`` for
 tokens, and ``collections.Counter`` for the n-gram repetition shares. On the real sample corpora
 and on literal strings that reach the corners (CRLF, Unicode space, bullets, ellipses, blank
@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import kernels
 from pipeline.config import QualityConfig, RepetitionConfig
+from pipeline.ingest import kernels
 
 # ingest's normalisation as it was written in SQL
 NORMALISE_SQL = r"""

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from pipeline import ingest, language
+from pipeline import ingest
 from pipeline.config import IngestConfig, LanguageConfig
+from pipeline.ingest import language
 
 TEXTS = {
     "en": "The committee reviewed the annual report and approved the budget for next year.",

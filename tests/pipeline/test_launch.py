@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.config import PROFILES, PretrainConfig
-from pipeline.launch import expand_nodelist, hosts_from_env, render_hostfile
-from pipeline.pretrain import launch_command
+from pipeline.train.launch import expand_nodelist, hosts_from_env, render_hostfile
+from pipeline.train.pretrain import launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def _cli(args: list[str], env_extra: dict[str, str], cwd: Path) -> subprocess.Co
            if k not in ("SLURM_JOB_NODELIST", "DAPT_K8S_HOSTS")}
     env["PYTHONPATH"] = str(REPO)
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "pipeline.launch", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "pipeline.train.launch", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -128,7 +128,7 @@ def test_launch_command_single_node_unchanged(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     assert launch_command(_config(num_gpus=2, hostfile="/ignored"), spec, 29500) == [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-        "--master_port", "29500", "--module", "pipeline.train_worker", "--spec", str(spec),
+        "--master_port", "29500", "--module", "pipeline.train.worker", "--spec", str(spec),
     ]
 
 
@@ -138,7 +138,7 @@ def test_launch_command_multi_node(tmp_path: Path) -> None:
     assert launch_command(cfg, spec, 29501) == [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "8",
         "--master_port", "29501", "--hostfile", "/shared/hostfile", "--num_nodes", "4",
-        "--master_addr", "gpu01", "--module", "pipeline.train_worker", "--spec", str(spec),
+        "--master_addr", "gpu01", "--module", "pipeline.train.worker", "--spec", str(spec),
     ]
     no_addr = launch_command(_config(num_nodes=2, hostfile="/h"), spec, 1)
     assert "--master_addr" not in no_addr

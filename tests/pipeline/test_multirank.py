@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.pretrain import release_shm
 from pipeline.runner import Session
+from pipeline.train.pretrain import release_shm
 from tests.e2e_domain import write_test_domain
 
 BASE = {"max_steps": 8, "warmup_steps": 1, "log_every": 1, "zero_stage": 2,

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from pipeline import packing
-from pipeline.packing import Encoded, PackedSequences, TokenBatches
+from pipeline.train import packing
+from pipeline.train.packing import Encoded, PackedSequences, TokenBatches
 
 WORDS = {"<eos>": 0, "a": 1, "b": 2, "[UNK]": 3}
 

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import ingest, pii
+from pipeline import ingest
 from pipeline.config import IngestConfig, PiiConfig
+from pipeline.ingest import pii
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.pii import labelled_set, ours, score  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.config import PROFILES, PretrainConfig
-from pipeline.pretrain import deepspeed_config, launch_command
+from pipeline.train.pretrain import deepspeed_config, launch_command
 
 
 def _config(**kw) -> PretrainConfig:
@@ -49,4 +49,4 @@ def test_deepspeed_accepts_generated_config() -> None:
 def test_launch_command_uses_deepspeed_launcher(tmp_path: Path) -> None:
     cmd = launch_command(_config(num_gpus=4), tmp_path / "spec.json", 29555)
     assert cmd[1:4] == ["-m", "deepspeed.launcher.runner", "--num_gpus"] and cmd[4] == "4"
-    assert cmd[-4:] == ["--module", "pipeline.train_worker", "--spec", str(tmp_path / "spec.json")]
+    assert cmd[-4:] == ["--module", "pipeline.train.worker", "--spec", str(tmp_path / "spec.json")]

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import ingest, quality
+from pipeline import ingest
 from pipeline.config import IngestConfig, QualityConfig
+from pipeline.ingest import quality
 
 # 60 words, 5 stop words, mean word length ~5: passes every default filter
 CLEAN = ("The committee reviewed the annual report and found that the revenue of the company "

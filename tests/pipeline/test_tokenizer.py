@@ -10,9 +10,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline import tokenizer, vocab
+from pipeline import tokenizer
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import TokenizerConfig
+from pipeline.train import vocab
 
 LINES = [
     "The patient presented with acute myocardial infarction and dyspnoea.",

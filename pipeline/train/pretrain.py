@@ -1,18 +1,18 @@
 """Pretrain stage: pack the corpus into token sequences and train a causal LM with DeepSpeed.
 
-1. Tokenize and pack the ingest shards (``pipeline.packing``): the training stream follows
+1. Tokenize and pack the ingest shards (``pipeline.train.packing``): the training stream follows
    ``mixture``, and the held-out text becomes two streams, ``eval`` (domain sources) and
    ``eval_general`` (general sources, when the domain has any: the forgetting loss). The
    tokenizer is the domain one (from_scratch), or the base model's, extended when the tokenizer
    stage extended it (continue; new embeddings start as the mean of their pieces').
 2. Generate the DeepSpeed JSON from ``PretrainConfig`` (``ds_overrides`` is merged over it) and
-   launch ``pipeline.train_worker`` through DeepSpeed's launcher as a subprocess: one process
+   launch ``pipeline.train.worker`` through DeepSpeed's launcher as a subprocess: one process
    here, ``num_gpus`` ranks on a GPU node. The command, config and log are kept in the artifact.
 3. The worker trains, checkpoints, and exports ``hf/`` (safetensors + tokenizer) that
    ``AutoModelForCausalLM.from_pretrained`` loads: the final weights, or with
    ``select_checkpoint`` the eval point chosen on the dev half of the held-out text.
 
-``pack`` and ``train`` take plain files and tables, so the control run (``pipeline.control``)
+``pack`` and ``train`` take plain files and tables, so the control run (``pipeline.train.control``)
 trains through the same code on general text.
 """
 
@@ -38,11 +38,13 @@ import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError, heldout, models, packing
+from pipeline import QualityGateError
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
-from pipeline.ingest import train_shards
-from pipeline.worker_io import WorkerEvent, WorkerSpec, WorkerSummary
+from pipeline.ingest.artifact import IngestOutput
+from pipeline.tokenizer import TokenizerOutput
+from pipeline.train import models, packing
+from pipeline.train.worker_io import WorkerEvent, WorkerSpec, WorkerSummary
 
 log = logging.getLogger("dapt")
 
@@ -115,7 +117,7 @@ def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[s
     return [
         sys.executable, "-m", "deepspeed.launcher.runner",
         "--num_gpus", str(config.num_gpus), "--master_port", str(port), *multi_node,
-        "--module", "pipeline.train_worker", "--spec", str(spec_path),
+        "--module", "pipeline.train.worker", "--spec", str(spec_path),
     ]
 
 
@@ -167,7 +169,7 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
 def pack(config: PretrainConfig, train_files: list[Path], dev: pa.Table, names: list[str],
          general: set[str], tokenizer_path: Path, eos_id: int, data_dir: Path) -> dict[str, Any]:
     """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams; the held-out
-    streams come from ``dev`` (the held-out slice's dev part: see ``pipeline.heldout``)."""
+    streams come from ``dev`` (the held-out slice's dev part: ``IngestOutput.held_out_parts``)."""
     common = {"source_names": names, "num_workers": config.num_pack_workers}
     stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin",
                 data_dir / "staging-dev.parquet"]
@@ -248,27 +250,25 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
 
 
 def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    tok_art, ingest = inputs["tokenizer"], inputs["ingest"]
+    tok_out, ingest = TokenizerOutput(inputs["tokenizer"]), IngestOutput(inputs["ingest"])
     base_tok_dir = None
     if config.mode == "continue":  # the base model's own tokenizer, or its extension
         base_dir = models.hf_dir(inputs["models"])
-        extended = tok_art.manifest.extra.get("extended_dir")
-        tok_dir = tok_art.path / extended if extended else base_dir
+        extended = tok_out.extended_dir
+        tok_dir = extended or base_dir
         base_tok_dir = base_dir if extended else None
         base_config = json.loads((base_dir / "config.json").read_text())
         eos_id = base_config["eos_token_id"]
         pad_id = base_config.get("pad_token_id") or eos_id
     else:
-        base_dir, tok_dir = None, tok_art.path
-        eos_id, pad_id = tok_art.manifest.extra["eos_id"], tok_art.manifest.extra["pad_id"]
-    names = ingest.manifest.extra["source_names"]
-    general = set(ingest.manifest.extra.get("general_sources", []))
+        base_dir, tok_dir = None, tok_out.dir
+        eos_id, pad_id = tok_out.eos_id, tok_out.pad_id
 
     def pack_fn(data_dir: Path) -> dict[str, Any]:
-        held = heldout.parts(ingest, ["source", "text"])
+        held = ingest.held_out_parts(["source", "text"])
         dev = pa.concat_tables([held["domain"]["dev"], held["general"]["dev"]])
-        return pack(config, train_shards(ingest), dev, names, general,
-                    tok_dir / "tokenizer.json", eos_id, data_dir)
+        return pack(config, ingest.train_shards, dev, ingest.source_names,
+                    set(ingest.general_sources), tok_dir / "tokenizer.json", eos_id, data_dir)
 
     packed = packed_streams(config, out_dir, pack_fn)
     trained = train(config, packed, out_dir, tok_dir=tok_dir, base_dir=base_dir,

@@ -28,9 +28,9 @@ from pipeline.artifacts import (
     ArtifactStore,
     Manifest,
     artifact_key,
-    code_version,
     file_digest,
 )
+from pipeline.versions import code_version
 
 log = logging.getLogger("dapt")
 
@@ -76,7 +76,7 @@ def base_key(name: str) -> str:
         p for p in source.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
     digests = {p.name: file_digest(p) for p in files}
     return artifact_key({"name": name if name in BASE_MODELS else "local"},
-                        code_version("pipeline.models"), digests)
+                        code_version("pipeline.train.models"), digests)
 
 
 def _convert_gguf(name: str, out_dir: Path) -> Manifest:
@@ -108,7 +108,7 @@ def prepare(name: str, store: ArtifactStore, key: str | None = None) -> Artifact
     the caller already has ``base_key(name)``."""
     build = _convert_gguf if name in BASE_MODELS else _point_at_local
     art, _ = store.build(stage="models", key=key or base_key(name), config_hash=name,
-                         code=code_version("pipeline.models"), inputs={},
+                         code=code_version("pipeline.train.models"), inputs={},
                          fn=lambda out: build(name, out))
     return art
 

@@ -3,7 +3,7 @@ each candidate pair, and connected components, so one representative (the first 
 of each cluster is kept.
 
 Vectorised end to end: a compiled kernel hashes every document's words in one pass
-(``pipeline/kernels.py``); numpy combines them into n-gram shingle hashes (a polynomial over
+(``pipeline/ingest/kernels.py``); numpy combines them into n-gram shingle hashes (a polynomial over
 each window of word hashes); another kernel computes every document's MinHash signature (32-bit
 values) from one flat buffer; LSH buckets are ``np.unique`` over each band's rows. Python
 loops only over candidate pairs (the union-find), which are as many as there are
@@ -24,9 +24,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import kernels
 from pipeline.config import NearDupConfig
-from pipeline.quality import window_hashes, word_hashes
+from pipeline.ingest import kernels
+from pipeline.ingest.quality import window_hashes, word_hashes
 
 SHINGLE_SEED = 12345  # the shingle polynomial's coefficients: part of every MinHash signature
 BAND_SEED = 6789  # the band keys' polynomial
@@ -206,8 +206,8 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
         counts.append(np.diff(starts))
         values.append(sets)
         seen.append(table.column("ord").to_numpy())
-    assert np.array_equal(np.concatenate(seen) if seen else docs[:0], docs), \
-        "the candidates' texts did not come back in order"
+    if not np.array_equal(np.concatenate(seen) if seen else docs[:0], docs):
+        raise RuntimeError("near dedup: the candidates' texts did not come back in order")
     starts = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else \
         np.zeros(1, np.int64)
     return kernels.pair_jaccard(

@@ -6,8 +6,9 @@ near-duplicate candidates.
 These are the loops that DuckDB's list functions and hash aggregates did before, per document
 and per word; numba compiles them to machine code (``nogil``, so shard threads run them in
 parallel) and caches the result beside this file (``__pycache__``), so only the first process on
-a machine pays the few seconds of compilation (``python -m pipeline.kernels`` fills the cache;
-``make install`` runs it). Nothing here loops in Python per document.
+a machine pays the few seconds of compilation (``warm()`` fills the cache: ``make install``
+runs ``python -c "from pipeline.ingest import kernels; kernels.warm()"``). Nothing here loops
+in Python per document.
 
 Definitions (the tests hold each against a plain-Python or SQL statement of it):
 
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if sys.byteorder != "little":  # utf8_buffers and the UTF-32 table assume it
-    raise ImportError("pipeline.kernels needs a little-endian machine")
+    raise ImportError("pipeline.ingest.kernels needs a little-endian machine")
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -68,7 +69,8 @@ def _unicode_tables() -> tuple[np.ndarray, np.ndarray]:
     # str.lower maps one code point to one, except U+0130 (to "i" + a combining dot)
     single = cps[cps != 0x130]
     lowered = "".join(map(chr, single.tolist())).lower()
-    assert len(lowered) == len(single), "a lower-case mapping changed length"
+    if len(lowered) != len(single):
+        raise RuntimeError("a lower-case mapping changed length: the Unicode tables are wrong")
     lower[single] = np.frombuffer(lowered.encode("utf-32-le"), np.uint32).astype(np.int32)
     lower[0x130] = ord("i")
     return flags, lower
@@ -220,7 +222,9 @@ def tokens(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, n
     offsets, data = utf8_buffers(array)
     n = _token_count(offsets, data, flags)
     doc, h, lens = np.empty(n, np.int64), np.empty(n, np.uint64), np.empty(n, np.int64)
-    assert _tokens(offsets, data, flags, lower, doc, h, lens) == n
+    written = _tokens(offsets, data, flags, lower, doc, h, lens)  # not in an assert: -O skips it
+    if written != n:
+        raise RuntimeError(f"tokens: counted {n} tokens but wrote {written}")
     return doc, h, lens
 
 
@@ -596,7 +600,8 @@ def repetition(doc: np.ndarray, h: np.ndarray, lens: np.ndarray, num_docs: int,
     output (``doc`` ascending). ``checks``: (``"top"`` or ``"dup"``, n, threshold), top checks
     first, each kind by n. An n-gram's hash is a polynomial over its tokens' hashes with odd
     coefficients drawn from ``n`` (as ``quality.window_hashes``)."""
-    assert all(k == "top" for k, _, _ in checks[:sum(k == "top" for k, _, _ in checks)])
+    if any(k != "top" for k, _, _ in checks[:sum(k == "top" for k, _, _ in checks)]):
+        raise ValueError(f"repetition: the top checks must come first: {checks}")
     starts = np.searchsorted(doc, np.arange(num_docs + 1)).astype(np.int64)
     width = max((n for _, n, _ in checks), default=1)
     coefs = np.zeros((len(checks), width), np.uint64)
@@ -726,5 +731,5 @@ def warm() -> None:
                  np.array([0]), np.array([0]))
 
 
-if __name__ == "__main__":  # python -m pipeline.kernels: fill the compile cache
+if __name__ == "__main__":  # python -m pipeline.ingest.kernels: fill the compile cache too
     warm()

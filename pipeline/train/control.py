@@ -27,9 +27,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import models
 from pipeline.artifacts import Artifact, ArtifactStore, Manifest, artifact_key, stable_hash
 from pipeline.config import PretrainConfig, SourceConfig
+from pipeline.train import models
 
 log = logging.getLogger("dapt")
 
@@ -81,7 +81,7 @@ def general_text(sources: list[tuple[SourceConfig, list[Path]]], ingest_seed: in
 
 def build(config: PretrainConfig, sources: list[tuple[SourceConfig, list[Path]]],
           ingest_seed: int, base: Artifact, out_dir: Path) -> Manifest:
-    from pipeline import pretrain
+    from pipeline.train import pretrain
 
     config = recipe(config)
     base_dir = models.hf_dir(base)

@@ -1,6 +1,6 @@
 """Tokenizer training and tokenize-and-pack throughput: our stage code vs the direct baselines.
 
-    .venv/bin/python bench/tokenize.py [--mb 200] [--vocab 32768] [--seq-len 2048]
+    .venv/bin/python -m bench.tokenizer_bench [--mb 200] [--vocab 32768] [--seq-len 2048]
 
 Corpus: every sample corpus (`dapt samples build`: medical, legal, finance, general news and the
 task texts, ~90 MB of real text), repeated whole until it reaches ``--mb`` MB, written as
@@ -10,7 +10,7 @@ copies, so word statistics are those of the ~90 MB corpus at larger counts.
 1. Tokenizer training (byte-level BPE, ``--vocab``): ``pipeline.tokenizer.run`` (streams the
    shards, trains, writes the HF files, measures fertility and the round-trip gate) vs
    ``Tokenizer.train(files=...)`` on the same text as .txt files. Goal: ratio <= 1.10.
-2. Tokenize-and-pack with that tokenizer, ``--threads`` cores: ``pipeline.packing`` (read
+2. Tokenize-and-pack with that tokenizer, ``--threads`` cores: ``pipeline.train.packing`` (read
    Parquet, encode in N processes, EOS, write sequence shards) vs raw ``encode_batch`` with N
    rayon threads on the texts already in memory (reading and writing not timed: a ceiling), and
    vs the ``datasets.map`` tokenize + ``group_texts`` recipe of transformers' ``run_clm.py``
@@ -22,27 +22,22 @@ Not a test: the numbers depend on the machine.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import resource
+import subprocess
 import sys
+import tempfile
+import time
+from itertools import chain
 from pathlib import Path
 
-# This file is named tokenize.py, as the issue asks: take bench/ off the import path before
-# anything imports the standard library's tokenize module, and put the repo root there (the
-# other bench scripts do the same).
+import pyarrow as pa
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from itertools import chain  # noqa: E402
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.json as pj  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 
 DOCS_PER_SHARD = 50_000
 
@@ -124,7 +119,7 @@ def part_train_direct(work: Path, vocab: int) -> dict:
 
 
 def part_pack_stage(work: Path, threads: int, seq_len: int) -> dict:
-    from pipeline import packing
+    from pipeline.train import packing
 
     data = work / "packed"
     data.mkdir(exist_ok=True)
@@ -195,10 +190,10 @@ PARTS = {"train_stage": part_train_stage, "train_direct": part_train_direct,
 
 
 def run_part(name: str, work: Path, **kw: object) -> dict:
-    cmd = [sys.executable, __file__, "--part", name, "--work", str(work),
+    cmd = [sys.executable, "-m", "bench.tokenizer_bench", "--part", name, "--work", str(work),
            "--kw", json.dumps(kw)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=ROOT)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {name:<13} {json.dumps({k: round(v, 2) for k, v in result.items()})}",
           flush=True)

@@ -5,7 +5,7 @@ Each filter is a threshold in ``QualityConfig`` (``null`` turns one off) and one
 ``CASE``: the first filter a document fails is its exclusion reason (``gopher_<field>`` or
 ``repetition_<field>``, e.g. ``gopher_min_words``), with the measured value and the threshold
 in ``detail``. The features and the n-gram counts are computed once per document by the
-compiled kernels in ``pipeline/kernels.py`` (one pass over the text's UTF-8 buffer; no
+compiled kernels in ``pipeline/ingest/kernels.py`` (one pass over the text's UTF-8 buffer; no
 per-document Python); the CASE runs in DuckDB over their Arrow table.
 
     words       whitespace-separated tokens
@@ -19,8 +19,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import kernels
 from pipeline.config import C4Config, QualityConfig, RepetitionConfig
+from pipeline.ingest import kernels
 
 # (config field, feature, comparison): a document fails when `feature comparison threshold`.
 CHECKS: tuple[tuple[str, str, str, str], ...] = (
@@ -64,7 +64,7 @@ INTEGER_FEATURES = ("n_words", "n_lines", "n_chars", "stop_words")
 
 def features(con: duckdb.DuckDBPyConnection, source: str, config: QualityConfig) -> pa.Table:
     """The features ``reason_sql`` tests, one row per document of ``source`` (ord, text):
-    ``pipeline/kernels.py`` computes them in one compiled pass over the text."""
+    ``pipeline/ingest/kernels.py`` computes them in one compiled pass over the text."""
     table = con.sql(f"SELECT ord, text FROM {source}").to_arrow_table()
     values = kernels.gopher_features(table.column("text"), config.gopher.stop_words)
     columns = {"ord": table.column("ord")}
@@ -173,7 +173,7 @@ def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: Repeti
       more than once. It can only fall as n grows, so a document under every later
       threshold is not measured again.
 
-    ``pipeline/kernels.py`` counts each document's n-grams in a hash table of its own. Returns
+    ``kernels.py`` counts each document's n-grams in a hash table of its own. Returns
     (ord, reason, detail) for the documents that fail, the first check in that order.
     ``words``: ``word_hashes(con, source)``, when the caller already has them."""
     schema = pa.schema([("ord", pa.int64()), ("reason", pa.string()), ("detail", pa.string())])

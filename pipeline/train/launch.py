@@ -9,7 +9,7 @@ node over ssh (pdsh). This module builds that file from what the scheduler alrea
 
 From a launch script (``infra/slurm/pretrain.sbatch``, ``infra/k8s/deepspeed-multinode.yaml``)::
 
-    python -m pipeline.launch hostfile --slots 8 --out "$DAPT_HOSTFILE"
+    python -m pipeline.train.launch hostfile --slots 8 --out "$DAPT_HOSTFILE"
 
 then point ``pretrain.hostfile`` at that file and set ``pretrain.num_nodes``.
 """
@@ -134,7 +134,7 @@ def hosts_from_env(env: Mapping[str, str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.launch",
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train.launch",
                                      description="Multi-node launch helpers for DeepSpeed.")
     commands = parser.add_subparsers(dest="command", required=True)
     hostfile = commands.add_parser(

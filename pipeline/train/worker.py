@@ -1,13 +1,13 @@
 """One training rank, started by DeepSpeed's launcher from the pretrain stage.
 
-``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train_worker --spec SPEC``
+``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train.worker --spec SPEC``
 
 Reads the spec written by ``pipeline.pretrain``, builds a Llama-style model, trains it through a
 DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, checkpoints every
 ``checkpoint_every`` steps (keeping the newest ``keep_checkpoints``) and on SIGTERM/SIGINT, and
 exports ``hf/`` with safetensors and the tokenizer. ``main`` is four steps: ``setup`` (model
 and engine), ``resume``, ``loop`` and ``export``. Progress reaches the stage as ``WorkerEvent``
-JSON lines on stdout (``pipeline.worker_io``).
+JSON lines on stdout (``pipeline.train.worker_io``).
 
 Checkpoint choice (``select_checkpoint``): the dev streams are scored before training (step 0,
 the base model) and at every eval point, each eval point's weights are kept under
@@ -42,9 +42,9 @@ from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pipeline.config import ModelConfig
-from pipeline.packing import TokenBatches
-from pipeline.vocab import init_new_embeddings
-from pipeline.worker_io import Candidate, WorkerEvent, WorkerSpec, WorkerSummary, choose
+from pipeline.train.packing import TokenBatches
+from pipeline.train.vocab import init_new_embeddings
+from pipeline.train.worker_io import Candidate, WorkerEvent, WorkerSpec, WorkerSummary, choose
 
 
 def llama_config(model: ModelConfig, *, vocab_size: int, seq_len: int, eos_id: int,
