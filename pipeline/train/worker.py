@@ -138,6 +138,7 @@ class Run:
     new_embeddings: int
     first: int = 1
     window: list[float] = field(default_factory=list)
+    scored: tuple[int, float, float | None] | None = None  # the last dev scoring: step, losses
 
     @property
     def out_dir(self) -> Path:
@@ -148,13 +149,18 @@ class Run:
         c = self.spec.config
         return c.micro_batch_size * c.grad_accum_steps * self.world * c.seq_len
 
-    def dev_losses(self) -> tuple[float, float | None]:
+    def dev_losses(self, step: int) -> tuple[float, float | None]:
+        """Loss on the dev streams at ``step`` (scored once per step: the final eval point is
+        not scored again for the export)."""
+        if self.scored is not None and self.scored[0] == step:
+            return self.scored[1], self.scored[2]
         c = self.spec.config
         held = held_out_loss(self.engine, self.held, c.eval_max_seqs, c.micro_batch_size,
                              self.device)
         general = (held_out_loss(self.engine, self.general, c.eval_max_seqs,
                                  c.micro_batch_size, self.device)
                    if self.general is not None else None)
+        self.scored = (step, held, general)
         return held, general
 
 
@@ -221,7 +227,7 @@ def resume(run: Run) -> None:
                                    max_steps=run.spec.config.max_steps,
                                    message=f"resumed from checkpoint at step {run.first - 1}"))
     if run.spec.config.select_checkpoint and not candidates.exists():
-        record_candidate(run, 0, *run.dev_losses(), keep_weights=False)
+        record_candidate(run, 0, *run.dev_losses(0), keep_weights=False)
 
 
 def record_candidate(run: Run, step: int, eval_loss: float, general_loss: float | None,
@@ -278,7 +284,7 @@ def log_step(run: Run, step: int, grad_norm: float, seconds: float, started: flo
         "tokens": step * run.tokens_per_step,
     }
     if cfg.eval_every and step % cfg.eval_every == 0:
-        record["heldout_loss"], general = run.dev_losses()
+        record["heldout_loss"], general = run.dev_losses(step)
         if general is not None:  # forgetting: loss on general text held out
             record["general_loss"] = general
         if cfg.select_checkpoint:
@@ -331,7 +337,7 @@ def export(run: Run, elapsed: float) -> None:
     """``hf/`` (the final weights, or the chosen candidate's) with the tokenizer, and
     ``summary.json``."""
     cfg, out_dir = run.spec.config, run.out_dir
-    eval_loss, general_loss = run.dev_losses()
+    eval_loss, general_loss = run.dev_losses(cfg.max_steps)
     # Data parallelism must leave every rank with the same weights (ZeRO-3 shards them instead).
     digests: list[str | None] = [None] * run.world
     dist.all_gather_object(digests, None if cfg.zero_stage == 3 else param_digest(run.engine))
