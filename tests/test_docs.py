@@ -1,0 +1,125 @@
+"""The docs stay true to the code: README.md stays short, its CLI table lists exactly the CLI's
+commands, and every relative link in README.md and docs/*.md points to a file (and heading)
+that exists. Fast: it reads Markdown and the CLI's click command tree, nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from flows.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+MAX_README_BYTES = 15_000
+
+# [text](target): the target up to the first space or closing parenthesis.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# A CLI table row: its first cell starts with `dapt ...`.
+ROW = re.compile(r"^\|\s*`dapt ([^`]*)`")
+COMMAND_WORD = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def cli_commands() -> set[tuple[str, ...]]:
+    """Every leaf command of the CLI as a path: ("run",), ("domains", "list"), ..."""
+    def walk(cmd: Any, path: tuple[str, ...]) -> set[tuple[str, ...]]:
+        if getattr(cmd, "commands", None):  # a group (typer's own click-like classes)
+            return {leaf for name, sub in cmd.commands.items()
+                    for leaf in walk(sub, (*path, name))}
+        return {path}
+
+    return walk(typer.main.get_command(app), ())
+
+
+def readme_table_commands() -> dict[tuple[str, ...], str]:
+    """The command path of every row of the README's CLI table, with the row's usage text."""
+    text = README.read_text()
+    section = text.split("\n## The CLI\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        match = ROW.match(line)
+        if not match:
+            continue
+        words = []
+        for word in match.group(1).split():
+            if not COMMAND_WORD.match(word):
+                break  # an argument (NAME, [--opt]) ends the command's path
+            words.append(word)
+        rows[tuple(words)] = match.group(1)
+    return rows
+
+
+def test_readme_is_short() -> None:
+    size = len(README.read_bytes())
+    assert size <= MAX_README_BYTES, (
+        f"README.md is {size:,} bytes, over {MAX_README_BYTES:,}: move detail into docs/")
+
+
+def test_readme_cli_table_matches_the_cli() -> None:
+    table, cli = readme_table_commands(), cli_commands()
+    assert table, "no `dapt ...` rows found under '## The CLI' in README.md"
+    unknown = sorted(" ".join(p) for p in set(table) - cli)
+    missing = sorted(" ".join(p) for p in cli - set(table))
+    assert not unknown and not missing, (
+        f"README's CLI table lists commands the CLI does not have: {unknown}; "
+        f"CLI commands missing from the table (add a row): {missing}")
+
+
+def _command(path: tuple[str, ...]) -> Any:
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def test_readme_cli_table_options_exist() -> None:
+    """Every --option a row's usage shows is an option of that command."""
+    wrong = []
+    for path, usage in readme_table_commands().items():
+        if path not in cli_commands():
+            continue  # reported by the test above
+        known = {o for p in _command(path).params for o in getattr(p, "opts", [])}
+        wrong += [f"dapt {' '.join(path)} {o}" for o in re.findall(r"--[a-z][a-z0-9-]*", usage)
+                  if o not in known]
+    assert not wrong, f"README's CLI table shows options the CLI does not have: {wrong}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text lower-cased, punctuation dropped, spaces ->
+    hyphens (Markdown code and emphasis marks are dropped with the punctuation)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # no headings in code
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return [t for t in LINK.findall(text)
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]  # http:, https:, mailto: ...
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_to_existing_files(page: Path) -> None:
+    broken = []
+    for target in _links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            broken.append(f"{target} (no file {dest.relative_to(ROOT)})")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(f"{target} (no heading #{anchor} in {dest.relative_to(ROOT)})")
+    assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
+
+
+def test_docs_pages_are_linked_from_the_readme() -> None:
+    linked = {(README.parent / t.partition("#")[0]).resolve() for t in _links(README)}
+    orphans = [p.name for p in PAGES[1:] if p.resolve() not in linked]
+    assert not orphans, f"docs pages the README's 'Read more' does not link: {orphans}"
