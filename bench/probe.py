@@ -1,7 +1,7 @@
 """What the linear probe (``finetune.method: probe``) costs on SmolLM2-135M: feature-extraction
 tokens/s and the wall time of the finetune stage's probe path for one real task and one model.
 
-    nice -n 15 .venv/bin/python bench/probe.py [--domain medical] [--task organ_system]
+    .venv/bin/python -m bench.probe [--domain medical] [--task organ_system]
         [--max-train 1000] [--max-test 500] [--seq 64] [--seeds 0 1 2] [--workdir DIR]
 
 The base model is prepared (dequantised, about 25 s) into ``DIR/artifacts`` on first use and
@@ -11,23 +11,20 @@ adapted pays the extraction three times. Not a test: it reads the real 135M mode
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import resource
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # bench/tokenize.py shadows stdlib
+import torch
+from transformers import AutoTokenizer
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-
-import torch  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from pipeline import domains, finetune, models, samples  # noqa: E402
-from pipeline.artifacts import ArtifactStore  # noqa: E402
-from pipeline.config import FinetuneConfig  # noqa: E402
+from pipeline import domains, finetune, samples
+from pipeline.artifacts import ArtifactStore
+from pipeline.config import FinetuneConfig
+from pipeline.train import models
 
 
 def main() -> None:
