@@ -156,6 +156,7 @@ VARIANTS: dict[str, dict] = {
     "fused AdamW": {"adamw": "fused"},
     "frozen tied embedding": {"freeze_embedding": True},
     "half the micro-batch, 2x accumulation": {"micro": "half"},
+    "sequences of 128 (same tokens per step)": {"seq_len": 128},
     "torch.compile": {"compile_model": True},
 }
 
@@ -195,7 +196,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dapt-bench-train-"))
     try:
-        samples.build(args.domain, root / "samples")
+        for name in dict.fromkeys([args.domain, "general"]):  # the replayed news too
+            samples.build(name, root / "samples")
         doc = domains.get(args.domain).spec.model_dump(exclude_none=True)
         doc["profiles"].setdefault(args.profile, {}).setdefault("pretrain", {}).update(
             max_steps=args.steps, warmup_steps=args.warmup, log_every=1, eval_every=0,
