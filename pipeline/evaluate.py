@@ -98,7 +98,7 @@ def slice_scores(scores: list[tuple[float, int]], texts: list[str], sources: lis
     for key in sorted(groups):
         idx = np.array(groups[key])
         n, t, b = nll[idx].sum(), int(toks[idx].sum()), int(nbytes[idx].sum())
-        row = {"perplexity": perplexity(n, t), "bits_per_byte": bits_per_byte(n, b),
+        row = {"perplexity": perplexity(float(n), t), "bits_per_byte": bits_per_byte(float(n), b),
                "tokens": t, "bytes": b, "docs": len(idx)}
         if draws is not None and key in draws:
             d = idx[draws[key]]
@@ -232,15 +232,16 @@ def verdict(metrics: dict[str, float], config: EvaluateConfig, base_model: str |
     gates = []
     if config.min_domain_gain is not None and "domain_bits_per_byte_gain" in metrics:
         gates.append({"gate": "evaluate.min_domain_gain", "limit": config.min_domain_gain,
-                      "value": metrics["domain_bits_per_byte_gain"],
-                      "passed": metrics["domain_bits_per_byte_gain"] >= config.min_domain_gain})
+                      "value": float(metrics["domain_bits_per_byte_gain"]),
+                      "passed": bool(metrics["domain_bits_per_byte_gain"]
+                                     >= config.min_domain_gain)})
     if (config.max_general_degradation is not None
             and "general_bits_per_byte_change" in metrics):
         gates.append({"gate": "evaluate.max_general_degradation",
                       "limit": config.max_general_degradation,
-                      "value": metrics["general_bits_per_byte_change"],
-                      "passed": metrics["general_bits_per_byte_change"]
-                      <= config.max_general_degradation})
+                      "value": float(metrics["general_bits_per_byte_change"]),
+                      "passed": bool(metrics["general_bits_per_byte_change"]
+                                     <= config.max_general_degradation)})
     who = f"adapted vs {base_model}" if base_model else "adapted"
     return {"text": f"{who}: " + ", ".join(parts) if parts else who, "gates": gates}
 
