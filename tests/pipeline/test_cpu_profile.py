@@ -26,8 +26,9 @@ CPU_TEST = {
                  "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-4},
     "finetune": {"max_train_examples": 60, "max_test_examples": 40, "max_seq_len": 32,
                  "seeds": [0, 1]},
+    # gates that pass whatever 4 steps do, so the verdict reports both
     "evaluate": {"max_eval_docs": 60, "max_general_docs": 4, "bootstrap_samples": 200,
-                 "min_domain_gain": None, "max_general_degradation": None},
+                 "min_domain_gain": -1.0, "max_general_degradation": 1.0},
 }
 
 
@@ -71,6 +72,8 @@ def test_cpu_profile_runs_all_stages_and_states_a_verdict(cpu_run: Session) -> N
     verdict = evaluation["verdict"]
     assert verdict["text"].startswith("adapted vs smollm2-135m: domain bits/byte ")
     assert "vs control" in verdict["text"] and "macro-F1" in verdict["text"]
+    assert [(g["gate"], g["passed"]) for g in verdict["gates"]] == [
+        ("evaluate.min_domain_gain", True), ("evaluate.max_general_degradation", True)]
     report = (ev.path / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Verdict**: adapted vs smollm2-135m")
     assert "Checkpoint choice" in report and "Base, control and adapted" in report
