@@ -25,6 +25,8 @@ RESUMABLE = {"tokenizer": {"vocab_size": 1024},
 KILL = """
 import sys
 from pipeline.runner import Session
+
+pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
 Session.open(None, "tiny", workdir=sys.argv[1], domain_file=sys.argv[2]).run_stage("pretrain")
 """
 
