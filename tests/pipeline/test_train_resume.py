@@ -19,14 +19,14 @@ from pipeline import StageError
 from pipeline.runner import Session
 from tests.e2e_domain import write_test_domain
 
+pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
+
 RESUMABLE = {"tokenizer": {"vocab_size": 1024},
              "pretrain": {"max_steps": 12, "warmup_steps": 2, "log_every": 1,
                           "checkpoint_every": 4, "keep_checkpoints": 2, "eval_max_seqs": 8}}
 KILL = """
 import sys
 from pipeline.runner import Session
-
-pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
 Session.open(None, "tiny", workdir=sys.argv[1], domain_file=sys.argv[2]).run_stage("pretrain")
 """
 
