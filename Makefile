@@ -7,7 +7,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install samples demo test lint bench clean
+.PHONY: install samples demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ demo: samples
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The unit tests (no model training, DeepSpeed or Prefect flow): a few minutes.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 lint: install
 	$(BIN)/ruff check pipeline flows tests bench

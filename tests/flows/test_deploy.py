@@ -23,6 +23,8 @@ import yaml
 from pipeline.catalog import Catalog
 from tests.e2e_domain import write_test_domain
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a Prefect server and worker
+
 BIN = Path(sys.executable).parent
 FAST = {"pretrain": {"max_steps": 10, "warmup_steps": 1, "log_every": 5},
         "finetune": {"max_train_examples": 100, "max_test_examples": 50, "epochs": 1, "seeds": [0]},

@@ -18,6 +18,8 @@ from pipeline.catalog import Catalog
 from pipeline.train.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # the whole flow under Prefect
+
 
 @pytest.fixture(scope="module")
 def first_run(harness, samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:

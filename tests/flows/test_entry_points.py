@@ -17,6 +17,8 @@ import yaml
 
 from pipeline.catalog import Catalog
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # pip-installs a package
+
 BIN = Path(sys.executable).parent
 FAST = {"tokenizer": {"vocab_size": 2048},
         "pretrain": {"max_steps": 10, "warmup_steps": 1, "log_every": 5},

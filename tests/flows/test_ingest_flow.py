@@ -40,6 +40,8 @@ def _ingest(samples_dir: Path, root: Path, runner: str | None) -> tuple[dict, di
     return art.manifest.counts, {p.name: p.read_bytes() for p in sorted(art.path.glob("*.parquet"))}
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_threads_and_dask_write_the_same_bytes(harness, samples_dir: Path,
                                                tmp_path: Path) -> None:
     alone = _ingest(samples_dir, tmp_path / "alone", None)

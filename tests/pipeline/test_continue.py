@@ -17,6 +17,8 @@ from pipeline.runner import Session
 from pipeline.train.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
+pytestmark = pytest.mark.slow  # continued pretraining of SmolLM2
+
 CONTINUE = {"mode": "continue", "base_model": "smollm2-135m", "seq_len": 64,
             "micro_batch_size": 2, "max_steps": 2, "warmup_steps": 1, "log_every": 1,
             "checkpoint_every": 2, "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-5}

@@ -38,6 +38,7 @@ def continued(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"base_hf": base_hf, "session": session}
 
 
+@pytest.mark.slow
 def test_base_and_adapted_are_scored_on_the_same_text(continued: dict) -> None:
     session = continued["session"](min_domain_gain=None, max_general_degradation=None)
     session.run_all()
@@ -76,6 +77,7 @@ def test_base_and_adapted_are_scored_on_the_same_text(continued: dict) -> None:
     assert "| organ_system macro-f1 (mean +- std, 2 seeds) |" in report
 
 
+@pytest.mark.slow
 def test_no_domain_gain_fails_the_gate_with_the_numbers(continued: dict) -> None:
     session = continued["session"](max_general_degradation=None)  # min_domain_gain: 0.001
     with pytest.raises(StageError, match=r"stage evaluate failed .* fails its quality gates: "

@@ -170,6 +170,7 @@ def test_freezing_and_lora_choose_the_trained_weights(tiny_task: dict) -> None:
         adapt(fresh(), _config(tiny_task, freeze_layers=3))
 
 
+@pytest.mark.slow
 def test_fit_keeps_the_best_validation_epoch(tiny_task: dict) -> None:
     config = _config(tiny_task, validation_fraction=0.25, patience=1, epochs=6)
     data, unmapped = prepare_task(tiny_task["task"], config)
@@ -205,6 +206,7 @@ def test_fit_keeps_the_best_validation_epoch(tiny_task: dict) -> None:
     assert again.splits == data.splits
 
 
+@pytest.mark.slow
 def test_stage_with_lora_saves_a_merged_model_that_reproduces_its_predictions(
         tiny_task: dict, tmp_path: Path) -> None:
     pretrain = tmp_path / "pretrain"

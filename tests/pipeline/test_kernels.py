@@ -101,6 +101,7 @@ def test_normalise_equals_the_sql_definition(texts: list[str]) -> None:
                                                      "a\n\nb"]
 
 
+@pytest.mark.slow
 def test_gopher_features_equal_the_sql_definition(texts: list[str]) -> None:
     texts = kernels.normalise(pa.array(texts)).to_pylist()
     texts = [t for t in texts if t]
@@ -123,6 +124,7 @@ def python_words(text: str) -> list[str]:
     return re.findall(r"\w+", "".join(c.lower() if len(c.lower()) == 1 else c for c in text))
 
 
+@pytest.mark.slow
 def test_tokens_are_python_word_runs(texts: list[str]) -> None:
     row, h, lens = kernels.tokens(pa.array(texts))
     words = [w for t in texts for w in python_words(t)]
@@ -153,6 +155,7 @@ def shares(words: list[str], n: int, kind: str) -> float:
     return sum(len(words[i]) for i in covered) / total
 
 
+@pytest.mark.slow
 def test_repetition_equals_its_definition(texts: list[str]) -> None:
     sentence = "the quick brown fox jumps over the lazy dog near the river bank today"
     docs = texts[:3000] + [" ".join([sentence] * k + [texts[k]]) for k in range(1, 6)] + [

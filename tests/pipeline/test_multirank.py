@@ -33,6 +33,7 @@ def _pretrain(samples_dir: Path, root: Path, **pretrain) -> dict:
             "launch": (path / "launch.sh").read_text()}
 
 
+@pytest.mark.slow
 def test_two_ranks_zero2_match_one_rank(samples_dir: Path, tmp_path: Path) -> None:
     two = _pretrain(samples_dir, tmp_path / "two", num_gpus=2, grad_accum_steps=1)
     one = _pretrain(samples_dir, tmp_path / "one", num_gpus=1, grad_accum_steps=2)

@@ -19,6 +19,8 @@ from pipeline import StageError
 from pipeline.runner import Session
 from tests.e2e_domain import write_test_domain
 
+pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
+
 RESUMABLE = {"tokenizer": {"vocab_size": 1024},
              "pretrain": {"max_steps": 12, "warmup_steps": 2, "log_every": 1,
                           "checkpoint_every": 4, "keep_checkpoints": 2, "eval_max_seqs": 8}}
