@@ -20,6 +20,8 @@ from pipeline.train.packing import TokenBatches
 from pipeline.train.worker_io import PretrainOutput
 from tests.e2e_domain import write_test_domain
 
+pytestmark = pytest.mark.slow  # trains SmolLM2-135M (a few steps, several times)
+
 CPU_TEST = {
     "pretrain": {"seq_len": 64, "micro_batch_size": 2, "grad_accum_steps": 1, "max_steps": 4,
                  "warmup_steps": 1, "log_every": 1, "eval_every": 2, "checkpoint_every": 2,
