@@ -75,7 +75,7 @@ SSN_CUE = (r"(?P<cue>(?i:\b(?:SSN|SS#|SS No\.?|social security(?: number| no\.?|
 PHONE_CUE = (r"(?P<cue>(?i:\b(?:tel(?:ephone)?|phone|ph|mobile|mob|cell|fax|call|ring|text|"
              r"hotline|contact|telefon|handy|t[ée]l[ée]phone|portable)\.?(?: (?:no\.?|number|"
              r"#))?\s*[:.]?\s*))")
-ISBN_CUE = r"(?P<neg>(?i:\bISBN(?:-1[03])?:? ?|\bISSN:? ?))"
+PHONE_NEG = r"(?P<neg>(?i:\bISBN(?:-1[03])?:? ?|\bISSN:? ?))"
 # What looks like an IPv4 address but is an enzyme number, an OID, a version or a product/version
 # token ("Chrome/120.0.0.1") is matched with its cue and kept.
 IP_NEG = (r"(?P<neg>\bE\.? ?C\.?:? ?|(?i:\b(?:v|ver|version|release|build|firmware|OID|"
@@ -110,9 +110,12 @@ EPONYM = re.compile(r"^(?:'s?|’s?)? ?[- ]?(?:disease|syndrome|disorder|sign|te
                     r"lymphoma|palsy|reflex|procedure|operation|classification|criteria|index|"
                     r"theorem|equation|effect|principle|method|distribution|tumou?r|anomaly)\b",
                     re.IGNORECASE)
-# The documents NER runs on: a capitalised word that does not open a sentence, or two in a row.
-NER_PREFILTER = r"[^\s.!?]\s+[A-Z][a-z]|[A-Z][a-z]+\s+[A-Z][a-z]"
 NER_LABELS = {"PERSON": "person", "LOCATION": "location"}
+TITLED_NAME = (r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? [A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?"
+               r"(?: [A-Z][a-z]+)?\b")
+# The documents NER runs on: a capitalised word that does not open a sentence, two in a row, or
+# a title and a name.
+NER_PREFILTER = r"[^\s.!?]\s+[A-Z][a-z]|[A-Z][a-z]+\s+[A-Z][a-z]|" + TITLED_NAME
 
 
 def _digits(text: str) -> str:
@@ -153,8 +156,8 @@ def _phone(value: str, cue: str, config: PiiConfig) -> str | None:
         return value if phonenumbers.is_possible_number(number) else None
     if NANP.fullmatch(value):  # the North American layout is a phone number, assigned or not
         return value
-    if not cue and len(digits) < 9:
-        return None
+    if not cue and (len(digits) < 9 or not re.match(r"\(?0", value)):
+        return None  # without a cue only a national format with its trunk 0 is a phone number
     test = phonenumbers.is_possible_number if cue else phonenumbers.is_valid_number
     for region in PHONE_REGIONS:
         try:
@@ -169,12 +172,14 @@ def _kept_ip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if addr.version == 6 and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
     if addr in PUBLIC_RESOLVERS or addr.is_loopback or addr.is_unspecified or \
-            addr.is_multicast or addr.is_reserved:
+            addr.is_multicast:
         return True
-    if addr.version == 4:
+    if addr.version == 4:  # (IPv6's "reserved" is all but 2000::/3, fc00::/7 and fe80::/10)
+        if addr.is_reserved:
+            return True
         n = int(addr)
         inverted = ~n & 0xFFFFFFFF
-        if n >> 24 == 0 or n >> 24 == 255 and inverted & (inverted + 1) == 0:  # 0/8, a netmask
+        if n >> 24 == 0 or n >> 24 == 255 and inverted & (inverted + 1) == 0:  # 0/8, netmask
             return True
     return False
 
@@ -217,8 +222,9 @@ class PiiType:
         return f"<{self.name.upper()}>"
 
 
+DOT = r" ?[\[(](?i:dot)[\])] ?"
 V4 = r"\b\d{1,3}(?:\.\d{1,3}){3}(?:\.\d+)*\b"
-V6 = (r"(?:\b[0-9A-Fa-f]{1,4}|\B::)(?::(?:[0-9A-Fa-f]{1,4}\b)?){1,7}"
+V6 = (r"(?:\b[0-9A-Fa-f]{1,4}|\B:)(?::(?:[0-9A-Fa-f]{1,4}\b)?){1,7}"
       r"(?:\.\d{1,3}\.\d{1,3}\.\d{1,3}\b)?")
 STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|"
           r"Square|Sq|Terrace|Way|Parkway|Pkwy|Highway|Hwy|Close|Crescent|Gardens|Row|Mews)")
@@ -232,14 +238,18 @@ TYPES: dict[str, PiiType] = {t.name: t for t in (
     PiiType("url", r"\b(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]|\b(?:[A-Za-z0-9-]+\.)+"
             r"(?:com|org|net|edu|gov|io|info|co|uk|de|fr|nl|eu|us|ca|au|ly|gl|me)/[^\s<>\"']*"
             r"[^\s<>\"'.,;:!?)\]]", _url),
+    # Also obfuscated: "name [at] host [dot] com", "first [dot] last (at) host.org".
     PiiType("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b|"
-            r"\b[A-Za-z0-9._%+-]+ ?[\[(](?i:at)[\])] ?[A-Za-z0-9-]+(?:(?:\.| ?[\[(](?i:dot)[\])] ?)"
-            r"[A-Za-z0-9-]+)*(?:\.| ?[\[(](?i:dot)[\])] ?)[A-Za-z]{2,}\b"),
+            r"\b[A-Za-z0-9._%+-]+(?:" + DOT + r"[A-Za-z0-9_%+-]+)* ?[\[(](?i:at)[\])] ?"
+            r"[A-Za-z0-9-]+(?:(?:\.|" + DOT + r")[A-Za-z0-9-]+)*(?:\.|" + DOT + r")[A-Za-z]{2,}\b"),
     PiiType("mrn", MRN_CUE + r"[A-Za-z]{0,3}[-#]?\d[\d-]{2,}\d\b"),
     PiiType("person_date", DATE_CUE + DATE),
-    PiiType("phone", ISBN_CUE + "?" + PHONE_CUE + r"?(?:(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|\b[2-9]"
+    PiiType("phone", PHONE_NEG + "?" + PHONE_CUE + r"?(?:(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|\b[2-9]"
             r"\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}\b|\+[1-9]\d{0,2}(?:[ .-]?\(0?\d{1,4}\))?(?:[ .-]?"
-            r"\d{1,6}){1,6}\b|\(?\b0\d{1,4}\)?(?:[ ./-]?\d{2,8}){1,5}\b|\b[1-9]\d{6,14}\b)",
+            r"\d{1,6}){1,6}\b|\(?\b0\d{1,4}\)?(?:[ ./-]?\d{2,8}){1,5}\b|"
+            # a run of 3+ digit groups is taken whole, so that no phone number is read into
+            # the tail of a longer one ("4596 0784 5704 0441")
+            r"\b[1-9]\d{0,4}(?:[ ./-]\d{2,8}){2,5}\b|\b[1-9]\d{6,14}\b)",
             _phone),
     PiiType("ip", IP_NEG + "?(?:" + V4 + "|" + V6 + ")", _ip),
     PiiType("address", r"\b\d{1,5}[A-Za-z]?,? (?:[A-Z][a-z]+\.? ){1,4}" + STREET +
@@ -316,16 +326,17 @@ class Redactor:
             spans = analyzer.analyze(text, language="en", entities=entities,
                                      nlp_artifacts=artifacts)
             counts: dict[str, int] = {}
-            new, end = [], len(text)
-            for r in sorted(spans, key=lambda r: r.start, reverse=True):
-                value = text[r.start:r.end]
-                if r.end > end or not _ner_span_ok(value, text[r.end:r.end + 20],
-                                                     NER_LABELS[r.entity_type]):
-                    continue
+            keep, end = [], 0  # leftmost, then longest, of overlapping spans
+            for r in sorted(spans, key=lambda r: (r.start, r.start - r.end)):
                 name = NER_LABELS[r.entity_type]
-                new.append(text[r.end:end])
-                new.append(self.render(name, value))
-                end = r.start
+                if r.start >= end and _ner_span_ok(text[r.start:r.end],
+                                                   text[r.end:r.end + 20], name):
+                    keep.append((r.start, r.end, name))
+                    end = r.end
+            new, end = [], len(text)
+            for start, stop, name in reversed(keep):
+                new += [text[stop:end], self.render(name, text[start:stop])]
+                end = start
                 counts[name] = counts.get(name, 0) + 1
             new.append(text[:end])
             out.append(("".join(reversed(new)), counts))
@@ -344,8 +355,8 @@ class Redactor:
 
 
 def _ner_span_ok(value: str, after: str, name: str) -> bool:
-    if "<" in value or ">" in value or not re.search(r"[A-Z]", value[:1]) or len(value) < 2:
-        return False  # a placeholder, or a lowercase span
+    if re.search(r"[<>\d]", value) or not value[:1].isupper() or len(value) < 2:
+        return False  # a placeholder, a code ("ICD-10 E14.4", a hash), a lowercase span
     return not (name == "person" and EPONYM.match(after))
 
 
@@ -355,7 +366,7 @@ def _analyzer():
     loaded from its installed package with the parts NER needs (no download, ever)."""
     import spacy
     import tldextract.tldextract as tld
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
     from presidio_analyzer.nlp_engine import SpacyNlpEngine
     from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
@@ -366,6 +377,9 @@ def _analyzer():
                                                          "lemmatizer", "senter"])}
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_LABELS)))
+    # A title before a capitalised word is a name the small model often misses ("Dr. Moreau").
+    registry.add_recognizer(PatternRecognizer("PERSON", name="TitleRecognizer", patterns=[
+        Pattern("title", TITLED_NAME, 0.85)]))
     return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"]), \
         engine
 
