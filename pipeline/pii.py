@@ -111,8 +111,8 @@ EPONYM = re.compile(r"^(?:'s?|’s?)? ?[- ]?(?:disease|syndrome|disorder|sign|te
                     r"theorem|equation|effect|principle|method|distribution|tumou?r|anomaly)\b",
                     re.IGNORECASE)
 NER_LABELS = {"PERSON": "person", "LOCATION": "location"}
-TITLED_NAME = (r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? [A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?"
-               r"(?: [A-Z][a-z]+)?\b")
+TITLE = re.compile(r"(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? ")
+TITLED_NAME = r"\b" + TITLE.pattern + r"[A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?(?: [A-Z][a-z]+)?\b"
 # The documents NER runs on: a capitalised word that does not open a sentence, two in a row, or
 # a title and a name.
 NER_PREFILTER = r"[^\s.!?]\s+[A-Z][a-z]|[A-Z][a-z]+\s+[A-Z][a-z]|" + TITLED_NAME
@@ -329,6 +329,8 @@ class Redactor:
             keep, end = [], 0  # leftmost, then longest, of overlapping spans
             for r in sorted(spans, key=lambda r: (r.start, r.start - r.end)):
                 name = NER_LABELS[r.entity_type]
+                title = TITLE.match(text, r.start, r.end)  # the title stays, as a cue
+                r.start = title.end() if title else r.start
                 if r.start >= end and _ner_span_ok(text[r.start:r.end],
                                                    text[r.end:r.end + 20], name):
                     keep.append((r.start, r.end, name))
@@ -378,8 +380,9 @@ def _analyzer():
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_LABELS)))
     # A title before a capitalised word is a name the small model often misses ("Dr. Moreau").
-    registry.add_recognizer(PatternRecognizer("PERSON", name="TitleRecognizer", patterns=[
-        Pattern("title", TITLED_NAME, 0.85)]))
+    registry.add_recognizer(PatternRecognizer(
+        "PERSON", name="TitleRecognizer", patterns=[Pattern("title", TITLED_NAME, 0.85)],
+        global_regex_flags=re.DOTALL | re.MULTILINE))  # case matters: not Presidio's default
     return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"]), \
         engine
 
