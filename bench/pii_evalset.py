@@ -210,11 +210,12 @@ def entity(rng: random.Random, kind: str, part: int) -> tuple[str, str]:
     if kind == "person":
         value = rng.choice([name, name, f"{name.split()[0][0]}. {name.split()[1]}",
                             name.split()[1]])
-        if " " not in value or value[1] == ".":  # a bare surname takes a title
-            value = rng.choice(["Dr. ", "Mr. ", "Mrs. ", "Ms. ", "Prof. "]) + value
+        title = ""
+        if " " not in value or value[1] == ".":  # a bare surname takes a title (a cue)
+            title = rng.choice(["Dr. ", "Mr. ", "Mrs. ", "Ms. ", "Prof. "])
         ctx = rng.choice(["patient {} said", "according to {}", "{}, 54, reported", "treated by {}",
                           "Patient: {};", "signed by {}", "{} told reporters"])
-        return ctx.format(value), value
+        return ctx.format(title + value), value
     if kind == "location":
         value = _half(rng, CITIES, part)
         return rng.choice(["lives in ", "from ", "moved to ", "a resident of ", "born in ",

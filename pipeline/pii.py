@@ -101,10 +101,14 @@ SHORTENERS = frozenset(("t.co", "bit.ly", "ow.ly", "goo.gl", "tinyurl.com", "buf
                         "shar.es", "j.mp", "su.pr", "ht.ly", "po.st", "youtu.be", "rebrand.ly"))
 SOCIAL = frozenset(("twitter.com", "x.com", "facebook.com", "instagram.com", "linkedin.com",
                     "tiktok.com", "pinterest.com", "tumblr.com", "myspace.com", "flickr.com",
-                    "reddit.com", "github.com", "gitlab.com", "medium.com", "vk.com"))
+                    "reddit.com", "github.com", "gitlab.com", "medium.com", "vk.com", "fb.com",
+                    "twimg.com", "fbcdn.net", "cdninstagram.com", "imgur.com", "youtube.com",
+                    "instagr.am", "snapchat.com", "threads.net", "bsky.app"))
 PERSONAL_PATH = re.compile(r"/(?:~|@)|/(?:users?|u|profiles?|people|persons?|members?|accounts?|"
                            r"authors?|staff|home|in|pub|customers?|patients?|employees?)/[^/]",
                            re.IGNORECASE)
+OPAQUE = re.compile(r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{5,12}|"
+                    r"(?=[a-z0-9]*[A-Z][a-z0-9]*[A-Z])(?=[A-Za-z0-9]*[a-z])[A-Za-z0-9]{5,12}")
 # A person span followed by one of these is an eponym ("Parkinson's disease"), not a person.
 EPONYM = re.compile(r"^(?:'s?|’s?)? ?[- ]?(?:disease|syndrome|disorder|sign|test|law|scale|score|"
                     r"lymphoma|palsy|reflex|procedure|operation|classification|criteria|index|"
@@ -112,6 +116,8 @@ EPONYM = re.compile(r"^(?:'s?|’s?)? ?[- ]?(?:disease|syndrome|disorder|sign|te
                     re.IGNORECASE)
 NER_LABELS = {"PERSON": "person", "LOCATION": "location"}
 TITLE = re.compile(r"(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? ")
+FIRST_NAME = re.compile(r"[a-z,;:] ([A-Z][a-z]+) $")  # a capitalised word inside a sentence
+TITLE_BEFORE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? $")
 TITLED_NAME = r"\b" + TITLE.pattern + r"[A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?(?: [A-Z][a-z]+)?\b"
 # The documents NER runs on: a capitalised word that does not open a sentence, two in a row, or
 # a title and a name.
@@ -205,9 +211,12 @@ def _url(value: str, cue: str, config: PiiConfig) -> str | None:
     host = (parts.hostname or "").lower().removeprefix("www.")
     if _host_kept(host, config.url_keep):
         return None
+    segments = [x for x in parts.path.split("/") if x]
     personal = (parts.query or parts.username or host in SHORTENERS or
                 _host_kept(host, list(SOCIAL)) or PERSONAL_PATH.search(parts.path + "/") or
-                "@" in parts.path)
+                "@" in parts.path or
+                # a branded short link ("ti.me/1yzKTeL"): where it leads cannot be told
+                len(segments) in (1, 2) and OPAQUE.fullmatch(segments[-1]))
     return value if personal else None
 
 
@@ -327,14 +336,28 @@ class Redactor:
                                      nlp_artifacts=artifacts)
             counts: dict[str, int] = {}
             keep, end = [], 0  # leftmost, then longest, of overlapping spans
+            surnames: set[str] = set()
             for r in sorted(spans, key=lambda r: (r.start, r.start - r.end)):
                 name = NER_LABELS[r.entity_type]
                 title = TITLE.match(text, r.start, r.end)  # the title stays, as a cue
                 r.start = title.end() if title else r.start
-                if r.start >= end and _ner_span_ok(text[r.start:r.end],
-                                                   text[r.end:r.end + 20], name):
-                    keep.append((r.start, r.end, name))
-                    end = r.end
+                first = FIRST_NAME.search(text, 0, r.start)  # "Isabel" of "Isabel Johnson"
+                if name == "person" and first and " " not in text[r.start:r.end] and \
+                        not TITLE.fullmatch(first.group(1) + " "):
+                    r.start = first.start(1)
+                value = text[r.start:r.end]
+                if r.start < end or not _ner_span_ok(value, text[r.end:r.end + 20], name):
+                    continue
+                # One word alone is a name only after a title ("Dr. Moreau") or as a part of a
+                # full name met before ("Maria Garcia ... Garcia said"): alone, the small model
+                # takes too many capitalised terms ("Listeria", "Licensee") for names.
+                if name == "person" and " " not in value and not title and \
+                        value not in surnames and not TITLE_BEFORE.search(text, 0, r.start):
+                    continue
+                if name == "person":
+                    surnames.update(value.split())
+                keep.append((r.start, r.end, name))
+                end = r.end
             new, end = [], len(text)
             for start, stop, name in reversed(keep):
                 new += [text[stop:end], self.render(name, text[start:stop])]
