@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -330,10 +331,13 @@ class Redactor:
         """Names and places in each text (NER through Presidio), replaced per the policy."""
         analyzer, engine = _analyzer()
         entities = [e for e, n in NER_LABELS.items() if n in self.ner_names]
+        with _NER_LOCK:  # one model, shared by the shard threads
+            analysed = [(text, analyzer.analyze(text, language="en", entities=entities,
+                                                nlp_artifacts=artifacts))
+                        for text, artifacts in engine.process_batch(texts, language="en",
+                                                                    batch_size=32)]
         out = []
-        for text, artifacts in engine.process_batch(texts, language="en", batch_size=32):
-            spans = analyzer.analyze(text, language="en", entities=entities,
-                                     nlp_artifacts=artifacts)
+        for text, spans in analysed:
             counts: dict[str, int] = {}
             keep, end = [], 0  # leftmost, then longest, of overlapping spans
             surnames: set[str] = set()
@@ -383,6 +387,9 @@ def _ner_span_ok(value: str, after: str, name: str) -> bool:
     if re.search(r"[<>\d]", value) or not value[:1].isupper() or len(value) < 2:
         return False  # a placeholder, a code ("ICD-10 E14.4", a hash), a lowercase span
     return not (name == "person" and EPONYM.match(after))
+
+
+_NER_LOCK = threading.Lock()
 
 
 @functools.cache
