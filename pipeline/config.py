@@ -153,7 +153,7 @@ PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date",
              "address", "person", "location")
 PII_NER_TYPES = ("person", "location")  # found by a spaCy NER model through Presidio
 PII_POLICIES = ("redact", "mask", "keep", "hash")
-PiiType = Literal[PII_TYPES]  # type: ignore[valid-type]
+PiiTypeName = Literal[PII_TYPES]  # type: ignore[valid-type]
 
 
 class PiiConfig(_Strict):
@@ -161,11 +161,11 @@ class PiiConfig(_Strict):
     neither the output nor the exclusion log holds them; see ``pipeline/pii.py``."""
 
     enabled: bool = True
-    types: list[PiiType] = Field(
+    types: list[PiiTypeName] = Field(
         default_factory=lambda: ["email", "phone", "ip", "credit_card", "iban", "ssn"],
         description="Any of " + ", ".join(PII_TYPES) + "; person and location run an NER "
         "model (slow: only on the documents a cheap pattern cannot rule out).")
-    policy: dict[PiiType, Literal[PII_POLICIES]] = Field(  # type: ignore[valid-type]
+    policy: dict[PiiTypeName, Literal[PII_POLICIES]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Per type: redact (<TYPE>, the default), mask (the "
         "format kept, letters and digits hidden), keep (left as is), hash (<TYPE_xxxxxxxx>, a "
         "salted pseudonym: the same value gives the same token across a corpus).")
