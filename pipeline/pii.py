@@ -18,8 +18,9 @@ How each type is found:
   negative cue ("version", "ISBN", "EC") makes it a look-alike.
 - ``person`` and ``location`` run Presidio's spaCy recogniser (``en_core_web_sm`` as packaged on
   PyPI, loaded from the installed package: nothing is downloaded) on the documents that
-  ``NER_PREFILTER`` cannot rule out (a capitalised word that does not open a sentence, or two in
-  a row), after the patterns.
+  ``NER_PREFILTER`` cannot rule out (a capitalised word that does not open a sentence, two in a
+  row, or a title and a name), after the patterns. The method, the measured figures and what is
+  not caught: docs/pii.md.
 
 The policy (``ingest.pii.policy``) says what becomes of a found value: ``redact`` (the
 placeholder), ``mask`` (every letter and digit becomes ``X``, the layout stays), ``keep``
@@ -430,10 +431,6 @@ def _redactor(config: PiiConfig) -> Redactor:
 @functools.lru_cache(maxsize=16)
 def _redactor_for(config_json: str) -> Redactor:
     return Redactor(PiiConfig.model_validate_json(config_json))
-
-
-def ordered(types: list[str]) -> list[str]:
-    return [name for name in TYPES if name in types]
 
 
 def redact(con: duckdb.DuckDBPyConnection, table: str, config: PiiConfig) -> dict[str, int]:
