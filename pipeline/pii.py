@@ -209,8 +209,11 @@ def _host_kept(host: str, keep: list[str]) -> bool:
 
 
 def _url(value: str, cue: str, config: PiiConfig) -> str | None:
-    parts = urlsplit(value if "://" in value else "http://" + value)
-    host = (parts.hostname or "").lower().removeprefix("www.")
+    try:
+        parts = urlsplit(value if "://" in value else "http://" + value)
+        host = (parts.hostname or "").lower().removeprefix("www.")
+    except ValueError:  # a malformed URL ("http://[x"): where it leads cannot be told
+        return value
     if _host_kept(host, config.url_keep):
         return None
     segments = [x for x in parts.path.split("/") if x]

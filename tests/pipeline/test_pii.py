@@ -117,6 +117,8 @@ def test_urls_go_when_personal_and_stay_when_public_or_allowed() -> None:
         "T1059/?x=1, <URL>, <URL>, <URL>, <URL> and <URL>", {"url": 5})
     # without the allow-list the query string makes the ATT&CK link personal too
     assert pii.redact_text(text, ["url"])[1] == {"url": 6}
+    assert pii.redact_text("a broken link http://[abc/x here", ["url"]) == (
+        "a broken link <URL> here", {"url": 1})
 
 
 def test_policy_mask_keeps_the_layout() -> None:
