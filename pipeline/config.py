@@ -15,6 +15,7 @@ what artifact keys hash. Unknown keys are errors, so a typo never silently falls
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -148,7 +149,11 @@ class LanguageConfig(_Strict):
         return self
 
 
-PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date", "phone", "ip")
+PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date", "phone", "ip",
+             "address", "person", "location")
+PII_NER_TYPES = ("person", "location")  # found by a spaCy NER model through Presidio
+PII_POLICIES = ("redact", "mask", "keep", "hash")
+PiiTypeName = Literal[PII_TYPES]  # type: ignore[valid-type]
 
 
 class PiiConfig(_Strict):
@@ -156,9 +161,36 @@ class PiiConfig(_Strict):
     neither the output nor the exclusion log holds them; see ``pipeline/ingest/pii.py``."""
 
     enabled: bool = True
-    types: list[Literal[PII_TYPES]] = Field(  # type: ignore[valid-type]
+    types: list[PiiTypeName] = Field(
         default_factory=lambda: ["email", "phone", "ip", "credit_card", "iban", "ssn"],
-        description="Any of " + ", ".join(PII_TYPES) + ".")
+        description="Any of " + ", ".join(PII_TYPES) + "; person and location run an NER "
+        "model (slow: only on the documents a cheap pattern cannot rule out).")
+    policy: dict[PiiTypeName, Literal[PII_POLICIES]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Per type: redact (<TYPE>, the default), mask (the "
+        "format kept, letters and digits hidden), keep (left as is), hash (<TYPE_xxxxxxxx>, a "
+        "salted pseudonym: the same value gives the same token across a corpus).")
+    salt: str = Field(default="", description="Secret mixed into `hash` pseudonyms; required "
+                      "when a type's policy is hash. A new salt gives new pseudonyms.")
+    url_keep: list[str] = Field(
+        default_factory=list, description="Hosts whose URLs stay intact (a host matches itself "
+        "and its subdomains), e.g. attack.mitre.org. Other URLs go when they have a query "
+        "string, a personal path (/users/..., /~name, @handle, social sites) or a link "
+        "shortener's host.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PiiConfig:
+        for name in self.policy:
+            if name not in self.types:
+                raise ValueError(f"policy.{name}: {name!r} is not in pii.types {self.types}; "
+                                 "add it there or drop its policy")
+        if "hash" in self.policy.values() and not self.salt:
+            raise ValueError("salt: a type's policy is hash, so pii.salt must be set "
+                             "(a secret string; the pseudonyms depend on it)")
+        for i, host in enumerate(self.url_keep):
+            if not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}", host):
+                raise ValueError(f"url_keep[{i}]: {host!r} is not a host name (lowercase, "
+                                 "like attack.mitre.org; no scheme, path or wildcard)")
+        return self
 
 
 class NearDupConfig(_Strict):

