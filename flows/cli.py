@@ -2,6 +2,7 @@
 
     dapt domains list | show NAME [--profile P] | new NAME | validate PATH
     dapt samples build [DOMAIN]
+    dapt server start [--port N] | stop | status     (a local Prefect server `dapt run` reuses)
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
     dapt runs [DOMAIN]
@@ -14,7 +15,7 @@
 
 The workdir (``--workdir``, else ``$DAPT_WORKDIR``, else ``./dapt-work``) holds
 ``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.{md,html}`` and
-``samples/``.
+``samples/`` and, once started, ``prefect-server/`` (the local server's database and log).
 """
 
 from __future__ import annotations
@@ -134,6 +135,64 @@ def _prefect_env(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
+def _use_server(work: Path) -> None:
+    """Point Prefect at the workdir's running server (``dapt server start``), or say in one line
+    that this run falls back to ephemeral mode."""
+    from flows import server
+
+    url, line = server.api_url(work)
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    typer.echo(line, err=True)
+
+
+server_app = typer.Typer(help="A local Prefect server that `dapt run` reuses (and its UI).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(workdir: Workdir = None, port: Annotated[int, typer.Option(
+        help="Preferred port; another free one when it is taken (0: any).")] = 4200) -> None:
+    """Start a Prefect server for this workdir in the background (127.0.0.1 only)."""
+    from flows import server
+
+    work = _workdir(workdir)
+    try:
+        state, started = server.start(work, port)
+    except RuntimeError as exc:
+        raise _fail(str(exc), code=1) from None
+    if not started:
+        typer.echo(f"already running: {state.describe()}")
+        return
+    if port and not state.url.endswith(f":{port}"):
+        typer.echo(f"port {port} is in use; using {state.url.rsplit(':', 1)[1]}")
+    typer.echo(f"started: {state.describe()}\nlog: {state.log}\n"
+               f"`dapt run ... --workdir {work}` now uses it; stop: dapt server stop")
+
+
+@server_app.command("status")
+def server_status(workdir: Workdir = None) -> None:
+    """Whether this workdir's server runs (exit 0) or not (exit 1; a dead one is named)."""
+    from flows import server
+
+    state = server.status(_workdir(workdir))
+    typer.echo(state.describe())
+    if state.status != "running":
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop(workdir: Workdir = None) -> None:
+    """Stop this workdir's server and every process it started."""
+    from flows import server
+
+    state = server.stop(_workdir(workdir))
+    typer.echo({"running": f"stopped the server at {state.url} (pid {state.pid})",
+                "dead": f"the server (pid {state.pid}) had died; removed its stale pid file",
+                "stopped": "no Prefect server running for this workdir"}[state.status])
+
+
 @app.command()
 def run(
     domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
@@ -151,9 +210,10 @@ def run(
         help="Threads or local Dask workers for ingest's shards.")] = 2,
     workdir: Workdir = None,
 ) -> None:
-    """Run the domain pipeline (Prefect flow; no server needed)."""
+    """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs)."""
     work = _workdir(workdir)
     _prefect_env(work)
+    _use_server(work)
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
