@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -224,15 +225,47 @@ def run(
 
     from flows.domain_flow import domain_pipeline
 
+    _bars_own_the_terminal()
+    since = datetime.now(UTC).replace(tzinfo=None)
     try:
         report = domain_pipeline(domain=domain, profile=profile, only=only,
                                  from_stage=from_stage, force=force, workdir=str(work),
                                  domain_file=str(domain_file) if domain_file else None,
                                  ingest_runner=ingest_runner, ingest_workers=ingest_workers)
     except (StageError, FileNotFoundError, ValueError) as exc:
-        raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})", code=1) from None
+        failed = _summary(work, d.name, since)
+        raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})"
+                    + (f"\nreport: {failed['report_path']}" if failed else ""), code=1) from None
+    _summary(work, d.name, since)
     if report:
         typer.echo(f"report: {report}")
+
+
+def _summary(work: Path, domain: str, since: datetime) -> dict | None:
+    """Print the table of the run this command started, if it got that far (stage, cache hit
+    or built, seconds, key metric)."""
+    from pipeline import ops
+
+    path = work / "catalog.duckdb"
+    runs = [r for r in (Catalog(path).runs(domain, 1) if path.exists() else [])
+            if r["started_at"] >= since]
+    if runs:
+        typer.echo("\n".join(ops.summary_lines(Catalog(path), runs[0]["run_id"])))
+    return runs[0] if runs else None
+
+
+class _NotProgress(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "dapt_progress", False)
+
+
+def _bars_own_the_terminal() -> None:
+    """On a terminal the bars show progress: the console leaves their log lines (which still
+    reach Prefect's API handler) out. Prefect has attached its handlers to "dapt" by now."""
+    for handler in logging.getLogger("dapt").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler):
+            handler.addFilter(_NotProgress())
 
 
 @app.command()

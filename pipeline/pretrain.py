@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError, models, packing
+from pipeline import QualityGateError, models, packing, progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.ingest import train_shards
@@ -125,6 +125,7 @@ def _forward_signals(proc: subprocess.Popen) -> dict[int, Any]:
 
 def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
     tail: deque[str] = deque(maxlen=40)
+    bar = None
     with open(log_path, "a") as log_fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, bufsize=1)
@@ -136,9 +137,18 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
                 log_fh.flush()  # so `tail -f train.log` follows a long run
                 tail.append(line)
                 if "[dapt]" in line:
-                    log.info(line.rstrip().split("[dapt]", 1)[1].strip())
+                    message = line.rstrip().split("[dapt]", 1)[1].strip()
+                    step = progress.STEP_LINE.match(message)  # progress logs these
+                    if step is None:
+                        log.info(message)
+                    else:
+                        bar = bar or progress.track("pretrain", int(step["total"]), "steps")
+                        bar.update(completed=int(step["step"]), loss=float(step["loss"]),
+                                   **{"tok/s": round(float(step["tok_s"]))})
             code = proc.wait()
         finally:
+            if bar is not None:
+                bar.close()
             for sig, handler in forwarded.items():
                 signal.signal(sig, handler)
     if code != 0:

@@ -49,7 +49,9 @@ def served_run(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     assert started.returncode == 0, started.stdout + started.stderr
     state = server.status(work)
     try:
-        result = dapt("run", "--domain-file", str(domain_file), "--workdir", str(work))
+        # a progress line per update, so the test sees every stage's lines on a small run
+        result = dapt("run", "--domain-file", str(domain_file), "--workdir", str(work),
+                      env={"DAPT_PROGRESS_INTERVAL_S": "0"})
         assert result.returncode == 0, result.stdout + result.stderr
         report = Path(result.stdout.split("report: ", 1)[1].split()[0])
         yield {"work": work, "url": state.url, "pid": state.pid, "result": result,
