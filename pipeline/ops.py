@@ -298,8 +298,8 @@ def summary_lines(catalog: Catalog, run_id: str) -> list[str]:
     rows = summary_rows(catalog, run_id)
     widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
     fmt = "  ".join(f"{{:{'>' if i == 2 else '<'}{w}}}" for i, w in enumerate(widths))
-    return [fmt.format(*header), fmt.format(*("-" * w for w in widths)),
-            *(fmt.format(*row) for row in rows)]
+    return [fmt.format(*cells).rstrip()
+            for cells in (header, ["-" * w for w in widths], *rows)]
 
 
 def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str) -> Path:
