@@ -28,10 +28,11 @@ $(VENV)/.installed: pyproject.toml
 	# itself when run outside make), so no training run compiles them (~40 s and ~70 s).
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder, \
 	  CPUAdamBuilder; ShareMemCommBuilder().load(); CPUAdamBuilder().load()"
-	# Headless Chromium for the report's browser test, where the machine allows (root + apt);
-	# elsewhere that test skips and says why.
-	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; \
-	  then apt-get install -y -q chromium >/dev/null 2>&1 || true; fi
+	# Headless Chromium (the report's browser test), sshd and pdsh (the multi-node test), where
+	# the machine allows (root + apt); elsewhere those tests skip and say why.
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium openssh-server \
+	  openssh-client pdsh >/dev/null 2>&1 || true; fi
 	touch $@
 
 samples: install
