@@ -30,8 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	  CPUAdamBuilder; ShareMemCommBuilder().load(); CPUAdamBuilder().load()"
 	# Headless Chromium (the report's browser test), sshd and pdsh (the multi-node test), where
 	# the machine allows (root + apt); elsewhere those tests skip and say why.
-	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium openssh-server \
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v chromium && \
+	  command -v pdsh && [ -x /usr/sbin/sshd ]; } >/dev/null; then apt-get update -q >/dev/null \
+	  2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium openssh-server \
 	  openssh-client pdsh >/dev/null 2>&1 || true; fi
 	touch $@
 
