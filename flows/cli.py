@@ -214,7 +214,6 @@ def run(
     """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs)."""
     work = _workdir(workdir)
     _prefect_env(work)
-    _use_server(work)
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
@@ -223,6 +222,7 @@ def run(
     except (domain_registry.DomainError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
+    _use_server(work)
     from flows.domain_flow import domain_pipeline
 
     _bars_own_the_terminal()
