@@ -320,8 +320,9 @@ def _require_server() -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise _fail("deployments need a Prefect server: run `prefect server start` and "
-                    "export PREFECT_API_URL=http://127.0.0.1:4200/api (or use Prefect Cloud)")
+        raise _fail("deployments need a Prefect server: run `dapt server start` (or `prefect "
+                    "server start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api with "
+                    "the URL it prints (or use Prefect Cloud)")
 
 
 DomainNames = Annotated[list[str] | None, typer.Argument(
