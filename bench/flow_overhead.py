@@ -3,10 +3,12 @@ called directly, and a fully cached rerun; the flow both in Prefect's ephemeral 
 a running local server (``dapt server start``).
 
     .venv/bin/python bench/flow_overhead.py [--domain medical] [--profile tiny]
-                                            [--modes ephemeral,server]
+                                            [--modes ephemeral,server] [--parallel]
 
 ``--modes server`` skips the full ephemeral run (one tiny run less); the ephemeral cached rerun is
-timed either way, on the server mode's artifacts with the server stopped.
+timed either way, on the server mode's artifacts with the server stopped. ``--parallel`` runs the
+full runs at the same time (on a machine others load, they then see the same load); the cached
+reruns always run alone.
 
 Each measurement is a fresh process on a fresh workdir (same samples), so all include the same
 imports and the same DeepSpeed launch; the flow run is the user's path, ``dapt run``:
@@ -37,6 +39,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 DIRECT = """
 import sys
@@ -63,61 +66,68 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def flow_mode(root: Path, mode: str, args: argparse.Namespace) -> dict[str, float]:
-    work = root / mode
-    cmd = [*DAPT, "run", args.domain, "--profile", args.profile, "--workdir", str(work)]
-    result = {}
-    if mode == "server":
-        result["server_start"] = timed([*DAPT, "server", "start", "--workdir", str(work),
-                                        "--port", "0"])
-    try:
-        result["wall"] = timed(cmd)
-        result["stages"] = stage_seconds(work)
-        result["cached"] = timed(cmd)
-    finally:
-        if mode == "server":
-            subprocess.run([*DAPT, "server", "stop", "--workdir", str(work)], cwd=ROOT,
-                           stdout=subprocess.DEVNULL)
-    if mode == "server":  # the same cached rerun, server stopped: ephemeral mode
-        result["cached_ephemeral"] = timed(cmd)
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", default="medical")
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--modes", default="ephemeral,server",
                         help="Flow modes to measure, comma-separated: ephemeral, server.")
+    parser.add_argument("--parallel", action="store_true",
+                        help="Run the full (uncached) runs at the same time, so they share the "
+                             "machine's load; the cached reruns still run alone.")
     args = parser.parse_args()
     modes = args.modes.split(",")
     if not set(modes) <= {"ephemeral", "server"}:
         parser.error(f"--modes {args.modes!r}: allowed: ephemeral, server")
     root = Path(tempfile.mkdtemp(prefix="dapt-bench-"))
+    works = {name: root / name for name in ("direct", *modes)}
+    run = {m: [*DAPT, "run", args.domain, "--profile", args.profile, "--workdir", str(w)]
+           for m, w in works.items()}
+    run["direct"] = [sys.executable, "-c", DIRECT, args.domain, args.profile,
+                     str(works["direct"])]
+    figures: dict[str, dict[str, float]] = {name: {} for name in works}
     try:
-        subprocess.run([*DAPT, "samples", "build", args.domain, "--workdir",
-                        str(root / "shared")], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        subprocess.run([*DAPT, "samples", "build", "general", "--workdir",
-                        str(root / "shared")], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        for name in ("direct", *modes):
-            (root / name).mkdir()
-            (root / name / "samples").symlink_to(root / "shared" / "samples")
-        direct = timed([sys.executable, "-c", DIRECT, args.domain, args.profile,
-                        str(root / "direct")])
-        direct_stages = stage_seconds(root / "direct")
-        flows = {mode: flow_mode(root, mode, args) for mode in modes}
+        for name in ("medical", "general"):  # general: the domains' replay text
+            subprocess.run([*DAPT, "samples", "build", name, "--workdir", str(root / "shared")],
+                           check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        for work in works.values():
+            work.mkdir()
+            (work / "samples").symlink_to(root / "shared" / "samples")
+        if "server" in modes:
+            figures["server"]["server_start"] = timed(
+                [*DAPT, "server", "start", "--workdir", str(works["server"]), "--port", "0"])
+        try:
+            with ThreadPoolExecutor(max_workers=len(works) if args.parallel else 1) as pool:
+                walls = {name: pool.submit(timed, run[name]) for name in works}
+                for name, wall in walls.items():
+                    figures[name]["wall"] = wall.result()
+                    figures[name]["stages"] = stage_seconds(works[name])
+            for mode in modes:
+                figures[mode]["cached"] = timed(run[mode])
+        finally:
+            if "server" in modes:
+                subprocess.run([*DAPT, "server", "stop", "--workdir", str(works["server"])],
+                               cwd=ROOT, stdout=subprocess.DEVNULL)
+        if "server" in modes:  # the same cached rerun with the server stopped: ephemeral mode
+            figures["server"]["cached_ephemeral"] = timed(run["server"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    outside_direct = direct - direct_stages
-    print(f"{args.domain}/{args.profile}: direct {direct:.1f} s "
-          f"({outside_direct:.1f} s outside stages)")
-    for mode, f in flows.items():
+    report(args, figures)
+
+
+def report(args: argparse.Namespace, figures: dict[str, dict[str, float]]) -> None:
+    direct = figures.pop("direct")
+    outside_direct = direct["wall"] - direct["stages"]
+    print(f"{args.domain}/{args.profile}{' (full runs in parallel)' if args.parallel else ''}: "
+          f"direct {direct['wall']:.1f} s ({outside_direct:.1f} s outside stages)")
+    for mode, f in figures.items():
         outside = f["wall"] - f["stages"]
         extra = outside - outside_direct
         goal = " (goal <= 5%)" if mode == "server" else ""
-        print(f"{mode}: Prefect flow {f['wall']:.1f} s, wall ratio {f['wall'] / direct:.3f}; "
+        ratio = f["wall"] / direct["wall"]
+        print(f"{mode}: Prefect flow {f['wall']:.1f} s, wall ratio {ratio:.3f}; "
               f"{outside:.1f} s outside stages; orchestration overhead {extra:.1f} s = "
-              f"{extra / direct:.1%} of the run{goal}")
+              f"{extra / direct['wall']:.1%} of the run{goal}")
         goal = " (goal <= 5 s)" if mode == "server" else ""
         print(f"{mode}: fully cached rerun {f['cached']:.1f} s{goal}")
         if "server_start" in f:

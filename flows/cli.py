@@ -154,13 +154,15 @@ app.add_typer(server_app, name="server")
 
 @server_app.command("start")
 def server_start(workdir: Workdir = None, port: Annotated[int, typer.Option(
-        help="Preferred port; another free one when it is taken (0: any).")] = 4200) -> None:
+        help="Preferred port; another free one when it is taken (0: any).")] = 4200,
+        timeout: Annotated[float, typer.Option(
+            help="Seconds to wait for it to answer.")] = 600.0) -> None:
     """Start a Prefect server for this workdir in the background (127.0.0.1 only)."""
     from flows import server
 
     work = _workdir(workdir)
     try:
-        state, started = server.start(work, port)
+        state, started = server.start(work, port, timeout)
     except RuntimeError as exc:
         raise _fail(str(exc), code=1) from None
     if not started:
