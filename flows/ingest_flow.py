@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import ingest
+from pipeline import ingest, progress
 from pipeline.config import IngestConfig
 from pipeline.runner import Session
 
@@ -36,7 +36,12 @@ def shard_task(index: int, config: IngestConfig, files: list[tuple[str, str]],
 def prefect_map(fn: Callable, jobs: list[tuple]) -> list[Any]:
     assert fn is ingest.prepare_shard, fn
     futures = [shard_task.submit(i, *job) for i, job in enumerate(jobs)]
-    return [f.result() for f in futures]
+    results = []
+    with progress.track("ingest: shards", len(jobs), "shards") as bar:
+        for future in futures:  # in order: the bar may lag a shard that finished early
+            results.append(future.result())
+            bar.update()
+    return results
 
 
 def task_runner(name: str = "threads", workers: int = 2):

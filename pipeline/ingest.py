@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline import QualityGateError, dedup, kernels, language, pii, quality
+from pipeline import QualityGateError, dedup, kernels, language, pii, progress, quality
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig, SourceConfig
 from pipeline.domains import is_url, match_files
@@ -532,7 +532,12 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
 
 
 def _serial_map(fn: Callable, jobs: list[tuple]) -> list:
-    return [fn(*job) for job in jobs]
+    results = []
+    with progress.track("ingest: shards", len(jobs), "shards") as bar:
+        for job in jobs:
+            results.append(fn(*job))
+            bar.update()
+    return results
 
 
 def _summed(dicts: Iterable[dict[str, float]]) -> dict[str, Any]:
