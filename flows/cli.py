@@ -193,6 +193,7 @@ def server_stop(workdir: Workdir = None) -> None:
     state = server.stop(_workdir(workdir))
     typer.echo({"running": f"stopped the server at {state.url} (pid {state.pid})",
                 "dead": f"the server (pid {state.pid}) had died; removed its stale pid file",
+                "unresponsive": f"stopped the server (pid {state.pid}), which did not answer",
                 "stopped": "no Prefect server running for this workdir"}[state.status])
 
 

@@ -42,7 +42,8 @@ def server_dir(workdir: Path) -> Path:
 
 @dataclass(frozen=True)
 class ServerState:
-    """What ``status`` found: ``running`` (healthy), ``dead`` (stale pid file) or ``stopped``."""
+    """What ``status`` found: ``running`` (answers), ``unresponsive`` (its process lives but does
+    not answer: starting, or hung), ``dead`` (stale pid file) or ``stopped`` (no pid file)."""
 
     status: str
     pid: int | None = None
@@ -56,9 +57,11 @@ class ServerState:
     def describe(self) -> str:
         if self.status == "running":
             return f"Prefect server running at {self.url} (pid {self.pid}); UI: {self.url}"
+        if self.status == "unresponsive":
+            return (f"Prefect server (pid {self.pid}) runs but does not answer at {self.url} "
+                    f"(still starting, or hung); see {self.log}")
         if self.status == "dead":
-            return (f"Prefect server (pid {self.pid}) is not running (or not answering): "
-                    f"stale pid file "
+            return (f"Prefect server (pid {self.pid}) is not running: stale pid file "
                     f"{self.log.parent / 'server.pid' if self.log else ''}; see {self.log}")
         return "no Prefect server running for this workdir"
 
@@ -117,9 +120,9 @@ def status(workdir: Path) -> ServerState:
         url = json.loads(info_file.read_text())["url"]
     except (ValueError, OSError, KeyError):
         return ServerState("dead", log=d / "server.log")
-    if _alive(pid) and healthy(url):
-        return ServerState("running", pid, url, d / "server.log")
-    return ServerState("dead", pid, url, d / "server.log")
+    if not _alive(pid):
+        return ServerState("dead", pid, url, d / "server.log")
+    return ServerState("running" if healthy(url) else "unresponsive", pid, url, d / "server.log")
 
 
 def api_url(workdir: Path) -> tuple[str | None, str]:
@@ -130,8 +133,9 @@ def api_url(workdir: Path) -> tuple[str | None, str]:
     state = status(workdir)
     if state.status == "running":
         return state.api_url, f"Prefect: using the server at {state.url} (UI there)"
-    why = ("the server recorded in this workdir died (stale pid file)" if state.status == "dead"
-           else "no server running")
+    why = {"dead": "the server recorded in this workdir died (stale pid file)",
+           "unresponsive": "the server in this workdir does not answer (starting, or hung)",
+           "stopped": "no server running"}[state.status]
     return None, (f"Prefect: {why}; ephemeral mode (a temporary server for this run, ~10 s "
                   f"slower): `dapt server start --workdir {workdir}` to reuse one")
 
@@ -147,8 +151,15 @@ def start(workdir: Path, port: int = DEFAULT_PORT, timeout: float = START_TIMEOU
           ) -> tuple[ServerState, bool]:
     """Start the workdir's server unless one runs; (its state, whether this call started it)."""
     state = status(workdir)
+    deadline = time.monotonic() + timeout
+    while state.status == "unresponsive" and time.monotonic() < deadline:  # another start's?
+        time.sleep(1.0)
+        state = status(workdir)
     if state.status == "running":
         return state, False
+    if state.status == "unresponsive":
+        raise RuntimeError(f"{state.describe()} after {timeout:.0f} s; `dapt server stop` "
+                           "ends it, then start again")
     d = server_dir(workdir)
     d.mkdir(parents=True, exist_ok=True)
     if state.status == "dead":  # stale pid file: the process group may have leftovers
