@@ -35,6 +35,7 @@ sys.path[0] = str(ROOT)
 
 import argparse  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -66,6 +67,17 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def timed_alone(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall s, CPU s of the command and its children, 1-minute load average before): on a
+    machine others load, CPU time says what the command cost where wall time cannot. A local
+    server's own CPU is not included (it is not our child)."""
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = timed(cmd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), load
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", default="medical")
@@ -86,6 +98,7 @@ def main() -> None:
     run["direct"] = [sys.executable, "-c", DIRECT, args.domain, args.profile,
                      str(works["direct"])]
     figures: dict[str, dict[str, float]] = {name: {} for name in works}
+    figures["load"] = {"start": os.getloadavg()[0]}
     try:
         for name in ("medical", "general"):  # general: the domains' replay text
             subprocess.run([*DAPT, "samples", "build", name, "--workdir", str(root / "shared")],
@@ -103,13 +116,15 @@ def main() -> None:
                     figures[name]["wall"] = wall.result()
                     figures[name]["stages"] = stage_seconds(works[name])
             for mode in modes:
-                figures[mode]["cached"] = timed(run[mode])
+                figures[mode]["cached"], figures[mode]["cached_cpu"], figures[mode][
+                    "cached_load"] = timed_alone(run[mode])
         finally:
             if "server" in modes:
                 subprocess.run([*DAPT, "server", "stop", "--workdir", str(works["server"])],
                                cwd=ROOT, stdout=subprocess.DEVNULL)
         if "server" in modes:  # the same cached rerun with the server stopped: ephemeral mode
-            figures["server"]["cached_ephemeral"] = timed(run["server"])
+            (figures["server"]["cached_ephemeral"], figures["server"]["cached_ephemeral_cpu"],
+             figures["server"]["cached_ephemeral_load"]) = timed_alone(run["server"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(args, figures)
@@ -118,6 +133,8 @@ def main() -> None:
 def report(args: argparse.Namespace, figures: dict[str, dict[str, float]]) -> None:
     direct = figures.pop("direct")
     outside_direct = direct["wall"] - direct["stages"]
+    print(f"load average at the start: {figures.pop('load')['start']:.1f} (machine: "
+          f"{os.cpu_count()} CPUs)")
     print(f"{args.domain}/{args.profile}{' (full runs in parallel)' if args.parallel else ''}: "
           f"direct {direct['wall']:.1f} s ({outside_direct:.1f} s outside stages)")
     for mode, f in figures.items():
@@ -129,13 +146,15 @@ def report(args: argparse.Namespace, figures: dict[str, dict[str, float]]) -> No
               f"{outside:.1f} s outside stages; orchestration overhead {extra:.1f} s = "
               f"{extra / direct['wall']:.1%} of the run{goal}")
         goal = " (goal <= 5 s)" if mode == "server" else ""
-        print(f"{mode}: fully cached rerun {f['cached']:.1f} s{goal}")
+        print(f"{mode}: fully cached rerun {f['cached']:.1f} s{goal}; CPU {f['cached_cpu']:.1f} s, "
+              f"load average {f['cached_load']:.1f}")
         if "server_start" in f:
             print(f"{mode}: `dapt server start` took {f['server_start']:.1f} s (once, not "
                   "counted above)")
         if "cached_ephemeral" in f:
             print(f"ephemeral: fully cached rerun {f['cached_ephemeral']:.1f} s (the server "
-                  "mode's workdir, server stopped)")
+                  f"mode's workdir, server stopped); CPU {f['cached_ephemeral_cpu']:.1f} s, "
+                  f"load average {f['cached_ephemeral_load']:.1f}")
 
 
 if __name__ == "__main__":
