@@ -103,4 +103,3 @@ def test_a_failed_run_renders_a_report_naming_the_stage(served_run: dict, sample
     assert [r[:3:2] for r in stages[1:]] == [["ingest", "cache hit"], ["tokenizer", "cache hit"],
                                              ["pretrain", "failed"]]
     assert seen["images"] == []
-
