@@ -103,7 +103,10 @@ def test_two_nodes_over_ssh_match_two_ranks_on_one_node(sshd: dict, samples_dir:
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--domain-file", str(two_nodes), "--only",
          "pretrain", "--workdir", str(work)],
-        cwd=REPO, env={**env, "PREFECT_HOME": str(tmp_path / "prefect")}, text=True,
+        # ephemeral Prefect on a fresh database: give it time on a loaded machine (90 s was
+        # not enough under a load of 12 on 2 CPUs)
+        cwd=REPO, env={**env, "PREFECT_HOME": str(tmp_path / "prefect"),
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}, text=True,
         capture_output=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     key = Session.open(None, "tiny", workdir=work, domain_file=two_nodes).plan["pretrain"].key
