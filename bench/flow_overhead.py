@@ -51,6 +51,8 @@ Session.open(sys.argv[1], sys.argv[2], workdir=sys.argv[3]).run_all()
 """
 DAPT = [sys.executable, "-m", "flows.cli"]
 ENV = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+# ephemeral mode's temporary server on a loaded machine: 90 s (dapt's default) was seen to expire
+ENV.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 
 def stage_seconds(workdir: Path) -> float:
@@ -141,6 +143,11 @@ def main() -> None:
     report(args, figures)
 
 
+def _show(mode: str, timing: tuple[float, float, float]) -> None:
+    wall, cpu, load = timing
+    print(f"{mode}: wall {wall:.1f} s, CPU {cpu:.1f} s, load {load:.1f}", flush=True)
+
+
 def cached_only(args: argparse.Namespace) -> None:
     """Fully cached reruns of a completed run, against a server started for them and in
     ephemeral mode, alternating so both see the same load."""
@@ -150,15 +157,18 @@ def cached_only(args: argparse.Namespace) -> None:
     cmd = [*DAPT, "run", *target, "--workdir", str(work)]
     start = [*DAPT, "server", "start", "--workdir", str(work), "--port", "0"]
     print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
-    print(f"`dapt server start`: {timed(start):.1f} s")
+    print(f"`dapt server start`: {timed(start):.1f} s", flush=True)
     runs: dict[str, list[tuple[float, float, float]]] = {"server": [], "ephemeral": []}
     try:
-        for _ in range(args.repeat):
+        for i in range(args.repeat):
             runs["server"].append(timed_alone(cmd))
+            _show("server", runs["server"][-1])
             subprocess.run([*DAPT, "server", "stop", "--workdir", str(work)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, check=True)
             runs["ephemeral"].append(timed_alone(cmd))
-            subprocess.run(start, cwd=ROOT, stdout=subprocess.DEVNULL, check=True)
+            _show("ephemeral", runs["ephemeral"][-1])
+            if i + 1 < args.repeat:
+                subprocess.run(start, cwd=ROOT, stdout=subprocess.DEVNULL, check=True)
     finally:
         subprocess.run([*DAPT, "server", "stop", "--workdir", str(work)], cwd=ROOT,
                        stdout=subprocess.DEVNULL)
