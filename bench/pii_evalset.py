@@ -8,7 +8,7 @@ Two seeds are in use: ``DEV_SEED`` for developing the rules and ``TEST_SEED`` fo
 places and streets from disjoint halves of each list, so a rule tuned on the dev set has not seen
 the test set's values.
 
-    python bench/pii_evalset.py --samples DIR [--seed N] [--n 20]   # print some rows
+    python -m bench.pii_evalset --samples DIR [--seed N] [--n 20]   # print some rows
 """
 
 from __future__ import annotations

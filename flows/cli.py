@@ -2,6 +2,7 @@
 
     dapt domains list | show NAME [--profile P] | new NAME | validate PATH
     dapt samples build [DOMAIN]
+    dapt server start [--port N] | stop | status     (a local Prefect server `dapt run` reuses)
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
     dapt run --domain-file PATH.yaml
     dapt plan DOMAIN [--profile P] [--domain-file F] [--json]
@@ -15,7 +16,7 @@
 
 The workdir (``--workdir``, else ``$DAPT_WORKDIR``, else ``./dapt-work``) holds
 ``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.{md,html}`` and
-``samples/``.
+``samples/`` and, once started, ``prefect-server/`` (the local server's database and log).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -135,6 +137,67 @@ def _prefect_env(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
+def _use_server(work: Path) -> None:
+    """Point Prefect at the workdir's running server (``dapt server start``), or say in one line
+    that this run falls back to ephemeral mode."""
+    from flows import server
+
+    url, line = server.api_url(work)
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    typer.echo(line, err=True)
+
+
+server_app = typer.Typer(help="A local Prefect server that `dapt run` reuses (and its UI).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(workdir: Workdir = None, port: Annotated[int, typer.Option(
+        help="Preferred port; another free one when it is taken (0: any).")] = 4200,
+        timeout: Annotated[float, typer.Option(
+            help="Seconds to wait for it to answer.")] = 600.0) -> None:
+    """Start a Prefect server for this workdir in the background (127.0.0.1 only)."""
+    from flows import server
+
+    work = _workdir(workdir)
+    try:
+        state, started = server.start(work, port, timeout)
+    except RuntimeError as exc:
+        raise _fail(str(exc), code=1) from None
+    if not started:
+        typer.echo(f"already running: {state.describe()}")
+        return
+    if port and not state.url.endswith(f":{port}"):
+        typer.echo(f"port {port} is in use; using {state.url.rsplit(':', 1)[1]}")
+    typer.echo(f"started: {state.describe()}\nlog: {state.log}\n"
+               f"`dapt run ... --workdir {work}` now uses it; stop: dapt server stop")
+
+
+@server_app.command("status")
+def server_status(workdir: Workdir = None) -> None:
+    """Whether this workdir's server runs (exit 0) or not (exit 1; a dead one is named)."""
+    from flows import server
+
+    state = server.status(_workdir(workdir))
+    typer.echo(state.describe())
+    if state.status != "running":
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop(workdir: Workdir = None) -> None:
+    """Stop this workdir's server and every process it started."""
+    from flows import server
+
+    state = server.stop(_workdir(workdir))
+    typer.echo({"running": f"stopped the server at {state.url} (pid {state.pid})",
+                "dead": f"the server (pid {state.pid}) had died; removed its stale pid file",
+                "unresponsive": f"stopped the server (pid {state.pid}), which did not answer",
+                "stopped": "no Prefect server running for this workdir"}[state.status])
+
+
 @app.command()
 def run(
     domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
@@ -152,7 +215,7 @@ def run(
         help="Threads or local Dask workers for ingest's shards.")] = 2,
     workdir: Workdir = None,
 ) -> None:
-    """Run the domain pipeline (Prefect flow; no server needed)."""
+    """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs)."""
     work = _workdir(workdir)
     _prefect_env(work)
     from pipeline import StageError
@@ -163,17 +226,50 @@ def run(
     except (domain_registry.DomainError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
+    _use_server(work)
     from flows.domain_flow import domain_pipeline
 
+    _bars_own_the_terminal()
+    since = datetime.now(UTC).replace(tzinfo=None)
     try:
         report = domain_pipeline(domain=domain, profile=profile, only=only,
                                  from_stage=from_stage, force=force, workdir=str(work),
                                  domain_file=str(domain_file) if domain_file else None,
                                  ingest_runner=ingest_runner, ingest_workers=ingest_workers)
     except (StageError, FileNotFoundError, ValueError) as exc:
-        raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})", code=1) from None
+        failed = _summary(work, d.name, since)
+        raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})"
+                    + (f"\nreport: {failed['report_path']}" if failed else ""), code=1) from None
+    _summary(work, d.name, since)
     if report:
         typer.echo(f"report: {report}")
+
+
+def _summary(work: Path, domain: str, since: datetime) -> dict | None:
+    """Print the table of the run this command started, if it got that far (stage, cache hit
+    or built, seconds, key metric)."""
+    from pipeline import ops
+
+    path = work / "catalog.duckdb"
+    runs = [r for r in (Catalog(path).runs(domain, 1) if path.exists() else [])
+            if r["started_at"] >= since]
+    if runs:
+        typer.echo("\n".join(ops.summary_lines(Catalog(path), runs[0]["run_id"])))
+    return runs[0] if runs else None
+
+
+class _NotProgress(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "dapt_progress", False)
+
+
+def _bars_own_the_terminal() -> None:
+    """On a terminal the bars show progress: the console leaves their log lines (which still
+    reach Prefect's API handler) out. Prefect has attached its handlers to "dapt" by now."""
+    for handler in logging.getLogger("dapt").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler):
+            handler.addFilter(_NotProgress())
 
 
 @app.command()
@@ -300,8 +396,9 @@ def _require_server() -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise _fail("deployments need a Prefect server: run `prefect server start` and "
-                    "export PREFECT_API_URL=http://127.0.0.1:4200/api (or use Prefect Cloud)")
+        raise _fail("deployments need a Prefect server: run `dapt server start` (or `prefect "
+                    "server start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api with "
+                    "the URL it prints (or use Prefect Cloud)")
 
 
 DomainNames = Annotated[list[str] | None, typer.Argument(

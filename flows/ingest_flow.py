@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import ingest
+from pipeline import ingest, progress
 from pipeline.config import IngestConfig
 from pipeline.runner import Session
 
@@ -37,7 +37,12 @@ def prefect_map(fn: Callable, jobs: list[tuple]) -> list[Any]:
     if fn is not ingest.prepare_shard:
         raise ValueError(f"prefect_map maps ingest.prepare_shard only, not {fn}")
     futures = [shard_task.submit(i, *job) for i, job in enumerate(jobs)]
-    return [f.result() for f in futures]
+    results = []
+    with progress.track("ingest: shards", len(jobs), "shards") as bar:
+        for future in futures:  # in order: the bar may lag a shard that finished early
+            results.append(future.result())
+            bar.update()
+    return results
 
 
 def task_runner(name: str = "threads", workers: int = 2):

@@ -3,6 +3,16 @@
 Nothing in this package imports Prefect; ``flows/`` wires the stages together.
 """
 
+import os
+import sys
+
+# DeepSpeed JIT-compiles its CPU ops (~40 s for shm_comm, ~70 s for cpu_adam) into
+# TORCH_EXTENSIONS_DIR, by default the user's ~/.cache. The Makefile points it next to the venv;
+# setting the same place here, before any module of this package imports DeepSpeed, means
+# `dapt` run from an activated venv, a notebook or a training rank (this package is imported
+# before `deepspeed` in pipeline.train.worker) finds the ops `make install` compiled.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+
 
 class QualityGateError(RuntimeError):
     """A quality gate between stages failed: the run stops rather than train on garbage."""

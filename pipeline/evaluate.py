@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline import QualityGateError
+from pipeline import QualityGateError, progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
 from pipeline.ingest.artifact import IngestOutput
@@ -56,6 +56,7 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
     out = [[0.0, 0] for _ in texts]
     device = next(model.parameters()).device
     model.eval()
+    bar = progress.track("evaluate: scoring", -(-len(pieces) // batch_size), "batches")
     for i in range(0, len(pieces), batch_size):
         chunk = pieces[i:i + batch_size]
         width = max(len(p) for _, p in chunk)
@@ -72,6 +73,8 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
         for row, (d, p) in enumerate(chunk):
             out[d][0] += nll[row].sum().item()
             out[d][1] += len(p) - 1
+        bar.update(loss=nll.sum().item() / max(1, mask[:, 1:].sum().item()))
+    bar.close()
     return [(nll, n) for nll, n in out]
 
 

@@ -49,6 +49,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from pipeline import progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import FinetuneConfig, TaskConfig
 from pipeline.metrics import classification_report
@@ -176,6 +177,7 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
     val = data.splits["validation"]
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history = []
+    bar = progress.track(f"finetune {data.name} {label} seed {seed}", total, "batches")
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses = []
@@ -189,6 +191,7 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
             sched.step()
             opt.zero_grad()
             losses.append(loss.item())
+            bar.update(epoch=epoch, loss=losses[-1])
         entry: dict[str, float] = {"epoch": epoch, "train_loss": sum(losses) / len(losses)}
         if val:
             entry["validation_macro_f1"] = classification_report(
@@ -203,6 +206,7 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
                  ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch"))
         if best is not None and epoch - best[1] >= config.patience:
             break
+    bar.close()
     best_epoch = history[-1]["epoch"]
     if best is not None:
         _, best_epoch, state = best

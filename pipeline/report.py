@@ -409,12 +409,14 @@ def to_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str) ->
 
 
 def write_report(out_dir: Path, title: str, intro: Sequence[Block],
-                 artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]) -> Path:
-    """Write ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``; the .md path."""
+                 artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+                 images: Mapping[str, bytes] | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``; the .md path.
+    ``images``: the plots already drawn from these very artifacts (else they are drawn)."""
     curve = training_curve(artifacts)
     blocks = [("h1", title), *verdict_blocks(evaluation), *intro, *header_blocks(artifacts),
               *body_blocks(artifacts, evaluation, curve)]
-    images = plots(artifacts, evaluation, curve)
+    images = images or plots(artifacts, evaluation, curve)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for name, png in images.items():
         (out_dir / "plots" / name).write_bytes(png)

@@ -313,5 +313,11 @@ class Session:
                                 report_path=str(report_path) if report_path else None)
         return report_path
 
-    def fail(self, exc: BaseException) -> None:
-        self.catalog.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    def fail(self, exc: BaseException) -> Path:
+        """Close the run as failed; its report names the stage that failed and the error."""
+        error = f"{type(exc).__name__}: {exc}"
+        run = {"run_id": self.run_id, "domain": self.domain.name, "profile": self.run.profile}
+        report_path = ops.write_failure_report(self.catalog, run,
+                                               self.workdir / "runs" / self.run_id, error)
+        self.catalog.finish_run(self.run_id, "failed", error=error, report_path=str(report_path))
+        return report_path

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import progress
 from pipeline.catalog import Catalog
 from pipeline.config import RunConfig, SweepConfig, deep_merge
 from pipeline.domains import Domain
@@ -91,6 +92,7 @@ def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepCo
     source = replay_source_of(base_run, sweep)
     sweep_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     points = []
+    bar = progress.track("sweep", len(sweep.lrs) * len(sweep.replay), "points")
     for lr in sweep.lrs:
         for replay in sweep.replay:
             run = point_config(base_run, sweep, lr, replay, source)
@@ -116,6 +118,8 @@ def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepCo
                 "domain_dev_loss": final.eval_loss, "general_dev_loss": final.general_loss})
             log.info("sweep: lr %g replay %g: domain %+.2f%%, general %+.2f%%", lr, replay,
                      100 * points[-1]["domain_change"], 100 * points[-1]["general_change"])
+            bar.update(lr=lr, replay=replay)
+    bar.close()
     for p, front in zip(points, pareto(points), strict=True):
         p["pareto"] = front
     limit = base_run.pretrain.select_max_general_degradation

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline import progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig
 from pipeline.ingest import steps
@@ -69,4 +70,9 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
 
 
 def _serial_map(fn: Callable, jobs: list[tuple]) -> list:
-    return [fn(*job) for job in jobs]
+    results = []
+    with progress.track("ingest: shards", len(jobs), "shards") as bar:
+        for job in jobs:
+            results.append(fn(*job))
+            bar.update()
+    return results

@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow.dataset as ds
 from tokenizers import Tokenizer
 
+from pipeline import progress
+
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
@@ -112,11 +114,17 @@ def encode(tokenizer_path: Path, files: list[Path], eos_id: int, out_path: Path,
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     args = (str(tokenizer_path), eos_id, dtype.str, workers > 1)
-    with open(out_path, "wb") as fh:
+    docs = ds.dataset([str(f) for f in files], format="parquet").count_rows() if files else 0
+    tokens = [0]
+    with (open(out_path, "wb") as fh,
+          progress.track(f"packing: {out_path.stem.removeprefix('staging-')}", docs,
+                         "docs") as bar):
 
         def emit(result: tuple[np.ndarray, np.ndarray]) -> None:
             fh.write(result[0].tobytes())
             lengths.append(result[1])
+            tokens[0] += int(result[1].sum())
+            bar.update(len(result[1]), tokens=tokens[0])
 
         if workers == 1:
             _init_worker(*args)

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
-from pipeline import QualityGateError
+from pipeline import QualityGateError, progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.ingest.artifact import IngestOutput
@@ -134,7 +134,8 @@ def _forward_signals(proc: subprocess.Popen) -> dict[int, Any]:
 
 
 def _log_event(event: WorkerEvent) -> None:
-    log.info("pretrain: %s", event.describe())
+    if event.kind != "step":  # step events drive the progress bar, which logs them
+        log.info("pretrain: %s", event.describe())
 
 
 def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
@@ -142,6 +143,7 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
     """Run the launcher, appending its output to ``log_path``; each worker event line is
     parsed and handed to ``on_event``."""
     tail: deque[str] = deque(maxlen=40)
+    bar = None
     with open(log_path, "a") as log_fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, bufsize=1)
@@ -154,9 +156,16 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
                 tail.append(line)
                 event = WorkerEvent.parse(line)
                 if event is not None:
+                    if event.kind == "step" and event.loss is not None:  # the live bar
+                        bar = bar or progress.track("pretrain", event.max_steps, "steps")
+                        bar.update(completed=event.step, loss=event.loss,
+                                   **({"tok/s": round(event.tokens_per_s)}
+                                      if event.tokens_per_s is not None else {}))
                     on_event(event)
             code = proc.wait()
         finally:
+            if bar is not None:
+                bar.close()
             for sig, handler in forwarded.items():
                 signal.signal(sig, handler)
     if code != 0:

@@ -2,8 +2,8 @@
 
 ``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train.worker --spec SPEC``
 
-Reads the spec written by ``pipeline.pretrain``, builds a Llama-style model, trains it through a
-DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, checkpoints every
+Reads the spec written by ``pipeline.train.pretrain``, builds a Llama-style model, trains it
+through a DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, checkpoints every
 ``checkpoint_every`` steps (keeping the newest ``keep_checkpoints``) and on SIGTERM/SIGINT, and
 exports ``hf/`` with safetensors and the tokenizer. ``main`` is four steps: ``setup`` (model
 and engine), ``resume``, ``loop`` and ``export``. Progress reaches the stage as ``WorkerEvent``
