@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline import QualityGateError, StageError
 from pipeline.config import EvaluateConfig
-from pipeline.evaluate import comparison, slice_scores
+from pipeline.evaluate import comparison, score_documents, slice_scores
+from pipeline.ingest.artifact import IngestOutput
 from pipeline.runner import Session
 from tests.e2e_domain import write_test_domain
 
@@ -52,11 +53,14 @@ def test_base_and_adapted_are_scored_on_the_same_text(continued: dict) -> None:
     sources = [k for k in saved["per_source"] if k.startswith("source:")]
     assert "source:general" in sources and saved["base_per_source"].keys() == \
         saved["per_source"].keys()
-    held = pq.read_table(session.artifacts["ingest"].path / "eval.parquet").to_pylist()
-    domain_texts = [r["text"] for r in held if r["source"] != "general"][:100]
-    base = slice_scores(AutoModelForCausalLM.from_pretrained(continued["base_hf"]),
-                        AutoTokenizer.from_pretrained(continued["base_hf"]), domain_texts,
-                        ["x"] * len(domain_texts), [False] * len(domain_texts), 128, 8)
+    # evaluate scores the test part of the held-out slice (the dev part is for choices)
+    held = IngestOutput(session.artifacts["ingest"]).held_out_parts(["source", "text"])
+    domain_texts = held["domain"]["test"].column("text").to_pylist()[:100]
+    scores = score_documents(AutoModelForCausalLM.from_pretrained(continued["base_hf"]),
+                             AutoTokenizer.from_pretrained(continued["base_hf"]), domain_texts,
+                             128, 8)
+    base = slice_scores(scores, domain_texts, ["x"] * len(domain_texts),
+                        [False] * len(domain_texts))
     assert m["base_heldout_bits_per_byte"] == pytest.approx(base["domain"]["bits_per_byte"],
                                                             rel=1e-6)
     report = (art.path / "report.md").read_text()
