@@ -161,10 +161,13 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def variants(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int) -> None:
+def variants(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int,
+             skip: tuple[str, ...] = ()) -> None:
     """Each variant against the default loop, same run; then 1 vs all threads."""
     rows = []
     for name, kw in VARIANTS.items():
+        if name in skip:
+            continue
         kw = dict(kw)
         if kw.get("micro") == "half":
             kw["micro"] = max(1, spec.config.micro_batch_size // 2)
@@ -193,6 +196,8 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true",
                         help="Also time the plain loop under CPU-specific variants.")
     parser.add_argument("--no-trainer", action="store_true", help="Skip the HF Trainer row.")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="Skip the torch.compile variant (its compile takes minutes here).")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dapt-bench-train-"))
     try:
@@ -222,7 +227,8 @@ def main() -> None:
         peak = matmul_peak()
         flops = flops_per_token(spec, out.summary.params)
         if args.variants:
-            variants(spec, data, args.steps, args.warmup)
+            variants(spec, data, args.steps, args.warmup,
+                     skip=("torch.compile",) if args.no_compile else ())
     finally:
         shutil.rmtree(root, ignore_errors=True)
     c = spec.config

@@ -382,6 +382,9 @@ def main() -> None:
     run = setup(WorkerSpec.model_validate_json(Path(args.spec).read_text()))
     resume(run)
     export(run, loop(run))
+    # Tear the process group down before the interpreter does: leaving it to exit once ended a
+    # 2-rank CPU run with "terminate called without an active exception" (exit 250).
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
