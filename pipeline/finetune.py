@@ -55,6 +55,7 @@ from pipeline.config import FinetuneConfig, TaskConfig
 from pipeline.metrics import classification_report
 from pipeline.tasks import load_task, split_rows
 from pipeline.train import models
+from pipeline.train.worker_io import PretrainOutput
 
 log = logging.getLogger("dapt")
 
@@ -300,7 +301,8 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, splits: dict[str, list[i
                                              for w in caught)})
         if best is None or score > best[0]:  # ties keep the smaller C (stronger penalty)
             best = (score, c, clf)
-    assert best is not None  # c_grid has min_length 1
+    if best is None:  # ProbeConfig requires a non-empty c_grid
+        raise ValueError("finetune.probe.c_grid is empty")
     score, c, clf = best
     preds = clf.predict(x["test"]).tolist()
     report = classification_report(labels[test].tolist(), preds, num_labels)
@@ -423,11 +425,11 @@ def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     ``pretrain`` (the adapted model), ``models`` (the base, optional) and ``control`` (an
     artifact whose ``hf/`` is the control model: same base and budget, general text only;
     optional)."""
-    checkpoints = {"adapted": inputs["pretrain"].path / "hf"}
+    checkpoints = {"adapted": PretrainOutput(inputs["pretrain"].path).hf_dir}
     if "models" in inputs:
         checkpoints["base"] = models.hf_dir(inputs["models"])
     if inputs.get("control") is not None:
-        checkpoints["control"] = inputs["control"].path / "hf"
+        checkpoints["control"] = PretrainOutput(inputs["control"].path).hf_dir
     tasks: dict[str, dict[str, Any]] = {}
     predictions = []
     for task in config.tasks:

@@ -109,7 +109,8 @@ def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[s
     ssh (pdsh), so ``spec_path`` and the artifact directory must be on a shared filesystem."""
     multi_node: list[str] = []
     if config.num_nodes > 1:
-        assert config.hostfile, "PretrainConfig rejects num_nodes > 1 without a hostfile"
+        if not config.hostfile:  # PretrainConfig rejects this; -O must not skip the check
+            raise ValueError("pretrain.num_nodes > 1 needs pretrain.hostfile")
         multi_node = ["--hostfile", os.path.expandvars(config.hostfile),
                       "--num_nodes", str(config.num_nodes)]
         if config.master_addr:
@@ -148,7 +149,8 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env, bufsize=1)
         forwarded = _forward_signals(proc)
-        assert proc.stdout is not None
+        if proc.stdout is None:
+            raise RuntimeError("pretrain: the training process has no stdout pipe")
         try:
             for line in proc.stdout:
                 log_fh.write(line)
