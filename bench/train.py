@@ -175,6 +175,7 @@ def variants(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int,
             rows.append((name, plain_loop(spec, data, steps, warmup, **kw)))
         except Exception as exc:  # a variant that does not run here is a result too
             rows.append((name, f"failed: {type(exc).__name__}: {str(exc)[:120]}"))
+        print(f"variant {name}: {rows[-1][1]}", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows.append((f"1 thread (of {threads})", plain_loop(spec, data, steps, warmup)))
@@ -222,6 +223,7 @@ def main() -> None:
         stage = len(timed) * per_step / sum(per_step / r["tokens_per_s"] for r in timed)
         data = TokenBatches(art.path / "data", "train", spec.config.seed)
         plain = plain_loop(spec, data, args.steps, args.warmup)
+        print(f"stage {stage:.1f} tokens/s, plain loop {plain:.1f} tokens/s", flush=True)
         trainer = None if args.no_trainer else hf_trainer(spec, data, args.steps, args.warmup,
                                                           root / "trainer")
         peak = matmul_peak()
