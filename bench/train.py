@@ -84,7 +84,7 @@ def plain_loop(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int, *,
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    tokens = (steps - warmup) * accum * micro * data.seq_len
+    tokens = (steps - warmup) * accum * micro * cfg.seq_len
     return tokens / (time.perf_counter() - start)
 
 
