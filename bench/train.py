@@ -232,7 +232,8 @@ def main() -> None:
         trainer = None if args.no_trainer else hf_trainer(spec, data, args.steps, args.warmup,
                                                           root / "trainer")
         peak = matmul_peak()
-        flops = flops_per_token(spec, out.summary.params)
+        n_params = out.summary.params
+        flops = flops_per_token(spec, n_params)
         if args.variants:
             variants(spec, data, args.steps, args.warmup,
                      skip=("torch.compile",) if args.no_compile else ())
@@ -251,7 +252,7 @@ def main() -> None:
           "goal >= 0.95)")
     print(f"fp32 matmul peak   : {peak / 1e9:8.1f} GFLOP/s (measured now)")
     print(f"model FLOPs/token  : {flops / 1e9:8.3f} GFLOP (6 N + 12 L d T, N = "
-          f"{out.summary.params:,})")
+          f"{n_params:,})")
     print(f"achieved           : stage {stage * flops / 1e9:.1f} GFLOP/s = "
           f"{stage * flops / peak:.1%} of peak; plain {plain * flops / peak:.1%}")
     print(f"stage wall time {stage_wall:.1f} s of which training ~{train_s:.1f} s "
