@@ -256,7 +256,10 @@ class Session:
                                              key=planned.inputs["models"])
         if "control" in planned.inputs:
             files = domain_registry.check_paths(self.run, self.domain, self.workdir)
-            base = models.prepare(self.run.pretrain.base_model, self.store)
+            # the base model's artifact, already found above in continue mode (its key hashes
+            # the weights: do it once)
+            base = found.get("models") or models.prepare(self.run.pretrain.base_model,
+                                                         self.store)
             found["control"] = control.prepare(
                 self.run.pretrain, general_sources(self.run, files), self.run.ingest.seed, base,
                 self.store, key=planned.inputs["control"], code=code_version(CONTROL_MODULE))
