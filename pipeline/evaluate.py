@@ -179,22 +179,19 @@ def score_model(model_dir: Path, texts: list[str], window: int, batch_size: int,
         gc.collect()
 
 
-def changes(config: EvaluateConfig, scores: dict[str, list[tuple[float, int]]],
-            is_general: list[bool]) -> dict[str, float]:
-    """Adapted vs base and vs control, per slice, with bootstrap standard errors (paired over
-    the same resampled documents)."""
+def changes(scores: dict[str, list[tuple[float, int]]], slices: dict[str, np.ndarray],
+            draws: dict[str, np.ndarray] | None) -> dict[str, float]:
+    """Adapted vs base and vs control, per slice (document indices), with bootstrap standard
+    errors over ``draws`` (the resamples the slice scores used: the changes are paired)."""
     out: dict[str, float] = {}
-    idx = {"domain": np.flatnonzero(~np.array(is_general)),
-           "general": np.flatnonzero(np.array(is_general))}
     for ref in ("base", "control"):
         if ref not in scores:
             continue
-        for slice_, docs in idx.items():
+        for slice_, docs in slices.items():
             if not len(docs):
                 continue
-            draws = (bootstrap_indices(len(docs), config.bootstrap_samples)
-                     if config.bootstrap_samples else None)
-            change, se = paired_change(scores["adapted"], scores[ref], docs, draws)
+            change, se = paired_change(scores["adapted"], scores[ref], docs,
+                                       draws[slice_] if draws else None)
             name = {("base", "domain"): "domain_bits_per_byte_change",
                     ("base", "general"): "general_bits_per_byte_change",
                     ("control", "domain"): "domain_change_vs_control",
@@ -272,7 +269,7 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     ft, tk = finetune.manifest, TokenizerOutput(inputs["tokenizer"])
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
-        **changes(config, scores, is_general),
+        **changes(scores, slices, draws),
         "heldout_perplexity": per_source["domain"]["perplexity"],
         "heldout_bits_per_byte": per_source["domain"]["bits_per_byte"],
         "heldout_tokens": float(per_source["domain"]["tokens"]),
