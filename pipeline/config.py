@@ -651,7 +651,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evaluate": {"max_eval_docs": 5000},
     },
     # Continued pretraining of SmolLM2-135M sized for a 2-core CPU: under an hour per domain
-    # with the control, scored by a linear probe instead of full fine-tuning (docs/profiles.md).
+    # with the control, scored by a linear probe instead of full fine-tuning (docs/adaptation.md).
     "cpu": {
         "pretrain": {
             "mode": "continue", "base_model": "smollm2-135m",
