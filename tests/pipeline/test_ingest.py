@@ -245,7 +245,7 @@ def test_shards_group_small_files_in_order_and_do_not_change_the_output(tmp_path
         config = IngestConfig(sources=src, min_kept_docs=1, shard_mb=shard_mb,
                               num_docs_per_shard=70, **BASICS)
         assert [len(s) for s in ingest.shard_files(config)] == expected
-        assert [p for s in ingest.shard_files(config) for _, p in s] == sorted(
+        assert [p.path for s in ingest.shard_files(config) for p in s] == sorted(
             str(p) for p in tmp_path.glob("p*.jsonl"))
         out = tmp_path / f"out-{len(expected)}"
         out.mkdir()
