@@ -255,7 +255,8 @@ def shard_files(config: IngestConfig, spool: Path | None = None) -> list[list[Pi
 
 def plan_file(source: SourceConfig, path: str, limit: int, spool: Path | None = None
               ) -> list[tuple[Piece, int]]:
-    """A source file's pieces of at most about ``limit`` bytes of text, each with its size.
+    """A source file's pieces of about ``limit`` bytes of text, each with its size: a piece
+    ends at the first line end (row group end) at or past ``limit``; the last may be smaller.
 
     - Plain JSONL over ``limit``: one read of the file counts its records; the pieces are byte
       ranges ending at line ends, read by seeking.
