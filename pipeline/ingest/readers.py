@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -344,6 +345,7 @@ def _plan_lines(source: SourceConfig, path: str, chunks: Iterable[bytes], limit:
 
 
 _BLANK = b"\t\n\x0b\x0c\r "  # what bytes.strip() and DuckDB's JSON reader skip as blank
+_BLANK_START = re.compile(rb"\n[\t\n\x0b\x0c\r ]")  # a line that starts with whitespace
 
 
 def _records(buf: bytes, lo: int, hi: int) -> int:
@@ -351,8 +353,7 @@ def _records(buf: bytes, lo: int, hi: int) -> int:
     if hi <= lo:
         return 0
     lines = buf.count(b"\n", lo, hi) + (buf[hi - 1] != 10)
-    if buf[lo] not in _BLANK and not any(
-            buf.find(b"\n" + _BLANK[i:i + 1], lo, hi) != -1 for i in range(len(_BLANK))):
+    if buf[lo] not in _BLANK and not _BLANK_START.search(buf, lo, hi):
         return lines  # no line starts with whitespace: none is blank
     a = np.frombuffer(buf, np.uint8, hi - lo, lo)
     ends = np.flatnonzero(a == 10)
