@@ -149,6 +149,11 @@ def _careful(source: SourceConfig, name: str, lines: Iterable[bytes], first_row:
                 continue
             rid = record.get(source.id_field) if source.id_field else None
             doc_id = f"{source.name}:{rid}" if rid not in (None, "") else fallback_id
+            try:  # a lone surrogate escape ("\ud800") decodes to text UTF-8 cannot hold
+                (doc_id + record[source.text_field]).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                add(fallback_id, None, "invalid_utf8", str(exc)[:200])
+                continue
             add(doc_id, record[source.text_field], None, None)
     except (OSError, EOFError, zstandard.ZstdError) as exc:  # a truncated .gz or .zst: keep
         # what was read, log the file

@@ -135,3 +135,24 @@ def test_a_compressed_piece_reads_alike_from_the_spool_and_from_the_file(
     assert [p for p, _ in plan_file(source, str(cut), 60_000, tmp_path / "spool2")] == [
         ingest.Piece("news", str(cut))]
     assert not list((tmp_path / "spool2").glob("*"))  # what it spooled before the cut is gone
+
+
+def test_a_lone_surrogate_escape_is_invalid_utf8_not_a_crash(tmp_path: Path) -> None:
+    """DuckDB rejects the line, so its piece is read line by line; Python's json decodes
+    "\\ud800" to a string UTF-8 cannot encode (Arrow raised on it, ending the run)."""
+    long = "A sentence that is comfortably longer than the minimum length."
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": long + " one"}) + "\n"
+                                      + '{"text": "lone \\ud800 surrogate"}\n'
+                                      + json.dumps({"text": long + " two"}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    config = IngestConfig(sources=[{"name": "a", "path": str(tmp_path / "a.jsonl")}],
+                          min_kept_docs=1, eval_fraction=0.49,
+                          quality={"gopher": {"enabled": False},
+                                   "repetition": {"enabled": False}},
+                          near_dup={"enabled": False}, decontamination={"enabled": False},
+                          language={"enabled": False})
+    counts = ingest.run(config, {}, out).counts
+    excluded = pq.read_table(out / "excluded.parquet").to_pylist()
+    assert [(r["doc_id"], r["reason"]) for r in excluded] == [("a:a.jsonl:1", "invalid_utf8")]
+    assert counts["kept"] == 2 and counts["docs_in"] == 3
