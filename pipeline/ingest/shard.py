@@ -30,8 +30,8 @@ MOJIBAKE_RE = (r"[\x{00C2}-\x{00F4}][\x{0080}-\x{00BF}\x{0152}\x{0153}\x{0160}\x
 def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
                   ) -> dict[str, Any]:
     """Everything ingest does to one document alone, for a shard's pieces of source files
-    (``readers.shard_files``): read, repair mojibake,
-    normalise, redact PII, the length, C4, Gopher, repetition and language filters. Writes
+    (``readers.shard_files``): read, repair mojibake, normalise, redact PII, the length, C4,
+    Gopher, repetition and language filters. Writes
     ``docs.parquet`` (ord, doc_id, source, reason, detail, text) and ``modified.parquet`` (ord,
     stage, reason, detail) under ``shard_dir``; returns the shard's counts and step seconds.
     Needs no other shard: Prefect maps it over a thread pool or a Dask cluster."""

@@ -55,8 +55,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     con.close()
     shutil.rmtree(work, ignore_errors=True)
     files: dict[str, list[str]] = {s.name: [] for s in config.sources}
-    for piece in dict.fromkeys((p.source, p.path) for shard in plan for p in shard):
-        files[piece[0]].append(str(piece[1]))
+    for name, path in dict.fromkeys((p.source, p.path) for shard in plan for p in shard):
+        files[name].append(str(path))  # once per file, however many pieces it was cut into
     seconds = {f"shards_{k}": v for k, v in steps.summed(r["seconds"] for r in results).items()}
     return Manifest(
         stage="ingest",
