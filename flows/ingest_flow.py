@@ -28,9 +28,9 @@ from pipeline.runner import Session
 
 
 @task(task_run_name="ingest-shard-{index}")
-def shard_task(index: int, config: IngestConfig, files: list[tuple[str, str]],
+def shard_task(index: int, config: IngestConfig, pieces: list[ingest.Piece],
                shard_dir: Path) -> dict[str, Any]:
-    return ingest.prepare_shard(config, files, shard_dir)
+    return ingest.prepare_shard(config, pieces, shard_dir)
 
 
 def prefect_map(fn: Callable, jobs: list[tuple]) -> list[Any]:

@@ -248,8 +248,9 @@ class IngestConfig(_Strict):
     num_docs_per_shard: int = Field(default=100_000, gt=0)
     shard_mb: float = Field(
         default=32, gt=0, description="Source files are grouped, in order, into work shards "
-        "of about this many MB (a bigger file is a shard alone); the output does not depend "
-        "on it.")
+        "of about this many MB; a bigger file is cut into pieces of about this size (JSONL, "
+        ".gz and .zst at line ends, Parquet at row groups), so a shard's memory follows it, "
+        "not the file's size. The output does not depend on it.")
     min_kept_docs: int = Field(default=100, ge=1, description="Quality gate: fail below this.")
     global_memory_gb: float = Field(
         default=2.0, gt=0, description="DuckDB's memory limit for the steps over the whole "

@@ -20,7 +20,8 @@ prefix is a fair sample across sources), both with columns doc_id, source, text;
 same columns: one row per change made to a document, mojibake repair or PII redaction, with the
 text after it) and ``stats.parquet`` (per source and outcome: documents and characters).
 
-The package: ``readers`` (source files -> Arrow rows; shards of files), ``shard`` (the
+The package: ``readers`` (source files -> Arrow rows; big files cut into pieces, pieces
+grouped into shards), ``shard`` (the
 per-shard step), ``steps`` (the global steps: dedup, split, decontamination, writers), ``stage``
 (``run``: the steps in order), ``artifact`` (``IngestOutput``, how downstream stages read the
 result); the filters ``quality``, ``dedup``, ``pii``, ``language`` and their compiled
@@ -31,8 +32,8 @@ Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN
 
 # Not ``artifact``: the stage never reads its own output, so editing the reader changes the keys
 # of the stages downstream and not ingest's (``pipeline/versions.py``).
-from pipeline.ingest.readers import read_source_file, shard_files
+from pipeline.ingest.readers import Piece, read_piece, read_source_file, shard_files
 from pipeline.ingest.shard import prepare_shard
 from pipeline.ingest.stage import run
 
-__all__ = ["prepare_shard", "read_source_file", "run", "shard_files"]
+__all__ = ["Piece", "prepare_shard", "read_piece", "read_source_file", "run", "shard_files"]

@@ -1,6 +1,7 @@
 """Ingest's per-shard step: everything done to one document alone (read, repair mojibake,
 normalise, redact PII, the length, C4, Gopher, repetition and language filters), for one shard
-of source files, with no other shard needed: Prefect maps it over threads or a Dask cluster."""
+of source files or pieces of big ones, with no other shard needed: Prefect maps it over threads
+or a Dask cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
 from pipeline.ingest import dedup, kernels, language, pii, quality
-from pipeline.ingest.readers import RAW_SCHEMA, read_source_file
+from pipeline.ingest.readers import RAW_SCHEMA, Piece, read_piece
 
 # A UTF-8 lead byte read as Latin-1/Windows-1252 (Â-ô), then a continuation byte read the same
 # way (U+0080-U+00BF or one of the Windows-1252 punctuation marks): the mark of mojibake.
@@ -26,17 +27,18 @@ MOJIBAKE_RE = (r"[\x{00C2}-\x{00F4}][\x{0080}-\x{00BF}\x{0152}\x{0153}\x{0160}\x
                r"\x{20AC}\x{2122}]")
 
 
-def prepare_shard(config: IngestConfig, files: list[tuple[str, str]], shard_dir: Path
+def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
                   ) -> dict[str, Any]:
-    """Everything ingest does to one document alone, for a shard's files: read, repair mojibake,
-    normalise, redact PII, the length, C4, Gopher, repetition and language filters. Writes
+    """Everything ingest does to one document alone, for a shard's pieces of source files
+    (``readers.shard_files``): read, repair mojibake, normalise, redact PII, the length, C4,
+    Gopher, repetition and language filters. Writes
     ``docs.parquet`` (ord, doc_id, source, reason, detail, text) and ``modified.parquet`` (ord,
     stage, reason, detail) under ``shard_dir``; returns the shard's counts and step seconds.
     Needs no other shard: Prefect maps it over a thread pool or a Dask cluster."""
     lap = Laps()
     by_name = {s.name: s for s in config.sources}
     con = duckdb.connect()
-    tables = [read_source_file(con, by_name[name], path) for name, path in files]
+    tables = [read_piece(con, by_name[piece.source], piece) for piece in pieces]
     raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     raw = raw.append_column("ord", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     num_docs = raw.num_rows

@@ -23,8 +23,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     over its task runner (threads, or a Dask cluster); the output is the same bytes either way.
     """
     del inputs  # ingest has no upstream artifact: its inputs are the source files
-    plan = shard_files(config)
     work = out_dir / "_shards"
+    plan = shard_files(config, spool=work / "spool")
     jobs = [(config, files, work / f"{i:05d}") for i, files in enumerate(plan)]
     results = (map_shards or _serial_map)(prepare_shard, jobs)
     lap = Laps()
@@ -55,9 +55,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     con.close()
     shutil.rmtree(work, ignore_errors=True)
     files: dict[str, list[str]] = {s.name: [] for s in config.sources}
-    for shard in plan:
-        for name, path in shard:
-            files[name].append(str(path))
+    for name, path in dict.fromkeys((p.source, p.path) for shard in plan for p in shard):
+        files[name].append(str(path))  # once per file, however many pieces it was cut into
     seconds = {f"shards_{k}": v for k, v in steps.summed(r["seconds"] for r in results).items()}
     return Manifest(
         stage="ingest",

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pipeline import QualityGateError
 from pipeline.config import IngestConfig
 from pipeline.ingest import dedup
+from pipeline.ingest.readers import Piece
 from pipeline.ingest.shard import copy
 from pipeline.tasks import eval_set_texts
 
@@ -199,7 +200,7 @@ def write_modified_and_stats(con: duckdb.DuckDBPyConnection, out_dir: Path) -> N
          out_dir / "stats.parquet")
 
 
-def count(con: duckdb.DuckDBPyConnection, plan: list[list[tuple[str, str]]],
+def count(con: duckdb.DuckDBPyConnection, plan: list[list[Piece]],
           results: list[dict[str, Any]], steps: dict[str, int]) -> dict[str, int]:
     """The manifest's counts: documents in, kept, per split and per exclusion reason, and what
     the shards and the global steps (``steps``) report."""
@@ -213,7 +214,8 @@ def count(con: duckdb.DuckDBPyConnection, plan: list[list[tuple[str, str]]],
         GROUP BY reason""").fetchall())
     redacted = summed(r["pii"] for r in results)
     detected = summed(r["language"] for r in results)
-    counts.update(files=sum(len(s) for s in plan), ingest_shards=len(plan), **steps,
+    counts.update(files=len({(p.source, p.path) for s in plan for p in s}),
+                  ingest_shards=len(plan), **steps,
                   mojibake_repaired=sum(r["mojibake_repaired"] for r in results),
                   pii_docs=con.execute("SELECT count(*) FROM modified WHERE stage = 'pii'"
                                        ).fetchall()[0][0],
