@@ -289,18 +289,23 @@ def summary_lines(catalog: Catalog, run_id: str) -> list[str]:
             for cells in (header, ["-" * w for w in widths], *rows)]
 
 
-def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str) -> Path:
+def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str,
+                         not_promoted: bool = False) -> Path:
     """``report.md`` and ``report.html`` of a run that stopped: the stage that failed, its
-    error, and what completed before it."""
+    error, and what completed before it; with ``not_promoted``, a model that failed evaluate's
+    gates (pipeline.promotion)."""
     rows = catalog.stage_runs(run["run_id"])
     failed = [r["stage"] for r in rows if r["status"] == "failed"]
-    title = f"dapt report: {run['domain']} ({run['profile']}): FAILED"
+    title = (f"dapt report: {run['domain']} ({run['profile']}): "
+             + ("NOT PROMOTED" if not_promoted else "FAILED"))
     where = f"in stage **{failed[-1]}**" if failed else "before any stage completed"
     blocks: list[report.Block] = [
         ("h1", title),
-        ("p", f"Run `{run['run_id']}` failed {where}. Nothing downstream ran, so there is no "
+        ("p", f"Run `{run['run_id']}`'s model failed evaluate's gates: the domain's promoted "
+              "model did not change." if not_promoted else
+              f"Run `{run['run_id']}` failed {where}. Nothing downstream ran, so there is no "
               "evaluation to report; fix the error and rerun: completed stages are reused."),
-        ("h2", "Error"), ("p", error),
+        ("h2", "Verdict" if not_promoted else "Error"), ("p", error),
         ("h2", "Stages"),
         ("table", ["stage", "artifact key", "result", "seconds"],
          [[r["stage"], f"`{r['artifact_key']}`", row[1], row[2]]
