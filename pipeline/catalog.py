@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from pipeline.artifacts import Artifact, Manifest
+from pipeline.artifacts import Artifact, Manifest, input_stage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -121,10 +121,10 @@ class Catalog:
                  m.created_at, json.dumps(m.counts), json.dumps(m.metrics)],
             )
             con.execute("DELETE FROM lineage WHERE stage = ? AND key = ?", [m.stage, m.key])
-            for input_stage, input_key in m.inputs.items():
+            for name, input_key in m.inputs.items():
                 con.execute(
                     "INSERT INTO lineage VALUES (?, ?, ?, ?)",
-                    [m.stage, m.key, input_stage, input_key],
+                    [m.stage, m.key, input_stage(name), input_key],
                 )
             rows = [[run_id, m.stage, m.key, k, float(v)] for k, v in sorted(m.metrics.items())]
             if rows:
