@@ -1,8 +1,8 @@
-"""Continued adaptation, promotion and rollback through the Prefect flow, on three drops of the
-real medical slice with a 2-layer model: drop 1 trains from fresh weights and is promoted; drop 2
-continues the promoted model (other weights, the same frozen tokenizer) and is promoted; drop 3
-fails a gate, ends as a NotPromoted state and leaves drop 2's model promoted; rollback restores
-drop 1's."""
+"""Continued adaptation, promotion and rollback on three drops of the real medical slice with a
+2-layer model: drop 1 trains from fresh weights and is promoted; drop 2 continues the promoted
+model (other weights, the same frozen tokenizer) and is promoted; drop 3 runs through the Prefect
+flow, fails a gate, ends in a NotPromoted state and leaves drop 2's model promoted; rollback
+restores drop 1's. Drops 1 and 2 run without Prefect, to keep the module short."""
 
 from __future__ import annotations
 
@@ -50,30 +50,40 @@ def _weights(art: Path) -> dict[str, torch.Tensor]:
     return load_file(art / "hf/model.safetensors")
 
 
+def _session(path: Path, work: Path) -> Session:
+    return Session.open(None, "tiny", workdir=work, domain_file=path, init="promoted")
+
+
 @pytest.fixture(scope="module")
-def drops(harness, samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def drops(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Drops 1 and 2 through the pipeline without Prefect (``Session.run_all``)."""
     root = tmp_path_factory.mktemp("drops")
     path = write_test_domain(samples_dir, root, **SHORT)
     doc = yaml.safe_load(path.read_text())
     doc["ingest"]["sources"][2]["path"] = "data/healthnews*.jsonl"  # a folder that grows
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     work = root / "work"
-    catalog = Catalog(work / "catalog.duckdb")
-    kwargs = {"domain_file": str(path), "workdir": str(work), "init": "promoted",
-              "return_state": True}
-    states = [domain_pipeline(**kwargs)]  # drop 1: nothing promoted yet, so from fresh weights
-    first = catalog.promoted("medtest")
+    first = _session(path, work)  # drop 1: nothing promoted yet, so from fresh weights
+    first.run_all()
     _add_drop(samples_dir, root / "data", 2)
     # gates that any real result passes: this run is about continuing, not about the verdict
     _set(path, "evaluate", min_domain_gain=None, max_general_degradation=0.5)
-    states.append(domain_pipeline(**kwargs))
-    second = catalog.promoted("medtest")
-    _add_drop(samples_dir, root / "data", 3)
-    _set(path, "evaluate", min_domain_gain=10.0)  # 10 bits/byte better: no model can pass
-    states.append(domain_pipeline(**kwargs))
-    runs = catalog.runs("medtest", 10)[::-1]
-    return {"path": path, "work": work, "catalog": catalog, "states": states, "runs": runs,
-            "models": [first, second], "root": root}
+    second = _session(path, work)
+    second.run_all()
+    catalog = Catalog(work / "catalog.duckdb")
+    return {"path": path, "work": work, "catalog": catalog, "root": root,
+            "sessions": [first, second], "samples": samples_dir,
+            "models": [first.plan["pretrain"].key, second.plan["pretrain"].key]}
+
+
+@pytest.fixture(scope="module")
+def drop3(drops: dict, harness) -> dict:
+    """Drop 3 through the Prefect flow, with a gate no model can pass."""
+    _add_drop(drops["samples"], drops["root"] / "data", 3)
+    _set(drops["path"], "evaluate", min_domain_gain=10.0)  # 10 bits/byte better than drop 2's
+    state = domain_pipeline(domain_file=str(drops["path"]), workdir=str(drops["work"]),
+                            init="promoted", return_state=True)
+    return {**drops, "state": state, "run": drops["catalog"].runs("medtest", 1)[0]}
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +102,11 @@ def _pretrain(work: Path, key: str) -> Path:
 
 def test_a_continued_run_starts_from_the_promoted_model(drops: dict) -> None:
     work, (first, second) = drops["work"], drops["models"]
-    s1, s2 = drops["states"][:2]
-    assert s1.is_completed() and s1.message == f"promoted pretrain/{first}"
-    assert s2.is_completed() and s2.message == (
+    d1, d2 = (s.decision for s in drops["sessions"])
+    assert d1.promoted and d1.message == f"promoted pretrain/{first}"
+    assert d2.promoted and d2.message == (
         f"promoted pretrain/{second} (replaces pretrain/{first})")
-    assert Path(s2.result()).name == "report.md"  # the state's data: the report
+    assert drops["catalog"].promoted("medtest") == second
     m1 = json.loads((_pretrain(work, first) / "manifest.json").read_text())
     m2 = json.loads((_pretrain(work, second) / "manifest.json").read_text())
     assert "promoted" not in m1["inputs"] and m1["extra"]["init"] == "base"
@@ -104,7 +114,7 @@ def test_a_continued_run_starts_from_the_promoted_model(drops: dict) -> None:
     # the tokenizer is frozen: drop 2 did not train a new one on the grown corpus
     assert m2["inputs"]["tokenizer"] == m1["inputs"]["tokenizer"]
     assert m2["inputs"]["ingest"] != m1["inputs"]["ingest"]
-    stages = {s["stage"]: s for s in drops["catalog"].stage_runs(drops["runs"][1]["run_id"])}
+    stages = {s["stage"]: s for s in drops["catalog"].stage_runs(drops["sessions"][1].run_id)}
     assert stages["tokenizer"]["cache_hit"] and not stages["pretrain"]["cache_hit"]
     # the first step's loss: near ln(vocab) from fresh weights, far below it from drop 1's model
     curve = [json.loads(r) for r in (_pretrain(work, second) / "metrics.jsonl")
@@ -116,17 +126,15 @@ def test_a_continued_run_starts_from_the_promoted_model(drops: dict) -> None:
     assert w1.keys() == w2.keys()
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
     # evaluate gated drop 2's model against drop 1's, on the same documents
-    ev = drops["catalog"].query("SELECT artifact_key FROM stage_runs WHERE run_id = ? AND "
-                                "stage = 'evaluate'", [drops["runs"][1]["run_id"]])[0]
-    metrics = json.loads((work / "artifacts/evaluate" / ev["artifact_key"] / "metrics.json")
+    metrics = json.loads((drops["sessions"][1].artifacts["evaluate"].path / "metrics.json")
                          .read_text())
     assert metrics["verdict"]["text"].startswith(f"adapted vs promoted pretrain/{first}: ")
     assert "base_heldout_bits_per_byte" in metrics["metrics"]
 
 
-def test_a_failing_gate_keeps_the_previous_model_and_rollback_restores(drops: dict) -> None:
-    catalog, work, (first, second) = drops["catalog"], drops["work"], drops["models"]
-    s3, run3 = drops["states"][2], drops["runs"][2]
+def test_a_failing_gate_keeps_the_previous_model_and_rollback_restores(drop3: dict) -> None:
+    catalog, work, (first, second) = drop3["catalog"], drop3["work"], drop3["models"]
+    s3, run3 = drop3["state"], drop3["run"]
     assert s3.is_completed() and s3.name == "NotPromoted"
     assert s3.message.startswith("not promoted: domain bits/byte gain ")
     assert s3.message.endswith(f"< 10 (evaluate.min_domain_gain); the promoted model stays "
@@ -151,15 +159,16 @@ def test_a_failing_gate_keeps_the_previous_model_and_rollback_restores(drops: di
     again = cli.invoke(app, ["models", "rollback", "medtest", "--workdir", str(work)])
     assert again.exit_code == 2 and "nothing earlier to roll back to" in again.output
     # the operator brings drop 2's model back by its run
-    fwd = cli.invoke(app, ["models", "promote", drops["runs"][1]["run_id"], "--workdir",
+    fwd = cli.invoke(app, ["models", "promote", drop3["sessions"][1].run_id, "--workdir",
                            str(work)])
     assert fwd.exit_code == 0 and catalog.promoted("medtest") == second
 
 
 def test_no_new_drop_means_nothing_to_train(drops: dict) -> None:
-    (drops["root"] / "data/healthnews-3.jsonl").unlink()  # back to the corpus drop 2 trained on
-    session = Session.open(None, "tiny", workdir=drops["work"],
-                           domain_file=drops["path"], init="promoted")
+    (drops["root"] / "data/healthnews-3.jsonl").unlink(missing_ok=True)  # drop 2's corpus
+    session = _session(drops["path"], drops["work"])
     assert session.lineage is not None and session.lineage.model.key == drops["models"][1]
-    assert session.up_to_date().startswith(
+    assert session.run_all() is None
+    assert session.decision.message.startswith(
         f"up to date: the promoted model pretrain/{drops['models'][1]} already trained on")
+    assert drops["catalog"].runs("medtest", 1)[0]["status"] == "up to date"
