@@ -299,6 +299,10 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         else:  # the new drop, and the earlier drops to replay
             train_files = ingest.drop_train_shards
             earlier = [f for f in ingest.train_shards if f not in set(train_files)]
+            if not train_files:
+                raise QualityGateError(
+                    f"pretrain.init: promoted: the new drop has no training documents (ingest/"
+                    f"{inputs['ingest'].key}); nothing to continue pretrain/{promoted.key} on")
         return pack(config, train_files, dev, ingest.source_names,
                     set(ingest.general_sources), tok_dir / "tokenizer.json", eos_id, data_dir,
                     earlier_files=earlier)
