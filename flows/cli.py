@@ -4,11 +4,12 @@
     dapt samples build [DOMAIN]
     dapt server start [--port N] | stop | status     (a local Prefect server `dapt run` reuses)
     dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
+                    [--init base|promoted]
     dapt run --domain-file PATH.yaml
     dapt plan DOMAIN [--profile P] [--domain-file F] [--json]
     dapt runs [DOMAIN]
-    dapt models list | prepare NAME
-    dapt lineage KEY
+    dapt models list | prepare NAME | promoted [DOMAIN] | promote RUN | rollback DOMAIN
+    dapt lineage DOMAIN | KEY
     dapt compare RUN_A RUN_B [--json] | report RUN [--out DIR]
     dapt inspect DOMAIN --excluded [--reason R] [--limit N]
     dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (need PREFECT_API_URL)
@@ -213,17 +214,27 @@ def run(
              "(a Dask scheduler) or ray://HOST:PORT.")] = "threads",
     ingest_workers: Annotated[int, typer.Option(
         help="Threads or local Dask workers for ingest's shards.")] = 2,
+    init: Annotated[str | None, typer.Option(
+        help="Override pretrain.init: base (start from the base model) or promoted (continue "
+             "the domain's promoted model on the new data).")] = None,
     workdir: Workdir = None,
 ) -> None:
-    """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs)."""
+    """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs).
+
+    Exit status: 0 done (promoted, or up to date), 3 evaluated but not promoted (a gate
+    failed; the promoted model stays), 1 a stage failed, 2 bad input."""
     work = _workdir(workdir)
     _prefect_env(work)
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
+        from pipeline.runner import lineage, with_init
+
         d = domain_registry.select(domain, domain_file)
-        domain_registry.check_paths(d.resolve(profile), d, work)
-    except (domain_registry.DomainError, ValueError) as exc:
+        resolved = with_init(d.resolve(profile), init)
+        domain_registry.check_paths(resolved, d, work)
+        lineage(resolved, work, d.name)  # a lineage that cannot continue says why, here
+    except (domain_registry.DomainError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
 
     _use_server(work)
@@ -235,14 +246,20 @@ def run(
         report = domain_pipeline(domain=domain, profile=profile, only=only,
                                  from_stage=from_stage, force=force, workdir=str(work),
                                  domain_file=str(domain_file) if domain_file else None,
-                                 ingest_runner=ingest_runner, ingest_workers=ingest_workers)
+                                 ingest_runner=ingest_runner, ingest_workers=ingest_workers,
+                                 init=init)
     except (StageError, FileNotFoundError, ValueError) as exc:
         failed = _summary(work, d.name, since)
         raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})"
                     + (f"\nreport: {failed['report_path']}" if failed else ""), code=1) from None
-    _summary(work, d.name, since)
+    done = _summary(work, d.name, since)
     if report:
         typer.echo(f"report: {report}")
+    if done and done["error"]:  # the promotion verdict when the model was not promoted
+        typer.secho(done["error"], fg=typer.colors.YELLOW if done["status"] == "not promoted"
+                    else None)
+    if done and done["status"] == "not promoted":
+        raise typer.Exit(3)
 
 
 def _summary(work: Path, domain: str, since: datetime) -> dict | None:
@@ -319,13 +336,15 @@ def plan(
 ) -> None:
     """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
     from pipeline.artifacts import ArtifactStore
+    from pipeline.runner import lineage
     from pipeline.runner import plan as plan_stages
 
     work = _workdir(workdir)
     try:
         d = domain_registry.select(domain, domain_file)
-        planned = plan_stages(d, d.resolve(profile), work)
-    except (domain_registry.DomainError, ValueError) as exc:
+        resolved = d.resolve(profile)
+        planned = plan_stages(d, resolved, work, lineage(resolved, work, d.name))
+    except (domain_registry.DomainError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     store = ArtifactStore(work / "artifacts")
     rows = [{"stage": stage, "key": p.key, "cached": store.get(stage, p.key) is not None}
@@ -369,7 +388,8 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
             typer.echo(f"    sweep: {len(r['sweep']) // 2 - 1} points, pick lr "
                        f"{r['sweep']['pick_lr']:g}, replay {r['sweep']['pick_replay']:g}")
         if r["error"]:
-            typer.echo(f"    error: {r['error'][:300]}")
+            label = "error" if r["status"] == "failed" else "note"
+            typer.echo(f"    {label}: {r['error'][:300]}")
         if r["report_path"]:
             typer.echo(f"    report: {r['report_path']}")
 
@@ -433,7 +453,8 @@ def serve(names: DomainNames = None, domain_file: DomainFiles = None,
     serve_domains(_scheduled(names, domain_file), limit=limit)
 
 
-models_app = typer.Typer(help="Base models for continued pretraining.", no_args_is_help=True)
+models_app = typer.Typer(help="Base models, and each domain's promoted model.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -459,15 +480,80 @@ def models_prepare(name: str, workdir: Workdir = None) -> None:
     typer.echo(f"{name}: {models.hf_dir(art)}")
 
 
-@app.command()
-def lineage(key: Annotated[str, typer.Argument(help="An artifact key or a unique prefix.")],
-            workdir: Workdir = None) -> None:
-    """Upstream of an artifact down to its source files, and downstream up to eval metrics."""
-    from pipeline import ops
+@models_app.command("promoted")
+def models_promoted(domain: Annotated[str | None, typer.Argument(
+        help="A domain (default: every domain with a promotion history).")] = None,
+        workdir: Workdir = None) -> None:
+    """Each domain's promoted model: the pretrain artifact `init: promoted` continues."""
     from pipeline.artifacts import ArtifactStore
 
+    work = _workdir(workdir)
+    catalog = _catalog(work)
+    store = ArtifactStore(work / "artifacts")
+    names = [domain] if domain else sorted({r["domain"] for r in catalog.promotions()})
+    if not names:
+        typer.echo("no domain has a promoted model yet")
+    for name in names:
+        key = catalog.promoted(name)
+        art = store.get("pretrain", key) if key else None
+        typer.echo(f"{name:<16} " + (f"pretrain/{key}  {art.path / 'hf' if art else '(removed)'}"
+                                     if key else "none"))
+
+
+@models_app.command("promote")
+def models_promote(run_id: Annotated[str, typer.Argument(
+        help="A run id or a unique prefix: its model becomes the domain's promoted one.")],
+        workdir: Workdir = None) -> None:
+    """Promote a run's model by hand, whatever its gates said (recorded as `manual`)."""
+    from pipeline import promotion
+    from pipeline.artifacts import ArtifactStore
+
+    work = _workdir(workdir)
     try:
-        lines = ops.lineage(ArtifactStore(_workdir(workdir) / "artifacts"), key)
+        decision = promotion.promote(_catalog(work), ArtifactStore(work / "artifacts"), run_id)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(decision.message)
+
+
+@models_app.command("rollback")
+def models_rollback(domain: Annotated[str, typer.Argument(help="A domain name.")],
+                    workdir: Workdir = None) -> None:
+    """Promote again the model the current promoted model replaced."""
+    from pipeline import promotion
+    from pipeline.artifacts import ArtifactStore
+
+    work = _workdir(workdir)
+    try:
+        decision = promotion.rollback(_catalog(work), ArtifactStore(work / "artifacts"), domain)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(decision.message)
+
+
+@app.command()
+def lineage(target: Annotated[str | None, typer.Argument(
+        help="A domain (its chain of promoted models and drops; default: every domain with "
+             "one), or an artifact key or unique prefix (its upstream and downstream).")] = None,
+            workdir: Workdir = None) -> None:
+    """A domain's models and drops, or an artifact's upstream (to its source files) and
+    downstream (to eval metrics)."""
+    from pipeline import ops, promotion
+    from pipeline.artifacts import ArtifactStore
+
+    work = _workdir(workdir)
+    store = ArtifactStore(work / "artifacts")
+    path = work / "catalog.duckdb"
+    catalog = Catalog(path) if path.exists() else None
+    domains = sorted({r["domain"] for r in catalog.promotions()}) if catalog else []
+    if target is None or target in domains:
+        if catalog is None or not domains:
+            raise _fail("no domain has a promoted model yet (see `dapt models promoted`)")
+        for name in [target] if target else domains:
+            typer.echo("\n".join(promotion.lineage_lines(catalog, store, name)))
+        return
+    try:
+        lines = ops.lineage(store, target)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo("\n".join(lines))

@@ -8,7 +8,9 @@
 
 Both need a Prefect server (``prefect server start``) or Prefect Cloud: ``PREFECT_API_URL``.
 A deployment's parameters are the flow's (``profile``, ``only``, ``from_stage``, ``force``,
-``workdir``), so a single-stage rerun is a deployment run with ``only`` set.
+``workdir``, ``init``), so a single-stage rerun is a deployment run with ``only`` set. Schedules
+run the continued-adaptation loop by default (``init: promoted``: continue the domain's promoted
+model on each new drop, promote on passing gates); ``schedule.parameters.init: base`` opts out.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def deployment_kwargs(domain: Domain) -> dict[str, Any]:
     return {
         "name": deployment_name(domain),
         "schedules": [Cron(schedule.cron, timezone=schedule.timezone)],
-        "parameters": {**target, **schedule.parameters},
+        "parameters": {**target, "init": "promoted", **schedule.parameters},
         "tags": ["dapt", domain.name],
         "description": domain.spec.description or None,
     }

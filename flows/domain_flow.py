@@ -4,6 +4,11 @@ Runs without a server (Prefect's ephemeral mode) and shows in a Prefect UI when
 ``PREFECT_API_URL`` points at one. Caching has one source of truth, the artifact key: it is the
 task's cache key, and the cache is refreshed whenever the artifact is missing or must be rebuilt,
 so the UI shows ``Cached`` exactly when the artifact exists.
+
+The flow run ends Completed in three shapes: promoted (or nothing to promote), ``NotPromoted``
+(evaluate's gates failed: the domain's promoted model stays; the message says which gate, e.g.
+"not promoted: general bits/byte +4.1% > 3% ...") and ``UpToDate`` (``init: promoted`` with no new
+data since the promoted model). A broken stage still fails the run.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from prefect import Task, flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
+from prefect.states import Completed
 
 from flows.ingest_flow import ingest_flow, task_runner
+from pipeline import NotPromoted
 from pipeline.runner import Session, is_transient, select
 
 
@@ -37,13 +44,19 @@ def stage_task(session: Session, stage: str, key: str, force: bool, build_missin
 def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str | None = None,
                     from_stage: str | None = None, force: bool = False,
                     workdir: str | None = None, domain_file: str | None = None,
-                    ingest_runner: str = "threads", ingest_workers: int = 2) -> str | None:
+                    ingest_runner: str = "threads", ingest_workers: int = 2,
+                    init: str | None = None) -> State:
+    """``init`` (base, promoted) overrides the YAML's ``pretrain.init``; schedules pass
+    promoted (flows.deploy). Returns the final state, whose data is the report's path."""
     params = {"profile": profile, "only": only, "from_stage": from_stage, "force": force,
-              "domain_file": domain_file}
+              "domain_file": domain_file, "init": init}
     session = Session.open(domain, profile, workdir=workdir, domain_file=domain_file,
-                           params=params)
+                           params=params, init=init)
     try:
         stages, rebuild = select(only, from_stage)
+        if not (only or from_stage or force) and (idle := session.up_to_date()):
+            session.finish_idle(idle)
+            return Completed(name="UpToDate", message=idle, data=None)
         retries = session.domain.spec.retries
         for stage in stages:
             build = force or stage in rebuild
@@ -61,6 +74,11 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
             else:
                 state.result()  # re-raises the stage's error
         report = session.finish()
+    except NotPromoted as exc:  # a verdict, not a crash: the promoted model stays
+        rejected = session.reject(exc)
+        assert session.decision is not None
+        return Completed(name="NotPromoted", message=session.decision.message,
+                         data=str(rejected))
     except BaseException as exc:
         session.fail(exc)
         raise
@@ -68,4 +86,7 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
         key = f"dapt-{session.domain.name.replace('_', '-')}-report"
         create_markdown_artifact((report.parent / "summary.md").read_text(), key=key,
                                  description=f"dapt report, run {session.run_id}")
-    return str(report) if report else None
+    decision = session.decision
+    return Completed(name="NotPromoted" if decision and not decision.promoted else "Completed",
+                     message=decision.message if decision else None,
+                     data=str(report) if report else None)

@@ -20,3 +20,12 @@ class QualityGateError(RuntimeError):
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage and the artifact key it was building."""
+
+
+class GateFailure(QualityGateError):
+    """The evaluated model fails a promotion gate (``evaluate.min_domain_gain``,
+    ``evaluate.max_general_degradation``): a verdict on the model, not a broken run."""
+
+
+class NotPromoted(StageError):
+    """Evaluate's gates failed: the run ends without promoting its model (pipeline.promotion)."""

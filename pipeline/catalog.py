@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from pipeline.artifacts import Artifact, Manifest
+from pipeline.artifacts import Artifact, Manifest, input_stage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -40,7 +40,16 @@ CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR, stage VARCHAR, artifact_key VARCHAR, name VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS curves (
     stage VARCHAR, artifact_key VARCHAR, step BIGINT, name VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS promotions (
+    domain VARCHAR, seq BIGINT, action VARCHAR, key VARCHAR, previous VARCHAR,
+    run_id VARCHAR, reason VARCHAR, recorded_at TIMESTAMP);
 """
+# promotions: the history of each domain's promoted model (a pretrain artifact key), newest
+# seq last. action: promoted (gates passed), manual (`dapt models promote`), rollback (key is
+# the model restored, previous the one demoted), rejected (gates failed: key is the candidate,
+# the pointer does not move). The promoted model is the key of the newest row that is not
+# `rejected`; see pipeline.promotion.
+MOVES = ("promoted", "manual", "rollback")
 
 
 def _now() -> datetime:
@@ -112,10 +121,10 @@ class Catalog:
                  m.created_at, json.dumps(m.counts), json.dumps(m.metrics)],
             )
             con.execute("DELETE FROM lineage WHERE stage = ? AND key = ?", [m.stage, m.key])
-            for input_stage, input_key in m.inputs.items():
+            for name, input_key in m.inputs.items():
                 con.execute(
                     "INSERT INTO lineage VALUES (?, ?, ?, ?)",
-                    [m.stage, m.key, input_stage, input_key],
+                    [m.stage, m.key, input_stage(name), input_key],
                 )
             rows = [[run_id, m.stage, m.key, k, float(v)] for k, v in sorted(m.metrics.items())]
             if rows:
@@ -147,7 +156,29 @@ class Catalog:
             with self.connect() as con:
                 con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
 
+    def record_promotion(self, domain: str, action: str, key: str, previous: str | None,
+                         run_id: str | None, reason: str) -> None:
+        if action not in (*MOVES, "rejected"):
+            raise ValueError(f"unknown promotion action {action!r}")
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO promotions SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ?, ?, ? "
+                "FROM promotions WHERE domain = ?",
+                [domain, action, key, previous, run_id, reason, _now(), domain])
+
     # --- reads ----------------------------------------------------------------------------
+
+    def promoted(self, domain: str) -> str | None:
+        """The pretrain artifact key of the domain's promoted model, or None."""
+        rows = self.query(
+            "SELECT key FROM promotions WHERE domain = ? AND action IN ? "
+            "ORDER BY seq DESC LIMIT 1", [domain, list(MOVES)])
+        return rows[0]["key"] if rows else None
+
+    def promotions(self, domain: str | None = None) -> list[dict[str, Any]]:
+        """The promotion history, oldest first (every domain's when ``domain`` is None)."""
+        where, params = ("WHERE domain = ?", [domain]) if domain else ("", [])
+        return self.query(f"SELECT * FROM promotions {where} ORDER BY domain, seq", params)
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         with self.connect() as con:

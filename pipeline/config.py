@@ -336,6 +336,15 @@ class PretrainConfig(_Strict):
         description="continue: domain-adaptive pretraining of base_model (model sizes ignored).")
     base_model: str = Field(
         default="smollm2-135m", description="Registered base (dapt models list) or an HF dir.")
+    init: Literal["base", "promoted"] = Field(
+        default="base", description="Where training starts. base: the base model (continue) "
+        "or fresh weights (from_scratch), on the whole corpus. promoted: the domain's promoted "
+        "model (`dapt models promoted`), on the new drop's text plus earlier_share of earlier "
+        "drops and the mixture's general shares, with that model's tokenizer (frozen within a "
+        "lineage); as base while nothing is promoted. Schedules default to promoted.")
+    earlier_share: float = Field(
+        default=0.25, ge=0, lt=1, description="init: promoted: share of training tokens "
+        "replayed from the domain sources' earlier drops (the new drop's text is used once).")
     model: ModelConfig
     seq_len: int = Field(gt=1)
     micro_batch_size: int = Field(gt=0, description="Sequences per rank per micro step.")
@@ -418,6 +427,11 @@ class PretrainConfig(_Strict):
         if self.mixture and sum(self.mixture.values()) > 1 + 1e-9:
             raise ValueError(f"mixture shares sum to {sum(self.mixture.values()):.3f}; "
                              "they are fractions of the training tokens, so at most 1")
+        if self.init == "promoted" and sum(self.mixture.values()) + self.earlier_share >= 1:
+            raise ValueError(
+                f"pretrain.mixture shares ({sum(self.mixture.values()):.3f}) plus "
+                f"pretrain.earlier_share ({self.earlier_share:g}) must stay below 1 with "
+                "pretrain.init: promoted, leaving a share for the new drop's text")
         if self.max_shard_tokens < self.seq_len:
             raise ValueError(f"max_shard_tokens ({self.max_shard_tokens}) must hold at least "
                              f"one sequence of seq_len ({self.seq_len}) tokens")

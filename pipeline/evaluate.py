@@ -8,7 +8,9 @@ checkpoint choice and the sweep use the ``dev`` part, so no figure reported here
 the text it is measured on. Continue mode scores the base model, and with ``pretrain.control``
 the control model, on the same documents; each bits-per-byte and each change (adapted vs base,
 adapted vs control) has a standard error from a bootstrap over documents, paired across models.
-The verdict (plain numbers and each gate's outcome) heads the report.
+The verdict (plain numbers and each gate's outcome) heads the report. With
+``pretrain.init: promoted`` the reference in the "base" slot is the domain's promoted model, the
+one the candidate would replace, so the gates (which raise ``GateFailure``) decide promotion.
 
 Perplexity is computed from the ``hf/`` export (not the training process), so it also checks
 that the export loads and predicts. Each held-out document is scored on its own, preceded by the
@@ -31,7 +33,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline import QualityGateError, progress
+from pipeline import GateFailure, QualityGateError, progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import EvaluateConfig
 from pipeline.ingest.artifact import IngestOutput
@@ -148,7 +150,7 @@ def comparison(config: EvaluateConfig, adapted: dict[str, dict[str, float]],
             f"{adapted['general']['bits_per_byte']:.4f}); evaluate.max_general_degradation "
             f"is {limit:.1%}")
     if failures and gate:
-        raise QualityGateError("evaluate: the adapted model fails its quality gates: "
+        raise GateFailure("evaluate: the adapted model fails its quality gates: "
                                + "; ".join(failures))
     return out
 
@@ -253,7 +255,9 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     window = pretrain.seq_len
     texts, sources, is_general = test_text(config, inputs["ingest"])
     dirs = {"adapted": pretrain.hf_dir}
-    if "models" in inputs:  # continue mode: the base model on the same text, same windows
+    if "previous" in inputs:  # pretrain.init: promoted: gated against the model it replaces
+        dirs["base"] = PretrainOutput(inputs["previous"].path).hf_dir
+    elif "models" in inputs:  # continue mode: the base model on the same text, same windows
         dirs["base"] = models.hf_dir(inputs["models"])
     if "control" in inputs:
         dirs["control"] = PretrainOutput(inputs["control"].path).hf_dir
@@ -289,8 +293,9 @@ def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
         "vocab_size": float(len(tok)),
     }
     ft_view = {**ft.metrics, "seeds": len(ft.extra.get("seeds", []))}
-    result = verdict(metrics, config, inputs["pretrain"].manifest.extra.get("base_model"),
-                     ft_view)
+    reference = (f"promoted pretrain/{inputs['previous'].key}" if "previous" in inputs
+                 else inputs["pretrain"].manifest.extra.get("base_model"))
+    result = verdict(metrics, config, reference, ft_view)
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
                   "control_per_source": per.get("control"), "verdict": result,
                   "selection": pretrain.summary.selection.model_dump()

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline import report
-from pipeline.artifacts import Artifact, ArtifactStore
+from pipeline.artifacts import INPUT_STAGES, Artifact, ArtifactStore, input_stage
 from pipeline.catalog import Catalog
 from pipeline.ingest.artifact import IngestOutput
 
@@ -85,6 +85,8 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
                          f"{', '.join(artifacts) or 'no stage'}); a report needs an evaluation")
     # the evaluate manifest names every artifact it was built from, whatever this run rebuilt
     for stage, key in evaluated.manifest.inputs.items():
+        if stage in INPUT_STAGES:  # another model of the same stage (the promoted one)
+            continue
         if artifacts.get(stage) is None:
             artifacts[stage] = store.get(stage, key)
     missing = [s for s, a in artifacts.items() if a is None]
@@ -188,12 +190,14 @@ def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:
                 lines.append("  " * depth + f"<- source {name}: {path}")
         for task, result in m.extra.get("tasks", {}).items():
             lines.append("  " * depth + f"<- task {task}: {result['task_file']}")
-        for input_stage, input_key in m.inputs.items():
+        for name, input_key in m.inputs.items():
+            stage_of = input_stage(name)
+            label = f"{name}: " if name != stage_of else ""
             if input_key in seen:
-                lines.append("  " * depth + f"<- {input_stage}/{input_key} (shown above)")
+                lines.append("  " * depth + f"<- {label}{stage_of}/{input_key} (shown above)")
                 continue
-            lines.append("  " * depth + "<- " + describe(input_stage, input_key))
-            up(input_stage, input_key, depth + 1)
+            lines.append("  " * depth + "<- " + label + describe(stage_of, input_key))
+            up(stage_of, input_key, depth + 1)
 
     up(stage, key, 1)
     lines.append("downstream:")
@@ -223,7 +227,8 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
     """Artifacts no kept run references (directly or as an input of one it references), plus
     leftovers of failed or interrupted builds.
 
-    With ``keep_runs`` only the newest N runs of each domain count as references.
+    With ``keep_runs`` only the newest N runs of each domain count as references. Every model
+    ever promoted (``dapt models promoted``, and those a rollback may restore) is kept.
     """
     rank = "row_number() OVER (PARTITION BY domain ORDER BY started_at DESC)"
     rows = catalog.query(
@@ -231,15 +236,18 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
         f"(SELECT run_id, {rank} AS n FROM runs) r USING (run_id) "
         f"WHERE s.status = 'completed'" + (f" AND r.n <= {int(keep_runs)}" if keep_runs else ""))
     referenced = {(r["stage"], r["artifact_key"]) for r in rows}
+    # every model ever promoted: the current one, and those a rollback may restore
+    referenced |= {("pretrain", r["key"]) for r in catalog.promotions()
+                   if r["action"] != "rejected"}
     # What a kept artifact was built from is kept too (a prepared base model is never a stage
     # run of its own, but pretrain artifacts name it as an input).
     todo = list(referenced)
     while todo:
         art = store.get(*todo.pop())
-        for input_stage, input_key in (art.manifest.inputs.items() if art else ()):
-            if (input_stage, input_key) not in referenced:
-                referenced.add((input_stage, input_key))
-                todo.append((input_stage, input_key))
+        for name, input_key in (art.manifest.inputs.items() if art else ()):
+            if (input_stage(name), input_key) not in referenced:
+                referenced.add((input_stage(name), input_key))
+                todo.append((input_stage(name), input_key))
     garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
                if (a.stage, a.key) not in referenced]
     garbage += [Garbage(g.path, g.reason, _size(g.path)) for g in store.leftovers()]
@@ -289,18 +297,23 @@ def summary_lines(catalog: Catalog, run_id: str) -> list[str]:
             for cells in (header, ["-" * w for w in widths], *rows)]
 
 
-def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str) -> Path:
+def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str,
+                         not_promoted: bool = False) -> Path:
     """``report.md`` and ``report.html`` of a run that stopped: the stage that failed, its
-    error, and what completed before it."""
+    error, and what completed before it; with ``not_promoted``, a model that failed evaluate's
+    gates (pipeline.promotion)."""
     rows = catalog.stage_runs(run["run_id"])
     failed = [r["stage"] for r in rows if r["status"] == "failed"]
-    title = f"dapt report: {run['domain']} ({run['profile']}): FAILED"
+    title = (f"dapt report: {run['domain']} ({run['profile']}): "
+             + ("NOT PROMOTED" if not_promoted else "FAILED"))
     where = f"in stage **{failed[-1]}**" if failed else "before any stage completed"
     blocks: list[report.Block] = [
         ("h1", title),
-        ("p", f"Run `{run['run_id']}` failed {where}. Nothing downstream ran, so there is no "
+        ("p", f"Run `{run['run_id']}`'s model failed evaluate's gates: the domain's promoted "
+              "model did not change." if not_promoted else
+              f"Run `{run['run_id']}` failed {where}. Nothing downstream ran, so there is no "
               "evaluation to report; fix the error and rerun: completed stages are reused."),
-        ("h2", "Error"), ("p", error),
+        ("h2", "Verdict" if not_promoted else "Error"), ("p", error),
         ("h2", "Stages"),
         ("table", ["stage", "artifact key", "result", "seconds"],
          [[r["stage"], f"`{r['artifact_key']}`", row[1], row[2]]

@@ -11,6 +11,12 @@ Stage selection:
 - ``only=S``: just ``S``, rebuilt; its inputs must already exist.
 - ``from_stage=S``: ``S`` and everything downstream, rebuilt; missing upstream is built.
 - ``force``: rebuild every selected stage.
+
+With ``pretrain.init: promoted`` and a promoted model (``pipeline.promotion``), the plan
+continues that lineage: the tokenizer stage is the lineage's tokenizer artifact (frozen: never
+rebuilt, even with ``force``), pretraining starts from the promoted model (its key is an input
+of pretrain's key, so a new promotion never serves a stale artifact), and evaluate gates the
+candidate against it. ``finish`` then lets the verdict move the domain's promoted model.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import StageError, ops
+from pipeline import GateFailure, NotPromoted, StageError, ops, promotion
 from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
@@ -37,7 +43,7 @@ from pipeline.artifacts import (
     stable_hash,
 )
 from pipeline.catalog import Catalog
-from pipeline.config import STAGES, EvalSetConfig, RunConfig
+from pipeline.config import STAGES, EvalSetConfig, PretrainConfig, RunConfig
 from pipeline.domains import Domain
 from pipeline.train import control, models
 from pipeline.versions import code_version
@@ -138,7 +144,32 @@ def default_workdir() -> Path:
     return Path(os.environ.get("DAPT_WORKDIR", "dapt-work")).resolve()
 
 
-def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStage]:
+# Not hashed as config: what they change enters pretrain's key as inputs (the promoted model,
+# the replay share) only when a lineage is continued, so init: promoted with nothing promoted
+# yet shares its artifacts with init: base.
+LINEAGE_FIELDS = {"init", "earlier_share"}
+
+
+def with_init(run: RunConfig, init: str | None) -> RunConfig:
+    """``run`` with ``pretrain.init`` overridden (a flow or CLI parameter), validated."""
+    if init is None:
+        return run
+    if init not in ("base", "promoted"):
+        raise ValueError(f"init {init!r}: allowed: base, promoted")
+    pretrain = PretrainConfig.model_validate({**run.pretrain.model_dump(), "init": init})
+    return run.model_copy(update={"pretrain": pretrain})
+
+
+def lineage(run: RunConfig, workdir: Path, domain: str) -> promotion.Lineage | None:
+    """The lineage a run continues (``pretrain.init: promoted`` with a promoted model)."""
+    if run.pretrain.init != "promoted" or not (workdir / "catalog.duckdb").exists():
+        return None
+    return promotion.continued(Catalog(workdir / "catalog.duckdb"),
+                               ArtifactStore(workdir / "artifacts"), domain, run)
+
+
+def plan(domain: Domain, run: RunConfig, workdir: Path,
+         continued: promotion.Lineage | None = None) -> dict[str, PlannedStage]:
     files = domain_registry.check_paths(run, domain, workdir)
     planned: dict[str, PlannedStage] = {}
     control_key = None
@@ -173,7 +204,18 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
             resolved = config.model_copy(update={"tasks": tasks})
         else:
             resolved = config
-        config_json = config.model_dump(mode="json")
+        config_json = config.model_dump(mode="json", exclude=LINEAGE_FIELDS
+                                        if stage == "pretrain" else None)
+        if continued is not None and stage == "tokenizer":  # frozen: the lineage's own
+            tok = continued.tokenizer.manifest
+            planned[stage] = PlannedStage(stage, tok.key, tok.config_hash, tok.code_version,
+                                          resolved, dict(tok.inputs))
+            continue
+        if continued is not None and stage == "pretrain":
+            extra_inputs["promoted"] = continued.model.key
+            extra_inputs["earlier_share"] = run.pretrain.earlier_share
+        if continued is not None and stage == "evaluate":
+            extra_inputs["previous"] = continued.model.key
         code = STAGE_SPECS[stage].code_version()
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
                                       stable_hash(config_json), code, resolved, extra_inputs)
@@ -221,21 +263,38 @@ class Session:
         self.domain, self.run, self.workdir = domain, run, workdir
         self.store = ArtifactStore(workdir / "artifacts")
         self.catalog = Catalog(workdir / "catalog.duckdb")
-        self.plan = plan(domain, run, workdir)
+        self.lineage = promotion.continued(self.catalog, self.store, domain.name, run)
+        self.plan = plan(domain, run, workdir, self.lineage)
+        self.decision: promotion.Decision | None = None  # set by finish / reject
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.artifacts: dict[str, Artifact] = {}
         self.catalog.start_run(self.run_id, domain.name, run.profile, params)
 
     @classmethod
     def open(cls, domain: str | None, profile: str = "tiny", *, workdir: str | Path | None = None,
-             domain_file: str | Path | None = None, params: dict[str, Any] | None = None
-             ) -> Session:
+             domain_file: str | Path | None = None, params: dict[str, Any] | None = None,
+             init: str | None = None) -> Session:
+        """``init`` overrides the YAML's ``pretrain.init`` (base or promoted)."""
         d = domain_registry.select(domain, domain_file)
         work = Path(workdir).resolve() if workdir else default_workdir()
-        return cls(d, d.resolve(profile), work, params or {})
+        return cls(d, with_init(d.resolve(profile), init), work, params or {})
+
+    def frozen(self, stage: str) -> bool:
+        """The lineage's tokenizer: reused as it is, never rebuilt."""
+        return stage == "tokenizer" and self.lineage is not None
 
     def needs_build(self, stage: str, force: bool) -> bool:
+        if self.frozen(stage):
+            return False
         return force or self.store.get(stage, self.plan[stage].key) is None
+
+    def up_to_date(self) -> str | None:
+        """Why a continued run has nothing to do: the promoted model already trained on this
+        corpus (same ingest key: no new drop). None when there is work."""
+        if self.lineage is None or self.lineage.ingest_key != self.plan["ingest"].key:
+            return None
+        return (f"up to date: the promoted model pretrain/{self.lineage.model.key} already "
+                f"trained on this corpus (ingest/{self.plan['ingest'].key}); no new data")
 
     def inputs(self, stage: str, *, build_missing: bool) -> dict[str, Artifact]:
         found = {}
@@ -251,6 +310,9 @@ class Session:
                 )
             found[need] = art
         planned = self.plan[stage]
+        for name in ("promoted", "previous"):  # the lineage's model (pretrain, evaluate)
+            if name in planned.inputs and self.lineage is not None:
+                found[name] = self.lineage.model
         if "models" in planned.inputs:
             found["models"] = models.prepare(self.run.pretrain.base_model, self.store,
                                              key=planned.inputs["models"])
@@ -271,6 +333,14 @@ class Session:
         p = self.plan[stage]
         extra = {"map_shards": map_shards} if map_shards is not None else {}
         started, t0 = datetime.now(UTC).replace(tzinfo=None), time.perf_counter()
+        if self.frozen(stage):
+            assert self.lineage is not None
+            self.artifacts[stage] = self.lineage.tokenizer
+            self.catalog.record_stage(self.run_id, self.domain.name, self.lineage.tokenizer,
+                                      cache_hit=True, started_at=started, duration_s=0.0)
+            log.info("%s: the lineage's own %s (frozen)", stage, p.key)
+            return {"stage": stage, "key": p.key, "cache_hit": True, "duration_s": 0.0,
+                    "path": str(self.lineage.tokenizer.path)}
         try:
             inputs = self.inputs(stage, build_missing=build_missing)
             art, hit = self.store.build(
@@ -280,7 +350,8 @@ class Session:
         except Exception as exc:
             self.catalog.record_stage_failure(self.run_id, stage, p.key, started, repr(exc))
             notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))
-            raise StageError(
+            error = NotPromoted if isinstance(exc, GateFailure) else StageError
+            raise error(
                 f"stage {stage} failed (artifact {stage}/{p.key}): {exc}{notes}") from exc
         duration = time.perf_counter() - t0
         self.artifacts[stage] = art
@@ -297,8 +368,15 @@ class Session:
     def run_all(self, only: str | None = None, from_stage: str | None = None,
                 force: bool = False) -> Path | None:
         stages, rebuild = select(only, from_stage)
-        for stage in stages:
-            self.run_stage(stage, force=force or stage in rebuild, build_missing=not only)
+        if not (only or from_stage or force) and (idle := self.up_to_date()):
+            self.finish_idle(idle)
+            return None
+        try:
+            for stage in stages:
+                self.run_stage(stage, force=force or stage in rebuild, build_missing=not only)
+        except NotPromoted as exc:
+            self.reject(exc)
+            raise
         return self.finish()
 
     def finish(self) -> Path | None:
@@ -312,9 +390,43 @@ class Session:
             report_path = ops.write_run_report(self.store, self.catalog, run,
                                                self.workdir / "runs" / self.run_id,
                                                [("p", origin)])
+        evaluated = [r for r in self.catalog.stage_runs(self.run_id)
+                     if r["stage"] == "evaluate" and r["status"] == "completed"]
+        if evaluated:  # passed its gates (a failing gate raises NotPromoted: see reject)
+            self.decision = promotion.decide(self.catalog, self.domain.name,
+                                             self.plan["pretrain"].key, self.run_id, [])
+            log.info("%s", self.decision.message)
         self.catalog.finish_run(self.run_id, "completed",
+                                error=None if self.decision is None or self.decision.promoted
+                                else self.decision.message,
                                 report_path=str(report_path) if report_path else None)
         return report_path
+
+    def reject(self, exc: NotPromoted) -> Path:
+        """Close a run whose model failed evaluate's gates: the domain's promoted model stays,
+        the candidate is recorded as rejected, the run's status is ``not promoted``."""
+        found = promotion.failed_evaluation(self.store, self.plan["evaluate"].key)
+        failures = ([promotion.gate_text(g) for g in promotion.failed_gates(found)]
+                    or [str(exc.__cause__ or exc)])
+        self.decision = promotion.decide(self.catalog, self.domain.name,
+                                         self.plan["pretrain"].key, self.run_id, failures)
+        log.warning("%s", self.decision.message)
+        run = {"run_id": self.run_id, "domain": self.domain.name, "profile": self.run.profile}
+        detail = (f"\n\nThe evaluation report of the candidate: {found / 'report.md'}"
+                  if found and (found / "report.md").exists() else "")
+        report_path = ops.write_failure_report(self.catalog, run,
+                                               self.workdir / "runs" / self.run_id,
+                                               self.decision.message + detail,
+                                               not_promoted=True)
+        self.catalog.finish_run(self.run_id, "not promoted", error=self.decision.message,
+                                report_path=str(report_path))
+        return report_path
+
+    def finish_idle(self, message: str) -> None:
+        """Close a continued run that had nothing new to train on (``up_to_date``)."""
+        self.decision = promotion.Decision(True, message)
+        log.info("%s", message)
+        self.catalog.finish_run(self.run_id, "up to date", error=message)
 
     def fail(self, exc: BaseException) -> Path:
         """Close the run as failed; its report names the stage that failed and the error."""

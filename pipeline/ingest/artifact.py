@@ -60,6 +60,13 @@ class IngestOutput:
         return sorted(self.path.glob("train-*.parquet"))
 
     @property
+    def drop_train_shards(self) -> list[Path]:
+        """The train shards of the newest drop only (what ``pretrain.init: promoted`` trains on
+        besides its replay). PLACEHOLDER until incremental ingest lands (issue 16): every shard
+        is the newest drop's, so a continued run trains on the whole corpus, no replay."""
+        return self.train_shards
+
+    @property
     def eval_file(self) -> Path:
         return self.path / "eval.parquet"
 

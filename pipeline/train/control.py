@@ -38,7 +38,7 @@ HOLD_OUT = 0.5
 # Fields that do not change what the control learns: which domain sources to replay, and how
 # many processes pack.
 UNVERSIONED = ("mixture", "num_pack_workers", "select_checkpoint",
-               "select_max_general_degradation", "control")
+               "select_max_general_degradation", "control", "init", "earlier_share")
 
 
 def recipe(config: PretrainConfig) -> PretrainConfig:

@@ -153,6 +153,23 @@ def encode(tokenizer_path: Path, files: list[Path], eos_id: int, out_path: Path,
 
 # --- 2. mixture --------------------------------------------------------------------------------
 
+# The pseudo-source of the domain text of earlier drops in a continued run (pretrain.init:
+# promoted); a space keeps it apart from every source name.
+EARLIER = "earlier drops"
+
+
+def mark_earlier(enc: Encoded, first: int, general: set[str]) -> Encoded:
+    """The documents from index ``first`` on (the earlier drops) that are not from a ``general``
+    source become the source ``EARLIER``, so the mixture replays them by its own share while the
+    new drop's domain text is used once."""
+    names = [*enc.source_names, EARLIER]
+    sources = enc.sources.copy()
+    domain = ~np.isin(sources, [i for i, n in enumerate(enc.source_names) if n in general])
+    domain[:first] = False
+    sources[domain] = len(names) - 1
+    return Encoded(path=enc.path, dtype=enc.dtype, lengths=enc.lengths, sources=sources,
+                   source_names=names)
+
 
 def mixture_selection(enc: Encoded, mixture: dict[str, float], seed: int
                       ) -> tuple[np.ndarray, dict[str, dict[str, float]]]:

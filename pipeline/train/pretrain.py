@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
@@ -44,7 +45,7 @@ from pipeline.config import PretrainConfig, deep_merge
 from pipeline.ingest.artifact import IngestOutput
 from pipeline.tokenizer import TokenizerOutput
 from pipeline.train import models, packing
-from pipeline.train.worker_io import WorkerEvent, WorkerSpec, WorkerSummary
+from pipeline.train.worker_io import PretrainOutput, WorkerEvent, WorkerSpec, WorkerSummary
 
 log = logging.getLogger("dapt")
 
@@ -178,15 +179,25 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
 
 
 def pack(config: PretrainConfig, train_files: list[Path], dev: pa.Table, names: list[str],
-         general: set[str], tokenizer_path: Path, eos_id: int, data_dir: Path) -> dict[str, Any]:
+         general: set[str], tokenizer_path: Path, eos_id: int, data_dir: Path,
+         earlier_files: list[Path] | None = None) -> dict[str, Any]:
     """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams; the held-out
-    streams come from ``dev`` (the held-out slice's dev part: ``IngestOutput.held_out_parts``)."""
+    streams come from ``dev`` (the held-out slice's dev part: ``IngestOutput.held_out_parts``).
+    ``earlier_files`` (a continued run's earlier drops): their domain text is replayed at
+    ``config.earlier_share`` of the training tokens, their general text mixes as usual."""
     common = {"source_names": names, "num_workers": config.num_pack_workers}
     stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin",
                 data_dir / "staging-dev.parquet"]
     try:
-        train = packing.encode(tokenizer_path, train_files, eos_id, stagings[0], **common)
-        selection, mixture = packing.mixture_selection(train, config.mixture, config.seed)
+        train = packing.encode(tokenizer_path, train_files + (earlier_files or []), eos_id,
+                               stagings[0], **common)
+        shares = config.mixture
+        if earlier_files:
+            new_docs = ds.dataset([str(f) for f in train_files], format="parquet").count_rows()
+            train = packing.mark_earlier(train, new_docs, general)
+            if (train.sources == len(names)).any():
+                shares = {**shares, packing.EARLIER: config.earlier_share}
+        selection, mixture = packing.mixture_selection(train, shares, config.seed)
         packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
                                                    config.seq_len, config.max_shard_tokens),
                   "mixture": mixture}
@@ -262,8 +273,13 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
 
 def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
     tok_out, ingest = TokenizerOutput(inputs["tokenizer"]), IngestOutput(inputs["ingest"])
-    base_tok_dir = None
-    if config.mode == "continue":  # the base model's own tokenizer, or its extension
+    base_tok_dir, promoted = None, inputs.get("promoted")
+    if promoted is not None:  # init: promoted: the lineage's model and its frozen tokenizer
+        base_dir = tok_dir = PretrainOutput(promoted.path).hf_dir
+        base_config = json.loads((base_dir / "config.json").read_text())
+        eos_id = base_config["eos_token_id"]
+        pad_id = base_config.get("pad_token_id") or eos_id
+    elif config.mode == "continue":  # the base model's own tokenizer, or its extension
         base_dir = models.hf_dir(inputs["models"])
         extended = tok_out.extended_dir
         tok_dir = extended or base_dir
@@ -278,8 +294,18 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     def pack_fn(data_dir: Path) -> dict[str, Any]:
         held = ingest.held_out_parts(["source", "text"])
         dev = pa.concat_tables([held["domain"]["dev"], held["general"]["dev"]])
-        return pack(config, ingest.train_shards, dev, ingest.source_names,
-                    set(ingest.general_sources), tok_dir / "tokenizer.json", eos_id, data_dir)
+        if promoted is None:
+            train_files, earlier = ingest.train_shards, None
+        else:  # the new drop, and the earlier drops to replay
+            train_files = ingest.drop_train_shards
+            earlier = [f for f in ingest.train_shards if f not in set(train_files)]
+            if not train_files:
+                raise QualityGateError(
+                    f"pretrain.init: promoted: the new drop has no training documents (ingest/"
+                    f"{inputs['ingest'].key}); nothing to continue pretrain/{promoted.key} on")
+        return pack(config, train_files, dev, ingest.source_names,
+                    set(ingest.general_sources), tok_dir / "tokenizer.json", eos_id, data_dir,
+                    earlier_files=earlier)
 
     packed = packed_streams(config, out_dir, pack_fn)
     trained = train(config, packed, out_dir, tok_dir=tok_dir, base_dir=base_dir,
@@ -302,6 +328,8 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
                "base_model": config.base_model if config.mode == "continue" else None,
                "checkpoint": summary.checkpoint, "mixture": packed["mixture"],
                "selection": summary.selection.model_dump() if summary.selection else None,
-               "tokenizer": "domain" if config.mode == "from_scratch" else
-                            "extended" if base_tok_dir else "base"},
+               "tokenizer": promoted.manifest.extra["tokenizer"] if promoted else
+                            "domain" if config.mode == "from_scratch" else
+                            "extended" if base_tok_dir else "base",
+               "init": f"promoted pretrain/{promoted.key}" if promoted else "base"},
     )
