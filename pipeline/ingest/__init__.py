@@ -23,7 +23,8 @@ text after it) and ``stats.parquet`` (per source and outcome: documents and char
 The package: ``readers`` (source files -> Arrow rows; shards of files), ``shard`` (the
 per-shard step), ``steps`` (the global steps: dedup, split, decontamination, writers), ``stage``
 (``run``: the steps in order), ``artifact`` (``IngestOutput``, how downstream stages read the
-result); the filters ``quality``, ``dedup``, ``pii``, ``language`` and their compiled
+result), ``drops`` (incremental ingest: drops, cached shard work, the index of everything
+seen); the filters ``quality``, ``dedup``, ``pii``, ``language`` and their compiled
 ``kernels``.
 
 Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN --only ingest``.
@@ -31,8 +32,9 @@ Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN
 
 # Not ``artifact``: the stage never reads its own output, so editing the reader changes the keys
 # of the stages downstream and not ingest's (``pipeline/versions.py``).
+from pipeline.ingest.drops import Drops, cached_shard
 from pipeline.ingest.readers import read_source_file, shard_files
 from pipeline.ingest.shard import prepare_shard
 from pipeline.ingest.stage import run
 
-__all__ = ["prepare_shard", "read_source_file", "run", "shard_files"]
+__all__ = ["Drops", "cached_shard", "prepare_shard", "read_source_file", "run", "shard_files"]
