@@ -182,7 +182,9 @@ def plan(domain: Domain, run: RunConfig, workdir: Path) -> dict[str, PlannedStag
         config_json = config.model_dump(mode="json")
         code = STAGE_SPECS[stage].code_version()
         if stage == "ingest":
-            lineage = stable_hash({"domain": domain.name, "config": config_json, "code": code})
+            # test sets are not the corpus: new ones apply from the next drop on
+            lineage = stable_hash({"domain": domain.name, "code": code, "config": {
+                k: v for k, v in config_json.items() if k != "decontamination"}})
             previous_drop(store, lineage, config_json, code, extra_inputs)
             drop_info = {"lineage": lineage, "digests": digests}
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),

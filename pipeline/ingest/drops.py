@@ -38,8 +38,11 @@ log = logging.getLogger("dapt")
 
 SHARD_STAGE = "ingest-shard"
 SHARD_MODULE = "pipeline.ingest.shard"
+# Every file version ingested: the drop that ingested it, and the last drop whose sources
+# still matched it (a file gone since the previous drop is logged once, as deleted).
 FILES_SCHEMA = pa.schema([("source", pa.string()), ("path", pa.string()),
-                          ("digest", pa.string()), ("drop", pa.int64())])
+                          ("digest", pa.string()), ("drop", pa.int64()),
+                          ("last_seen", pa.int64())])
 
 # IngestConfig fields the per-shard step never reads: they change the global steps only, so
 # editing them reuses every shard's work. Everything else (sources' names and fields, the
@@ -166,7 +169,7 @@ class FileChanges:
     new: list[str]  # never seen at this path
     rewritten: list[str]  # seen at this path with other content
     reused: list[str]  # this exact version was ingested by an earlier drop
-    deleted: list[str]  # ingested earlier, no longer matched by the sources
+    deleted: list[str]  # matched at the previous drop, no longer matched by the sources
 
     def fresh(self) -> set[str]:
         return set(self.new) | set(self.rewritten)
@@ -185,7 +188,10 @@ def file_changes(plan: list[list], digests: dict[str, str], seen: pa.Table) -> F
             rewritten.append(path)
         else:
             new.append(path)
-    deleted = sorted(seen_paths - set(current))
+    last = max(seen.column("last_seen").to_pylist(), default=0)
+    present = {p for p, n in zip(seen.column("path").to_pylist(),
+                                 seen.column("last_seen").to_pylist(), strict=True) if n == last}
+    deleted = sorted(present - set(current))
     for kind, paths in (("rewritten", rewritten), ("deleted", deleted)):
         if paths:
             log.warning("ingest: %d earlier file(s) %s since the last drop (their earlier "
@@ -201,8 +207,16 @@ def files_table(seen: pa.Table, plan: list[list], changes: FileChanges,
     rows = sorted(rows, key=lambda r: r[1])
     added = pa.table({"source": [r[0] for r in rows], "path": [r[1] for r in rows],
                       "digest": [digests[r[1]] for r in rows],
-                      "drop": pa.array([drop] * len(rows), pa.int64())}, schema=FILES_SCHEMA)
-    return pa.concat_tables([seen.cast(FILES_SCHEMA), added])
+                      "drop": pa.array([drop] * len(rows), pa.int64()),
+                      "last_seen": pa.array([drop] * len(rows), pa.int64())},
+                     schema=FILES_SCHEMA)
+    reused = set(changes.reused)
+    last_seen = [drop if p in reused and digests[p] == d else n for p, d, n in zip(
+        seen.column("path").to_pylist(), seen.column("digest").to_pylist(),
+        seen.column("last_seen").to_pylist(), strict=True)]
+    earlier = seen.set_column(seen.schema.get_field_index("last_seen"), "last_seen",
+                              pa.array(last_seen, pa.int64())) if seen.num_rows else seen
+    return pa.concat_tables([earlier.cast(FILES_SCHEMA), added])
 
 
 def head(store: ArtifactStore, lineage: str) -> Artifact | None:

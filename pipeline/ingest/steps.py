@@ -72,7 +72,7 @@ def load_shards(con: duckdb.DuckDBPyConnection, work: Path, num_shards: int) -> 
     else:
         con.execute("""
             CREATE TABLE docs (ord BIGINT, shard INTEGER, local BIGINT, doc_id VARCHAR,
-                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 UHUGEINT,
+                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 DOUBLE,
                                chars BIGINT);
             CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR);
             CREATE VIEW texts AS SELECT 0::BIGINT AS ord, ''::VARCHAR AS text WHERE false""")
@@ -283,7 +283,9 @@ def write_index(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: lis
                   FROM read_parquet({_sql_list(sigs)}, filename = true)) s
             JOIN docs d USING (shard, local) SEMI JOIN indexed USING (ord)""")
         bands = ", b.bands"
-    join = "LEFT JOIN index_bands b USING (ord)" if bands else ""
+    elif config.near_dup.enabled:  # no new document: the column is there for the next drop
+        bands = ", NULL::UBIGINT[] AS bands"
+    join = "LEFT JOIN index_bands b USING (ord)" if parts and bands else ""
     _stream_out(con, parts, f"SELECT d.local, d.doc_id, {int(drop)}::BIGINT AS drop, d.md5"
                 f"{bands} FROM docs d SEMI JOIN indexed USING (ord) {join} "
                 "WHERE d.shard = {shard} ORDER BY d.local", out_dir / "index.parquet")

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -121,7 +122,7 @@ def test_three_drops_reuse_earlier_work_and_exclude_cross_drop_duplicates(
         IngestOutput(a).artifact.manifest.counts["eval_docs"] for a in
         (one.artifact, two.artifact, three.artifact))
     assert three.train_chars == sum(
-        pq.read_table(p, columns=["text"]).column(0).to_pandas().str.len().sum()
+        pc.sum(pc.utf8_length(pq.read_table(p, columns=["text"]).column(0))).as_py()
         for p in three.train_shards)
 
     # `--only ingest` rebuilds the artifact from the cached shard work: same bytes
@@ -174,8 +175,29 @@ def test_deleted_and_rewritten_files_are_logged_and_lose_nothing(
     assert f"hpo:{json.loads(added)['id']}" in now | set(excluded)
     # the files table keeps every version ingested, with the drop that ingested it
     files = pq.read_table(three.path / "files.parquet").to_pylist()
-    assert [(Path(f["path"]).name, f["drop"]) for f in files] == [
-        ("d1.jsonl", 1), ("d2.jsonl", 2), ("d2.jsonl", 3)]
+    assert [(Path(f["path"]).name, f["drop"], f["last_seen"]) for f in files] == [
+        ("d1.jsonl", 1, 2), ("d2.jsonl", 2, 2), ("d2.jsonl", 3, 3)]
+
+    # drop 4 deletes the rewritten file and brings one record of it back in a new file
+    (domain.parent / "data/drops/d2.jsonl").unlink()
+    record = next(line for line in lines if f"hpo:{json.loads(line)['id']}" == unchanged)
+    _put(domain, "again.jsonl", [record])
+    four, _ = _ingest(domain, work)
+    c4 = four.artifact.manifest.counts
+    assert (c4["drop"], c4["files_deleted"], c4["files_new"], c4["kept"]) == (4, 1, 1, 0)
+    assert _excluded(four) == {unchanged: ("duplicate", f"duplicate of {unchanged} (drop 2)")}
+    assert set(_ids(four.train_shards + [four.eval_file])) == now
+
+    # drop 5: no file changed, but the fine-tune test split did (it is decontaminated
+    # against): a drop with no document, same corpus, same lineage
+    doc = yaml.safe_load(domain.read_text())
+    doc["finetune"]["test_fraction"] = 0.25
+    domain.write_text(yaml.safe_dump(doc, sort_keys=False))
+    five, _ = _ingest(domain, work)
+    c5 = five.artifact.manifest.counts
+    assert (five.drop_number, five.previous) == (5, four.artifact.key)
+    assert (c5["docs_in"], c5["files_reused"], c5["index_docs"]) == (0, 1, 0)
+    assert set(_ids(five.train_shards + [five.eval_file])) == now
 
 
 KILL_AFTER_ONE_SHARD = textwrap.dedent("""
