@@ -76,8 +76,11 @@ class IngestOutput:
     @property
     def train_shards(self) -> list[Path]:
         # earlier drops' artifacts sit beside this one in the store
+        # (key "": an earlier shard this drop rewrote into itself, without documents that a
+        # test set added since contaminates)
         earlier = (self._manifest.extra.get("drop") or {}).get("train_shards", [])
-        return [self.path.parent / key / name for key, name in earlier] + self.drop_train_shards
+        return ([self.path.parent / (key or self.artifact.key) / name for key, name in earlier]
+                + self.drop_train_shards)
 
     @property
     def drop_train_shards(self) -> list[Path]:

@@ -81,6 +81,7 @@ class History:
     files: pa.Table = field(default_factory=FILES_SCHEMA.empty_table)
     train_shards: list[list[str]] = field(default_factory=list)  # [artifact key, file name]
     counts: dict[str, int] = field(default_factory=dict)  # the previous drop's corpus_* counts
+    test_sets: dict[str, str] = field(default_factory=dict)  # name -> fingerprint, checked so far
 
     @property
     def eval_file(self) -> Path | None:
@@ -158,8 +159,10 @@ def history(previous: Artifact | None) -> History:
     return History(drop=int(drop["number"]), previous=previous,
                    index_files=[root / k / "index.parquet" for k in chain],
                    files=pq.read_table(previous.path / "files.parquet"),
-                   train_shards=[list(x) for x in drop["train_shards"]] + own,
-                   counts={k: v for k, v in m.counts.items() if k.startswith("corpus_")})
+                   # "": a shard the previous drop rewrote into itself (``steps.retrofit``)
+                   train_shards=[[k or previous.key, n] for k, n in drop["train_shards"]] + own,
+                   counts={k: v for k, v in m.counts.items() if k.startswith("corpus_")},
+                   test_sets=dict(drop.get("test_sets", {})))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from pipeline import progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig
@@ -66,9 +68,22 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     held = steps.held_out_sql(config)
     lap("near_dedup")
     earlier_eval = earlier.eval_file if earlier else None
-    contaminated = (steps.decontaminate(con, config, held, parts, earlier_eval)
+    test_sets = (steps.test_set_hashes(con, config) if config.decontamination.enabled
+                 else {})
+    contaminated = (steps.decontaminate(con, config, held, parts, earlier_eval, test_sets)
                     if config.decontamination.enabled else {})
     lap("decontaminate")
+    if drops:  # earlier drops' training text against the test sets added since
+        prints = {name: steps.fingerprint(h) for name, h in test_sets.items()}
+        added = {name: test_sets[name] for name in prints
+                 if earlier.test_sets.get(name) != prints[name]}
+        earlier_shards, retracted = earlier.train_shards, steps.RETRACTED_SCHEMA.empty_table()
+        if added and earlier.previous:
+            earlier_shards, retracted = steps.retrofit(
+                con, config, [(k, n, out_dir.parent / k / n) for k, n in earlier.train_shards],
+                added, out_dir)
+        steps.write_table(retracted, out_dir / "retracted.parquet")
+        lap("retrofit")
     steps.split(con, held)
     lap("split")
     train_files = steps.write_train(con, config, parts, out_dir)
@@ -98,17 +113,20 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
             "number": number, "lineage": drops.lineage,
             "previous": prev.key if prev else None,
             "chain": ([*prev.manifest.extra["drop"]["chain"], prev.key] if prev else []),
-            "train_shards": earlier.train_shards,
+            "train_shards": earlier_shards, "test_sets": prints,
             "shard_keys": [r["shard_key"] for r in results]},
             "file_changes": {"new": changes.new, "rewritten": changes.rewritten,
                              "deleted": changes.deleted}}
     counts = steps.count(con, plan, results, extra_counts)
     if drops:
         before = earlier.counts
+        gone = retracted.num_rows
         counts.update(
-            corpus_kept=before.get("corpus_kept", 0) + counts["kept"],
-            corpus_train_docs=before.get("corpus_train_docs", 0) + counts["train_docs"],
-            corpus_train_chars=before.get("corpus_train_chars", 0) + counts["train_chars"],
+            retracted_contaminated=gone,
+            corpus_kept=before.get("corpus_kept", 0) + counts["kept"] - gone,
+            corpus_train_docs=before.get("corpus_train_docs", 0) + counts["train_docs"] - gone,
+            corpus_train_chars=before.get("corpus_train_chars", 0) + counts["train_chars"]
+            - int(pc.sum(retracted.column("chars")).as_py() or 0),
             corpus_eval_docs=eval_rows)
         steps.check_gate(config, {**counts, "kept": counts["corpus_kept"],
                                   "eval_docs": counts["corpus_eval_docs"]})

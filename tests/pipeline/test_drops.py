@@ -197,7 +197,50 @@ def test_deleted_and_rewritten_files_are_logged_and_lose_nothing(
     c5 = five.artifact.manifest.counts
     assert (five.drop_number, five.previous) == (5, four.artifact.key)
     assert (c5["docs_in"], c5["files_reused"], c5["index_docs"]) == (0, 1, 0)
-    assert set(_ids(five.train_shards + [five.eval_file])) == now
+    # the earlier training text was checked against the new split: whatever it retracted is
+    # logged, and nothing else left
+    retracted = {r["doc_id"] for r in pq.read_table(five.path / "retracted.parquet").to_pylist()}
+    assert c5["retracted_contaminated"] == len(retracted)
+    assert set(_ids(five.train_shards + [five.eval_file])) == now - retracted
+
+
+def test_a_test_set_added_later_retracts_earlier_training_documents(
+        samples_dir: Path, domain: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    _put(domain, "d1.jsonl", _hpo(samples_dir, 1))
+    one, _ = _ingest(domain, work)
+    probe = next(r for r in pq.read_table(one.drop_train_shards[0]).to_pylist()
+                 if len(r["text"].split()) > 40)
+    # a test set added after drop 1 that holds one of drop 1's training documents
+    (domain.parent / "data/probe.jsonl").write_text(
+        json.dumps({"id": "p1", "text": probe["text"]}) + "\n")
+    doc = yaml.safe_load(domain.read_text())
+    doc["ingest"]["decontamination"] = {"test_sets": [{"name": "probe",
+                                                       "path": "data/probe.jsonl"}]}
+    domain.write_text(yaml.safe_dump(doc, sort_keys=False))
+    _put(domain, "d2.jsonl", _hpo(samples_dir, 2))
+    two, _ = _ingest(domain, work)
+    c2 = two.artifact.manifest.counts
+    assert (two.drop_number, two.previous) == (2, one.artifact.key)  # the same lineage
+    retracted = pq.read_table(two.path / "retracted.parquet").to_pylist()
+    assert probe["doc_id"] in {r["doc_id"] for r in retracted}
+    assert all(r["reason"] == "contaminated" and "test set probe" in r["detail"]
+               for r in retracted)
+    assert c2["retracted_contaminated"] == len(retracted)
+    # drop 1's shard is replaced, in the cumulative corpus, by a copy without the document
+    train = _ids(two.train_shards)
+    assert probe["doc_id"] not in train
+    assert two.train_shards[0].parent == two.path
+    assert two.train_shards[0].name.startswith("retrofit-")
+    assert len(train) == len(set(train)) == c2["corpus_train_docs"]
+    assert set(_ids(one.train_shards)) - set(train) == {r["doc_id"] for r in retracted}
+
+    # the next drop keeps the replacement and checks nothing earlier again
+    _put(domain, "d3.jsonl", _hpo(samples_dir, 3))
+    three, _ = _ingest(domain, work)
+    assert three.artifact.manifest.counts["retracted_contaminated"] == 0
+    assert three.train_shards[:2] == two.train_shards
+    assert probe["doc_id"] not in _ids(three.train_shards)
 
 
 KILL_AFTER_ONE_SHARD = textwrap.dedent("""
