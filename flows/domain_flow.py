@@ -62,7 +62,8 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
             build = force or stage in rebuild
             if stage == "ingest" and session.needs_build(stage, build):  # shards as tasks
                 runner = task_runner(ingest_runner, ingest_workers)
-                ingest_flow.with_options(task_runner=runner)(session, build)
+                # --force redoes the per-shard work too; --only reuses it
+                ingest_flow.with_options(task_runner=runner)(session, build, force)
                 continue
             options = {"refresh_cache": session.needs_build(stage, build),
                        "retries": retries.count, "retry_delay_seconds": retries.delay_s,

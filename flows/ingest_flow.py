@@ -29,13 +29,15 @@ from pipeline.runner import Session
 
 @task(task_run_name="ingest-shard-{index}")
 def shard_task(index: int, config: IngestConfig, pieces: list[ingest.Piece],
-               shard_dir: Path) -> dict[str, Any]:
-    return ingest.prepare_shard(config, pieces, shard_dir)
+               shard_dir: Path, cache: ingest.drops.ShardCache | None = None) -> dict[str, Any]:
+    if cache is None:
+        return ingest.prepare_shard(config, pieces, shard_dir)
+    return ingest.cached_shard(config, pieces, shard_dir, cache)  # reused or built, in the store
 
 
 def prefect_map(fn: Callable, jobs: list[tuple]) -> list[Any]:
-    if fn is not ingest.prepare_shard:
-        raise ValueError(f"prefect_map maps ingest.prepare_shard only, not {fn}")
+    if fn not in (ingest.prepare_shard, ingest.cached_shard):
+        raise ValueError(f"prefect_map maps ingest.prepare_shard or cached_shard only, not {fn}")
     futures = [shard_task.submit(i, *job) for i, job in enumerate(jobs)]
     results = []
     with progress.track("ingest: shards", len(jobs), "shards") as bar:
@@ -64,5 +66,7 @@ def task_runner(name: str = "threads", workers: int = 2):
 
 
 @flow(name="dapt-ingest")
-def ingest_flow(session: Session, force: bool = False) -> dict[str, Any]:
-    return session.run_stage("ingest", force=force, map_shards=prefect_map)
+def ingest_flow(session: Session, force: bool = False, redo_shards: bool = False
+                ) -> dict[str, Any]:
+    return session.run_stage("ingest", force=force, map_shards=prefect_map,
+                             redo_shards=redo_shards)

@@ -195,9 +195,19 @@ class Catalog:
         )
 
     def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query(
+        rows = self.query(
             "SELECT s.*, a.metrics FROM stage_runs s LEFT JOIN artifacts a "
             "ON a.stage = s.stage AND a.key = s.artifact_key WHERE run_id = ? "
             "ORDER BY started_at",
             [run_id],
         )
+        # The metrics this run recorded win: an artifact rebuilt at the same key (`--only`)
+        # replaces the artifact's row, not what an earlier run measured.
+        own: dict[tuple[str, str], dict[str, float]] = {}
+        for m in self.query("SELECT stage, artifact_key, name, value FROM metrics "
+                            "WHERE run_id = ? ORDER BY name", [run_id]):
+            own.setdefault((m["stage"], m["artifact_key"]), {})[m["name"]] = m["value"]
+        for r in rows:
+            if (r["stage"], r["artifact_key"]) in own:
+                r["metrics"] = json.dumps(own[r["stage"], r["artifact_key"]])
+        return rows

@@ -248,6 +248,9 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
             if (input_stage(name), input_key) not in referenced:
                 referenced.add((input_stage(name), input_key))
                 todo.append((input_stage(name), input_key))
+        # a kept ingest drop's per-shard work stays reusable (`--only ingest` rebuilds from it)
+        drop = (art.manifest.extra.get("drop") or {}) if art else {}
+        referenced.update(("ingest-shard", k) for k in drop.get("shard_keys", []))
     garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
                if (a.stage, a.key) not in referenced]
     garbage += [Garbage(g.path, g.reason, _size(g.path)) for g in store.leftovers()]

@@ -45,6 +45,7 @@ from pipeline.artifacts import (
 from pipeline.catalog import Catalog
 from pipeline.config import STAGES, EvalSetConfig, PretrainConfig, RunConfig
 from pipeline.domains import Domain
+from pipeline.ingest import drops
 from pipeline.train import control, models
 from pipeline.versions import code_version
 
@@ -138,6 +139,7 @@ class PlannedStage:
     code: str
     config: Any  # the stage config with data paths resolved
     inputs: dict[str, Any]  # what the key hashed besides config and code
+    drops: dict[str, Any] | None = None  # ingest: its lineage and every source file's digest
 
 
 def default_workdir() -> Path:
@@ -171,6 +173,7 @@ def lineage(run: RunConfig, workdir: Path, domain: str) -> promotion.Lineage | N
 def plan(domain: Domain, run: RunConfig, workdir: Path,
          continued: promotion.Lineage | None = None) -> dict[str, PlannedStage]:
     files = domain_registry.check_paths(run, domain, workdir)
+    store = ArtifactStore(workdir / "artifacts")
     planned: dict[str, PlannedStage] = {}
     control_key = None
     if uses_control(run, "evaluate"):
@@ -184,12 +187,15 @@ def plan(domain: Domain, run: RunConfig, workdir: Path,
             extra_inputs["models"] = models.base_key(run.pretrain.base_model)
         if uses_control(run, stage):
             extra_inputs["control"] = control_key
+        drop_info = None
         if stage == "ingest":
-            sources = []
+            sources, digests = [], {}
             for i, source in enumerate(config.sources):
                 paths = files[f"ingest.sources[{i}].path"]
                 extra_inputs[f"source:{source.name}"] = [domain_registry.source_digest(p)
                                                          for p in paths]
+                digests.update(zip(map(str, paths), extra_inputs[f"source:{source.name}"],
+                                   strict=True))
                 sources.append(source.model_copy(update={
                     "path": domain_registry.resolve_path(source.path, domain, workdir)}))
             resolved = config.model_copy(update={"sources": sources, "decontamination": (
@@ -217,9 +223,32 @@ def plan(domain: Domain, run: RunConfig, workdir: Path,
         if continued is not None and stage == "evaluate":
             extra_inputs["previous"] = continued.model.key
         code = STAGE_SPECS[stage].code_version()
+        if stage == "ingest":
+            # test sets are not the corpus: new ones apply from the next drop on
+            drop_lineage = stable_hash({"domain": domain.name, "code": code, "config": {
+                k: v for k, v in config_json.items() if k != "decontamination"}})
+            previous_drop(store, drop_lineage, config_json, code, extra_inputs)
+            drop_info = {"lineage": drop_lineage, "digests": digests}
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
-                                      stable_hash(config_json), code, resolved, extra_inputs)
+                                      stable_hash(config_json), code, resolved, extra_inputs,
+                                      drop_info)
     return planned
+
+
+def previous_drop(store: ArtifactStore, lineage: str, config_json: dict[str, Any], code: str,
+                  extra_inputs: dict[str, Any]) -> None:
+    """Ingest is the next drop of its lineage (same domain, ingest config and code): its
+    input ``ingest`` is the lineage's newest drop, unless that drop was built from exactly these
+    inputs (then this run is that drop again: a cache hit, or a rebuild of the same key)."""
+    head = drops.head(store, lineage)
+    if head is None:
+        return
+    before = head.manifest.inputs.get("ingest")
+    same = {**extra_inputs, **({"ingest": before} if before else {})}
+    if artifact_key(config_json, code, same) == head.key:
+        extra_inputs.update(same)
+    else:
+        extra_inputs["ingest"] = head.key
 
 
 TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ESTALE, errno.ETIMEDOUT,
@@ -313,6 +342,12 @@ class Session:
         for name in ("promoted", "previous"):  # the lineage's model (pretrain, evaluate)
             if name in planned.inputs and self.lineage is not None:
                 found[name] = self.lineage.model
+        if stage == "ingest" and "ingest" in planned.inputs:  # the previous drop
+            previous = self.store.get("ingest", planned.inputs["ingest"])
+            if previous is None:
+                raise FileNotFoundError(f"ingest: the previous drop ingest/"
+                                        f"{planned.inputs['ingest']} is gone")
+            found["ingest"] = previous
         if "models" in planned.inputs:
             found["models"] = models.prepare(self.run.pretrain.base_model, self.store,
                                              key=planned.inputs["models"])
@@ -328,13 +363,20 @@ class Session:
         return found
 
     def run_stage(self, stage: str, *, force: bool = False, build_missing: bool = True,
-                  map_shards: Callable | None = None) -> dict[str, Any]:
-        """``map_shards``: how ingest runs its shards (see ``pipeline.ingest.run``)."""
+                  map_shards: Callable | None = None, redo_shards: bool = False
+                  ) -> dict[str, Any]:
+        """``map_shards``: how ingest runs its shards (see ``pipeline.ingest.run``);
+        ``redo_shards``: rebuild ingest's per-shard work too (``--force``), not only the
+        ingest artifact (``--only ingest`` reuses it)."""
         p = self.plan[stage]
-        extra = {"map_shards": map_shards} if map_shards is not None else {}
+        extra: dict[str, Any] = {"map_shards": map_shards} if map_shards is not None else {}
+        if p.drops is not None:
+            extra["drops"] = drops.Drops(store=self.store, digests=p.drops["digests"],
+                                         lineage=p.drops["lineage"], redo_shards=redo_shards)
         started, t0 = datetime.now(UTC).replace(tzinfo=None), time.perf_counter()
         if self.frozen(stage):
-            assert self.lineage is not None
+            if self.lineage is None:
+                raise RuntimeError(f"{stage}: frozen without a lineage")
             self.artifacts[stage] = self.lineage.tokenizer
             self.catalog.record_stage(self.run_id, self.domain.name, self.lineage.tokenizer,
                                       cache_hit=True, started_at=started, duration_s=0.0)
@@ -373,7 +415,8 @@ class Session:
             return None
         try:
             for stage in stages:
-                self.run_stage(stage, force=force or stage in rebuild, build_missing=not only)
+                self.run_stage(stage, force=force or stage in rebuild, build_missing=not only,
+                               redo_shards=force)
         except NotPromoted as exc:
             self.reject(exc)
             raise

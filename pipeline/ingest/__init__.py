@@ -24,7 +24,8 @@ The package: ``readers`` (source files -> Arrow rows; big files cut into pieces,
 grouped into shards), ``shard`` (the
 per-shard step), ``steps`` (the global steps: dedup, split, decontamination, writers), ``stage``
 (``run``: the steps in order), ``artifact`` (``IngestOutput``, how downstream stages read the
-result); the filters ``quality``, ``dedup``, ``pii``, ``language`` and their compiled
+result), ``drops`` (incremental ingest: drops, cached shard work, the index of everything
+seen); the filters ``quality``, ``dedup``, ``pii``, ``language`` and their compiled
 ``kernels``.
 
 Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN --only ingest``.
@@ -32,8 +33,10 @@ Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN
 
 # Not ``artifact``: the stage never reads its own output, so editing the reader changes the keys
 # of the stages downstream and not ingest's (``pipeline/versions.py``).
+from pipeline.ingest.drops import Drops, cached_shard
 from pipeline.ingest.readers import Piece, read_piece, read_source_file, shard_files
 from pipeline.ingest.shard import prepare_shard
 from pipeline.ingest.stage import run
 
-__all__ = ["Piece", "prepare_shard", "read_piece", "read_source_file", "run", "shard_files"]
+__all__ = ["Drops", "Piece", "cached_shard", "prepare_shard", "read_piece", "read_source_file",
+           "run", "shard_files"]

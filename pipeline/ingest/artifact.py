@@ -21,12 +21,17 @@ from pipeline.artifacts import Artifact, Manifest
 class IngestOutput:
     """An ingest artifact as its readers see it.
 
-    - ``train_shards``: ``train-NNNNN.parquet`` in input order (doc_id, source, text);
-    - ``eval_file``: the held-out slice in hash order (any prefix is a fair sample);
-    - ``excluded_file``, ``modified_file``, ``stats_file``: the exclusion and modification logs
-      and the per-source counts;
+    - ``train_shards``: the cumulative corpus's ``train-NNNNN.parquet`` (doc_id, source,
+      text): every earlier drop's, oldest first, then this drop's, each in input order;
+    - ``drop_train_shards``: this drop's new train shards only (all of them for a corpus
+      ingested at once);
+    - ``eval_file``: the cumulative held-out slice in hash order (any prefix is a fair sample);
+    - ``excluded_file``, ``modified_file``, ``stats_file``: this drop's exclusion and
+      modification logs and per-source counts;
     - ``source_names`` (config order, as packing indexes them), ``general_sources`` (the
-      replayed general text), ``train_chars``.
+      replayed general text), ``train_chars`` (cumulative), ``drop_train_chars``;
+    - ``drop_number`` (1 for the first drop or a corpus ingested at once) and ``previous`` (the
+      previous drop's ingest key, or None).
     """
 
     def __init__(self, artifact: Artifact):
@@ -49,7 +54,20 @@ class IngestOutput:
 
     @property
     def train_chars(self) -> int:
+        counts = self._manifest.counts
+        return int(counts.get("corpus_train_chars", counts.get("train_chars", 0)))
+
+    @property
+    def drop_train_chars(self) -> int:
         return int(self._manifest.counts.get("train_chars", 0))
+
+    @property
+    def drop_number(self) -> int:
+        return int((self._manifest.extra.get("drop") or {}).get("number", 1))
+
+    @property
+    def previous(self) -> str | None:
+        return (self._manifest.extra.get("drop") or {}).get("previous")
 
     @property
     def docs_in(self) -> int:
@@ -57,14 +75,16 @@ class IngestOutput:
 
     @property
     def train_shards(self) -> list[Path]:
-        return sorted(self.path.glob("train-*.parquet"))
+        # earlier drops' artifacts sit beside this one in the store
+        # (key "": an earlier shard this drop rewrote into itself, without documents that a
+        # test set added since contaminates)
+        earlier = (self._manifest.extra.get("drop") or {}).get("train_shards", [])
+        return ([self.path.parent / (key or self.artifact.key) / name for key, name in earlier]
+                + self.drop_train_shards)
 
     @property
     def drop_train_shards(self) -> list[Path]:
-        """The train shards of the newest drop only (what ``pretrain.init: promoted`` trains on
-        besides its replay). PLACEHOLDER until incremental ingest lands (issue 16): every shard
-        is the newest drop's, so a continued run trains on the whole corpus, no replay."""
-        return self.train_shards
+        return sorted(self.path.glob("train-*.parquet"))
 
     @property
     def eval_file(self) -> Path:

@@ -11,6 +11,7 @@ are read back from the shards' Parquet, one shard at a time, when written out.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,37 @@ def load_shards(con: duckdb.DuckDBPyConnection, work: Path, num_shards: int) -> 
     else:
         con.execute("""
             CREATE TABLE docs (ord BIGINT, shard INTEGER, local BIGINT, doc_id VARCHAR,
-                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 UHUGEINT,
+                               source VARCHAR, reason VARCHAR, detail VARCHAR, md5 DOUBLE,
                                chars BIGINT);
             CREATE TABLE modified (ord BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR);
             CREATE VIEW texts AS SELECT 0::BIGINT AS ord, ''::VARCHAR AS text WHERE false""")
     return parts
+
+
+def history_view(con: duckdb.DuckDBPyConnection, index_files: list[Path], bands: bool
+                 ) -> None:
+    """The view ``hist`` (ord, doc_id, drop, md5[, bands], text) over earlier drops' index
+    files, in chain order, with negative ords: an earlier drop's document comes before any of
+    this drop's, so it is the one kept when they match."""
+    sizes = [pq.ParquetFile(f).metadata.num_rows for f in index_files]
+    total, offset, parts = sum(sizes), 0, []
+    cols = "doc_id, drop, md5, " + ("bands, " if bands else "") + "text"
+    for path, n in zip(index_files, sizes, strict=True):
+        p = str(path).replace("'", "''")
+        parts.append(f"SELECT (file_row_number + {offset - total})::BIGINT AS ord, {cols} "
+                     f"FROM read_parquet('{p}', file_row_number = true)")
+        offset += n
+    con.execute("CREATE OR REPLACE TEMP VIEW hist AS " + (" UNION ALL ".join(parts) or
+                "SELECT 0::BIGINT AS ord WHERE false"))
+
+
+def exact_dedup_history(con: duckdb.DuckDBPyConnection) -> None:
+    """Documents whose MD5 an earlier drop indexed are duplicates of that drop's document."""
+    con.execute("""
+        UPDATE docs SET reason = 'duplicate',
+                        detail = 'duplicate of ' || h.doc_id || ' (drop ' || h.drop || ')'
+        FROM (SELECT md5, doc_id, drop FROM hist) h
+        WHERE docs.reason IS NULL AND docs.md5 = h.md5""")
 
 
 def exact_dedup(con: duckdb.DuckDBPyConnection) -> None:
@@ -91,27 +118,59 @@ def exact_dedup(con: duckdb.DuckDBPyConnection) -> None:
         WHERE docs.ord = d.o AND d.rn > 1""")
 
 
-def near_dedup(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str]
-               ) -> dict[str, int]:
-    """Near-duplicates by the shards' MinHash signatures, each verified by exact Jaccard."""
+def near_dedup(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
+               history: bool = False) -> dict[str, int]:
+    """Near-duplicates by the shards' MinHash signatures, each verified by exact Jaccard.
+    With ``history`` (the view ``hist``, see ``history_view``), earlier drops' documents that
+    share an LSH bucket with one of this drop's join the search, with their negative ords: a
+    cluster holding one keeps it, and this drop's members are logged as its duplicates."""
     if not (config.near_dup.enabled and parts):
         return {"near_dup_candidates": 0, "near_dup_verified": 0}
     sigs = [p.replace("docs.parquet", "signatures.parquet") for p in parts]
-    found = dedup.find_sql(con, f"""
-        SELECT d.ord, s.sig, s.bands
-        FROM (SELECT {SHARD_SQL} AS shard, ord AS local, sig, bands
+    query = f"""
+        SELECT d.ord, s.bands
+        FROM (SELECT {SHARD_SQL} AS shard, ord AS local, bands
               FROM read_parquet({_sql_list(sigs)}, filename = true)) s
-        JOIN docs d USING (shard, local) WHERE d.reason IS NULL""",
-        lambda ords: _texts_of(con, parts, ords), config.near_dup)
-    con.register("near", pa.table({"ord": found.ords.astype(np.int64),
-                                   "rep": found.kept_ords.astype(np.int64),
-                                   "jaccard": found.jaccard.astype(np.float64)}))
-    con.execute("""
+        JOIN docs d USING (shard, local) WHERE d.reason IS NULL"""
+    texts = lambda ords: _texts_of(con, parts, ords)  # noqa: E731
+    if history:
+        bands = config.near_dup.num_bands
+        # Only the earlier documents in a bucket with one of this drop's: a scan of the
+        # earlier band keys, not a bucketing of everything seen.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE new_bands AS {query};
+            CREATE OR REPLACE TEMP TABLE hist_cand AS
+            SELECT ord, doc_id, drop, bands FROM hist SEMI JOIN (
+                SELECT DISTINCT h.ord
+                FROM (SELECT ord, unnest(range({bands})) AS band, unnest(bands) AS key
+                      FROM hist) h
+                SEMI JOIN (SELECT unnest(range({bands})) AS band, unnest(bands) AS key
+                           FROM new_bands) n USING (band, key)) USING (ord)""")
+        query = "SELECT ord, bands FROM new_bands UNION ALL SELECT ord, bands FROM hist_cand"
+
+        def texts(ords: np.ndarray) -> Iterator[pa.Table]:
+            earlier = ords[ords < 0]
+            if len(earlier):
+                con.register("wanted", pa.table({"ord": earlier}))
+                yield con.sql("SELECT h.ord, h.text FROM hist h SEMI JOIN wanted USING (ord) "
+                              "ORDER BY h.ord").to_arrow_table()
+                con.unregister("wanted")
+            yield from _texts_of(con, parts, ords[ords >= 0])
+    found = dedup.find_sql(con, query, texts, config.near_dup)
+    mine = found.ords >= 0  # an earlier drop's document is never excluded again
+    con.register("near", pa.table({"ord": found.ords[mine].astype(np.int64),
+                                   "rep": found.kept_ords[mine].astype(np.int64),
+                                   "jaccard": found.jaccard[mine].astype(np.float64)}))
+    rep = ("coalesce(d.doc_id, h.doc_id || ' (drop ' || h.drop || ')')" if history
+           else "d.doc_id")
+    earlier = "LEFT JOIN hist_cand h ON h.ord = n.rep" if history else ""
+    con.execute(f"""
         UPDATE docs SET reason = 'near_duplicate', detail = x.detail
-        FROM (SELECT n.ord, 'near duplicate of ' || d.doc_id || ' (Jaccard '
+        FROM (SELECT n.ord, 'near duplicate of ' || {rep} || ' (Jaccard '
                      || round(n.jaccard, 3)::VARCHAR || ')' AS detail
-              FROM near n JOIN docs d ON d.ord = n.rep) x
+              FROM near n {"LEFT " if history else ""}JOIN docs d ON d.ord = n.rep {earlier}) x
         WHERE docs.ord = x.ord""")
+    con.unregister("near")
     return {"near_dup_candidates": found.candidates, "near_dup_verified": found.verified}
 
 
@@ -121,17 +180,11 @@ def held_out_sql(config: IngestConfig) -> str:
             f"< {round(config.eval_fraction * 1_000_000)}")
 
 
-def decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str,
-                   parts: list[str]) -> dict[str, int]:
-    """Exclude training documents that share a word n-gram with the held-out slice or a test
-    set (each fine-tune task's test split); the first set matched is named in the detail.
-    The held-out slice's and the test sets' n-grams are held (a few % of the corpus); training
-    text is hashed one shard at a time."""
+def test_set_hashes(con: duckdb.DuckDBPyConnection, config: IngestConfig
+                    ) -> dict[str, np.ndarray]:
+    """{"test set NAME": its word n-gram hashes} for every test set decontaminated against."""
     n = config.decontamination.ngram
-    con.execute(f"""CREATE TEMP VIEW held AS
-                    SELECT ord, text FROM texts JOIN docs USING (ord)
-                    WHERE reason IS NULL AND {held}""")
-    sets = {"the held-out slice": dedup.ngram_hashes(con, "held", n)[1]}
+    sets = {}
     for eval_set in config.decontamination.test_sets:
         texts = eval_set_texts(eval_set)
         con.register("eval_set", pa.table({"ord": list(range(len(texts))), "text": texts},
@@ -139,6 +192,83 @@ def decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: st
                                                             ("text", pa.string())])))
         sets[f"test set {eval_set.name}"] = dedup.ngram_hashes(con, "eval_set", n)[1]
         con.unregister("eval_set")
+    return sets
+
+
+def fingerprint(hashes: np.ndarray) -> str:
+    """A test set's identity for the drops: a hash of its distinct n-gram hashes."""
+    return hashlib.blake2b(np.unique(hashes).tobytes(), digest_size=8).hexdigest()
+
+
+def retrofit(con: duckdb.DuckDBPyConnection, config: IngestConfig,
+             shards: list[tuple[str, str, Path]], sets: dict[str, np.ndarray], out_dir: Path
+             ) -> tuple[list[list[str]], pa.Table]:
+    """Earlier drops' train shards against test sets added (or changed) since: each shard
+    ``(artifact key, file name, path)`` holding a document that shares an n-gram with one is
+    written again, without those documents, into this drop as ``retrofit-<key>-<name>``.
+    Returns the cumulative shard list with those replaced (key "" for this artifact) and the
+    documents retracted (doc_id, source, stage, reason, detail, chars)."""
+    n = config.decontamination.ngram
+    listing, retracted = [], []
+    for key, name, path in shards:
+        p = str(path).replace("'", "''")
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW earlier_train AS
+                        SELECT (file_row_number)::BIGINT AS ord, doc_id, source, text
+                        FROM read_parquet('{p}', file_row_number = true)""")
+        ords, hashes = dedup.ngram_hashes(con, "earlier_train", n)
+        found: dict[int, str] = {}
+        for set_name, h in sets.items():
+            for o in np.unique(ords[np.isin(hashes, h)]):
+                found.setdefault(int(o), f"shares a {n}-word sequence with {set_name} "
+                                         "(added after this document's drop)")
+        if not found:
+            listing.append([key, name])
+            continue
+        con.register("hit", pa.table({"ord": pa.array(list(found), pa.int64()),
+                                      "detail": pa.array(list(found.values()), pa.string())}))
+        retracted.append(con.sql("""SELECT t.doc_id, t.source, 'decontaminate' AS stage,
+                                           'contaminated' AS reason, h.detail,
+                                           length(t.text)::BIGINT AS chars
+                                    FROM earlier_train t JOIN hit h USING (ord)
+                                    ORDER BY t.ord""").to_arrow_table())
+        table = pq.read_table(path)
+        keep = np.ones(table.num_rows, bool)
+        keep[list(found)] = False
+        new_name = f"retrofit-{key}-{name}"
+        pq.write_table(table.filter(pa.array(keep)), out_dir / new_name, compression="zstd",
+                       row_group_size=ROW_GROUP)
+        con.unregister("hit")
+        listing.append(["", new_name])
+    return listing, (pa.concat_tables([t.cast(RETRACTED_SCHEMA) for t in retracted])
+                     if retracted else RETRACTED_SCHEMA.empty_table())
+
+
+RETRACTED_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()),
+                              ("stage", pa.string()), ("reason", pa.string()),
+                              ("detail", pa.string()), ("chars", pa.int64())])
+
+
+def decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: str,
+                   parts: list[str], earlier_eval: Path | None = None,
+                   test_sets: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+    """Exclude training documents that share a word n-gram with the held-out slice or a test
+    set (each fine-tune task's test split); the first set matched is named in the detail.
+    The held-out slice's and the test sets' n-grams are held (a few % of the corpus); training
+    text is hashed one shard at a time. ``earlier_eval``: the earlier drops' held-out slice,
+    part of the slice checked against."""
+    n = config.decontamination.ngram
+    con.execute(f"""CREATE TEMP VIEW held AS
+                    SELECT ord, text FROM texts JOIN docs USING (ord)
+                    WHERE reason IS NULL AND {held}""")
+    sets = {"the held-out slice": dedup.ngram_hashes(con, "held", n)[1]}
+    if earlier_eval is not None:
+        p = str(earlier_eval).replace("'", "''")
+        con.execute(f"""CREATE TEMP VIEW held_before AS
+                        SELECT (file_row_number)::BIGINT AS ord, text
+                        FROM read_parquet('{p}', file_row_number = true)""")
+        sets["the held-out slice"] = np.concatenate(
+            [sets["the held-out slice"], dedup.ngram_hashes(con, "held_before", n)[1]])
+    sets.update(test_set_hashes(con, config) if test_sets is None else test_sets)
     found: dict[int, str] = {}
     for shard, part in enumerate(parts):  # one shard's Parquet read at a time
         con.execute(f"""CREATE OR REPLACE TEMP VIEW training AS
@@ -178,10 +308,53 @@ def write_train(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: lis
         out_dir / "train-{:05d}.parquet", config.num_docs_per_shard)
 
 
-def write_eval(con: duckdb.DuckDBPyConnection, out_dir: Path) -> None:
-    """Held-out rows in hash order: any prefix is an unbiased sample across sources."""
-    copy(con, """SELECT k.doc_id, k.source, t.text FROM kept k JOIN texts t USING (ord)
-                 WHERE k.split = 'eval' ORDER BY md5(k.doc_id)""", out_dir / "eval.parquet")
+def write_eval(con: duckdb.DuckDBPyConnection, out_dir: Path,
+               earlier_eval: Path | None = None) -> int:
+    """Held-out rows in hash order: any prefix is an unbiased sample across sources. With
+    ``earlier_eval`` (the previous drop's), the slice is the cumulative corpus's: a document's
+    membership is a hash of its id, so it never moves. Returns the rows written."""
+    if earlier_eval is None:
+        copy(con, """SELECT k.doc_id, k.source, t.text FROM kept k JOIN texts t USING (ord)
+                     WHERE k.split = 'eval' ORDER BY md5(k.doc_id)""", out_dir / "eval.parquet")
+    else:
+        p = str(earlier_eval).replace("'", "''")
+        # md5(text) orders two versions of one id (a rewritten file) the same way every run
+        copy(con, f"""SELECT doc_id, source, text FROM (
+                          SELECT doc_id, source, text FROM read_parquet('{p}') UNION ALL
+                          SELECT k.doc_id, k.source, t.text FROM kept k JOIN texts t USING (ord)
+                          WHERE k.split = 'eval')
+                      ORDER BY md5(doc_id), md5(text)""", out_dir / "eval.parquet")
+    return pq.ParquetFile(out_dir / "eval.parquet").metadata.num_rows
+
+
+def mark_indexed(con: duckdb.DuckDBPyConnection) -> None:
+    """Table ``indexed``: the documents that reach near dedup (every filter passed, no exact
+    duplicate), which this drop adds to the domain's index."""
+    con.execute("CREATE TABLE indexed AS SELECT ord FROM docs WHERE reason IS NULL")
+
+
+def write_index(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
+                out_dir: Path, drop: int) -> int:
+    """``index.parquet``: this drop's part of the index of everything seen, one row per
+    document in ``indexed`` (doc_id, drop, md5, LSH band keys, text for the exact Jaccard
+    check), in input order. Returns the rows written."""
+    bands = ""
+    if config.near_dup.enabled and parts:
+        sigs = [p.replace("docs.parquet", "signatures.parquet") for p in parts]
+        con.execute(f"""
+            CREATE TABLE index_bands AS
+            SELECT d.ord, s.bands
+            FROM (SELECT {SHARD_SQL} AS shard, ord AS local, bands
+                  FROM read_parquet({_sql_list(sigs)}, filename = true)) s
+            JOIN docs d USING (shard, local) SEMI JOIN indexed USING (ord)""")
+        bands = ", b.bands"
+    elif config.near_dup.enabled:  # no new document: the column is there for the next drop
+        bands = ", NULL::UBIGINT[] AS bands"
+    join = "LEFT JOIN index_bands b USING (ord)" if parts and bands else ""
+    _stream_out(con, parts, f"SELECT d.local, d.doc_id, {int(drop)}::BIGINT AS drop, d.md5"
+                f"{bands} FROM docs d SEMI JOIN indexed USING (ord) {join} "
+                "WHERE d.shard = {shard} ORDER BY d.local", out_dir / "index.parquet")
+    return int(con.execute("SELECT count(*) FROM indexed").fetchall()[0][0])
 
 
 def write_excluded(con: duckdb.DuckDBPyConnection, parts: list[str], out_dir: Path) -> None:
@@ -225,6 +398,10 @@ def count(con: duckdb.DuckDBPyConnection, plan: list[list[Piece]],
     if counts["docs_in"] != counts["kept"] + counts["excluded"]:
         raise RuntimeError(f"ingest: documents in != kept + excluded: {counts}")
     return counts
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
 
 
 def check_gate(config: IngestConfig, counts: dict[str, int]) -> None:
