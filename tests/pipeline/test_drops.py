@@ -27,11 +27,11 @@ OUTPUTS = ("eval.parquet", "excluded.parquet", "index.parquet", "modified.parque
 
 @pytest.fixture
 def domain(samples_dir: Path, tmp_path: Path) -> Path:
-    """A domain whose one source is the glob ``data/drops/*.jsonl``; each file is a shard."""
+    """A domain whose one source is the glob ``data/drops/*.jsonl``; each new file is one piece."""
     path = write_test_domain(samples_dir, tmp_path)
     doc = yaml.safe_load(path.read_text())
     doc["ingest"]["sources"] = [{"name": "hpo", "path": "data/drops/*.jsonl", "id_field": "id"}]
-    doc["ingest"].update(min_kept_docs=50, shard_mb=0.05)
+    doc["ingest"].update(min_kept_docs=50, shard_mb=0.5)  # a drop file is one piece
     doc["pretrain"] = {}  # no general replay: the one source is the domain's
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     (tmp_path / "data/drops").mkdir()
@@ -260,6 +260,9 @@ KILL_AFTER_ONE_SHARD = textwrap.dedent("""
 def test_a_drop_killed_mid_ingest_reruns_to_the_same_result(
         samples_dir: Path, domain: Path, tmp_path: Path) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"
+    doc = yaml.safe_load(domain.read_text())  # d1 (134 kB) one piece; d2a, d2b (72 kB) 2 shards
+    doc["ingest"]["shard_mb"] = 0.14
+    domain.write_text(yaml.safe_dump(doc, sort_keys=False))
     _put(domain, "d1.jsonl", _hpo(samples_dir, 1))
     for work in (killed, clean):
         _ingest(domain, work)
