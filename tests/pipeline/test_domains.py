@@ -84,6 +84,7 @@ def test_url_sources_are_globbed_by_fsspec_and_not_anchored(tmp_path: Path) -> N
     doc = _valid()
     doc["ingest"]["sources"] = doc["ingest"]["sources"][:1]
     doc["pretrain"]["mixture"] = {}
+    doc["profiles"]["cpu"]["pretrain"].pop("mixture", None)  # it names the general source
     (tmp_path / "task.jsonl").write_text('{"id": "1", "text": "x", "label": "a"}\n')
     doc["finetune"]["task"]["path"] = str(tmp_path / "task.jsonl")
     doc["ingest"]["sources"][0]["path"] = f"memory://dom-{tmp_path.name}/part-*.jsonl"
