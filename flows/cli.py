@@ -505,27 +505,25 @@ def models_promote(run_id: Annotated[str, typer.Argument(
         help="A run id or a unique prefix: its model becomes the domain's promoted one.")],
         workdir: Workdir = None) -> None:
     """Promote a run's model by hand, whatever its gates said (recorded as `manual`)."""
-    from pipeline import promotion
-    from pipeline.artifacts import ArtifactStore
-
-    work = _workdir(workdir)
-    try:
-        decision = promotion.promote(_catalog(work), ArtifactStore(work / "artifacts"), run_id)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(decision.message)
+    _move_pointer("promote", run_id, workdir)
 
 
 @models_app.command("rollback")
 def models_rollback(domain: Annotated[str, typer.Argument(help="A domain name.")],
                     workdir: Workdir = None) -> None:
     """Promote again the model the current promoted model replaced."""
+    _move_pointer("rollback", domain, workdir)
+
+
+def _move_pointer(action: str, target: str, workdir: Path | None) -> None:
+    """``promotion.promote`` (a run) or ``promotion.rollback`` (a domain), its message printed."""
     from pipeline import promotion
     from pipeline.artifacts import ArtifactStore
 
     work = _workdir(workdir)
     try:
-        decision = promotion.rollback(_catalog(work), ArtifactStore(work / "artifacts"), domain)
+        decision = getattr(promotion, action)(_catalog(work), ArtifactStore(work / "artifacts"),
+                                              target)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(decision.message)
