@@ -64,16 +64,20 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
                 runner = task_runner(ingest_runner, ingest_workers)
                 # --force redoes the per-shard work too; --only reuses it
                 ingest_flow.with_options(task_runner=runner)(session, build, force)
-                continue
-            options = {"refresh_cache": session.needs_build(stage, build),
-                       "retries": retries.count, "retry_delay_seconds": retries.delay_s,
-                       "retry_condition_fn": _retry_transient}
-            state = stage_task.with_options(**options)(
-                session, stage, session.plan[stage].key, build, not only, return_state=True)
-            if state.name == "Cached":
-                session.record_cached(stage)
             else:
-                state.result()  # re-raises the stage's error
+                options = {"refresh_cache": session.needs_build(stage, build),
+                           "retries": retries.count, "retry_delay_seconds": retries.delay_s,
+                           "retry_condition_fn": _retry_transient}
+                state = stage_task.with_options(**options)(
+                    session, stage, session.plan[stage].key, build, not only,
+                    return_state=True)
+                if state.name == "Cached":
+                    session.record_cached(stage)
+                else:
+                    state.result()  # re-raises the stage's error
+            if stage == "ingest" and not only and (idle := session.empty_drop()):
+                session.finish_idle(idle)
+                return Completed(name="UpToDate", message=idle, data=None)
         report = session.finish()
     except NotPromoted as exc:  # a verdict, not a crash: the promoted model stays
         rejected = session.reject(exc)

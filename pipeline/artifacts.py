@@ -59,6 +59,48 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class DigestCache:
+    """``file_digest`` of local files, remembered by what the file system reports of each
+    (device, inode, size, modification and change times in ns), as git's index and DVC's state
+    database do: planning a run over many GB of sources reads only the files changed since the
+    last plan. The change time cannot be set from user space, so a rewrite is always seen;
+    only a file rewritten by a tool that restores all of these would be missed. ``path``: the
+    JSON file it lives in (``None``: remember nothing). ``save`` writes it atomically."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.hashed = 0  # files read in full by this cache (a reused digest reads none)
+        if path is not None and path.exists():
+            try:
+                self.entries = json.loads(path.read_text())
+            except ValueError:  # a torn write of an older version: start again
+                self.entries = {}
+        self._dirty = False
+
+    def __call__(self, path: Path | str) -> str:
+        name = os.path.abspath(path)
+        st = os.stat(name)
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        known = self.entries.get(name)
+        if known and known[0] == stamp:
+            return known[1]
+        digest = file_digest(Path(name))
+        self.hashed += 1
+        self.entries[name] = [stamp, digest]
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(self.entries, sort_keys=True))
+        os.replace(tmp, self.path)
+        self._dirty = False
+
+
 def artifact_key(config: Mapping[str, Any], code: str, inputs: Mapping[str, Any]) -> str:
     return stable_hash({"config": config, "code": code, "inputs": inputs})
 

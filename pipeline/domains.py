@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.artifacts import file_digest
+from pipeline.artifacts import DigestCache, file_digest
 from pipeline.config import PROFILE_NAMES, DomainSpec, RunConfig
 from pipeline.files import is_url, match_files
 
@@ -182,11 +182,12 @@ def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list
     return resolved
 
 
-def source_digest(path: str | Path) -> str:
-    """Content hash of a local file; for a URL, a hash of what its filesystem reports (size,
-    ETag or checksum, modification time), so hundreds of GB are not read to key an artifact."""
+def source_digest(path: str | Path, cache: DigestCache | None = None) -> str:
+    """Content hash of a local file (through ``cache`` when given: a file unchanged since the
+    last plan is not read again); for a URL, a hash of what its filesystem reports (size, ETag
+    or checksum, modification time), so hundreds of GB are not read to key an artifact."""
     if not is_url(path):
-        return file_digest(Path(path))
+        return cache(path) if cache is not None else file_digest(Path(path))
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(str(path))

@@ -38,6 +38,7 @@ from pipeline import domains as domain_registry
 from pipeline.artifacts import (
     Artifact,
     ArtifactStore,
+    DigestCache,
     artifact_key,
     file_digest,
     stable_hash,
@@ -50,6 +51,8 @@ from pipeline.train import control, models
 from pipeline.versions import code_version
 
 log = logging.getLogger("dapt")
+# Source files' content digests, remembered across plans (``artifacts.DigestCache``).
+DIGESTS = "digests.json"
 
 
 @dataclass(frozen=True)
@@ -175,11 +178,12 @@ def plan(domain: Domain, run: RunConfig, workdir: Path,
     files = domain_registry.check_paths(run, domain, workdir)
     store = ArtifactStore(workdir / "artifacts")
     planned: dict[str, PlannedStage] = {}
+    digest = DigestCache(workdir / DIGESTS)
     control_key = None
     if uses_control(run, "evaluate"):
         control_key = control.key(run.pretrain, general_sources(run, files), run.ingest.seed,
                                   models.base_key(run.pretrain.base_model),
-                                  code_version(CONTROL_MODULE))
+                                  code_version(CONTROL_MODULE), digest)
     for stage in STAGES:
         config = run.stage(stage)
         extra_inputs: dict[str, Any] = {s: planned[s].key for s in STAGE_SPECS[stage].needs}
@@ -192,7 +196,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path,
             sources, digests = [], {}
             for i, source in enumerate(config.sources):
                 paths = files[f"ingest.sources[{i}].path"]
-                extra_inputs[f"source:{source.name}"] = [domain_registry.source_digest(p)
+                extra_inputs[f"source:{source.name}"] = [domain_registry.source_digest(p, digest)
                                                          for p in paths]
                 digests.update(zip(map(str, paths), extra_inputs[f"source:{source.name}"],
                                    strict=True))
@@ -232,6 +236,7 @@ def plan(domain: Domain, run: RunConfig, workdir: Path,
         planned[stage] = PlannedStage(stage, artifact_key(config_json, code, extra_inputs),
                                       stable_hash(config_json), code, resolved, extra_inputs,
                                       drop_info)
+    digest.save()
     return planned
 
 
@@ -325,6 +330,21 @@ class Session:
         return (f"up to date: the promoted model pretrain/{self.lineage.model.key} already "
                 f"trained on this corpus (ingest/{self.plan['ingest'].key}); no new data")
 
+    def empty_drop(self) -> str | None:
+        """After ingest: why a continued run stops there, when the new drop kept no training
+        document (every new one excluded, or no new file); None when there is work."""
+        art = self.artifacts.get("ingest")
+        if self.lineage is None or art is None or "drop" not in art.manifest.extra:
+            return None
+        c = art.manifest.counts
+        if c.get("train_docs", 0) > 0:
+            return None
+        why = ", ".join(f"{k.removeprefix('excluded_')} {v}" for k, v in sorted(c.items())
+                        if k.startswith("excluded_") and v) or "no new documents"
+        return (f"up to date: drop {c.get('drop')} (ingest/{art.key}) adds no training "
+                f"documents ({c.get('docs_in', 0)} in; excluded: {why}); the promoted model "
+                f"pretrain/{self.lineage.model.key} stays")
+
     def inputs(self, stage: str, *, build_missing: bool) -> dict[str, Artifact]:
         found = {}
         for need in STAGE_SPECS[stage].needs:
@@ -417,6 +437,9 @@ class Session:
             for stage in stages:
                 self.run_stage(stage, force=force or stage in rebuild, build_missing=not only,
                                redo_shards=force)
+                if stage == "ingest" and not only and (idle := self.empty_drop()):
+                    self.finish_idle(idle)
+                    return None
         except NotPromoted as exc:
             self.reject(exc)
             raise

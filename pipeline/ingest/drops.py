@@ -181,11 +181,12 @@ class FileChanges:
         return set(self.new) | set(self.rewritten)
 
 
-def file_changes(plan: list[list], digests: dict[str, str], seen: pa.Table) -> FileChanges:
+def file_changes(paths: list[str], digests: dict[str, str], seen: pa.Table) -> FileChanges:
+    """The sources' files now (``paths``) against the file versions earlier drops ingested."""
     versions = set(zip(seen.column("path").to_pylist(), seen.column("digest").to_pylist(),
                        strict=True))
     seen_paths = {p for p, _ in versions}
-    current = sorted({p for shard in plan for p in descriptor_paths(shard)})
+    current = sorted(set(paths))
     new, rewritten, reused = [], [], []
     for path in current:
         if (path, digests[path]) in versions:
@@ -205,12 +206,12 @@ def file_changes(plan: list[list], digests: dict[str, str], seen: pa.Table) -> F
     return FileChanges(new, rewritten, reused, deleted)
 
 
-def files_table(seen: pa.Table, plan: list[list], changes: FileChanges,
+def files_table(seen: pa.Table, files: list[tuple[str, str]], changes: FileChanges,
                 digests: dict[str, str], drop: int) -> pa.Table:
-    """Every file version ingested through this drop: the earlier rows, then this drop's."""
+    """Every file version ingested through this drop: the earlier rows, then this drop's.
+    ``files``: the sources' (source name, path) pairs now."""
     fresh = changes.fresh()
-    rows = {(p.source, p.path) for shard in plan for p in shard if p.path in fresh}
-    rows = sorted(rows, key=lambda r: r[1])
+    rows = sorted({(name, path) for name, path in files if path in fresh}, key=lambda r: r[1])
     added = pa.table({"source": [r[0] for r in rows], "path": [r[1] for r in rows],
                       "digest": [digests[r[1]] for r in rows],
                       "drop": pa.array([drop] * len(rows), pa.int64()),

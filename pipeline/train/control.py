@@ -27,7 +27,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import Artifact, ArtifactStore, Manifest, artifact_key, stable_hash
+from pipeline.artifacts import (
+    Artifact,
+    ArtifactStore,
+    DigestCache,
+    Manifest,
+    artifact_key,
+    stable_hash,
+)
 from pipeline.config import PretrainConfig, SourceConfig
 from pipeline.train import models
 
@@ -49,14 +56,15 @@ def recipe(config: PretrainConfig) -> PretrainConfig:
 
 
 def key(config: PretrainConfig, sources: list[tuple[SourceConfig, list[Path]]],
-        ingest_seed: int, base_key: str, code: str) -> str:
-    """Recipe, code, base model, general files (by content) and the held-out rule."""
+        ingest_seed: int, base_key: str, code: str, cache: DigestCache | None = None) -> str:
+    """Recipe, code, base model, general files (by content, through ``cache``) and the
+    held-out rule."""
     from pipeline.domains import source_digest
 
     inputs: dict[str, Any] = {
         "models": base_key, "hold_out": [HOLD_OUT, ingest_seed],
         **{f"source:{s.name}": [s.model_dump(mode="json", exclude={"path"}),
-                                [source_digest(p) for p in paths]] for s, paths in sources}}
+                                [source_digest(p, cache) for p in paths]] for s, paths in sources}}
     return artifact_key(recipe(config).model_dump(mode="json"), code, inputs)
 
 

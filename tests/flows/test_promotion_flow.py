@@ -148,6 +148,28 @@ def test_no_new_drop_means_nothing_to_train(drops: dict) -> None:
     assert drops["catalog"].runs("medtest", 1)[0]["status"] == "up to date"
 
 
+def test_a_drop_of_duplicates_is_up_to_date_not_a_failure(drops: dict, harness) -> None:
+    # a file whose articles all duplicate drop 2's: the drop is ingested (and logged), every
+    # document excluded, and the flow ends UpToDate before pretraining on nothing
+    data = drops["root"] / "data"
+    dup = data / "healthnews-copy.jsonl"
+    dup.write_text((data / "healthnews-2.jsonl").read_text())
+    try:
+        state = domain_pipeline(domain_file=str(drops["path"]), workdir=str(drops["work"]),
+                                init="promoted", return_state=True)
+    finally:
+        dup.unlink()
+    assert state.is_completed() and state.name == "UpToDate"
+    assert state.message.startswith("up to date: drop 3 (ingest/")
+    assert f"adds no training documents ({DROP_LINES} in; excluded: " in state.message
+    assert "duplicate " in state.message
+    assert state.message.endswith(f"the promoted model pretrain/{drops['models'][1]} stays")
+    run = drops["catalog"].runs("medtest", 1)[0]
+    assert run["status"] == "up to date"
+    assert [s["stage"] for s in drops["catalog"].stage_runs(run["run_id"])] == ["ingest"]
+    assert drops["catalog"].promoted("medtest") == drops["models"][1]
+
+
 def test_a_failing_gate_keeps_the_previous_model_and_rollback_restores(drop3: dict) -> None:
     catalog, work, (first, second) = drop3["catalog"], drop3["work"], drop3["models"]
     s3, run3 = drop3["state"], drop3["run"]

@@ -290,3 +290,36 @@ def test_a_drop_killed_mid_ingest_reruns_to_the_same_result(
     ignored = {"shards_cached", "shards_built"}
     assert {k: v for k, v in c.items() if k not in ignored} == \
         {k: v for k, v in reference.artifact.manifest.counts.items() if k not in ignored}
+
+
+def test_a_drop_plans_only_its_new_files(samples_dir: Path, domain: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier compressed files are not decompressed again to plan a drop's shards: the cost
+    of a drop follows its new files, not the history."""
+    import gzip
+
+    from pipeline.ingest import readers
+
+    planned: list[str] = []
+    plan_file = readers.plan_file
+
+    def recording(source, path, limit, spool=None):
+        planned.append(Path(path).name)
+        return plan_file(source, path, limit, spool)
+
+    monkeypatch.setattr(readers, "plan_file", recording)
+    doc = yaml.safe_load(domain.read_text())
+    doc["ingest"]["sources"][0]["path"] = "data/drops/*.jsonl.gz"
+    doc["ingest"]["shard_mb"] = 0.05  # each file is cut into pieces: planning decompresses it
+    domain.write_text(yaml.safe_dump(doc, sort_keys=False))
+    drops = domain.parent / "data/drops"
+    work = tmp_path / "work"
+    for n in (1, 2):
+        (drops / f"d{n}.jsonl.gz").write_bytes(gzip.compress("".join(_hpo(samples_dir, n))
+                                                             .encode(), mtime=0))
+        out, _ = _ingest(domain, work)
+        c = out.artifact.manifest.counts
+        assert (c["files_new"], c["files_reused"]) == (1, n - 1)
+        assert c["ingest_shards"] > 1  # the new file was cut
+        assert c["docs_in"] == LINES_PER_DROP
+    assert planned == ["d1.jsonl.gz", "d2.jsonl.gz"]

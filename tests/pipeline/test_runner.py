@@ -68,3 +68,34 @@ def test_only_with_missing_input_is_a_clear_error(samples_dir: Path, tmp_path: P
     [run] = session.catalog.runs()
     assert run["run_id"] == session.run_id
     assert session.catalog.stage_runs(session.run_id)[0]["status"] == "failed"
+
+
+def test_plan_reads_a_source_file_again_only_when_it_changed(
+        samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Source digests are remembered by the files' stat (``digests.json``): an unchanged corpus
+    is not read again to plan, and a rewrite, even to the same size, is always seen."""
+    from pipeline import artifacts
+
+    path = write_test_domain(samples_dir, tmp_path)
+    read: list[str] = []
+    real = artifacts.file_digest
+
+    def counting(p: Path, chunk: int = 1 << 20) -> str:
+        read.append(Path(p).name)
+        return real(p, chunk)
+
+    monkeypatch.setattr(artifacts, "file_digest", counting)
+    first = _keys(path, tmp_path)
+    assert "hpo.jsonl" in read and (tmp_path / "digests.json").exists()
+    read.clear()
+    assert _keys(path, tmp_path) == first
+    assert "hpo.jsonl" not in read  # remembered
+    hpo = tmp_path / "data/hpo.jsonl"
+    text = hpo.read_text()
+    hpo.write_text(text.replace("a", "b", 1))  # same size, new content
+    after = _keys(path, tmp_path)
+    assert read.count("hpo.jsonl") == 1
+    assert after["ingest"] != first["ingest"]
+    hpo.write_text(text)
+    (tmp_path / "digests.json").write_text("{not json")  # a torn cache is rebuilt, not trusted
+    assert _keys(path, tmp_path) == first
