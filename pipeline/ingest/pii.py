@@ -403,14 +403,22 @@ def _analyzer():
     import spacy
     import tldextract.tldextract as tld
     from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
     from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
     # Presidio's email recogniser calls tldextract, which would fetch the public-suffix list.
     tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=(), cache_dir=None)
-    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": SPACY_MODEL}])
-    engine.nlp = {"en": spacy.load(SPACY_MODEL, exclude=["tagger", "parser", "attribute_ruler",
-                                                         "lemmatizer", "senter"])}
+    nlp = spacy.load(SPACY_MODEL, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer",
+                                           "senter"])
+    # The model's other labels (CARDINAL, DATE, ORG, ...) are dropped before Presidio maps
+    # them: it would log a warning per unmapped entity, thousands per corpus, and no
+    # recogniser here reads them.
+    ner = NerModelConfiguration()
+    ner.labels_to_ignore = [label for label in nlp.get_pipe("ner").labels
+                            if ner.model_to_presidio_entity_mapping.get(label) not in NER_LABELS]
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": SPACY_MODEL}],
+                            ner_model_configuration=ner)
+    engine.nlp = {"en": nlp}
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_LABELS)))
     # A title before a capitalised word is a name the small model often misses ("Dr. Moreau").

@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from pipeline import progress
@@ -169,6 +172,62 @@ def mark_earlier(enc: Encoded, first: int, general: set[str]) -> Encoded:
     sources[domain] = len(names) - 1
     return Encoded(path=enc.path, dtype=enc.dtype, lengths=enc.lengths, sources=sources,
                    source_names=names)
+
+
+def replay_subset(new_files: list[Path], earlier_files: list[Path], mixture: dict[str, float],
+                  earlier_share: float, general: set[str], seed: int, out_path: Path,
+                  margin: float = 2.0) -> Path:
+    """The earlier drops' documents a continued run needs, as one Parquet file (``text``,
+    ``source``, in the earlier files' order) to encode after the new drop: so pretraining
+    tokenizes an amount that follows the new drop, not the whole history.
+
+    The mixture takes from each named pool (the earlier domain text at ``earlier_share``, each
+    general source named in ``mixture`` at its share) a share of a stream whose unnamed part
+    (the new drop's domain text, unnamed general sources) is used once. Here each pool gets,
+    in characters, ``margin`` times its share of that stream (sizes in characters stand in for
+    tokens, which are not known before tokenizing), less what the new drop already holds of it:
+    documents drawn in a seeded order, at least one per pool, all of them when the pool is
+    smaller. Earlier documents of unnamed general sources are all kept (used once, as
+    before). With a history smaller than the need, every earlier document is kept."""
+    def scan(files: list[Path], earlier: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Characters and pool of every document (one streamed pass, text not kept)."""
+        chars, pools = [], []
+        for batch in iter_batches(files, 4096, ["text", "source"]):
+            chars.append(pc.utf8_length(batch.column(0)).to_numpy(zero_copy_only=False))
+            pools.extend(s if s in general else (EARLIER if earlier else s)
+                         for s in batch.column(1).to_pylist())
+        return (np.concatenate(chars).astype(np.int64) if chars else np.zeros(0, np.int64),
+                np.array(pools, dtype=object))
+
+    new_chars, new_pools = scan(new_files, False)
+    old_chars, old_pools = scan(earlier_files, True)
+    shares = {**mixture, EARLIER: earlier_share}
+    unnamed = sum(int(c[p == name].sum()) for c, p in ((new_chars, new_pools),
+                                                       (old_chars, old_pools))
+                  for name in set(p.tolist()) if name not in shares)
+    total = unnamed / max(1e-9, 1.0 - sum(shares.values()))
+    rng = np.random.default_rng([seed, 0x7265706C])  # "repl"
+    keep = np.zeros(len(old_chars), bool)
+    for pool in sorted(set(old_pools.tolist())):
+        docs = np.flatnonzero(old_pools == pool)
+        if pool not in shares:
+            keep[docs] = True
+            continue
+        need = margin * shares[pool] * total - float(new_chars[new_pools == pool].sum())
+        order = rng.permutation(docs)
+        cum = np.cumsum(old_chars[order])
+        keep[order[: max(1, int(np.searchsorted(cum, need)) + 1)]] = True
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("text", pa.string()), ("source", pa.string())])
+    with pq.ParquetWriter(out_path, schema, compression="zstd") as writer:
+        at = 0
+        for batch in iter_batches(earlier_files, 4096, ["text", "source"]):
+            chosen = keep[at:at + batch.num_rows]
+            at += batch.num_rows
+            if chosen.any():
+                writer.write_table(pa.Table.from_batches([batch]).cast(schema)
+                                   .filter(pa.array(chosen)))
+    return out_path
 
 
 def mixture_selection(enc: Encoded, mixture: dict[str, float], seed: int

@@ -184,11 +184,16 @@ def pack(config: PretrainConfig, train_files: list[Path], dev: pa.Table, names: 
     """Packed ``train``, ``eval`` and (with general sources) ``eval_general`` streams; the held-out
     streams come from ``dev`` (the held-out slice's dev part: ``IngestOutput.held_out_parts``).
     ``earlier_files`` (a continued run's earlier drops): their domain text is replayed at
-    ``config.earlier_share`` of the training tokens, their general text mixes as usual."""
+    ``config.earlier_share`` of the training tokens, their general text mixes as usual; only
+    the sample of them those shares need is tokenized (``packing.replay_subset``)."""
     common = {"source_names": names, "num_workers": config.num_pack_workers}
     stagings = [data_dir / "staging-train.bin", data_dir / "staging-eval.bin",
-                data_dir / "staging-dev.parquet"]
+                data_dir / "staging-dev.parquet", data_dir / "staging-earlier.parquet"]
     try:
+        if earlier_files:  # only what the replay shares need, not the whole history
+            earlier_files = [packing.replay_subset(
+                train_files, earlier_files, config.mixture, config.earlier_share, general,
+                config.seed, stagings[3])]
         train = packing.encode(tokenizer_path, train_files + (earlier_files or []), eos_id,
                                stagings[0], **common)
         shares = config.mixture

@@ -122,3 +122,57 @@ def test_batch_order_is_seeded_resumable_and_covers_each_epoch(tmp_path: Path) -
     assert resumed.sequence_ids(13, 17) == stream[13:]  # any position, fresh process
     assert a.batch([2, 7]).tolist() == [[8, 9, 10, 11], [28, 29, 30, 31]]  # across shards
     assert TokenBatches(tmp_path, "train", seed=8).sequence_ids(0, 10) != stream[:10]
+
+
+def _jsonl_shards(path: Path, source: str, out: Path, sizes: list[int], skip: int = 0
+                  ) -> list[Path]:
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()][skip:]
+    files, at = [], 0
+    for i, n in enumerate(sizes):
+        part = rows[at:at + n]
+        at += n
+        pq.write_table(pa.table({"text": [r["text"] for r in part], "source": [source] * n}),
+                       out / f"{source}-{skip}-{i}.parquet")
+        files.append(out / f"{source}-{skip}-{i}.parquet")
+    return files
+
+
+def test_replay_tokenizes_what_the_shares_need_not_the_history(samples_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """A continued run replays a seeded sample of the earlier drops sized by the new drop, in
+    the earlier files' order; a history smaller than the need is kept whole."""
+    import pyarrow.compute as pc
+
+    hpo, news = samples_dir / "medical/hpo.jsonl", samples_dir / "general/news.jsonl"
+    earlier = (_jsonl_shards(hpo, "hpo", tmp_path, [1000, 1000, 1000])
+               + _jsonl_shards(news, "news", tmp_path, [150]))
+    new = _jsonl_shards(hpo, "hpo", tmp_path, [100], skip=3000)
+
+    def subset(name: str, mixture: dict[str, float], margin: float = 2.0) -> pa.Table:
+        out = packing.replay_subset(new, earlier, mixture, 0.25, {"news"}, 7,
+                                    tmp_path / name, margin=margin)
+        return pq.read_table(out)
+
+    def chars(t: pa.Table) -> int:
+        return int(pc.sum(pc.utf8_length(t.column("text"))).as_py() or 0)
+
+    history = pa.concat_tables([pq.read_table(f) for f in earlier])
+    new_chars = chars(pq.read_table(new[0]))
+    got = subset("a.parquet", {"news": 0.1})
+    assert got.num_rows < history.num_rows / 4  # not the history
+    total = new_chars / (1 - 0.35)  # the new drop's hpo text is the unnamed part
+    for source, share in (("hpo", 0.25), ("news", 0.1)):
+        part = got.filter(pc.equal(got.column("source"), source))
+        longest = int(pc.max(pc.utf8_length(part.column("text"))).as_py())
+        assert 2 * share * total <= chars(part) < 2 * share * total + longest
+    texts = history.column("text").to_pylist()
+    position = {t: i for i, t in enumerate(texts)}
+    picked = [position[t] for t in got.column("text").to_pylist()]
+    assert picked == sorted(picked)  # the earlier files' order
+    assert subset("b.parquet", {"news": 0.1}).equals(got)  # seeded
+    # an unnamed general source is used once, whole; a small history is kept whole
+    alone = subset("c.parquet", {})
+    assert pc.sum(pc.equal(alone.column("source"), "news")).as_py() == 150
+    assert subset("d.parquet", {"news": 0.1}, margin=1000.0).equals(history)
