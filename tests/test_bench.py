@@ -18,7 +18,8 @@ def test_no_bench_module_shadows_the_standard_library() -> None:
     assert not set(SCRIPTS) & sys.stdlib_module_names
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", [
+    pytest.param(s, marks=pytest.mark.slow) if s in ("train", "probe") else s for s in SCRIPTS])
 def test_bench_script_starts(script: str) -> None:
     out = subprocess.run([sys.executable, "-m", f"bench.{script}", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -12,6 +13,8 @@ from flows.cli import app
 from flows.domain_flow import domain_pipeline
 from pipeline.catalog import Catalog
 from tests.e2e_domain import write_test_domain
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # the ingest flow under Prefect
 
 
 def _stage_line(output: str, run_id: str) -> str:

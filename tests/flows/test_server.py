@@ -10,6 +10,7 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -21,6 +22,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows import server
 from tests.flows.conftest import dapt
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # real Prefect servers
 
 
 async def _server_records(api_url: str) -> dict:

@@ -4,6 +4,8 @@ Pareto pick, and the settings' errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -129,3 +131,22 @@ def test_control_needs_a_general_source() -> None:
                       finetune={"task": {"name": "t", "path": "t.jsonl"}})
     assert uses_control(spec.resolve("cpu"), "evaluate")
     assert not uses_control(spec.resolve("cpu"), "pretrain")
+
+
+def test_every_domain_of_the_cpu_profile_plans_one_shared_control(samples_dir: Path) -> None:
+    """The control continues the base on general text only, so medical and finance (the same
+    recipe and general corpus) plan the same control artifact; its key still follows the
+    recipe (``pipeline.train.control.key``)."""
+    from pipeline import domains
+    from pipeline.runner import plan
+
+    keys = {}
+    for name in ("medical", "finance"):
+        d = domains.get(name)
+        planned = plan(d, d.resolve("cpu"), samples_dir.parent)
+        keys[name] = planned["evaluate"].inputs["control"]
+    assert keys["medical"] == keys["finance"]
+    d = domains.get("medical")
+    run = d.resolve("cpu")
+    other = run.model_copy(update={"pretrain": run.pretrain.model_copy(update={"lr": 1e-5})})
+    assert plan(d, other, samples_dir.parent)["evaluate"].inputs["control"] != keys["medical"]

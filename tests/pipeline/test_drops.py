@@ -71,6 +71,7 @@ def _reconciles(out: IngestOutput) -> None:
         out.excluded_file).num_rows + c["kept"]
 
 
+@pytest.mark.slow  # several ingests
 def test_three_drops_reuse_earlier_work_and_exclude_cross_drop_duplicates(
         samples_dir: Path, domain: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
@@ -138,6 +139,7 @@ def test_three_drops_reuse_earlier_work_and_exclude_cross_drop_duplicates(
     assert {n: (forced.path / n).read_bytes() for n in OUTPUTS} == before
 
 
+@pytest.mark.slow  # several ingests
 def test_deleted_and_rewritten_files_are_logged_and_lose_nothing(
         samples_dir: Path, domain: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
@@ -204,6 +206,7 @@ def test_deleted_and_rewritten_files_are_logged_and_lose_nothing(
     assert set(_ids(five.train_shards + [five.eval_file])) == now - retracted
 
 
+@pytest.mark.slow  # several ingests
 def test_a_test_set_added_later_retracts_earlier_training_documents(
         samples_dir: Path, domain: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
@@ -257,6 +260,7 @@ KILL_AFTER_ONE_SHARD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # several ingests
 def test_a_drop_killed_mid_ingest_reruns_to_the_same_result(
         samples_dir: Path, domain: Path, tmp_path: Path) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"

@@ -26,6 +26,7 @@ def _env_without_dir() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
 
 
+@pytest.mark.slow  # runs make and a fresh interpreter
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_plain_invocation_uses_the_makefiles_dir() -> None:
     env = _env_without_dir()

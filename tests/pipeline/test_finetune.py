@@ -403,6 +403,7 @@ def test_headline_metrics_name_control_and_the_paired_spread() -> None:
     assert [x["macro_f1"] for x in d["per_seed"]] == pytest.approx([0.1, 0.3])
 
 
+@pytest.mark.slow  # SmolLM2-135M features
 def test_probe_on_the_real_smollm2_weights(samples_dir: Path, tmp_path: Path) -> None:
     """Prepares SmolLM2-135M (about 25 s) and probes a few dozen real examples at seq 32."""
     from pipeline.artifacts import ArtifactStore

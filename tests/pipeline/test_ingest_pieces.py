@@ -50,6 +50,7 @@ def _config(path: Path, shard_mb: float) -> IngestConfig:
                         min_kept_docs=1)
 
 
+@pytest.mark.slow  # four ingests per format
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_file_split_into_shards_writes_the_same_bytes_as_unsplit(
         samples_dir: Path, tmp_path: Path, fmt: str) -> None:

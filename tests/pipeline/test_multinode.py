@@ -20,6 +20,8 @@ from pipeline.train.pretrain import free_port
 from tests.e2e_domain import write_test_domain
 from tests.pipeline.test_multirank import BASE
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # sshd, pdsh and two DeepSpeed ranks
+
 REPO = Path(__file__).resolve().parents[2]
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 NEEDS = {"sshd": SSHD, "ssh": shutil.which("ssh"), "ssh-keygen": shutil.which("ssh-keygen"),

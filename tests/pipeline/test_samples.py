@@ -65,6 +65,7 @@ def test_counts_match_files_and_records_are_well_formed(built: Built, domain: st
                 assert isinstance(rec["label"], str) and rec["label"]
 
 
+@pytest.mark.slow  # builds every domain's samples again
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_rebuild_is_byte_identical(built: Built, domain: str) -> None:
     root, counts = built(domain)

@@ -48,6 +48,7 @@ class C:
     assert "pipeline.sub.x" in versions.imported_names("from . import x", "pipeline.sub", True)
 
 
+@pytest.mark.slow  # every stage's closure
 def test_closure_holds_every_project_module_a_stage_imports() -> None:
     """Import each stage in a fresh interpreter: every project module it loads is in its
     closure (the walk misses nothing that runs at import)."""
@@ -125,13 +126,16 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
     # the report is written by evaluate alone
     ("pipeline.report", ["evaluate"]),
     # the reader of ingest's output: its readers' keys move, ingest's does not
-    ("pipeline.ingest.artifact", ["tokenizer", "pretrain", "finetune", "evaluate"]),
+    pytest.param("pipeline.ingest.artifact", ["tokenizer", "pretrain", "finetune", "evaluate"],
+                 marks=pytest.mark.slow),
     # the task split: ingest's decontamination and finetune
-    ("pipeline.tasks", STAGES),
+    pytest.param("pipeline.tasks", STAGES, marks=pytest.mark.slow),
     # the training worker is started by name, never imported by pretrain
-    ("pipeline.train.worker", ["pretrain", "finetune", "evaluate"]),
+    pytest.param("pipeline.train.worker", ["pretrain", "finetune", "evaluate"],
+                 marks=pytest.mark.slow),
     # base-model conversion (its artifact key too)
-    ("pipeline.train.models", ["tokenizer", "pretrain", "finetune", "evaluate"]),
+    pytest.param("pipeline.train.models", ["tokenizer", "pretrain", "finetune", "evaluate"],
+                 marks=pytest.mark.slow),
 ])
 def test_editing_a_module_changes_exactly_the_keys_that_run_it(
         module: str, changed: list[str], project_copy: Path, samples_dir: Path,
