@@ -70,7 +70,6 @@ class DigestCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.entries: dict[str, list] = {}
-        self.hashed = 0  # files read in full by this cache (a reused digest reads none)
         if path is not None and path.exists():
             try:
                 self.entries = json.loads(path.read_text())
@@ -86,7 +85,6 @@ class DigestCache:
         if known and known[0] == stamp:
             return known[1]
         digest = file_digest(Path(name))
-        self.hashed += 1
         self.entries[name] = [stamp, digest]
         self._dirty = True
         return digest

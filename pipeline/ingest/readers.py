@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -244,21 +244,20 @@ def source_files(config: IngestConfig) -> list[tuple[SourceConfig, str]]:
 
 
 def shard_files(config: IngestConfig, spool: Path | None = None,
-                only: Collection[str] | None = None) -> list[list[Piece]]:
+                files: list[tuple[SourceConfig, str]] | None = None) -> list[list[Piece]]:
     """The per-document work in shards: source files in source then file order, each cut into
     pieces of about ``shard_mb`` (``plan_file``), the pieces grouped in order into shards of
     about ``shard_mb`` (a folder of small files is not thousands of shards). The output depends
     on the file order only, never on the cuts, the grouping, which worker ran a shard or when.
     ``spool``: where a split compressed file's decompressed pieces are written (see
-    ``plan_file``). ``only``: plan these paths only (a drop's new files: an earlier file is
-    neither opened nor decompressed again)."""
+    ``plan_file``). ``files``: plan these (source, path) pairs, in ``source_files`` order,
+    instead of every file the sources match (a drop's new files: an earlier file is neither
+    opened nor decompressed again)."""
     limit = max(1, round(config.shard_mb * 1e6))
     shards: list[list[Piece]] = []
     current: list[Piece] = []
     size = 0
-    for source, path in source_files(config):
-        if only is not None and path not in only:
-            continue
+    for source, path in source_files(config) if files is None else files:
         for piece, n in plan_file(source, path, limit, spool):
             if current and size + n > limit:
                 shards.append(current)

@@ -50,16 +50,18 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     con = steps.open_database(config, work)
     parts = steps.load_shards(con, work, len(jobs))
     held, extra_counts, test_sets = _filter(con, config, parts, earlier, lap)
+    prints = {name: steps.fingerprint(h) for name, h in test_sets.items()} if drops else {}
     retracted = steps.RETRACTED_SCHEMA.empty_table()
     earlier_shards: list[list[str]] = []
     if drops:
-        earlier_shards, retracted = _retrofit(con, config, earlier, test_sets, out_dir)
+        earlier_shards, retracted = _retrofit(con, config, earlier, test_sets, prints,
+                                              out_dir)
         lap("retrofit")
     eval_rows = _write(con, config, parts, held, out_dir, earlier, lap, extra_counts)
     drop_extra: dict = {}
     if drops:
-        drop_extra = _record_drop(con, config, parts, out_dir, drops, earlier, changes,
-                                  results, earlier_shards, test_sets, extra_counts)
+        drop_extra = _record_drop(con, config, parts, plan, out_dir, drops, earlier, changes,
+                                  results, earlier_shards, prints, extra_counts)
         lap("write_index")
     counts = _count(con, config, plan, results, extra_counts, earlier, retracted, eval_rows)
     sources = steps.by_source(con)
@@ -93,9 +95,12 @@ def _plan(config: IngestConfig, work: Path, drops: incremental.Drops | None,
             prepare_shard, None
     if earlier is None:
         raise ValueError("ingest: a drop needs the lineage's history (None given)")
-    changes = incremental.file_changes([path for _, path in source_files(config)],
-                                       drops.digests, earlier.files)
-    plan = shard_files(config, spool=work / "spool", only=changes.fresh())
+    listed = source_files(config)
+    changes = incremental.file_changes([path for _, path in listed], drops.digests,
+                                       earlier.files)
+    fresh = changes.fresh()
+    plan = shard_files(config, spool=work / "spool",
+                       files=[(s, path) for s, path in listed if path in fresh])
     shard_json, code = incremental.shard_config(config), incremental.shard_code_version()
     jobs = [(config, files, work / f"{i:05d}", incremental.ShardCache(
                 str(drops.store.root),
@@ -131,14 +136,14 @@ def _filter(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[st
 
 
 def _retrofit(con: duckdb.DuckDBPyConnection, config: IngestConfig,
-              earlier: incremental.History, test_sets: dict[str, np.ndarray], out_dir: Path
-              ) -> tuple[list[list[str]], pa.Table]:
+              earlier: incremental.History, test_sets: dict[str, np.ndarray],
+              prints: dict[str, str], out_dir: Path) -> tuple[list[list[str]], pa.Table]:
     """Earlier drops' training text against the test sets added since they were ingested:
     the contaminated documents are retracted (``retracted.parquet``) and the shards that held
     them rewritten into this drop. Returns the earlier train shards to keep, and what went."""
     earlier_shards, retracted = earlier.train_shards, steps.RETRACTED_SCHEMA.empty_table()
-    added = {name: test_sets[name] for name in test_sets
-             if earlier.test_sets.get(name) != steps.fingerprint(test_sets[name])}
+    added = {name: h for name, h in test_sets.items()
+             if earlier.test_sets.get(name) != prints[name]}
     if added and earlier.previous:
         earlier_shards, retracted = steps.retrofit(
             con, config, [(k, n, out_dir.parent / k / n) for k, n in earlier.train_shards],
@@ -166,9 +171,9 @@ def _write(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str
 
 
 def _record_drop(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
-                 out_dir: Path, drops: incremental.Drops, earlier: incremental.History,
-                 changes: incremental.FileChanges | None, results: list[dict],
-                 earlier_shards: list[list[str]], test_sets: dict[str, np.ndarray],
+                 plan: list[list[Piece]], out_dir: Path, drops: incremental.Drops,
+                 earlier: incremental.History, changes: incremental.FileChanges | None,
+                 results: list[dict], earlier_shards: list[list[str]], prints: dict[str, str],
                  extra_counts: dict[str, int]) -> dict:
     """A drop's part of the index, its file versions, its counts and its manifest entry."""
     if changes is None:
@@ -176,7 +181,7 @@ def _record_drop(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: li
     number = earlier.drop + 1
     extra_counts["index_docs"] = steps.write_index(con, config, parts, out_dir, number)
     steps.write_table(incremental.files_table(
-        earlier.files, [(s.name, path) for s, path in source_files(config)], changes,
+        earlier.files, [(p.source, p.path) for shard in plan for p in shard], changes,
         drops.digests, number), out_dir / "files.parquet")
     hits = sum(bool(r.get("cache_hit")) for r in results)
     extra_counts.update(
@@ -189,7 +194,7 @@ def _record_drop(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: li
         "previous": prev.key if prev else None,
         "chain": ([*prev.manifest.extra["drop"]["chain"], prev.key] if prev else []),
         "train_shards": earlier_shards,
-        "test_sets": {name: steps.fingerprint(h) for name, h in test_sets.items()},
+        "test_sets": prints,
         "shard_keys": [r["shard_key"] for r in results]},
         "file_changes": {"new": changes.new, "rewritten": changes.rewritten,
                          "deleted": changes.deleted}}
