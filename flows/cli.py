@@ -268,10 +268,13 @@ def _summary(work: Path, domain: str, since: datetime) -> dict | None:
     from pipeline import ops
 
     path = work / "catalog.duckdb"
-    runs = [r for r in (Catalog(path).runs(domain, 1) if path.exists() else [])
-            if r["started_at"] >= since]
-    if runs:
-        typer.echo("\n".join(ops.summary_lines(Catalog(path), runs[0]["run_id"])))
+    if not path.exists():
+        return None
+    catalog = Catalog(path)
+    with catalog.held():
+        runs = [r for r in catalog.runs(domain, 1) if r["started_at"] >= since]
+        if runs:
+            typer.echo("\n".join(ops.summary_lines(catalog, runs[0]["run_id"])))
     return runs[0] if runs else None
 
 

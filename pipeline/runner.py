@@ -447,6 +447,10 @@ class Session:
 
     def finish(self) -> Path | None:
         """Write ``runs/<run_id>/report.{md,html}`` (when evaluate ran) and close the run."""
+        with self.catalog.held():  # a handful of quick queries: one connection
+            return self._finish()
+
+    def _finish(self) -> Path | None:
         report_path = None
         if any(r["stage"] == "evaluate" for r in self.catalog.stage_runs(self.run_id)):
             origin = f"Domain from {self.domain.origin}" + (

@@ -17,6 +17,7 @@ it. See ``docs/caching.md``.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -49,9 +50,11 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def imported_names(source: str, module: str, is_package: bool) -> set[str]:
+@functools.lru_cache(maxsize=1024)
+def imported_names(source: str, module: str, is_package: bool) -> frozenset[str]:
     """Every module name ``source`` (the text of ``module``) may import, relative imports
-    resolved; names outside the project are kept (the caller drops them)."""
+    resolved; names outside the project are kept (the caller drops them). Memoised on the
+    text itself, so an edited file is parsed again and each plan parses a file once."""
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -71,7 +74,7 @@ def imported_names(source: str, module: str, is_package: bool) -> set[str]:
               and node.value.split(".")[0] in PROJECT_PACKAGES
               and _DOTTED.fullmatch(node.value)):
             names.add(node.value)
-    return names
+    return frozenset(names)
 
 
 def import_closure(*modules: str, root: Path | None = None) -> dict[str, Path]:

@@ -30,3 +30,27 @@ def test_records_runs_stages_lineage_metrics(tmp_path: Path) -> None:
     assert catalog.query("SELECT name, value FROM metrics") == [
         {"name": "fertility", "value": 1.5}]
     assert catalog.runs("other") == []
+
+
+def test_a_cache_hit_keeps_the_stored_curve_and_held_shares_one_connection(
+        tmp_path: Path) -> None:
+    store, catalog = ArtifactStore(tmp_path / "a"), Catalog(tmp_path / "c.duckdb")
+
+    def build(out: Path) -> Manifest:
+        (out / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n')
+        return Manifest(stage="pretrain", metrics={"eval_loss": 2.5})
+
+    art, _ = store.build(stage="pretrain", key="k", config_hash="c", code="v", inputs={},
+                         fn=build)
+    for run_id, hit in (("r1", False), ("r2", True), ("r3", True)):
+        catalog.start_run(run_id, "toy", "tiny", {})
+        catalog.record_stage(run_id, "toy", art, cache_hit=hit, started_at=datetime.now(),
+                             duration_s=0.1)
+    assert catalog.query("SELECT step, value FROM curves ORDER BY step") == [
+        {"step": 1, "value": 3.0}, {"step": 2, "value": 2.5}]
+    with catalog.held():
+        with catalog.connect() as a, catalog.connect() as b:
+            assert a is b
+        assert len(catalog.stage_runs("r2")) == 1
+    with catalog.connect() as c:  # released: a fresh connection again
+        assert c is not a
