@@ -32,6 +32,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from flows import exit_without_teardown
 from pipeline import domains as domain_registry
 from pipeline.catalog import Catalog
 from pipeline.config import PROFILE_NAMES, STAGES
@@ -653,7 +654,15 @@ def gc(workdir: Workdir = None,
 def main() -> None:
     # Stage progress goes to the "dapt" logger; Prefect shows it (PREFECT_LOGGING_EXTRA_LOGGERS).
     logging.getLogger("dapt").setLevel(logging.INFO)
-    app()
+    try:
+        app()
+    except SystemExit as exc:  # typer ends every command so, 0 included
+        code = exc.code
+        exit_without_teardown(code if isinstance(code, int) else 0 if code is None else 1)
+        raise
+    except BaseException:
+        exit_without_teardown(1)  # the traceback is printed before the exit hooks run
+        raise
 
 
 if __name__ == "__main__":

@@ -67,3 +67,23 @@ def test_committed_template_is_the_one_generated_from_the_schema() -> None:
     for line in ("# max_chars: 200000", "# vocab_size: 8192", "profiles: tiny 8192, small 16384",
                  "# near_dup:", "# compare_base: true"):
         assert line in rendered, line
+
+
+def test_the_process_ends_with_the_commands_status_and_all_its_output(tmp_path: Path) -> None:
+    """`main()` skips the interpreter's teardown once the exit hooks ran (flows/__init__.py):
+    the status and every line still come out, through a pipe as in CI."""
+    import subprocess
+    import sys
+
+    def dapt(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True,
+                              text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+
+    listed = dapt("domains", "list")
+    assert listed.returncode == 0 and {"medical", "legal", "finance"} <= {
+        line.split()[0] for line in listed.stdout.splitlines()}
+    shown = dapt("domains", "show", "medical")
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["name"] == "medical"
+    missing = dapt("domains", "validate", str(tmp_path / "none.yaml"))
+    assert missing.returncode == 2 and "domain file not found" in missing.stderr
+    assert dapt("no-such-command").returncode == 2  # typer's usage error
