@@ -83,7 +83,7 @@ def test_the_process_ends_with_the_commands_status_and_all_its_output(tmp_path: 
     assert listed.returncode == 0 and {"medical", "legal", "finance"} <= {
         line.split()[0] for line in listed.stdout.splitlines()}
     shown = dapt("domains", "show", "medical")
-    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["name"] == "medical"
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["domain"] == "medical"
     missing = dapt("domains", "validate", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "domain file not found" in missing.stderr
     assert dapt("no-such-command").returncode == 2  # typer's usage error
