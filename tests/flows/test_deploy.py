@@ -127,14 +127,24 @@ def test_serve_runs_a_triggered_deployment_to_completion(server: dict, domain_fi
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(1)
+        # the served flow with its schedule's parameters plus `only: ingest`: what is tested
+        # here is the deployment's path (serve -> worker -> flow -> catalog); the whole pipeline
+        # through the flow is test_domain_flow's and the served run's (conftest.py)
         state = _client(server, """
 from prefect.deployments import run_deployment
 run = await run_deployment("dapt-domain-pipeline/dapt-medtest", timeout=600, poll_interval=2,
-                           client=client)
+                           client=client, parameters={"only": "ingest"})
 return [run.state.type.value, run.parameters]""", timeout=660)
     finally:
         _stop(proc)
     assert state[0] == "COMPLETED", log_path.read_text()[-3000:]
+    assert state[1]["init"] == "promoted" and state[1]["only"] == "ingest"  # schedule's + ours
     work = Path(state[1]["workdir"])
-    [run] = Catalog(work / "catalog.duckdb").runs("medtest")
-    assert run["status"] == "completed" and Path(run["report_path"]).exists()
+    catalog = Catalog(work / "catalog.duckdb")
+    [run] = catalog.runs("medtest")
+    assert run["status"] == "completed"
+    [stage] = catalog.stage_runs(run["run_id"])
+    assert (stage["stage"], stage["status"], stage["cache_hit"]) == ("ingest", "completed", False)
+    [counts] = catalog.query("SELECT counts FROM artifacts WHERE key = ?", [stage["artifact_key"]])
+    counts = json.loads(counts["counts"])
+    assert counts["docs_in"] == counts["kept"] + counts["excluded"] and counts["kept"] > 1000
