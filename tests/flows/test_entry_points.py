@@ -20,11 +20,12 @@ from pipeline.catalog import Catalog
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # pip-installs a package
 
 BIN = Path(sys.executable).parent
+# Every stage runs; the budgets are the smallest that still train and score something.
 FAST = {"tokenizer": {"vocab_size": 2048},
-        "pretrain": {"max_steps": 10, "warmup_steps": 1, "log_every": 5},
-        "finetune": {"max_train_examples": 200, "max_test_examples": 100, "epochs": 1,
+        "pretrain": {"max_steps": 4, "warmup_steps": 1, "log_every": 2, "eval_max_seqs": 8},
+        "finetune": {"max_train_examples": 80, "max_test_examples": 40, "epochs": 1,
                      "seeds": [0]},
-        "evaluate": {"max_eval_docs": 20}}
+        "evaluate": {"max_eval_docs": 10}}
 
 
 def _package(root: Path, dist: str, module: str, entry_points: dict[str, str],

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.runner import Session
 from pipeline.train.packing import TokenBatches
+from tests.conftest import seed_base_model
 from tests.e2e_domain import write_test_domain
 
 pytestmark = pytest.mark.slow  # continued pretraining of SmolLM2
@@ -24,10 +25,11 @@ CONTINUE = {"mode": "continue", "base_model": "smollm2-135m", "seq_len": 64,
             "checkpoint_every": 2, "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-5}
 
 
-def test_continue_from_smollm2(samples_dir: Path, tmp_path: Path) -> None:
+def test_continue_from_smollm2(samples_dir: Path, smollm2, tmp_path: Path) -> None:
     extend = {"num_new_tokens": 64, "min_frequency": 5}
     domain = write_test_domain(samples_dir, tmp_path, pretrain=CONTINUE,
                                tokenizer={"vocab_size": 1024, "extend": extend})
+    seed_base_model(smollm2, tmp_path / "work")
     session = Session.open(None, "tiny", workdir=tmp_path / "work", domain_file=domain)
     session.run_stage("pretrain")
     art = session.artifacts["pretrain"]

@@ -18,18 +18,21 @@ from pipeline.sweep import run_sweep
 from pipeline.train import control
 from pipeline.train.packing import TokenBatches
 from pipeline.train.worker_io import PretrainOutput
+from tests.conftest import seed_base_model
 from tests.e2e_domain import write_test_domain
 
 pytestmark = pytest.mark.slow  # trains SmolLM2-135M (a few steps, several times)
 
+# Budgets as small as the assertions allow: every SmolLM2 forward pass here is real.
+MAX_EVAL_DOCS = 30
 CPU_TEST = {
     "pretrain": {"seq_len": 64, "micro_batch_size": 2, "grad_accum_steps": 1, "max_steps": 4,
-                 "warmup_steps": 1, "log_every": 1, "eval_every": 2, "checkpoint_every": 2,
+                 "warmup_steps": 1, "log_every": 1, "eval_every": 2, "checkpoint_every": 4,
                  "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-4},
-    "finetune": {"max_train_examples": 60, "max_test_examples": 40, "max_seq_len": 32,
+    "finetune": {"max_train_examples": 40, "max_test_examples": 24, "max_seq_len": 32,
                  "seeds": [0, 1]},
     # gates that pass whatever 4 steps do, so the verdict reports both
-    "evaluate": {"max_eval_docs": 60, "max_general_docs": 4, "bootstrap_samples": 200,
+    "evaluate": {"max_eval_docs": MAX_EVAL_DOCS, "max_general_docs": 4, "bootstrap_samples": 200,
                  "min_domain_gain": -1.0, "max_general_degradation": 1.0},
 }
 
@@ -45,8 +48,9 @@ def cpu_domain(samples: Path, root: Path, name: str = "medtest", **pretrain: obj
 
 
 @pytest.fixture(scope="module")
-def cpu_run(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Session:
+def cpu_run(samples_dir: Path, smollm2, tmp_path_factory: pytest.TempPathFactory) -> Session:
     root = tmp_path_factory.mktemp("cpu")
+    seed_base_model(smollm2, root / "work")
     session = Session.open(None, "cpu", workdir=root / "work",
                            domain_file=cpu_domain(samples_dir, root))
     session.run_all()
@@ -106,7 +110,8 @@ def test_evaluate_scores_only_the_test_part(cpu_run: Session) -> None:
     from pipeline.ingest.artifact import IngestOutput
 
     parts = IngestOutput(cpu_run.artifacts["ingest"]).held_out_parts(["source", "text"])
-    n_test = min(parts["domain"]["test"].num_rows, 60) + min(parts["general"]["test"].num_rows, 4)
+    n_test = (min(parts["domain"]["test"].num_rows, MAX_EVAL_DOCS)
+              + min(parts["general"]["test"].num_rows, 4))
     assert cpu_run.artifacts["evaluate"].manifest.counts["eval_docs"] == n_test
 
 

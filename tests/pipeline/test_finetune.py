@@ -404,12 +404,12 @@ def test_headline_metrics_name_control_and_the_paired_spread() -> None:
 
 
 @pytest.mark.slow  # SmolLM2-135M features
-def test_probe_on_the_real_smollm2_weights(samples_dir: Path, tmp_path: Path) -> None:
-    """Prepares SmolLM2-135M (about 25 s) and probes a few dozen real examples at seq 32."""
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.train.models import hf_dir, prepare
+def test_probe_on_the_real_smollm2_weights(samples_dir: Path, smollm2, tmp_path: Path) -> None:
+    """Probes a few dozen real examples at seq 32 with SmolLM2-135M (converted once per
+    session: the ``smollm2`` fixture)."""
+    from pipeline.train.models import hf_dir
 
-    art = prepare("smollm2-135m", ArtifactStore(tmp_path / "artifacts"))
+    art = smollm2
     rows = [json.loads(x) for x in
             (samples_dir / "medical/task_organ_system.jsonl").read_text().splitlines()]
     by_label: dict[str, list[dict]] = {}

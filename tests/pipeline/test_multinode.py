@@ -18,7 +18,7 @@ from pipeline.runner import Session
 from pipeline.train.launch import render_hostfile
 from pipeline.train.pretrain import free_port
 from tests.e2e_domain import write_test_domain
-from tests.pipeline.test_multirank import BASE
+from tests.pipeline.conftest import BASE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # sshd, pdsh and two DeepSpeed ranks
 
@@ -86,14 +86,11 @@ def _summary(work: Path, key: str) -> dict:
             "launch": (path / "launch.sh").read_text()}
 
 
-def test_two_nodes_over_ssh_match_two_ranks_on_one_node(sshd: dict, samples_dir: Path,
-                                                        tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    one_node = write_test_domain(samples_dir, tmp_path / "one", tokenizer={"vocab_size": 1024},
-                                 pretrain={**BASE, "num_gpus": 2, "grad_accum_steps": 1})
-    session = Session.open(None, "tiny", workdir=work, domain_file=one_node)
-    session.run_stage("pretrain")  # also builds ingest and the tokenizer, which both runs share
-    single = _summary(work, session.plan["pretrain"].key)
+def test_two_nodes_over_ssh_match_two_ranks_on_one_node(sshd: dict, two_ranks: Session,
+                                                        samples_dir: Path, tmp_path: Path
+                                                        ) -> None:
+    work = two_ranks.workdir  # its ingest and tokenizer are this run's too
+    single = _summary(work, two_ranks.plan["pretrain"].key)
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text(render_hostfile(["localhost", "127.0.0.1"], slots=1))

@@ -11,9 +11,8 @@ import pytest
 from pipeline.runner import Session
 from pipeline.train.pretrain import release_shm
 from tests.e2e_domain import write_test_domain
+from tests.pipeline.conftest import BASE
 
-BASE = {"max_steps": 8, "warmup_steps": 1, "log_every": 1, "zero_stage": 2,
-        "micro_batch_size": 8, "eval_max_seqs": 8}
 # Global batch 16 both ways: 2 ranks x 8, or 1 rank x 8 x 2 accumulation steps. Rank r reads
 # sequences [r*8, r*8+8) of each step's 16, exactly the two micro-batches of the 1-rank run.
 # Relative; gradient all-reduce and accumulation may round differently on other machines.
@@ -21,11 +20,7 @@ BASE = {"max_steps": 8, "warmup_steps": 1, "log_every": 1, "zero_stage": 2,
 TOLERANCE = 1e-4
 
 
-def _pretrain(samples_dir: Path, root: Path, **pretrain) -> dict:
-    domain = write_test_domain(samples_dir, root, tokenizer={"vocab_size": 1024},
-                               pretrain={**BASE, **pretrain})
-    session = Session.open(None, "tiny", workdir=root / "work", domain_file=domain)
-    session.run_stage("pretrain")
+def outputs(session: Session) -> dict:
     path = session.artifacts["pretrain"].path
     return {"summary": json.loads((path / "summary.json").read_text()),
             "losses": [json.loads(r)["loss"] for r in
@@ -34,9 +29,14 @@ def _pretrain(samples_dir: Path, root: Path, **pretrain) -> dict:
 
 
 @pytest.mark.slow
-def test_two_ranks_zero2_match_one_rank(samples_dir: Path, tmp_path: Path) -> None:
-    two = _pretrain(samples_dir, tmp_path / "two", num_gpus=2, grad_accum_steps=1)
-    one = _pretrain(samples_dir, tmp_path / "one", num_gpus=1, grad_accum_steps=2)
+def test_two_ranks_zero2_match_one_rank(two_ranks: Session, samples_dir: Path,
+                                        tmp_path: Path) -> None:
+    two = outputs(two_ranks)
+    domain = write_test_domain(samples_dir, tmp_path, tokenizer={"vocab_size": 1024},
+                               pretrain={**BASE, "num_gpus": 1, "grad_accum_steps": 2})
+    session = Session.open(None, "tiny", workdir=tmp_path / "work", domain_file=domain)
+    session.run_stage("pretrain")
+    one = outputs(session)
     assert "--num_gpus 2" in two["launch"] and "deepspeed.launcher.runner" in two["launch"]
     assert two["summary"]["world_size"] == 2 and one["summary"]["world_size"] == 1
     digests = two["summary"]["param_digests"]
