@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("pipeline", "flows", "domains")
 
 
-
 class ModuleNotInProject(LookupError):
     """A module named as a stage's root is not a file of the project."""
 

@@ -209,7 +209,8 @@ def file_changes(paths: list[str], digests: dict[str, str], seen: pa.Table) -> F
 def files_table(seen: pa.Table, files: list[tuple[str, str]], changes: FileChanges,
                 digests: dict[str, str], drop: int) -> pa.Table:
     """Every file version ingested through this drop: the earlier rows, then this drop's.
-    ``files``: the sources' (source name, path) pairs now."""
+    ``files``: (source name, path) pairs holding this drop's files (a path may repeat, one
+    per piece; files not new or rewritten are left out)."""
     fresh = changes.fresh()
     rows = sorted({(name, path) for name, path in files if path in fresh}, key=lambda r: r[1])
     added = pa.table({"source": [r[0] for r in rows], "path": [r[1] for r in rows],

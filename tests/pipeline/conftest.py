@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,12 @@ def two_ranks(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Se
     session = Session.open(None, "tiny", workdir=root / "work", domain_file=domain)
     session.run_stage("pretrain")
     return session
+
+
+def pretrain_outputs(path: Path) -> dict:
+    """What the multi-rank tests compare of a pretrain artifact at ``path``: its summary, its
+    per-step losses and its launch command."""
+    return {"summary": json.loads((path / "summary.json").read_text()),
+            "losses": [json.loads(r)["loss"] for r in
+                       (path / "metrics.jsonl").read_text().splitlines()],
+            "launch": (path / "launch.sh").read_text()}

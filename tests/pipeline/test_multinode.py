@@ -4,7 +4,6 @@ here. Two "nodes" of one rank each must end with the weights of two ranks on one
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pipeline.runner import Session
 from pipeline.train.launch import render_hostfile
 from pipeline.train.pretrain import free_port
 from tests.e2e_domain import write_test_domain
-from tests.pipeline.conftest import BASE
+from tests.pipeline.conftest import BASE, pretrain_outputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # sshd, pdsh and two DeepSpeed ranks
 
@@ -78,19 +77,11 @@ def sshd(tmp_path: Path):
         proc.wait(timeout=30)
 
 
-def _summary(work: Path, key: str) -> dict:
-    path = work / "artifacts" / "pretrain" / key
-    return {"summary": json.loads((path / "summary.json").read_text()),
-            "losses": [json.loads(r)["loss"] for r in
-                       (path / "metrics.jsonl").read_text().splitlines()],
-            "launch": (path / "launch.sh").read_text()}
-
-
 def test_two_nodes_over_ssh_match_two_ranks_on_one_node(sshd: dict, two_ranks: Session,
                                                         samples_dir: Path, tmp_path: Path
                                                         ) -> None:
     work = two_ranks.workdir  # its ingest and tokenizer are this run's too
-    single = _summary(work, two_ranks.plan["pretrain"].key)
+    single = pretrain_outputs(two_ranks.artifacts["pretrain"].path)
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text(render_hostfile(["localhost", "127.0.0.1"], slots=1))
@@ -109,7 +100,7 @@ def test_two_nodes_over_ssh_match_two_ranks_on_one_node(sshd: dict, two_ranks: S
         capture_output=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     key = Session.open(None, "tiny", workdir=work, domain_file=two_nodes).plan["pretrain"].key
-    multi = _summary(work, key)
+    multi = pretrain_outputs(work / "artifacts/pretrain" / key)
     assert "--hostfile" in multi["launch"] and "--num_nodes 2" in multi["launch"]
     assert "pdsh" in (work / "artifacts/pretrain" / key / "train.log").read_text()
     assert multi["summary"]["world_size"] == single["summary"]["world_size"] == 2

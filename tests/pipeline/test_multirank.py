@@ -3,7 +3,6 @@ same global batch: the ranks end with identical weights and the loss curves agre
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from pipeline.runner import Session
 from pipeline.train.pretrain import release_shm
 from tests.e2e_domain import write_test_domain
-from tests.pipeline.conftest import BASE
+from tests.pipeline.conftest import BASE, pretrain_outputs
 
 # Global batch 16 both ways: 2 ranks x 8, or 1 rank x 8 x 2 accumulation steps. Rank r reads
 # sequences [r*8, r*8+8) of each step's 16, exactly the two micro-batches of the 1-rank run.
@@ -20,23 +19,16 @@ from tests.pipeline.conftest import BASE
 TOLERANCE = 1e-4
 
 
-def outputs(session: Session) -> dict:
-    path = session.artifacts["pretrain"].path
-    return {"summary": json.loads((path / "summary.json").read_text()),
-            "losses": [json.loads(r)["loss"] for r in
-                       (path / "metrics.jsonl").read_text().splitlines()],
-            "launch": (path / "launch.sh").read_text()}
-
-
 @pytest.mark.slow
 def test_two_ranks_zero2_match_one_rank(two_ranks: Session, samples_dir: Path,
                                         tmp_path: Path) -> None:
-    two = outputs(two_ranks)
+    two = pretrain_outputs(two_ranks.artifacts["pretrain"].path)
     domain = write_test_domain(samples_dir, tmp_path, tokenizer={"vocab_size": 1024},
                                pretrain={**BASE, "num_gpus": 1, "grad_accum_steps": 2})
-    session = Session.open(None, "tiny", workdir=tmp_path / "work", domain_file=domain)
+    # the 2-rank run's workdir: its ingest and tokenizer are this run's too
+    session = Session.open(None, "tiny", workdir=two_ranks.workdir, domain_file=domain)
     session.run_stage("pretrain")
-    one = outputs(session)
+    one = pretrain_outputs(session.artifacts["pretrain"].path)
     assert "--num_gpus 2" in two["launch"] and "deepspeed.launcher.runner" in two["launch"]
     assert two["summary"]["world_size"] == 2 and one["summary"]["world_size"] == 1
     digests = two["summary"]["param_digests"]
