@@ -107,7 +107,19 @@ def release_shm(port: int, shm_dir: Path = Path("/dev/shm")) -> list[Path]:
 
 def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[str]:
     """DeepSpeed launcher command; with ``num_nodes > 1`` it reaches the hostfile's nodes over
-    ssh (pdsh), so ``spec_path`` and the artifact directory must be on a shared filesystem."""
+    ssh (pdsh), so ``spec_path`` and the artifact directory must be on a shared filesystem.
+
+    One process on one node starts the worker itself, with the environment the launcher's
+    ``launch`` gives its one rank (its two extra Python processes cost seconds per run and
+    would only start that same command); the worker initialises DeepSpeed from that
+    environment as it would under the launcher."""
+    worker = ["-m", "pipeline.train.worker", "--spec", str(spec_path)]
+    if config.num_gpus == 1 and config.num_nodes == 1:
+        rank_env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": 1,
+                    "RANK": 0, "LOCAL_RANK": 0, "LOCAL_SIZE": 1, "CROSS_RANK": 0,
+                    "CROSS_SIZE": 1}
+        return ["env", *(f"{k}={v}" for k, v in rank_env.items()), sys.executable, "-u",
+                *worker]
     multi_node: list[str] = []
     if config.num_nodes > 1:
         if not config.hostfile:  # PretrainConfig rejects this; -O must not skip the check
@@ -119,7 +131,7 @@ def launch_command(config: PretrainConfig, spec_path: Path, port: int) -> list[s
     return [
         sys.executable, "-m", "deepspeed.launcher.runner",
         "--num_gpus", str(config.num_gpus), "--master_port", str(port), *multi_node,
-        "--module", "pipeline.train.worker", "--spec", str(spec_path),
+        "--module", *worker[1:],
     ]
 
 

@@ -1,6 +1,8 @@
 """One training rank, started by DeepSpeed's launcher from the pretrain stage.
 
 ``python -m deepspeed.launcher.runner --num_gpus N --module pipeline.train.worker --spec SPEC``
+(a single process is started as ``env RANK=0 WORLD_SIZE=1 ... python -m pipeline.train.worker``,
+the launcher's environment for one rank: ``pretrain.launch_command``).
 
 Reads the spec written by ``pipeline.train.pretrain``, builds a Llama-style model, trains it
 through a DeepSpeed engine on the packed token stream, logs to ``metrics.jsonl``, checkpoints every

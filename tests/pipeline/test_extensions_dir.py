@@ -38,8 +38,8 @@ def test_plain_invocation_uses_the_makefiles_dir() -> None:
          "print-ext-dir: ; @echo $$TORCH_EXTENSIONS_DIR", "print-ext-dir"],
         env=env, text=True, capture_output=True, check=True).stdout.strip()
     assert plain == Path(made).resolve() == (Path(sys.prefix) / "torch_extensions").resolve()
-    # a training rank (DeepSpeed's launcher starts `python -m pipeline.train.worker`) imports
-    # this package before deepspeed, so it resolves the same directory
+    # a training rank (`python -m pipeline.train.worker`, from DeepSpeed's launcher or
+    # directly) imports this package before deepspeed, so it resolves the same directory
     assert "import deepspeed" in (REPO / "pipeline/train/worker.py").read_text()
     worker = _resolved(env, "-c", "import pipeline.train.worker, os; "
                                   "print(os.environ['TORCH_EXTENSIONS_DIR'])")

@@ -50,3 +50,34 @@ def test_launch_command_uses_deepspeed_launcher(tmp_path: Path) -> None:
     cmd = launch_command(_config(num_gpus=4), tmp_path / "spec.json", 29555)
     assert cmd[1:4] == ["-m", "deepspeed.launcher.runner", "--num_gpus"] and cmd[4] == "4"
     assert cmd[-4:] == ["--module", "pipeline.train.worker", "--spec", str(tmp_path / "spec.json")]
+
+
+def test_one_process_starts_the_worker_itself(tmp_path: Path) -> None:
+    cmd = launch_command(_config(num_gpus=1), tmp_path / "spec.json", 29555)
+    assert cmd[0] == "env" and "deepspeed.launcher.runner" not in cmd
+    assert cmd[-5:] == ["-u", "-m", "pipeline.train.worker", "--spec", str(tmp_path / "spec.json")]
+    env = dict(a.split("=", 1) for a in cmd[1:] if "=" in a)
+    assert env == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555", "WORLD_SIZE": "1",
+                   "RANK": "0", "LOCAL_RANK": "0", "LOCAL_SIZE": "1", "CROSS_RANK": "0",
+                   "CROSS_SIZE": "1"}
+
+
+@pytest.mark.slow
+def test_one_process_environment_is_the_launchers(tmp_path: Path) -> None:
+    """The variables a one-process command sets are those DeepSpeed's launcher gives its one
+    rank, read from a script the real launcher starts."""
+    import subprocess
+    import sys
+
+    names = ["MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_SIZE",
+             "CROSS_RANK", "CROSS_SIZE"]
+    script = tmp_path / "show_env.py"
+    script.write_text("import json, os\nprint('ENV ' + json.dumps({k: os.environ.get(k) for k in "
+                      f"{names!r}}}))\n")
+    out = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1",
+                          "--master_port", "29555", "--no_local_rank", str(script)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    launched = json.loads(next(line for line in out.splitlines() if line.startswith("ENV "))[4:])
+    cmd = launch_command(_config(num_gpus=1), tmp_path / "spec.json", 29555)
+    ours = dict(a.split("=", 1) for a in cmd[1:] if "=" in a)
+    assert ours == launched
