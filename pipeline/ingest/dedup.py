@@ -138,7 +138,10 @@ def find_sql(con: duckdb.DuckDBPyConnection, signatures: str,
              ) -> NearDuplicates:
     """Near-duplicates among the rows (ord, sig, bands) of the query ``signatures``; the
     earliest ord of a cluster is kept. ``texts(ords)`` yields tables (ord, text) of those
-    documents (sorted), in ord order, a batch at a time.
+    documents (sorted), in ord order, a batch at a time. Negative ords are earlier drops'
+    documents, kept already and never excluded again: a bucket's pairs of two of them are not
+    checked (only the pairs that can exclude a document are), so the work follows the new
+    documents, not the history.
 
     The buckets are a DuckDB aggregate over one row per document and band, which spills to disk
     past the connection's memory limit. Each candidate pair is then checked exactly: the texts
@@ -158,7 +161,7 @@ def find_sql(con: duckdb.DuckDBPyConnection, signatures: str,
             SELECT ord, min(ord) OVER (PARTITION BY band, key) AS first
             FROM lsh SEMI JOIN (SELECT band, key FROM lsh GROUP BY ALL HAVING count(*) > 1)
                  USING (band, key))
-        WHERE ord <> first;
+        WHERE ord <> first AND ord >= 0;
         DROP TABLE lsh""")
     pairs = con.sql("SELECT first, ord FROM pairs ORDER BY first, ord").fetchnumpy()
     con.execute("DROP TABLE pairs")

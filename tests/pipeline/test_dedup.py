@@ -54,6 +54,20 @@ def test_clusters_keep_their_first_document() -> None:
     assert _find([unrelated, text, edited], threshold=0.99).ords.tolist() == []
 
 
+def test_pairs_of_two_earlier_documents_are_not_checked() -> None:
+    """Negative ords are earlier drops' documents, kept already: a bucket's pairs between two of
+    them cost a check and can exclude nothing, so only the pairs with a new document count."""
+    text = " ".join(f"word{i}" for i in range(60))
+    con = duckdb.connect()
+    con.register("docs", pa.table({"ord": [-2, -1, 0, 1], "text": [
+        text, text + " extra", text.replace("word30", "other"),
+        " ".join(f"term{i}" for i in range(60))]}))
+    found = dedup.find(con, "docs", NearDupConfig())
+    assert found.ords.tolist() == [0] and found.kept_ords.tolist() == [-2]
+    # (-2, -1) share every bucket too (Jaccard 0.98) but are not a candidate
+    assert found.candidates == 1 and found.verified == 1
+
+
 @pytest.fixture(scope="module")
 def planted(samples_dir: Path) -> dict:
     """1,500 real news articles plus 300 edited copies (1 word in 100 replaced)."""
