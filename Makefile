@@ -42,12 +42,15 @@ samples: install
 demo: samples
 	$(BIN)/dapt run medical --profile tiny
 
+# Two pytest-xdist workers: the suite alone keeps one core busy (tests/conftest.py groups it).
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # The unit tests (no model training, DeepSpeed or Prefect flow): a few minutes.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not integration"
 
 lint: install
 	$(BIN)/ruff check pipeline flows tests bench

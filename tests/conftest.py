@@ -10,26 +10,95 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# `make test` runs the suite on 2 pytest-xdist workers (`-n 2`); the suite alone keeps one core
+# busy on average (tiny models, process starts, Prefect), so two keep both. Each worker:
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    import atexit
+    import shutil
+    import tempfile
+
+    # its own Prefect home: two ephemeral Prefect APIs on one SQLite database lock each other
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"dapt-prefect-{WORKER}-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
+    # one thread for torch and BLAS in it and in what it starts: two workers share two cores,
+    # and OpenMP threads spinning against the other worker's only waste them
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+# Tests that share a module fixture, or a session fixture noted here, run on one worker; the
+# heaviest groups go first, so that none of them starts last (seconds on 2 cores, measured
+# serially with `pytest --durations`).
+SHARED = {"tests/pipeline/test_multinode.py": "two_ranks",
+          "tests/pipeline/test_multirank.py": "two_ranks"}
+HEAVY_FIRST = ["tests/pipeline/test_cpu_profile.py", "tests/flows/test_promotion_flow.py",
+               "tests/flows/test_domain_flow.py", "tests/pipeline/test_train_resume.py",
+               "tests/flows/test_deploy.py", "tests/flows/test_report_browser.py", "two_ranks",
+               "tests/pipeline/test_evaluate.py", "tests/pipeline/test_continue.py"]
+
+
+def _group(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return SHARED.get(path, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadfile`` (as `make test` runs it) with ``SHARED`` joining files: each group
+    runs whole on one worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return ByGroup(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the heaviest groups first (``--no-loadscope-reorder`` keeps this order)."""
+    if WORKER:
+        rank = {group: i for i, group in enumerate(HEAVY_FIRST)}
+        items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # else stable
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A directory every xdist worker of this session sees (the session's base temp's parent
+    under xdist), or the test session's own temp."""
+    if WORKER:
+        return tmp_path_factory.getbasetemp().parent / name
+    return tmp_path_factory.mktemp(name)
+
 
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``<tmp>/samples`` holding the real medical, finance and general sample corpora."""
+    """``<tmp>/samples`` holding the real medical, finance and general sample corpora, built
+    once per session (the first worker builds them, under a lock; the others read them)."""
+    from filelock import FileLock
+
     from pipeline import samples
 
-    root = tmp_path_factory.mktemp("work") / "samples"
-    for domain in ("medical", "finance", "general"):
-        samples.build(domain, root)
+    root = _shared_dir(tmp_path_factory, "work") / "samples"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / ".built").exists():
+            for domain in ("medical", "finance", "general"):
+                samples.build(domain, root)
+            (root / ".built").touch()
     return root
 
 
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory: pytest.TempPathFactory):
     """SmolLM2-135M converted from its GGUF once per session (about 30 s), as an artifact of a
-    session store; ``seed_base_model`` puts it into a test's own workdir."""
+    session store that every xdist worker shares (the store builds an artifact once, whoever
+    asks first); ``seed_base_model`` puts it into a test's own workdir."""
     from pipeline.artifacts import ArtifactStore
     from pipeline.train.models import prepare
 
-    return prepare("smollm2-135m", ArtifactStore(tmp_path_factory.mktemp("models") / "artifacts"))
+    return prepare("smollm2-135m", ArtifactStore(_shared_dir(tmp_path_factory, "models")
+                                                 / "artifacts"))
 
 
 def seed_base_model(art, workdir: Path) -> None:
