@@ -8,7 +8,7 @@ near-duplicates; written as JSONL files of about 32 MB. The big file is those fi
 order: the same documents, the same bytes, one file.
 
 Each layout is ingested in a fresh process with the stage's defaults for the work plan
-(`shard_mb` 32, `global_memory_gb` 2) and bench/ingest.py's filters (Gopher quality and
+(`shard_mb` 32, `global_memory_gb` 1) and bench/ingest.py's filters (Gopher quality and
 repetition at the paper's thresholds, MinHash near dedup, PII, exact dedup; language ID and
 decontamination off), shards on 2 threads as `dapt run` maps them. Printed per layout:
 

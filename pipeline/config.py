@@ -253,8 +253,9 @@ class IngestConfig(_Strict):
         "not the file's size. The output does not depend on it.")
     min_kept_docs: int = Field(default=100, ge=1, description="Quality gate: fail below this.")
     global_memory_gb: float = Field(
-        default=2.0, gt=0, description="DuckDB's memory limit for the steps over the whole "
-        "corpus (dedup, split, write): past it they spill to disk in the work directory.")
+        default=1.0, gt=0, description="DuckDB's memory limit for the steps over the whole "
+        "corpus (dedup, split, write): past it they spill to disk in the work directory. "
+        "The output does not depend on it.")
     seed: int = 0
 
     @model_validator(mode="after")
