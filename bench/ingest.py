@@ -28,6 +28,7 @@ spaCy one was 4x slower here). Each tool runs in a subprocess: its wall time and
                      LSH bucket; we check each candidate's exact 5-gram Jaccard against 0.8.
 
     python -m bench.ingest --samples /tmp/demo_work/samples --sizes 50,500 --datatrove 50,500
+    python -m bench.ingest --samples /tmp/demo_work/samples --sizes 500 --datatrove 500 --one-file
 """
 
 from __future__ import annotations
@@ -287,6 +288,23 @@ def _child(tool: str, corpus: Path, out: Path, workers: int) -> dict:
     return result
 
 
+def one_file(corpus: Path) -> Path:
+    """``corpus``'s files joined in order into ``<corpus>-onefile/part-all.jsonl``: the same
+    documents and bytes, one file."""
+    import shutil
+
+    joined = corpus.with_name(corpus.name + "-onefile")
+    target = joined / "part-all.jsonl"
+    parts = sorted(corpus.glob("part-*.jsonl"))
+    if not target.exists() or target.stat().st_size != sum(p.stat().st_size for p in parts):
+        joined.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as fh:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, fh, 1 << 24)
+    return joined
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=Path, required=True,
@@ -295,6 +313,9 @@ def main() -> None:
     parser.add_argument("--datatrove", default="50", help="sizes datatrove also runs on")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/dapt-bench-ingest"))
+    parser.add_argument("--one-file", action="store_true",
+                        help="the same corpus joined into one JSONL file (datatrove reads a "
+                        "file as one task; ours cuts it into shards)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     base = clean_base(args.samples, args.work)
@@ -305,6 +326,8 @@ def main() -> None:
         corpus = args.work / f"corpus-{size}"
         planted = (json.loads((corpus / "planted.json").read_text())
                    if (corpus / "planted.json").exists() else build_corpus(base, size, corpus))
+        if args.one_file:
+            corpus = one_file(corpus)
         mb = sum(p.stat().st_size for p in corpus.glob("part-*.jsonl")) / 1e6
         results = {}
         for tool in ("ours", "datatrove") if size in dt_sizes else ("ours",):
