@@ -93,7 +93,7 @@ def run_layout(corpus_glob: str, out: Path, shard_mb: float) -> dict:
 
 
 def main() -> None:
-    from bench.ingest import build_corpus, clean_base
+    from bench.ingest import build_corpus, clean_base, join_parts
     from pipeline.config import IngestConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,13 +110,7 @@ def main() -> None:
     if not (parts / "planted.json").exists():
         build_corpus(clean_base(args.samples, args.work), args.mb, parts)
     files = sorted(parts.glob("part-*.jsonl"))
-    big = args.work / f"single-{args.mb}" / "corpus.jsonl"
-    if not big.exists() or big.stat().st_size != sum(p.stat().st_size for p in files):
-        big.parent.mkdir(parents=True, exist_ok=True)
-        with open(big, "wb") as fh:
-            for part in files:
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, fh, 1 << 24)
+    big = join_parts(parts, args.work / f"single-{args.mb}" / "corpus.jsonl")
     mb = big.stat().st_size / 1e6
     print(f"corpus: {mb:,.1f} MB, {len(files)} files of about 32 MB, and as one file")
     results = {}

@@ -288,21 +288,19 @@ def _child(tool: str, corpus: Path, out: Path, workers: int) -> dict:
     return result
 
 
-def one_file(corpus: Path) -> Path:
-    """``corpus``'s files joined in order into ``<corpus>-onefile/part-all.jsonl``: the same
-    documents and bytes, one file."""
+def join_parts(corpus: Path, target: Path) -> Path:
+    """``corpus``'s ``part-*.jsonl`` files joined in order into ``target`` (written unless it
+    already holds them): the same documents and bytes, one file."""
     import shutil
 
-    joined = corpus.with_name(corpus.name + "-onefile")
-    target = joined / "part-all.jsonl"
     parts = sorted(corpus.glob("part-*.jsonl"))
     if not target.exists() or target.stat().st_size != sum(p.stat().st_size for p in parts):
-        joined.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as fh:
             for part in parts:
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, fh, 1 << 24)
-    return joined
+    return target
 
 
 def main() -> None:
@@ -326,8 +324,9 @@ def main() -> None:
         corpus = args.work / f"corpus-{size}"
         planted = (json.loads((corpus / "planted.json").read_text())
                    if (corpus / "planted.json").exists() else build_corpus(base, size, corpus))
-        if args.one_file:
-            corpus = one_file(corpus)
+        if args.one_file:  # a corpus directory of one part, so both tools read it as before
+            corpus = join_parts(corpus, corpus.with_name(f"{corpus.name}-onefile")
+                                / "part-all.jsonl").parent
         mb = sum(p.stat().st_size for p in corpus.glob("part-*.jsonl")) / 1e6
         results = {}
         for tool in ("ours", "datatrove") if size in dt_sizes else ("ours",):

@@ -52,12 +52,16 @@ def test_launch_command_uses_deepspeed_launcher(tmp_path: Path) -> None:
     assert cmd[-4:] == ["--module", "pipeline.train.worker", "--spec", str(tmp_path / "spec.json")]
 
 
+def _env_of(cmd: list[str]) -> dict[str, str]:
+    """The variables an ``env NAME=VALUE ... program`` command sets."""
+    return dict(a.split("=", 1) for a in cmd[1:] if "=" in a)
+
+
 def test_one_process_starts_the_worker_itself(tmp_path: Path) -> None:
     cmd = launch_command(_config(num_gpus=1), tmp_path / "spec.json", 29555)
     assert cmd[0] == "env" and "deepspeed.launcher.runner" not in cmd
     assert cmd[-5:] == ["-u", "-m", "pipeline.train.worker", "--spec", str(tmp_path / "spec.json")]
-    env = dict(a.split("=", 1) for a in cmd[1:] if "=" in a)
-    assert env == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555", "WORLD_SIZE": "1",
+    assert _env_of(cmd) == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555", "WORLD_SIZE": "1",
                    "RANK": "0", "LOCAL_RANK": "0", "LOCAL_SIZE": "1", "CROSS_RANK": "0",
                    "CROSS_SIZE": "1"}
 
@@ -78,6 +82,4 @@ def test_one_process_environment_is_the_launchers(tmp_path: Path) -> None:
                           "--master_port", "29555", "--no_local_rank", str(script)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     launched = json.loads(next(line for line in out.splitlines() if line.startswith("ENV "))[4:])
-    cmd = launch_command(_config(num_gpus=1), tmp_path / "spec.json", 29555)
-    ours = dict(a.split("=", 1) for a in cmd[1:] if "=" in a)
-    assert ours == launched
+    assert _env_of(launch_command(_config(num_gpus=1), tmp_path / "spec.json", 29555)) == launched
