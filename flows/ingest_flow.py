@@ -1,6 +1,6 @@
 """Ingest as a subflow whose shards are Prefect tasks on the chosen task runner.
 
-``pipeline.ingest.run`` takes a ``map_shards`` function; this one submits each shard
+``pipeline.stages.ingest.run`` takes a ``map_shards`` function; this one submits each shard
 (``prepare_shard``: everything done to a document alone) as a task and waits for them in order,
 so the global steps (dedup, split, decontamination) see the same shard outputs whichever runner
 ran them: threads here, a local Dask cluster, or a remote Dask or Ray cluster.
@@ -22,9 +22,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import ingest, progress
 from pipeline.config import IngestConfig
-from pipeline.runner import Session
+from pipeline.engine import progress
+from pipeline.engine.runner import Session
+from pipeline.stages import ingest
 
 
 @task(task_run_name="ingest-shard-{index}")

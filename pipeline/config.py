@@ -158,7 +158,7 @@ PiiTypeName = Literal[PII_TYPES]  # type: ignore[valid-type]
 
 class PiiConfig(_Strict):
     """Identifiers replaced by typed placeholders (``<EMAIL>``, ...) before filtering, so
-    neither the output nor the exclusion log holds them; see ``pipeline/ingest/pii.py``."""
+    neither the output nor the exclusion log holds them; see ``pipeline/stages/ingest/pii.py``."""
 
     enabled: bool = True
     types: list[PiiTypeName] = Field(
@@ -447,7 +447,8 @@ class PretrainConfig(_Strict):
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
-                "DeepSpeed hostfile (`python -m pipeline.train.launch hostfile` writes one)"
+                "DeepSpeed hostfile (`python -m pipeline.stages.pretrain.launch hostfile` "
+                "writes one)"
             )
         return self
 
@@ -687,7 +688,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 class SweepConfig(_Strict):
-    """The LR x replay grid of ``dapt sweep`` (see ``pipeline/sweep.py``)."""
+    """The LR x replay grid of ``dapt sweep`` (see ``pipeline/lifecycle/sweep.py``)."""
 
     lrs: list[float] = Field(
         default_factory=lambda: [2e-5, 1e-4], description="Peak learning rates to try.")

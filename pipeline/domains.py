@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.artifacts import DigestCache, file_digest
 from pipeline.config import PROFILE_NAMES, DomainSpec, RunConfig
+from pipeline.engine.artifacts import DigestCache, file_digest
 from pipeline.files import is_url, match_files
 
 ENTRY_POINT_GROUP = "dapt.domains"

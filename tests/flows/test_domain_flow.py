@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
-from pipeline.catalog import Catalog
-from pipeline.train.packing import TokenBatches
+from pipeline.engine.catalog import Catalog
+from pipeline.stages.pretrain.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # the whole flow under Prefect

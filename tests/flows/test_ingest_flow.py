@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from flows.ingest_flow import ingest_flow, task_runner
-from pipeline.runner import Session
+from pipeline.engine.runner import Session
 from tests.e2e_domain import write_test_domain
 
 

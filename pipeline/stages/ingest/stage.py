@@ -1,0 +1,232 @@
+"""The ingest stage: the per-shard step over every shard, then the global steps in order.
+
+With ``drops`` (from the runner) the stage is incremental (``drops.py``): only source files
+no earlier drop of the lineage ingested are read, each shard's work is an ``ingest-shard``
+artifact, and dedup and decontamination run against everything the earlier drops saw."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import IngestConfig
+from pipeline.engine import progress
+from pipeline.engine.artifacts import Artifact, Manifest
+from pipeline.stages.ingest import drops as incremental
+from pipeline.stages.ingest import steps
+from pipeline.stages.ingest.readers import Piece, shard_files, source_files
+from pipeline.stages.ingest.shard import Laps, prepare_shard
+
+
+def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
+        map_shards: Callable[[Callable, list[tuple]], list] | None = None,
+        drops: incremental.Drops | None = None) -> Manifest:
+    """``config.sources[*].path`` must already be resolved to absolute paths, globs or URLs.
+
+    ``map_shards(fn, jobs)`` runs ``fn(*job)`` for every job and returns the results in job
+    order; the default runs them here one by one. The flow passes one that maps Prefect tasks
+    over its task runner (threads, or a Dask cluster); the output is the same bytes either way.
+
+    ``drops``: ingest as the next drop of a lineage (``inputs["ingest"]``, when given, is the
+    previous drop); without it, the whole corpus at once and nothing cached.
+
+    The steps, in order: plan the shards (``_plan``), the per-shard step over them, then the
+    global steps on one DuckDB database: dedup and decontamination (``_filter``), for a drop
+    the earlier drops' training text against test sets added since (``_retrofit``), the
+    split and the writers (``_write``), the drop's bookkeeping (``_record_drop``), the counts
+    and the gate (``_count``).
+    """
+    work = out_dir / "_shards"
+    earlier = incremental.history(inputs.get("ingest")) if drops else None
+    plan, jobs, fn, changes = _plan(config, work, drops, earlier)
+    results = (map_shards or _serial_map)(fn, jobs)
+    lap = Laps()
+    con = steps.open_database(config, work)
+    parts = steps.load_shards(con, work, len(jobs))
+    held, extra_counts, test_sets = _filter(con, config, parts, earlier, lap)
+    prints = {name: steps.fingerprint(h) for name, h in test_sets.items()} if drops else {}
+    retracted = steps.RETRACTED_SCHEMA.empty_table()
+    earlier_shards: list[list[str]] = []
+    if drops:
+        earlier_shards, retracted = _retrofit(con, config, earlier, test_sets, prints,
+                                              out_dir)
+        lap("retrofit")
+    eval_rows = _write(con, config, parts, held, out_dir, earlier, lap, extra_counts)
+    drop_extra: dict = {}
+    if drops:
+        drop_extra = _record_drop(con, config, parts, plan, out_dir, drops, earlier, changes,
+                                  results, earlier_shards, prints, extra_counts)
+        lap("write_index")
+    counts = _count(con, config, plan, results, extra_counts, earlier, retracted, eval_rows)
+    sources = steps.by_source(con)
+    con.close()
+    shutil.rmtree(work, ignore_errors=True)  # links to shard artifacts go, not the artifacts
+    files: dict[str, list[str]] = {s.name: [] for s in config.sources}
+    for name, path in dict.fromkeys((p.source, p.path) for shard in plan for p in shard):
+        files[name].append(str(path))  # once per file, however many pieces it was cut into
+    seconds = {f"shards_{k}": v for k, v in steps.summed(r["seconds"] for r in results).items()}
+    metrics = ({k: float(counts[k]) for k in ("drop", "files_reused", "shards_built",
+                                               "shards_cached")} if drops else {})
+    return Manifest(
+        stage="ingest",
+        counts=counts,
+        metrics=metrics,
+        extra={"sources": sources,
+               "source_names": [s.name for s in config.sources],
+               "general_sources": [s.name for s in config.sources if s.general],
+               "files": files, "seconds": {**seconds, **lap.seconds}, **drop_extra},
+    )
+
+
+def _plan(config: IngestConfig, work: Path, drops: incremental.Drops | None,
+          earlier: incremental.History | None
+          ) -> tuple[list[list[Piece]], list[tuple], Callable, incremental.FileChanges | None]:
+    """The shards and the per-shard jobs. A drop plans only the files no earlier drop ingested
+    (an earlier file is not read again) and runs each shard through its cached artifact."""
+    if drops is None:
+        plan = shard_files(config, spool=work / "spool")
+        return plan, [(config, files, work / f"{i:05d}") for i, files in enumerate(plan)], \
+            prepare_shard, None
+    if earlier is None:
+        raise ValueError("ingest: a drop needs the lineage's history (None given)")
+    listed = source_files(config)
+    changes = incremental.file_changes([path for _, path in listed], drops.digests,
+                                       earlier.files)
+    fresh = changes.fresh()
+    plan = shard_files(config, spool=work / "spool",
+                       files=[(s, path) for s, path in listed if path in fresh])
+    shard_json, code = incremental.shard_config(config), incremental.shard_code_version()
+    jobs = [(config, files, work / f"{i:05d}", incremental.ShardCache(
+                str(drops.store.root),
+                incremental.shard_key(shard_json, files, drops.digests, code),
+                drops.redo_shards))
+            for i, files in enumerate(plan)]
+    return plan, jobs, incremental.cached_shard, changes
+
+
+def _filter(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
+            earlier: incremental.History | None, lap: Laps
+            ) -> tuple[str, dict[str, int], dict[str, np.ndarray]]:
+    """Exact and near dedup (against the earlier drops too), then decontamination against the
+    test sets and the held-out text. Returns the held-out rule, counts, and the test sets."""
+    history = bool(earlier and earlier.index_files)
+    if history:
+        steps.history_view(con, earlier.index_files, config.near_dup.enabled)
+        steps.exact_dedup_history(con)
+    steps.exact_dedup(con)
+    lap("exact_dedup")
+    if earlier is not None:
+        steps.mark_indexed(con)
+    near = steps.near_dedup(con, config, parts, history=history)
+    held = steps.held_out_sql(config)
+    lap("near_dedup")
+    test_sets = (steps.test_set_hashes(con, config) if config.decontamination.enabled
+                 else {})
+    contaminated = (steps.decontaminate(con, config, held, parts,
+                                        earlier.eval_file if earlier else None, test_sets)
+                    if config.decontamination.enabled else {})
+    lap("decontaminate")
+    return held, {**near, **contaminated}, test_sets
+
+
+def _retrofit(con: duckdb.DuckDBPyConnection, config: IngestConfig,
+              earlier: incremental.History, test_sets: dict[str, np.ndarray],
+              prints: dict[str, str], out_dir: Path) -> tuple[list[list[str]], pa.Table]:
+    """Earlier drops' training text against the test sets added since they were ingested:
+    the contaminated documents are retracted (``retracted.parquet``) and the shards that held
+    them rewritten into this drop. Returns the earlier train shards to keep, and what went."""
+    earlier_shards, retracted = earlier.train_shards, steps.RETRACTED_SCHEMA.empty_table()
+    added = {name: h for name, h in test_sets.items()
+             if earlier.test_sets.get(name) != prints[name]}
+    if added and earlier.previous:
+        earlier_shards, retracted = steps.retrofit(
+            con, config, [(k, n, out_dir.parent / k / n) for k, n in earlier.train_shards],
+            added, out_dir)
+    steps.write_table(retracted, out_dir / "retracted.parquet")
+    return earlier_shards, retracted
+
+
+def _write(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str], held: str,
+           out_dir: Path, earlier: incremental.History | None, lap: Laps,
+           extra_counts: dict[str, int]) -> int:
+    """The split, then the train shards, the held-out slice (cumulative for a drop), the
+    exclusion log, the modified log and the stats. Returns the held-out slice's rows."""
+    steps.split(con, held)
+    lap("split")
+    extra_counts["train_shards"] = steps.write_train(con, config, parts, out_dir)
+    lap("write_train")
+    eval_rows = steps.write_eval(con, out_dir, earlier.eval_file if earlier else None)
+    lap("write_eval")
+    steps.write_excluded(con, parts, out_dir)
+    lap("write_excluded")
+    steps.write_modified_and_stats(con, out_dir)
+    lap("write_modified_stats")
+    return eval_rows
+
+
+def _record_drop(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
+                 plan: list[list[Piece]], out_dir: Path, drops: incremental.Drops,
+                 earlier: incremental.History, changes: incremental.FileChanges | None,
+                 results: list[dict], earlier_shards: list[list[str]], prints: dict[str, str],
+                 extra_counts: dict[str, int]) -> dict:
+    """A drop's part of the index, its file versions, its counts and its manifest entry."""
+    if changes is None:
+        raise ValueError("ingest: a drop's bookkeeping needs its file changes (None given)")
+    number = earlier.drop + 1
+    extra_counts["index_docs"] = steps.write_index(con, config, parts, out_dir, number)
+    steps.write_table(incremental.files_table(
+        earlier.files, [(p.source, p.path) for shard in plan for p in shard], changes,
+        drops.digests, number), out_dir / "files.parquet")
+    hits = sum(bool(r.get("cache_hit")) for r in results)
+    extra_counts.update(
+        drop=number, files_new=len(changes.new), files_rewritten=len(changes.rewritten),
+        files_deleted=len(changes.deleted), files_reused=len(changes.reused),
+        shards_cached=hits, shards_built=len(results) - hits)
+    prev = earlier.previous
+    return {"drop": {
+        "number": number, "lineage": drops.lineage,
+        "previous": prev.key if prev else None,
+        "chain": ([*prev.manifest.extra["drop"]["chain"], prev.key] if prev else []),
+        "train_shards": earlier_shards,
+        "test_sets": prints,
+        "shard_keys": [r["shard_key"] for r in results]},
+        "file_changes": {"new": changes.new, "rewritten": changes.rewritten,
+                         "deleted": changes.deleted}}
+
+
+def _count(con: duckdb.DuckDBPyConnection, config: IngestConfig, plan: list[list[Piece]],
+           results: list[dict], extra_counts: dict[str, int],
+           earlier: incremental.History | None, retracted: pa.Table, eval_rows: int
+           ) -> dict[str, int]:
+    """The counts (a drop adds the cumulative corpus's ``corpus_*``), checked by the gate."""
+    counts = steps.count(con, plan, results, extra_counts)
+    if earlier is None:
+        steps.check_gate(config, counts)
+        return counts
+    before = earlier.counts
+    gone = retracted.num_rows
+    counts.update(
+        retracted_contaminated=gone,
+        corpus_kept=before.get("corpus_kept", 0) + counts["kept"] - gone,
+        corpus_train_docs=before.get("corpus_train_docs", 0) + counts["train_docs"] - gone,
+        corpus_train_chars=before.get("corpus_train_chars", 0) + counts["train_chars"]
+        - int(pc.sum(retracted.column("chars")).as_py() or 0),
+        corpus_eval_docs=eval_rows)
+    steps.check_gate(config, {**counts, "kept": counts["corpus_kept"],
+                              "eval_docs": counts["corpus_eval_docs"]})
+    return counts
+
+
+def _serial_map(fn: Callable, jobs: list[tuple]) -> list:
+    results = []
+    with progress.track("ingest: shards", len(jobs), "shards") as bar:
+        for job in jobs:
+            results.append(fn(*job))
+            bar.update()
+    return results
