@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DIRECT = """
 import sys
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 Session.open(sys.argv[1], sys.argv[2], workdir=sys.argv[3]).run_all()
 """
 DAPT = [sys.executable, "-m", "flows.cli"]

@@ -24,7 +24,8 @@ from transformers import AutoTokenizer
 from pipeline import domains, samples
 from pipeline.config import FinetuneConfig
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.stages import finetune, models
+from pipeline.stages.finetune import stage as finetune
+from pipeline.stages.models import stage as models
 
 
 def main() -> None:

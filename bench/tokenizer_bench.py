@@ -93,7 +93,7 @@ def _rss() -> dict[str, float]:
 def part_train_stage(work: Path, vocab: int) -> dict:
     from pipeline.config import TokenizerConfig
     from pipeline.engine.artifacts import Artifact
-    from pipeline.stages import tokenizer
+    from pipeline.stages.tokenizer import stage as tokenizer
 
     out = work / "tok-stage"
     out.mkdir()

@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from pipeline import domains, samples
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 from pipeline.stages.pretrain.packing import TokenBatches
 from pipeline.stages.pretrain.worker import llama_config
 from pipeline.stages.pretrain.worker_io import PretrainOutput, WorkerSpec

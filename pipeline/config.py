@@ -766,3 +766,13 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def with_init(run: RunConfig, init: str | None) -> RunConfig:
+    """``run`` with ``pretrain.init`` overridden (a flow or CLI parameter), validated."""
+    if init is None:
+        return run
+    if init not in ("base", "promoted"):
+        raise ValueError(f"init {init!r}: allowed: base, promoted")
+    pretrain = PretrainConfig.model_validate({**run.pretrain.model_dump(), "init": init})
+    return run.model_copy(update={"pretrain": pretrain})

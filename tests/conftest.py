@@ -95,7 +95,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory):
     session store that every xdist worker shares (the store builds an artifact once, whoever
     asks first); ``seed_base_model`` puts it into a test's own workdir."""
     from pipeline.engine.artifacts import ArtifactStore
-    from pipeline.stages.models import prepare
+    from pipeline.stages.models.stage import prepare
 
     return prepare("smollm2-135m", ArtifactStore(_shared_dir(tmp_path_factory, "models")
                                                  / "artifacts"))

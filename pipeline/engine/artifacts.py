@@ -34,17 +34,6 @@ TMP, FAILED, OLD = ".tmp-", ".failed-", ".old-"
 LEFTOVER_REASONS = {FAILED: "failed build", OLD: "replaced artifact", TMP: "interrupted build"}
 
 
-# An artifact's inputs are keyed by name, and a name is the stage of the artifact it names,
-# except these: a second pretrain artifact (the promoted model a continued run starts from,
-# the one evaluate gates it against; pipeline.lifecycle.promotion).
-INPUT_STAGES = {"promoted": "pretrain", "previous": "pretrain"}
-
-
-def input_stage(name: str) -> str:
-    """The stage of the artifact an input named ``name`` is."""
-    return INPUT_STAGES.get(name, name)
-
-
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-serialisable object, independent of dict ordering."""
     payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -11,6 +11,8 @@ two ``dapt run`` processes on one workdir therefore interleave instead of failin
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from typing import Any
 
 import duckdb
 
-from pipeline.engine.artifacts import Artifact, Manifest, input_stage
+from pipeline.engine.artifacts import Artifact, Manifest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS curves (
 CREATE TABLE IF NOT EXISTS promotions (
     domain VARCHAR, seq BIGINT, action VARCHAR, key VARCHAR, previous VARCHAR,
     run_id VARCHAR, reason VARCHAR, recorded_at TIMESTAMP);
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 """
 # promotions: the history of each domain's promoted model (a pretrain artifact key), newest
 # seq last. action: promoted (gates passed), manual (`dapt models promote`), rollback (key is
@@ -50,6 +54,26 @@ CREATE TABLE IF NOT EXISTS promotions (
 # the pointer does not move). The promoted model is the key of the newest row that is not
 # `rejected`; see pipeline.lifecycle.promotion.
 MOVES = ("promoted", "manual", "rollback")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def run_status(row: Mapping[str, Any]) -> str:
+    """A run's status as recorded, except that a ``running`` run started on this host by a
+    process that no longer exists is ``crashed`` (killed, out of memory, power lost). A run of
+    another host is taken at its word: its process cannot be seen from here."""
+    if (row.get("status") == "running" and row.get("pid") is not None
+            and row.get("host") == socket.gethostname() and not process_alive(row["pid"])):
+        return "crashed"
+    return row.get("status")
 
 
 def _now() -> datetime:
@@ -106,11 +130,15 @@ class Catalog:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, domain: str, profile: str, params: Mapping[str, Any]) -> None:
+    def start_run(self, run_id: str, domain: str, profile: str, params: Mapping[str, Any],
+                  pid: int | None = None, host: str | None = None) -> None:
+        """A run starts ``running``; ``pid`` and ``host`` (the process that runs it) let a
+        reader tell a run whose process is gone (``crashed``, see ``runs``)."""
         with self.connect() as con:
             con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', NULL, NULL, ?, NULL)",
-                [run_id, domain, profile, json.dumps(params, default=str), _now()],
+                "INSERT INTO runs (run_id, domain, profile, params, status, started_at, pid, "
+                "host) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                [run_id, domain, profile, json.dumps(params, default=str), _now(), pid, host],
             )
 
     def finish_run(
@@ -132,7 +160,12 @@ class Catalog:
         cache_hit: bool,
         started_at: datetime,
         duration_s: float,
+        input_kinds: Mapping[str, str] | None = None,
     ) -> None:
+        """One step's row, its artifact, the artifact's inputs (``input_kinds``: the kind of
+        each input not named for its kind, e.g. the promoted model a run continues) and its
+        metrics and curve."""
+        kinds = input_kinds or {}
         m: Manifest = artifact.manifest
         with self.connect() as con:
             con.begin()  # one commit (and one WAL flush) for the stage's rows
@@ -149,7 +182,7 @@ class Catalog:
             for name, input_key in m.inputs.items():
                 con.execute(
                     "INSERT INTO lineage VALUES (?, ?, ?, ?)",
-                    [m.stage, m.key, input_stage(name), input_key],
+                    [m.stage, m.key, kinds.get(name, name), input_key],
                 )
             rows = [[run_id, m.stage, m.key, k, float(v)] for k, v in sorted(m.metrics.items())]
             if rows:
@@ -220,10 +253,14 @@ class Catalog:
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def runs(self, domain: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs; a ``running`` run whose process is gone reads ``crashed``."""
         where, params = ("WHERE domain = ?", [domain]) if domain else ("", [])
-        return self.query(
+        rows = self.query(
             f"SELECT * FROM runs {where} ORDER BY started_at DESC LIMIT {int(limit)}", params
         )
+        for r in rows:
+            r["status"] = run_status(r)
+        return rows
 
     def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.query(

@@ -17,11 +17,22 @@ from pathlib import Path
 
 import duckdb
 
-from pipeline.engine.artifacts import INPUT_STAGES, Artifact, ArtifactStore, input_stage
-from pipeline.engine.catalog import Catalog
+from pipeline.engine.artifacts import Artifact, ArtifactStore
+from pipeline.engine.catalog import Catalog, run_status
 from pipeline.lifecycle import report
 from pipeline.stages.ingest.artifact import IngestOutput
 
+
+# An artifact's inputs are keyed by name, and a name is the kind of the artifact it names (a
+# fanned-out step's input is "kind[variant]"), except these: a second pretrain artifact (the
+# promoted model a continued run starts from, the one evaluate gates it against;
+# pipeline.lifecycle.promotion).
+INPUT_STAGES = {"promoted": "pretrain", "previous": "pretrain"}
+
+
+def input_stage(name: str) -> str:
+    """The kind of the artifact an input named ``name`` is."""
+    return INPUT_STAGES.get(name, name.partition("[")[0])
 
 def find(store: ArtifactStore, key_prefix: str) -> tuple[str, str]:
     """(stage, key) of the one artifact whose key starts with ``key_prefix``."""
@@ -37,7 +48,7 @@ def find_run(catalog: Catalog, prefix: str) -> dict:
     found = catalog.query("SELECT * FROM runs WHERE starts_with(run_id, ?)", [prefix])
     if len(found) != 1:
         raise ValueError(f"{len(found)} runs match {prefix!r}; see `dapt runs` for run ids")
-    return found[0]
+    return {**found[0], "status": run_status(found[0])}
 
 
 def compare(catalog: Catalog, prefix_a: str, prefix_b: str) -> dict:

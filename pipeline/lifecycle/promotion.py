@@ -90,6 +90,15 @@ def continued(catalog: Catalog, store: ArtifactStore, domain: str, run: RunConfi
 # --- the verdict ----------------------------------------------------------------------------
 
 
+def promoted_line(catalog: Catalog, store: ArtifactStore, domain: str) -> str:
+    """``pretrain/<key>  <its HF directory>`` of the domain's promoted model, or ``none``."""
+    key = catalog.promoted(domain)
+    if key is None:
+        return "none"
+    art = store.get("pretrain", key)
+    return f"pretrain/{key}  {art.path / 'hf' if art else '(removed)'}"
+
+
 def gate_text(gate: dict[str, Any]) -> str:
     """One failed gate in a line: 'general bits/byte +4.1% > 3%'."""
     value, limit = gate["value"], gate["limit"]

@@ -31,9 +31,9 @@ from typing import Any
 
 from pipeline.config import RunConfig, SweepConfig, deep_merge
 from pipeline.domains import Domain
+from pipeline.driver import Session
 from pipeline.engine import progress
 from pipeline.engine.catalog import Catalog
-from pipeline.engine.runner import Session
 from pipeline.stages.pretrain.worker_io import PretrainOutput
 
 log = logging.getLogger("dapt")
@@ -99,12 +99,8 @@ def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepCo
             point = Session(domain, run, workdir,
                             {"sweep": sweep_id, "lr": lr, "replay": replay})
             t0 = time.perf_counter()
-            try:
-                result = point.run_stage("pretrain")
-            except BaseException as exc:
-                point.fail(exc)
-                raise
-            point.finish()
+            point.drive(upto="pretrain")  # the proxy and its missing inputs, nothing after
+            result = point.executor.results["pretrain"]
             summary = PretrainOutput(Path(result["path"])).summary
             if summary.selection is None:
                 raise RuntimeError("sweep: the proxy run kept no dev scores (select_checkpoint)")

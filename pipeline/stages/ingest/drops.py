@@ -14,7 +14,7 @@ the shard's descriptor, its files' content digests, the per-document part of ``I
 and the shard step's code version: a rerun, ``--only ingest`` or a new lineage over the same
 files finds it; ``--force`` redoes it.
 
-The runner (``pipeline/engine/runner.py``) picks the previous drop; see ``docs/ingest.md``,
+The runner (``pipeline/stages/ingest/spec.py``) picks the previous drop; see ``docs/ingest.md``,
 "Incremental ingest and drops".
 """
 

@@ -14,8 +14,8 @@ follows
    ``AutoModelForCausalLM.from_pretrained`` loads: the final weights, or with
    ``select_checkpoint`` the eval point chosen on the dev half of the held-out text.
 
-``pack`` and ``train`` take plain files and tables, so the control run (``pipeline.stages.control``)
-trains through the same code on general text.
+``pack`` and ``train`` take plain files and tables, so the control run
+(``pipeline.stages.control.stage``) trains through the same code on general text.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from pipeline import QualityGateError
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
-from pipeline.stages import models
 from pipeline.stages.ingest.artifact import IngestOutput
+from pipeline.stages.models import stage as models
 from pipeline.stages.pretrain import packing
 from pipeline.stages.pretrain.worker_io import (
     PretrainOutput,
@@ -54,7 +54,7 @@ from pipeline.stages.pretrain.worker_io import (
     WorkerSpec,
     WorkerSummary,
 )
-from pipeline.stages.tokenizer import TokenizerOutput
+from pipeline.stages.tokenizer.stage import TokenizerOutput
 
 log = logging.getLogger("dapt")
 

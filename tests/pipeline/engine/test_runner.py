@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from pipeline import StageError, domains
-from pipeline.engine.runner import Session, plan, select
+from pipeline.driver import Session, plan
+from pipeline.engine.plan import select
 from tests.e2e_domain import write_test_domain
 
 
@@ -49,15 +50,34 @@ def test_changing_one_stage_invalidates_it_and_downstream(samples_dir: Path,
     assert all(after2[s] != after3[s] for s in after2)
 
 
-def test_selection_semantics() -> None:
-    assert select(None, None) == (["ingest", "tokenizer", "pretrain", "finetune", "evaluate"],
-                                  set())
-    assert select("finetune", None) == (["finetune"], {"finetune"})
-    assert select(None, "pretrain")[1] == {"pretrain", "finetune", "evaluate"}
+def test_selection_semantics(samples_dir: Path, tmp_path: Path) -> None:
+    path = write_test_domain(samples_dir, tmp_path)
+    d = domains.load_file(path)
+    tiny = plan(d, d.resolve("tiny"), tmp_path)  # from scratch: no base model, no control
+    s = select(tiny)
+    assert s.steps == ["ingest", "tokenizer", "pretrain", "finetune", "evaluate"]
+    assert s.rebuild == set() and s.build_missing
+    s = select(tiny, only="finetune")
+    assert (s.steps, s.rebuild, s.build_missing) == (["finetune"], {"finetune"}, False)
+    assert select(tiny, from_step="pretrain").rebuild == {"pretrain", "finetune", "evaluate"}
+    assert select(tiny, force=True).rebuild == set(s for s in tiny)
     with pytest.raises(ValueError, match="allowed: ingest, tokenizer"):
-        select("train", None)
+        select(tiny, "train")
     with pytest.raises(ValueError, match="cannot be combined"):
-        select("ingest", "tokenizer")
+        select(tiny, "ingest", "tokenizer")
+
+    medical = domains.get("medical")  # continue mode with a control: two shared steps
+    cpu = plan(medical, medical.resolve("cpu"), samples_dir.parent)
+    assert list(cpu) == ["ingest", "models", "tokenizer", "pretrain", "control", "finetune",
+                         "evaluate"]
+    # the shared steps are built when missing, never rebuilt by --force or --from
+    assert select(cpu, force=True).rebuild == set(cpu) - {"models", "control"}
+    assert select(cpu, from_step="ingest").rebuild == {"ingest", "tokenizer", "pretrain",
+                                                        "finetune", "evaluate"}
+    only = select(cpu, only="evaluate")
+    assert only.steps == ["models", "control", "evaluate"] and only.rebuild == {"evaluate"}
+    assert select(cpu, only="control").rebuild == {"control"}
+    assert select(cpu, upto="pretrain").steps == ["ingest", "models", "tokenizer", "pretrain"]
 
 
 def test_only_with_missing_input_is_a_clear_error(samples_dir: Path, tmp_path: Path) -> None:
@@ -67,6 +87,7 @@ def test_only_with_missing_input_is_a_clear_error(samples_dir: Path, tmp_path: P
         session.run_all(only="tokenizer")
     [run] = session.catalog.runs()
     assert run["run_id"] == session.run_id
+    assert run["status"] == "failed"  # the in-process driver marks it, as the flow does
     assert session.catalog.stage_runs(session.run_id)[0]["status"] == "failed"
 
 

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.engine import versions
-from pipeline.engine.runner import STAGE_SPECS
+from pipeline.stages.steps import STEPS
 from tests.e2e_domain import write_test_domain
 
 STAGES = ["ingest", "tokenizer", "pretrain", "finetune", "evaluate"]
+STAGE_SPECS = {s.name: s for s in STEPS}
 
 
 def test_imports_anywhere_in_a_file_are_found() -> None:
@@ -76,8 +77,8 @@ def test_closure_holds_every_project_module_a_stage_imports() -> None:
 
 def test_planning_imports_no_torch(tmp_path: Path) -> None:
     probe = ("import sys\n"
-             "from pipeline.engine.runner import STAGE_SPECS\n"
-             "print([s.code_version() for s in STAGE_SPECS.values()])\n"
+             "from pipeline.stages.steps import STEPS\n"
+             "print([s.code_version() for s in STEPS])\n"
              "print('torch' in sys.modules, 'deepspeed' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=versions.ROOT, capture_output=True,
                          text=True, check=True).stdout.splitlines()
@@ -136,7 +137,7 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
     pytest.param("pipeline.stages.pretrain.worker", ["pretrain", "finetune", "evaluate"],
                  marks=pytest.mark.slow),
     # base-model conversion (its artifact key too)
-    pytest.param("pipeline.stages.models", ["tokenizer", "pretrain", "finetune", "evaluate"],
+    pytest.param("pipeline.stages.models.stage", ["tokenizer", "pretrain", "finetune", "evaluate"],
                  marks=pytest.mark.slow),
 ])
 def test_editing_a_module_changes_exactly_the_keys_that_run_it(

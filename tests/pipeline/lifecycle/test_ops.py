@@ -9,7 +9,7 @@ import pytest
 from pipeline import StageError
 from pipeline.engine.artifacts import ArtifactStore, Manifest
 from pipeline.engine.catalog import Catalog
-from pipeline.engine.runner import is_transient
+from pipeline.engine.execute import is_transient
 from pipeline.lifecycle import ops
 
 

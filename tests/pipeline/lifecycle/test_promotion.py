@@ -11,9 +11,9 @@ import yaml
 
 from pipeline.config import PretrainConfig
 from pipeline.domains import load_file
+from pipeline.driver import plan, with_init
 from pipeline.engine.artifacts import ArtifactStore, Manifest
 from pipeline.engine.catalog import Catalog
-from pipeline.engine.runner import plan, with_init
 from pipeline.lifecycle import promotion
 from pipeline.stages.pretrain import packing
 from tests.e2e_domain import write_test_domain

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import DomainSpec, PretrainConfig, SweepConfig
 from pipeline.lifecycle.sweep import pareto, pick
-from pipeline.stages.evaluate import bootstrap_indices, paired_change, slice_scores
+from pipeline.stages.evaluate.stage import bootstrap_indices, paired_change, slice_scores
 from pipeline.stages.ingest.artifact import DEV_SHARE, dev_mask, split_dev_test
 from pipeline.stages.pretrain.worker_io import Candidate, WorkerEvent, choose
 
@@ -120,17 +120,17 @@ def test_pretrain_settings_that_need_continue_mode() -> None:
 
 
 def test_control_needs_a_general_source() -> None:
-    from pipeline.engine.runner import uses_control
+    from pipeline.stages.control.spec import enabled as uses_control
 
     spec = DomainSpec(name="d", ingest={"sources": [{"name": "a", "path": "a.jsonl"}]},
                       finetune={"task": {"name": "t", "path": "t.jsonl"}})
     run = spec.resolve("cpu")
-    assert run.pretrain.control and not uses_control(run, "evaluate")
+    assert run.pretrain.control and not uses_control(run)
     general = {"name": "g", "path": "g.jsonl", "general": True}
     spec = DomainSpec(name="d", ingest={"sources": [{"name": "a", "path": "a.jsonl"}, general]},
                       finetune={"task": {"name": "t", "path": "t.jsonl"}})
-    assert uses_control(spec.resolve("cpu"), "evaluate")
-    assert not uses_control(spec.resolve("cpu"), "pretrain")
+    assert uses_control(spec.resolve("cpu"))
+    assert "control" not in spec.resolve("cpu").pretrain.model_dump()["mixture"]
 
 
 def test_every_domain_of_the_cpu_profile_plans_one_shared_control(samples_dir: Path) -> None:
@@ -138,7 +138,7 @@ def test_every_domain_of_the_cpu_profile_plans_one_shared_control(samples_dir: P
     recipe and general corpus) plan the same control artifact; its key still follows the
     recipe (``pipeline.stages.control.key``)."""
     from pipeline import domains
-    from pipeline.engine.runner import plan
+    from pipeline.driver import plan
 
     keys = {}
     for name in ("medical", "finance"):

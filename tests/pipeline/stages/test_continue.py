@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 from pipeline.stages.pretrain.packing import TokenBatches
 from tests.conftest import seed_base_model
 from tests.e2e_domain import write_test_domain

@@ -13,9 +13,9 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from pipeline.config import SweepConfig
-from pipeline.engine.runner import Session, plan
+from pipeline.driver import Session, plan
 from pipeline.lifecycle.sweep import run_sweep
-from pipeline.stages import control
+from pipeline.stages.control import stage as control
 from pipeline.stages.pretrain.packing import TokenBatches
 from pipeline.stages.pretrain.worker_io import PretrainOutput
 from tests.conftest import seed_base_model

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 from pipeline.stages.ingest.artifact import IngestOutput
 from tests.e2e_domain import write_test_domain
 
@@ -248,7 +248,7 @@ def test_a_test_set_added_later_retracts_earlier_training_documents(
 
 KILL_AFTER_ONE_SHARD = textwrap.dedent("""
     import os, signal, sys
-    from pipeline.engine.runner import Session
+    from pipeline.driver import Session
 
     session = Session.open(None, "tiny", workdir=sys.argv[1], domain_file=sys.argv[2])
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline import QualityGateError, StageError
 from pipeline.config import EvaluateConfig
-from pipeline.engine.runner import Session
-from pipeline.stages.evaluate import comparison, score_documents, slice_scores
+from pipeline.driver import Session
+from pipeline.stages.evaluate.stage import comparison, score_documents, slice_scores
 from pipeline.stages.ingest.artifact import IngestOutput
 from tests.e2e_domain import write_test_domain
 

@@ -22,7 +22,7 @@ from transformers import (
 
 from pipeline.config import FinetuneConfig, LoraConfig, ProbeConfig, TaskConfig
 from pipeline.metrics import classification_report
-from pipeline.stages.finetune import (
+from pipeline.stages.finetune.stage import (
     adapt,
     difference,
     extract_features,
@@ -407,7 +407,7 @@ def test_headline_metrics_name_control_and_the_paired_spread() -> None:
 def test_probe_on_the_real_smollm2_weights(samples_dir: Path, smollm2, tmp_path: Path) -> None:
     """Probes a few dozen real examples at seq 32 with SmolLM2-135M (converted once per
     session: the ``smollm2`` fixture)."""
-    from pipeline.stages.models import hf_dir
+    from pipeline.stages.models.stage import hf_dir
 
     art = smollm2
     rows = [json.loads(x) for x in

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 from pipeline.stages.pretrain.launch import render_hostfile
 from pipeline.stages.pretrain.stage import free_port
 from tests.e2e_domain import write_test_domain

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 from pipeline.stages.pretrain.stage import release_shm
 from tests.e2e_domain import write_test_domain
 from tests.pipeline.conftest import BASE, pretrain_outputs

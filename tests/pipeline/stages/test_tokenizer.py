@@ -12,8 +12,8 @@ from transformers import PreTrainedTokenizerFast
 
 from pipeline.config import TokenizerConfig
 from pipeline.engine.artifacts import Artifact, Manifest
-from pipeline.stages import tokenizer
 from pipeline.stages.pretrain import vocab
+from pipeline.stages.tokenizer import stage as tokenizer
 
 LINES = [
     "The patient presented with acute myocardial infarction and dyspnoea.",

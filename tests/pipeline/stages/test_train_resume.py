@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline import StageError
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 from tests.e2e_domain import write_test_domain
 
 pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
@@ -26,7 +26,7 @@ RESUMABLE = {"tokenizer": {"vocab_size": 1024},
                           "checkpoint_every": 4, "keep_checkpoints": 2, "eval_max_seqs": 8}}
 KILL = """
 import sys
-from pipeline.engine.runner import Session
+from pipeline.driver import Session
 Session.open(None, "tiny", workdir=sys.argv[1], domain_file=sys.argv[2]).run_stage("pretrain")
 """
 

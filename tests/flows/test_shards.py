@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.ingest_flow import ingest_flow, task_runner
-from pipeline.engine.runner import Session
+from flows.shards import shards_flow, task_runner
+from pipeline.driver import Session
 from tests.e2e_domain import write_test_domain
 
 
@@ -33,8 +33,8 @@ def _ingest(samples_dir: Path, root: Path, runner: str | None) -> tuple[dict, di
     if runner is None:
         session.run_stage("ingest")  # no Prefect: the shards run one by one
     else:
-        state = ingest_flow.with_options(task_runner=task_runner(runner, 2))(
-            session, return_state=True)
+        state = shards_flow.with_options(task_runner=task_runner(runner, 2))(
+            session, "ingest", return_state=True)
     art = session.artifacts["ingest"]
     if runner is not None:
         assert _shard_task_runs(state) == sorted(
