@@ -22,7 +22,6 @@ from pipeline.engine.catalog import Catalog, run_status
 from pipeline.lifecycle import report
 from pipeline.stages.ingest.artifact import IngestOutput
 
-
 # An artifact's inputs are keyed by name, and a name is the kind of the artifact it names (a
 # fanned-out step's input is "kind[variant]"), except these: a second pretrain artifact (the
 # promoted model a continued run starts from, the one evaluate gates it against;
