@@ -32,7 +32,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from flows import exit_without_teardown
+from flows import crashed, exit_without_teardown
 from pipeline import domains as domain_registry
 from pipeline.config import PROFILE_NAMES, STAGES
 from pipeline.driver import default_workdir
@@ -363,8 +363,10 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
          ) -> None:
     """Past runs from the catalog: stages, artifact keys, cache hits, metrics, times."""
-    catalog = _catalog(_workdir(workdir))
+    work = _workdir(workdir)
+    catalog = _catalog(work)
     rows = catalog.runs(domain, limit)
+    crashed.mark_crashed(work, rows)  # the Prefect UI shows them Crashed too
     for r in rows:
         r["stages"] = catalog.stage_runs(r["run_id"])
         if r["params"] and json.loads(r["params"]).get("kind") == "sweep":

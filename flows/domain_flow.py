@@ -73,8 +73,10 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
                     init: str | None = None) -> State:
     """``init`` (base, promoted) overrides the YAML's ``pretrain.init``; schedules pass
     promoted (flows.deploy). Returns the final state, whose data is the report's path."""
+    from prefect.runtime import flow_run
+
     params = {"profile": profile, "only": only, "from_stage": from_stage, "force": force,
-              "domain_file": domain_file, "init": init}
+              "domain_file": domain_file, "init": init, "flow_run_id": flow_run.id}
     session = Session.open(domain, profile, workdir=workdir, domain_file=domain_file,
                            params=params, init=init)
     outcome = session.drive(only, from_stage, force,

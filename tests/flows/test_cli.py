@@ -87,3 +87,20 @@ def test_the_process_ends_with_the_commands_status_and_all_its_output(tmp_path: 
     missing = dapt("domains", "validate", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "domain file not found" in missing.stderr
     assert dapt("no-such-command").returncode == 2  # typer's usage error
+
+
+def test_plan_lists_the_model_conversion_and_the_control_as_steps(samples_dir: Path) -> None:
+    """`dapt plan medical --profile cpu --json`: the base model's conversion and the control run
+    are steps of the plan (they were hidden inside input resolution), each keyed, with the
+    steps that read them."""
+    import json
+
+    result = runner.invoke(app, ["plan", "medical", "--profile", "cpu", "--json",
+                                 "--workdir", str(samples_dir.parent)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["step"] for r in rows] == ["ingest", "models", "tokenizer", "pretrain", "control",
+                                         "finetune", "evaluate"]
+    shared = {r["step"] for r in rows if r["shared"]}
+    assert shared == {"models", "control"}
+    assert all(len(r["key"]) == 16 and r["title"] for r in rows)

@@ -187,11 +187,12 @@ def test_cli_plan_shows_every_stage_cached_after_a_run(first_run: dict) -> None:
     result = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
                                       "--workdir", str(first_run["work"]), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == [{"stage": s, "key": key, "cached": True}
-                                         for s, (_, key) in built.items()]
+    assert [{k: r[k] for k in ("step", "key", "cached")} for r in json.loads(result.output)
+            ] == [{"step": s, "key": key, "cached": True} for s, (_, key) in built.items()]
     text = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
                                     "--workdir", str(first_run["work"])]).output
     assert f"evaluate   {built['evaluate'][1]}  cached" in text
+    assert "score base, control and adapted models" in text  # each step says what it does
 
 
 def test_cli_runs_lists_history(first_run: dict) -> None:

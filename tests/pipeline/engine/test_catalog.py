@@ -54,3 +54,24 @@ def test_a_cache_hit_keeps_the_stored_curve_and_held_shares_one_connection(
         assert len(catalog.stage_runs("r2")) == 1
     with catalog.connect() as c:  # released: a fresh connection again
         assert c is not a
+
+
+def test_a_running_run_whose_process_is_gone_reads_crashed(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    catalog = Catalog(tmp_path / "c.duckdb")
+    host = socket.gethostname()
+    catalog.start_run("dead", "toy", "tiny", {}, pid=gone.pid, host=host)
+    catalog.start_run("alive", "toy", "tiny", {}, pid=os.getpid(), host=host)
+    catalog.start_run("elsewhere", "toy", "tiny", {}, pid=gone.pid, host=host + "-other")
+    catalog.start_run("done", "toy", "tiny", {}, pid=gone.pid, host=host)
+    catalog.finish_run("done", "completed")
+    status = {r["run_id"]: r["status"] for r in catalog.runs()}
+    # another host's process cannot be seen from here: taken at its word
+    assert status == {"dead": "crashed", "alive": "running", "elsewhere": "running",
+                      "done": "completed"}

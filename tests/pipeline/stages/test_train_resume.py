@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from pipeline import StageError
 from pipeline.driver import Session
+from pipeline.engine.catalog import Catalog
 from tests.e2e_domain import write_test_domain
 
 pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
@@ -27,7 +28,7 @@ RESUMABLE = {"tokenizer": {"vocab_size": 1024},
 KILL = """
 import sys
 from pipeline.driver import Session
-Session.open(None, "tiny", workdir=sys.argv[1], domain_file=sys.argv[2]).run_stage("pretrain")
+Session.open(None, "tiny", workdir=sys.argv[1], domain_file=sys.argv[2]).drive(upto="pretrain")
 """
 
 
@@ -80,6 +81,8 @@ def _resume_and_compare(domain: Path, workdir: Path, reference: Path) -> dict:
 def test_sigkill_then_resume_reproduces_the_run_bitwise(uninterrupted, tmp_path: Path) -> None:
     domain, a = uninterrupted
     assert _interrupt(domain, tmp_path, signal.SIGKILL) == -signal.SIGKILL
+    [run] = Catalog(tmp_path / "catalog.duckdb").runs()
+    assert run["status"] == "crashed"  # its process is gone: not `running` forever
     [leftover] = list((tmp_path / "artifacts/pretrain").glob(".tmp-*"))
     assert (leftover / "checkpoint/latest").exists()
     summary = _resume_and_compare(domain, tmp_path, a)
@@ -92,6 +95,8 @@ def test_sigterm_checkpoints_at_the_current_step_then_resumes(uninterrupted,
                                                               tmp_path: Path) -> None:
     domain, a = uninterrupted
     assert _interrupt(domain, tmp_path, signal.SIGTERM) != 0  # the stage failed, loudly
+    [run] = Catalog(tmp_path / "catalog.duckdb").runs()
+    assert run["status"] == "failed" and "stage pretrain failed" in run["error"]
     [failed] = list((tmp_path / "artifacts/pretrain").glob(".failed-*"))
     stopped_at = int((failed / "checkpoint/latest").read_text().strip()[11:])
     assert stopped_at >= 6  # saved on the signal, not only at the step-4 interval
