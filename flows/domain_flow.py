@@ -45,13 +45,14 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
                     from_stage: str | None = None, force: bool = False,
                     workdir: str | None = None, domain_file: str | None = None,
                     ingest_runner: str = "threads", ingest_workers: int = 2,
-                    init: str | None = None) -> State:
+                    init: str | None = None, overrides: list[str] | None = None) -> State:
     """``init`` (base, promoted) overrides the YAML's ``pretrain.init``; schedules pass
-    promoted (flows.deploy). Returns the final state, whose data is the report's path."""
+    promoted (flows.deploy). ``overrides``: ``PATH=VALUE`` strings applied to the resolved
+    config (``dapt run --set``). Returns the final state, whose data is the report's path."""
     params = {"profile": profile, "only": only, "from_stage": from_stage, "force": force,
-              "domain_file": domain_file, "init": init}
+              "domain_file": domain_file, "init": init, "overrides": overrides or []}
     session = Session.open(domain, profile, workdir=workdir, domain_file=domain_file,
-                           params=params, init=init)
+                           params=params, init=init, overrides=overrides)
     try:
         stages, rebuild = select(only, from_stage)
         if not (only or from_stage or force) and (idle := session.up_to_date()):

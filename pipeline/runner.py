@@ -279,7 +279,9 @@ def select(only: str | None, from_stage: str | None) -> tuple[list[str], set[str
     """(stages to execute, stages to rebuild even if cached)."""
     for name, value in (("--only", only), ("--from", from_stage)):
         if value is not None and value not in STAGES:
-            raise ValueError(f"{name} {value!r}: unknown stage; allowed: {', '.join(STAGES)}")
+            raise ValueError(f"{name} {value!r}: unknown stage"
+                             f"{domain_registry.did_you_mean(value, STAGES)}; allowed: "
+                             f"{', '.join(STAGES)}")
     if only and from_stage:
         raise ValueError("--only and --from cannot be combined: pick one")
     if only:
@@ -307,11 +309,12 @@ class Session:
     @classmethod
     def open(cls, domain: str | None, profile: str = "tiny", *, workdir: str | Path | None = None,
              domain_file: str | Path | None = None, params: dict[str, Any] | None = None,
-             init: str | None = None) -> Session:
-        """``init`` overrides the YAML's ``pretrain.init`` (base or promoted)."""
+             init: str | None = None, overrides: list[str] | None = None) -> Session:
+        """``init`` overrides the YAML's ``pretrain.init`` (base or promoted); ``overrides``
+        are ``PATH=VALUE`` strings (``dapt run --set``, ``pipeline/overrides.py``)."""
         d = domain_registry.select(domain, domain_file)
         work = Path(workdir).resolve() if workdir else default_workdir()
-        return cls(d, with_init(d.resolve(profile), init), work, params or {})
+        return cls(d, with_init(d.resolve(profile, overrides), init), work, params or {})
 
     def frozen(self, stage: str) -> bool:
         """The lineage's tokenizer: reused as it is, never rebuilt."""

@@ -48,12 +48,14 @@ def test_domains_new_scaffolds_a_file_that_validates_once_filled_in(tmp_path: Pa
     result = runner.invoke(app, ["domains", "new", "oncology", "--out", str(out)])
     assert result.exit_code == 0 and out.exists()
     result = runner.invoke(app, ["domains", "validate", str(out)])
+    assert result.exit_code == 2 and "ingest.sources[0].path: no file matches" in result.output
+    result = runner.invoke(app, ["domains", "validate", str(out), "--no-paths"])
     assert result.exit_code == 0, result.output
     assert "domain 'oncology' is valid" in result.output
     text = out.read_text()
     assert "# min_chars: 20 " in text  # the schema's default, commented out
     out.write_text(text.replace("# min_chars: 20 ", "min_chars: fifty "))
-    result = runner.invoke(app, ["domains", "validate", str(out)])
+    result = runner.invoke(app, ["domains", "validate", str(out), "--no-paths"])
     assert result.exit_code == 2 and "ingest.min_chars" in result.output
     assert runner.invoke(app, ["domains", "new", "oncology", "--out", str(out)]).exit_code == 2
 
