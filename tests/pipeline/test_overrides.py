@@ -44,8 +44,8 @@ def test_apply_sets_values_and_names_the_path_that_does_not_exist() -> None:
                                "pretrain.model.num_layers=4", "pretrain.lr=0.5"]))
     assert out["pretrain"] == {"lr": 0.5, "model": {"num_layers": 4}}  # the last one wins
     assert out["ingest"]["sources"] == [{"name": "b"}] and config["pretrain"]["lr"] == 1.0
-    for text, message in [("pretrain.modle.num_layers=2", "pretrain has no field 'modle' "
-                           "(did you mean 'model'?)"),
+    for text, message in [("pretrain.modle.num_layers=2", r"pretrain has no field 'modle' "
+                           r"\(did you mean 'model'\?\)"),
                           ("ingest.sources[3].name=x", r"has 1 item\(s\), so \[3\] is out"),
                           ("pretrain.lr.x=1", r"pretrain.lr is a value \(1.0\)"),
                           ("pretrain[0]=1", "pretrain is not a list")]:
