@@ -462,7 +462,7 @@ class Session:
                    "profile": self.run.profile}
             report_path = ops.write_run_report(self.store, self.catalog, run,
                                                self.workdir / "runs" / self.run_id,
-                                               [("p", origin)])
+                                               [("p", origin)], pii=self.run.ingest.pii)
         evaluated = [r for r in self.catalog.stage_runs(self.run_id)
                      if r["stage"] == "evaluate" and r["status"] == "completed"]
         if evaluated:  # passed its gates (a failing gate raises NotPromoted: see reject)
