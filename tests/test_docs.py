@@ -83,7 +83,8 @@ def test_readme_cli_table_options_exist() -> None:
     for path, usage in readme_table_commands().items():
         if path not in cli_commands():
             continue  # reported by the test above
-        known = {o for p in _command(path).params for o in getattr(p, "opts", [])}
+        known = {o for p in _command(path).params
+                 for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
         wrong += [f"dapt {' '.join(path)} {o}" for o in re.findall(r"--[a-z][a-z0-9-]*", usage)
                   if o not in known]
     assert not wrong, f"README's CLI table shows options the CLI does not have: {wrong}"
