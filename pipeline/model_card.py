@@ -30,6 +30,10 @@ HUB_BASES: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
 }
 CARD_FILE = "README.md"
+# In the export's card only: the run's copy holds what it points to.
+LATER = ("\nHeld-out test bits-per-byte against the base model, downstream task metrics and the "
+         "verdict come from the evaluate stage, after this export: the run's report and its "
+         "copy of this card (`runs/<run_id>/model-card.md`) hold them.\n")
 
 
 def _front_matter(meta: Mapping[str, Any]) -> str:
@@ -88,13 +92,13 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
 
     base_line = (f"continued from {hub[0] if hub else config.base_model} ({extra.get('init')})"
                  if continued else "trained from scratch")
-    out = [_front_matter(meta), "# Domain-adapted causal language model (dapt)\n",
+    out = [_front_matter(meta), "\n# Domain-adapted causal language model (dapt)\n\n",
            f"A causal language model {base_line} on a domain corpus by dapt's pretrain stage "
            f"(DeepSpeed, {extra.get('precision', 'fp32')}). The weights are the "
            + ("checkpoint chosen on the dev split" if config.select_checkpoint
               else "final step's") + ".\n"]
 
-    out.append("\n## Training data\n")
+    out.append("\n## Training data\n\n")
     sources, files = ingest.extra.get("sources", {}), ingest.extra.get("files", {})
     rows = [[n, "general (replay)" if n in general else "domain", len(files.get(n, [])),
              f"{sources.get(n, {}).get('docs_in', 0):,}", f"{sources.get(n, {}).get('kept', 0):,}"]
@@ -115,7 +119,7 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
         out.append(f" Mixture: {'; '.join(shares)}.")
     out.append("\n")
 
-    out.append("\n## Training recipe\n")
+    out.append("\n## Training recipe\n\n")
     recipe = [["mode", config.mode], ["tokenizer", extra.get("tokenizer", "-")],
               ["parameters", f"{counts.get('params', 0):,}"],
               ["steps", config.max_steps], ["sequence length", config.seq_len],
@@ -130,27 +134,26 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
                        f"{m.num_heads} heads"])
     out.append(_table(["setting", "value"], recipe))
 
-    out.append("\n## Evaluation\n")
+    out.append("\n## Evaluation\n\n")
     shown = {"eval_loss": "domain dev loss", "eval_perplexity": "domain dev perplexity",
              "general_eval_loss": "general dev loss", "final_train_loss": "final train loss"}
     out.append(_table(["metric (pretraining)", "value"],
                       [[label, f"{metrics[k]:.4g}"] for k, label in shown.items()
                        if k in metrics]))
-    out.append("\nHeld-out test bits-per-byte against the base model, downstream task metrics "
-               "and the verdict come from the evaluate stage, after this export: the run's "
-               "report and its copy of this card (`runs/<run_id>/model-card.md`) hold them.\n")
+    out.append(LATER)
 
-    out.append("\n## Intended use\n")
+    out.append("\n## Intended use\n\n")
     out.append("Research on domain adaptation: a starting point for fine-tuning or probing on "
                "the domain's tasks, and for comparing against the base model. It is a language "
                "model of raw domain text, not an assistant; it was not tuned to follow "
                "instructions or to refuse.\n")
-    out.append("\n## Limitations\n")
-    out.append("Small model and small corpus: it produces fluent but often wrong text. It was "
-               "not evaluated for bias, toxicity or factual accuracy; domain text (medical, "
+    out.append("\n## Limitations\n\n")
+    out.append("A small model trained on a small corpus: what it writes can be wrong however "
+               "fluent it reads. It was not evaluated for bias, toxicity or factual accuracy; "
+               "domain text (medical, "
                "legal, financial) from it is not advice. It can reproduce passages of its "
                "training text.\n")
-    out.append("\n## PII policy\n")
+    out.append("\n## PII policy\n\n")
     out.append(" ".join(pii_lines(ingest.counts)) + "\n")
     return "".join(out)
 
@@ -169,9 +172,9 @@ def run_card(export: str, *, domain: str, profile: str, run_id: str, verdict: st
         evaluated.append(verdict)
     if rows:
         evaluated.append(_table(["metric", "base", "adapted", "change"], rows))
-    section = "\n\n".join(evaluated) + "\n"
-    body = re.sub(r"(## Evaluation\n)", lambda m: m.group(1) + section + "\n", body, count=1)
-    body = re.sub(r"## PII policy\n.*", "## PII policy\n" + " ".join(
+    section = "\n\n".join(evaluated) + "\n\n"
+    body = body.replace(LATER, "").replace("## Evaluation\n\n", "## Evaluation\n\n" + section, 1)
+    body = re.sub(r"## PII policy\n.*", lambda _: "## PII policy\n\n" + " ".join(
         pii_lines(ingest_counts, pii)) + "\n", body, count=1, flags=re.S)
     return _front_matter(meta) + body
 

@@ -181,6 +181,8 @@ def test_export_carries_a_model_card_the_hub_parses(first_run: dict) -> None:
     assert "| icd10_chapter macro-f1 (mean +- std, 2 seeds) |" in run_card.text
     # the run's PII policy, from its config (tests/e2e_domain.py: pattern types, redact)
     assert "email (redact), phone (redact)" in run_card.text
+    # the export's pointer to the evaluation is gone from the copy that holds it
+    assert model_card.LATER in card.text and model_card.LATER not in run_card.text
 
 
 def test_curves_reach_tensorboard_and_the_catalog(first_run: dict) -> None:
