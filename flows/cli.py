@@ -135,6 +135,7 @@ def domains_show(name: Annotated[str | None, typer.Argument(
         domain_file: DomainFile = None, overrides: Sets = None) -> None:
     """The resolved, validated config of a domain (YAML), --set overrides applied."""
     _choice("--profile", profile, PROFILE_NAMES)
+    _check_sets(overrides)
     try:
         run = domain_registry.select(name, domain_file).resolve(profile, overrides)
     except (domain_registry.DomainError, ValueError) as exc:
@@ -287,7 +288,8 @@ def run(
     Exit status: 0 done (promoted, or up to date), 3 evaluated but not promoted (a gate
     failed; the promoted model stays), 1 a stage failed, 2 bad input (before any flow
     starts)."""
-    _check_run_options(profile, only, from_stage, init, ingest_runner, ingest_workers)
+    _check_run_options(profile, only, from_stage, init, ingest_runner, ingest_workers,
+                       overrides)
     work = _workdir(workdir)
     _prefect_env(work)
     from pipeline import StageError
@@ -328,9 +330,21 @@ def run(
         raise typer.Exit(3)
 
 
+def _check_sets(overrides: list[str] | None) -> None:
+    """The syntax of every --set (its path and value are checked against the domain later)."""
+    from pipeline.overrides import OverrideError, parse
+
+    try:
+        parse(overrides)
+    except OverrideError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _check_run_options(profile: str, only: str | None, from_stage: str | None,
-                       init: str | None, ingest_runner: str, ingest_workers: int) -> None:
+                       init: str | None, ingest_runner: str, ingest_workers: int,
+                       overrides: list[str] | None) -> None:
     """The options of ``dapt run`` that need no domain, checked before anything loads."""
+    _check_sets(overrides)
     _choice("--profile", profile, PROFILE_NAMES)
     _choice("--only", only, STAGES)
     _choice("--from", from_stage, STAGES)
@@ -426,17 +440,19 @@ def plan(
 ) -> None:
     """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
     _choice("--profile", profile, PROFILE_NAMES)
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.runner import lineage
-    from pipeline.runner import plan as plan_stages
-
+    _check_sets(overrides)
     work = _workdir(workdir)
     try:
         d = domain_registry.select(domain, domain_file)
         resolved = d.resolve(profile, overrides)
+        from pipeline.runner import lineage  # after the config's errors: it loads DuckDB...
+        from pipeline.runner import plan as plan_stages
+
         planned = plan_stages(d, resolved, work, lineage(resolved, work, d.name))
     except (domain_registry.DomainError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    from pipeline.artifacts import ArtifactStore
+
     store = ArtifactStore(work / "artifacts")
     rows = [{"stage": stage, "key": p.key, "cached": store.get(stage, p.key) is not None}
             for stage, p in planned.items()]
