@@ -70,15 +70,17 @@ def domain_pipeline(domain: str | None = None, profile: str = "tiny", only: str 
                     from_stage: str | None = None, force: bool = False,
                     workdir: str | None = None, domain_file: str | None = None,
                     ingest_runner: str = "threads", ingest_workers: int = 2,
-                    init: str | None = None) -> State:
+                    init: str | None = None, overrides: list[str] | None = None) -> State:
     """``init`` (base, promoted) overrides the YAML's ``pretrain.init``; schedules pass
-    promoted (flows.deploy). Returns the final state, whose data is the report's path."""
+    promoted (flows.deploy). ``overrides``: ``PATH=VALUE`` strings applied to the resolved
+    config (``dapt run --set``). Returns the final state, whose data is the report's path."""
     from prefect.runtime import flow_run
 
     params = {"profile": profile, "only": only, "from_stage": from_stage, "force": force,
-              "domain_file": domain_file, "init": init, "flow_run_id": flow_run.id}
+              "domain_file": domain_file, "init": init, "overrides": overrides or [],
+              "flow_run_id": flow_run.id}
     session = Session.open(domain, profile, workdir=workdir, domain_file=domain_file,
-                           params=params, init=init)
+                           params=params, init=init, overrides=overrides)
     outcome = session.drive(only, from_stage, force,
                             prefect_steps(session, ingest_runner, ingest_workers))
     if outcome.rejection is None and outcome.report:

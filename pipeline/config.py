@@ -21,6 +21,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evaluate")
+# Every step of a run, in order: the stages above, the base model's conversion (models) and the
+# control run (control). The CLI checks --only/--from against it before anything loads; the
+# steps' specs are pipeline/stages/steps.py (a test keeps the two equal).
+STEP_NAMES: tuple[str, ...] = ("ingest", "models", "tokenizer", "pretrain", "control",
+                               "finetune", "evaluate")
 ProfileName = Literal["tiny", "small", "base", "cpu"]
 PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base", "cpu")
 

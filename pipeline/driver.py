@@ -79,11 +79,12 @@ class Session:
     @classmethod
     def open(cls, domain: str | None, profile: str = "tiny", *, workdir: str | Path | None = None,
              domain_file: str | Path | None = None, params: dict[str, Any] | None = None,
-             init: str | None = None) -> Session:
-        """``init`` overrides the YAML's ``pretrain.init`` (base or promoted)."""
+             init: str | None = None, overrides: list[str] | None = None) -> Session:
+        """``init`` overrides the YAML's ``pretrain.init`` (base or promoted); ``overrides``
+        are ``PATH=VALUE`` strings (``dapt run --set``, ``pipeline/overrides.py``)."""
         d = domain_registry.select(domain, domain_file)
         work = Path(workdir).resolve() if workdir else default_workdir()
-        return cls(d, with_init(d.resolve(profile), init), work, params or {})
+        return cls(d, with_init(d.resolve(profile, overrides), init), work, params or {})
 
     @property
     def artifacts(self) -> dict[str, Artifact]:
@@ -164,7 +165,7 @@ class Session:
                     f" (`{self.domain.path}`)." if self.domain.path else ".")
                 report_path = ops.write_run_report(self.store, self.catalog, self._run_row(),
                                                    self.workdir / "runs" / self.run_id,
-                                                   [("p", origin)])
+                                                   [("p", origin)], pii=self.run.ingest.pii)
             if verdict is not None and model is not None and any(
                     r["stage"] == verdict.kind and r["status"] == "completed" for r in rows):
                 self.decision = promotion.decide(self.catalog, self.domain.name, model.key,

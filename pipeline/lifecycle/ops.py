@@ -17,10 +17,12 @@ from pathlib import Path
 
 import duckdb
 
+from pipeline.config import PiiConfig
 from pipeline.engine.artifacts import Artifact, ArtifactStore
 from pipeline.engine.catalog import Catalog, run_status
 from pipeline.lifecycle import report
 from pipeline.stages.ingest.artifact import IngestOutput
+from pipeline.stages.pretrain import model_card
 
 # An artifact's inputs are keyed by name, and a name is the kind of the artifact it names (a
 # fanned-out step's input is "kind[variant]"), except these: a second pretrain artifact (the
@@ -84,9 +86,12 @@ def compare_lines(result: dict) -> list[str]:
 
 
 def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir: Path,
-                     intro: list[report.Block] | None = None) -> Path:
-    """``report.md``, ``report.html``, ``plots/`` and ``summary.md`` (the key table) of a run
-    whose evaluate stage completed, from the artifacts its catalog rows name."""
+                     intro: list[report.Block] | None = None, pii: PiiConfig | None = None
+                     ) -> Path:
+    """``report.md``, ``report.html``, ``plots/``, ``summary.md`` (the key table) and
+    ``model-card.md`` (the export's card with the evaluation; ``pii``: the run's PII policy,
+    named there when given) of a run whose evaluate stage completed, from the artifacts its
+    catalog rows name."""
     rows = [r for r in catalog.stage_runs(run["run_id"]) if r["status"] == "completed"]
     artifacts = {r["stage"]: store.get(r["stage"], r["artifact_key"]) for r in rows}
     evaluated = artifacts.get("evaluate")
@@ -116,6 +121,17 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
     path = report.write_report(out_dir, title, intro, artifacts, evaluation, images=drawn)
     (out_dir / "summary.md").write_text(report.summary_markdown(title, artifacts, evaluation))
     shutil.copy(evaluated.path / "metrics.json", out_dir / "metrics.json")
+    card = artifacts["pretrain"].path / "hf" / model_card.CARD_FILE if "pretrain" in artifacts \
+        else None
+    if card is not None and card.exists():  # exports from before cards had none
+        finetune = artifacts.get("finetune")
+        (out_dir / "model-card.md").write_text(model_card.run_card(
+            card.read_text(), domain=run["domain"], profile=run["profile"],
+            run_id=run["run_id"],
+            verdict=report.to_markdown(report.verdict_blocks(evaluation)).strip(),
+            rows=report.key_rows(evaluation, finetune.manifest.extra) if finetune else [],
+            pii=pii,
+            ingest_counts=artifacts["ingest"].manifest.counts if "ingest" in artifacts else {}))
     return path
 
 

@@ -142,6 +142,49 @@ def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
     assert sum(losses) / len(x) == pytest.approx(summary["eval_loss"], rel=1e-4)
 
 
+def test_export_carries_a_model_card_the_hub_parses(first_run: dict) -> None:
+    """hf/README.md: the Hub's format (front matter, then sections); the run's copy adds the
+    evaluation, the verdict and the PII policy (pipeline/stages/pretrain/model_card.py)."""
+    from huggingface_hub import ModelCard
+
+    from pipeline.domains import load_file
+    from pipeline.engine.artifacts import Manifest
+    from pipeline.stages.pretrain import model_card
+
+    work = first_run["work"]
+    run_id, stages = _stages(work)
+    pre = work / "artifacts/pretrain" / stages["pretrain"][1]
+    card = ModelCard.load(pre / "hf" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and "base_model" not in data  # from scratch
+    assert data["datasets"] == ["hpo", "icd10cm", "healthnews", "general"]
+    assert {"dapt", "from-scratch"} <= set(data["tags"]) and data["library_name"] == \
+        "transformers"
+    for heading in ("## Training data", "## Training recipe", "## Evaluation",
+                    "## Intended use", "## Limitations", "## PII policy"):
+        assert heading in card.text, heading
+    manifest = Manifest.read(pre / "manifest.json")
+    assert f"trained on {manifest.counts['tokens_trained']:,} tokens" in card.text
+    assert f"| domain dev loss | {manifest.metrics['eval_loss']:.4g} |" in card.text
+    # the same card for a continued SmolLM2 names it as the Hub's base_model, with its licence
+    config = load_file(Path(first_run["domain_file"])).resolve("tiny").pretrain
+    continued = model_card.export_card(
+        config.model_copy(update={"mode": "continue", "base_model": "smollm2-135m"}), manifest,
+        Manifest.read(work / "artifacts/ingest" / stages["ingest"][1] / "manifest.json"))
+    hub = ModelCard(continued).data
+    assert hub.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and hub.license == "apache-2.0"
+
+    run_card = ModelCard.load(work / "runs" / run_id / "model-card.md")
+    assert "medtest" in run_card.data.to_dict()["tags"]
+    assert f"Run `{run_id}` of domain `medtest`" in run_card.text
+    assert "| domain bits/byte (lower is better) |" in run_card.text
+    assert "| icd10_chapter macro-f1 (mean +- std, 2 seeds) |" in run_card.text
+    # the run's PII policy, from its config (tests/e2e_domain.py: pattern types, redact)
+    assert "email (redact), phone (redact)" in run_card.text
+    # the export's pointer to the evaluation is gone from the copy that holds it
+    assert model_card.LATER in card.text and model_card.LATER not in run_card.text
+
+
 def test_curves_reach_tensorboard_and_the_catalog(first_run: dict) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -13,6 +13,9 @@ follows
 3. The worker trains, checkpoints, and exports ``hf/`` (safetensors + tokenizer) that
    ``AutoModelForCausalLM.from_pretrained`` loads: the final weights, or with
    ``select_checkpoint`` the eval point chosen on the dev half of the held-out text.
+4. ``hf/README.md`` is the export's model card in the Hub's format
+   (``pipeline.stages.pretrain.model_card``): base model, sources, tokens, recipe, dev losses,
+   intended use, limitations, PII replaced.
 
 ``pack`` and ``train`` take plain files and tables, so the control run
 (``pipeline.stages.control.stage``) trains through the same code on general text.
@@ -47,7 +50,7 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
-from pipeline.stages.pretrain import packing
+from pipeline.stages.pretrain import model_card, packing
 from pipeline.stages.pretrain.worker_io import (
     PretrainOutput,
     WorkerEvent,
@@ -337,7 +340,7 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
     trained = train(config, packed, out_dir, tok_dir=tok_dir, base_dir=base_dir,
                     base_tok_dir=base_tok_dir, eos_id=eos_id, pad_id=pad_id)
     summary: WorkerSummary = trained["summary"]
-    return Manifest(
+    manifest = Manifest(
         stage="pretrain",
         counts={
             "train_tokens": packed["train"]["tokens"], "train_docs": packed["train"]["documents"],
@@ -359,3 +362,6 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
                             "extended" if base_tok_dir else "base",
                "init": f"promoted pretrain/{promoted.key}" if promoted else "base"},
     )
+    card = model_card.export_card(config, manifest, inputs["ingest"].manifest)
+    (PretrainOutput(out_dir).hf_dir / model_card.CARD_FILE).write_text(card)
+    return manifest

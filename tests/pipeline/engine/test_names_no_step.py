@@ -40,6 +40,12 @@ def test_the_engine_and_the_flows_name_no_step() -> None:
     assert not found, f"step names outside their packages: {sorted(found)}"
 
 
+def test_the_cli_knows_every_step() -> None:
+    from pipeline.config import STEP_NAMES
+
+    assert tuple(s.name for s in STEPS) == STEP_NAMES
+
+
 def test_the_check_sees_a_comparison(tmp_path: Path) -> None:
     """The scan is not vacuous: a branch on a step's name is found."""
     code = tmp_path / "engine.py"
