@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # the catalog (DuckDB) and the runner load on use: bad input 
 ENVIRONMENT = """Environment: DAPT_WORKDIR is the default --workdir (else ./dapt-work);
 PREFECT_API_URL sends runs and deployments to that Prefect server (else the workdir's `dapt
 server start` server, else a temporary one); MLFLOW_TRACKING_URI is the MLflow tracking store
-runs are logged to. Exit status: 0 done, 1 a stage failed, 2 bad input, 3 (dapt run) evaluated
+runs are logged to (else <workdir>/mlflow/mlflow.db); DAPT_TRACKING=off logs nothing to MLflow.
+Exit status: 0 done, 1 a stage failed, 2 bad input, 3 (dapt run) evaluated
 but not promoted."""
 
 # Plain (click) help: rich markup would show flags as `--json <bool>` and swallow `[...]`.
@@ -323,6 +324,10 @@ def run(
     done = _summary(work, d.name, since)
     if report:
         typer.echo(f"report: {report}")
+    from pipeline.lifecycle import tracking
+
+    if tracking.enabled():
+        typer.echo(f"MLflow: {tracking.ui_command(work)}")
     if done and done["error"]:  # the promotion verdict when the model was not promoted
         typer.secho(done["error"], fg=typer.colors.YELLOW if done["status"] == "not promoted"
                     else None)
@@ -634,15 +639,20 @@ def models_rollback(domain: Annotated[str, typer.Argument(help="A domain name.")
 def _move_pointer(action: str, target: str, workdir: Path | None) -> None:
     """``promotion.promote`` (a run) or ``promotion.rollback`` (a domain), its message printed."""
     from pipeline.engine.artifacts import ArtifactStore
-    from pipeline.lifecycle import promotion
+    from pipeline.lifecycle import promotion, tracking
 
     work = _workdir(workdir)
+    catalog = _catalog(work)
     try:
-        decision = getattr(promotion, action)(_catalog(work), ArtifactStore(work / "artifacts"),
+        decision = getattr(promotion, action)(catalog, ArtifactStore(work / "artifacts"),
                                               target)
+        domain = promotion.run_model(catalog, target)[0]["domain"] if action == "promote" \
+            else target
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(decision.message)
+    if decision.promoted and (key := catalog.promoted(domain)):
+        tracking.set_champion(work, domain, key)  # MLflow's alias follows the pointer
 
 
 @app.command()

@@ -33,7 +33,7 @@ from pipeline.engine.artifacts import Artifact, ArtifactStore, DigestCache
 from pipeline.engine.catalog import Catalog
 from pipeline.engine.execute import Executor, Outcome, drive
 from pipeline.engine.plan import Plan, PlanContext, plan_steps
-from pipeline.lifecycle import ops, promotion
+from pipeline.lifecycle import ops, promotion, tracking
 from pipeline.stages.steps import STEPS
 
 log = logging.getLogger("dapt")
@@ -176,7 +176,24 @@ class Session:
                 error=None if self.decision is None or self.decision.promoted
                 else self.decision.message,
                 report_path=str(report_path) if report_path else None)
+        self.track("completed", report_path)
+        if self.decision is not None and self.decision.promoted and model is not None:
+            tracking.set_champion(self.workdir, self.domain.name, model.key)
         return report_path
+
+    def track(self, status: str, report: Path | None) -> str | None:
+        """Log the run to MLflow (``pipeline.lifecycle.tracking``): params, each step's metrics,
+        the model step's curve, the report, and its export as a model version."""
+        model = self.plan.by_role("model")
+        art = self.artifacts.get(model.name) if model is not None else None
+        hf = art.path / "hf" if art is not None and (art.path / "hf").is_dir() else None
+        return tracking.log_run(
+            self.workdir, domain=self.domain.name, run_id=self.run_id, status=status,
+            config=self.run.model_dump(mode="json"), params=self.params,
+            steps=self.catalog.stage_runs(self.run_id),
+            curve=art.path / "metrics.jsonl" if art is not None else None,
+            report_dir=report.parent if report is not None else None,
+            model=(art.key, hf) if hf is not None else None)
 
     def reject(self, exc: NotPromoted) -> Path:
         """Close a run whose model failed the verdict's gates: the domain's promoted model
@@ -196,6 +213,7 @@ class Session:
                                                not_promoted=True)
         self.catalog.finish_run(self.run_id, "not promoted", error=self.decision.message,
                                 report_path=str(report_path))
+        self.track("not promoted", report_path)
         return report_path
 
     def finish_idle(self, message: str) -> None:
@@ -203,6 +221,7 @@ class Session:
         self.decision = promotion.Decision(True, message)
         log.info("%s", message)
         self.catalog.finish_run(self.run_id, "up to date", error=message)
+        self.track("up to date", None)
 
     def fail(self, exc: BaseException) -> Path:
         """Close the run as failed; its report names the step that failed and the error."""
@@ -211,4 +230,5 @@ class Session:
         report_path = ops.write_failure_report(self.catalog, self._run_row(),
                                                self.workdir / "runs" / self.run_id, error)
         self.catalog.finish_run(self.run_id, "failed", error=error, report_path=str(report_path))
+        self.track("failed", report_path)
         return report_path

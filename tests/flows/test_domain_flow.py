@@ -238,6 +238,39 @@ def test_cli_plan_shows_every_stage_cached_after_a_run(first_run: dict) -> None:
     assert "score base, control and adapted models" in text  # each step says what it does
 
 
+def test_the_run_is_in_mlflow_with_params_metrics_and_the_model(first_run: dict) -> None:
+    """The driver logs each run to MLflow (a SQLite store in the workdir): read back through
+    MLflow's own client, the run has the resolved config as params, every step's metrics and
+    the training curve, the report, and the export registered as a model version whose source
+    is the artifact itself; the promoted model carries the alias `champion`."""
+    from mlflow import MlflowClient
+
+    work = first_run["work"]
+    catalog = Catalog(work / "catalog.duckdb")
+    first = catalog.runs(limit=100)[-1]  # the module's first run
+    steps = {s["stage"]: s for s in catalog.stage_runs(first["run_id"])}
+    uri = f"sqlite:///{work / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("dapt-medtest")
+    [run] = client.search_runs([experiment.experiment_id],
+                               f"tags.`dapt.run_id` = '{first['run_id']}'")
+    assert run.info.status == "FINISHED" and run.data.tags["dapt.status"] == "completed"
+    assert float(run.data.params["pretrain.lr"]) > 0
+    assert run.data.params["run.profile"] == "tiny"
+    evaluate = json.loads(steps["evaluate"]["metrics"])
+    assert run.data.metrics["evaluate.heldout_perplexity"] == pytest.approx(
+        evaluate["heldout_perplexity"])
+    assert run.data.tags["dapt.pretrain.key"] == steps["pretrain"]["artifact_key"]
+    losses = client.get_metric_history(run.info.run_id, "curve.loss")
+    assert len(losses) > 1 and losses[0].step < losses[-1].step
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {
+        "report/report.md", "report/report.html"}
+    version = client.get_model_version_by_alias("dapt-medtest", "champion")
+    assert version.tags["artifact_key"] == steps["pretrain"]["artifact_key"]
+    assert Path(version.source) == work / "artifacts/pretrain" / version.tags["artifact_key"] / "hf"
+    assert (Path(version.source) / "model.safetensors").exists()  # no second copy: the export
+
+
 def test_cli_runs_lists_history(first_run: dict) -> None:
     result = CliRunner().invoke(app, ["runs", "--workdir", str(first_run["work"])])
     assert result.exit_code == 0, result.output
