@@ -74,9 +74,14 @@ def pii_lines(ingest_counts: Mapping[str, int], policy: PiiConfig | None = None)
 def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) -> str:
     """The card of a pretrain export (``hf/README.md``), from the stage's config, its manifest
     (counts, metrics, extra) and the ingest manifest it trained on."""
-    counts, extra, metrics = pretrain.counts, pretrain.extra, pretrain.metrics
-    general = set(ingest.extra.get("general_sources", []))
     names = list(ingest.extra.get("source_names", []))
+    return "".join([*_header(config, pretrain, names), *_training_data(pretrain, ingest, names),
+                    *_recipe(config, pretrain), *_evaluation_and_use(pretrain, ingest)])
+
+
+def _header(config: PretrainConfig, pretrain: Manifest, names: list[str]) -> list[str]:
+    """The front matter and the opening paragraph."""
+    extra = pretrain.extra
     continued = config.mode == "continue"
     hub = HUB_BASES.get(config.base_model) if continued else None
     meta: dict[str, Any] = {}
@@ -97,8 +102,13 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
            f"(DeepSpeed, {extra.get('precision', 'fp32')}). The weights are the "
            + ("checkpoint chosen on the dev split" if config.select_checkpoint
               else "final step's") + ".\n"]
+    return out
 
-    out.append("\n## Training data\n\n")
+
+def _training_data(pretrain: Manifest, ingest: Manifest, names: list[str]) -> list[str]:
+    counts, extra = pretrain.counts, pretrain.extra
+    general = set(ingest.extra.get("general_sources", []))
+    out = ["\n## Training data\n\n"]
     sources, files = ingest.extra.get("sources", {}), ingest.extra.get("files", {})
     rows = [[n, "general (replay)" if n in general else "domain", len(files.get(n, [])),
              f"{sources.get(n, {}).get('docs_in', 0):,}", f"{sources.get(n, {}).get('kept', 0):,}"]
@@ -118,8 +128,13 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
     if shares:
         out.append(f" Mixture: {'; '.join(shares)}.")
     out.append("\n")
+    return out
 
-    out.append("\n## Training recipe\n\n")
+
+def _recipe(config: PretrainConfig, pretrain: Manifest) -> list[str]:
+    counts, extra = pretrain.counts, pretrain.extra
+    continued = config.mode == "continue"
+    out = ["\n## Training recipe\n\n"]
     recipe = [["mode", config.mode], ["tokenizer", extra.get("tokenizer", "-")],
               ["parameters", f"{counts.get('params', 0):,}"],
               ["steps", config.max_steps], ["sequence length", config.seq_len],
@@ -133,8 +148,12 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
         recipe.append(["architecture", f"{m.num_layers} layers, hidden {m.hidden_size}, "
                        f"{m.num_heads} heads"])
     out.append(_table(["setting", "value"], recipe))
+    return out
 
-    out.append("\n## Evaluation\n\n")
+
+def _evaluation_and_use(pretrain: Manifest, ingest: Manifest) -> list[str]:
+    metrics = pretrain.metrics
+    out = ["\n## Evaluation\n\n"]
     shown = {"eval_loss": "domain dev loss", "eval_perplexity": "domain dev perplexity",
              "general_eval_loss": "general dev loss", "final_train_loss": "final train loss"}
     out.append(_table(["metric (pretraining)", "value"],
@@ -155,7 +174,7 @@ def export_card(config: PretrainConfig, pretrain: Manifest, ingest: Manifest) ->
                "training text.\n")
     out.append("\n## PII policy\n\n")
     out.append(" ".join(pii_lines(ingest.counts)) + "\n")
-    return "".join(out)
+    return out
 
 
 def run_card(export: str, *, domain: str, profile: str, run_id: str, verdict: str,
