@@ -82,10 +82,10 @@ CITATION_RE = r"\[\d+\]|\[edit\]|\[citation needed\]"
 SENTENCE_END = r"[.!?]+[\"'']?(\s|$)"  # in SQL: '' is a quote
 
 
-def c4_sql(config: C4Config) -> str:
-    """Per document of ``source`` (ord, text): the text with failing lines removed (``c4_text``),
-    lines before and after, and the exclusion reason (NULL: it stays). Blank lines (paragraph
-    breaks) are kept; runs of them collapse to one."""
+def c4_sql(config: C4Config, source: str = "source") -> str:
+    """Per document of the view ``source`` (ord, text): the text with failing lines removed
+    (``c4_text``), lines before and after, and the exclusion reason (NULL: it stays). Blank
+    lines (paragraph breaks) are kept; runs of them collapse to one."""
     line = f"trim(regexp_replace(l, '{CITATION_RE}', '', 'g'))" if config.remove_citations \
         else "l"
     fails = []
@@ -124,7 +124,7 @@ def c4_sql(config: C4Config) -> str:
                 SELECT ord, text, lines,
                        list_filter(list_transform(lines, lambda l: {line}),
                                    lambda l: {keep}) AS kept
-                FROM (SELECT ord, text, string_split(text, chr(10)) AS lines FROM source)))
+                FROM (SELECT ord, text, string_split(text, chr(10)) AS lines FROM {source})))
     """
 
 

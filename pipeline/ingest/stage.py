@@ -80,7 +80,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
         extra={"sources": sources,
                "source_names": [s.name for s in config.sources],
                "general_sources": [s.name for s in config.sources if s.general],
-               "files": files, "seconds": {**seconds, **lap.seconds}, **drop_extra},
+               "files": files, "seconds": {**seconds, **lap.seconds},
+               "filtered": steps.summed(r["filtered"] for r in results), **drop_extra},
     )
 
 
