@@ -16,8 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
-from pipeline.ingest import dedup, filters, pii, quality
-from pipeline.ingest import kernels as text_kernels
+from pipeline.ingest import dedup, filters, pii, quality, text_kernels
 from pipeline.ingest.readers import RAW_SCHEMA, Piece, read_piece
 
 # A UTF-8 lead byte read as Latin-1/Windows-1252 (Â-ô), then a continuation byte read the same
