@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from pipeline import progress
 from pipeline.artifacts import Artifact, Manifest
 from pipeline.config import IngestConfig
+from pipeline.ingest import contamination, steps
 from pipeline.ingest import drops as incremental
-from pipeline.ingest import steps
 from pipeline.ingest.readers import Piece, shard_files, source_files
 from pipeline.ingest.shard import Laps, prepare_shard
 
@@ -52,8 +52,9 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     g = GlobalSteps(con=con, config=config, parts=steps.load_shards(con, work, len(jobs)),
                     out_dir=out_dir, lap=lap)
     held, test_sets = _filter(g, earlier)
-    prints = {name: steps.fingerprint(h) for name, h in test_sets.items()} if drops else {}
-    retracted = steps.RETRACTED_SCHEMA.empty_table()
+    prints = ({name: contamination.fingerprint(h) for name, h in test_sets.items()}
+              if drops else {})
+    retracted = contamination.RETRACTED_SCHEMA.empty_table()
     earlier_shards: list[list[str]] = []
     if drops:
         earlier_shards, retracted = _retrofit(g, earlier, test_sets, prints)
@@ -155,10 +156,11 @@ def _filter(g: GlobalSteps, earlier: incremental.History | None
     near = steps.near_dedup(con, config, parts, history=history)
     held = steps.held_out_sql(config)
     lap("near_dedup")
-    test_sets = (steps.test_set_hashes(con, config) if config.decontamination.enabled
+    test_sets = (contamination.test_set_hashes(con, config) if config.decontamination.enabled
                  else {})
-    contaminated = (steps.decontaminate(con, config, held, parts,
-                                        earlier.eval_file if earlier else None, test_sets)
+    contaminated = (contamination.decontaminate(con, config, held, parts,
+                                                earlier.eval_file if earlier else None,
+                                                test_sets)
                     if config.decontamination.enabled else {})
     lap("decontaminate")
     g.counts.update(**near, **contaminated)
@@ -170,11 +172,12 @@ def _retrofit(g: GlobalSteps, earlier: incremental.History, test_sets: dict[str,
     """Earlier drops' training text against the test sets added since they were ingested:
     the contaminated documents are retracted (``retracted.parquet``) and the shards that held
     them rewritten into this drop. Returns the earlier train shards to keep, and what went."""
-    earlier_shards, retracted = earlier.train_shards, steps.RETRACTED_SCHEMA.empty_table()
+    earlier_shards = earlier.train_shards
+    retracted = contamination.RETRACTED_SCHEMA.empty_table()
     added = {name: h for name, h in test_sets.items()
              if earlier.test_sets.get(name) != prints[name]}
     if added and earlier.previous:
-        earlier_shards, retracted = steps.retrofit(
+        earlier_shards, retracted = contamination.retrofit(
             g.con, g.config,
             [(k, n, g.out_dir.parent / k / n) for k, n in earlier.train_shards], added,
             g.out_dir)
