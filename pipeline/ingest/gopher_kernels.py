@@ -95,6 +95,148 @@ def _ends_with_ellipsis(data: np.ndarray, lo: int, hi: int) -> bool:
     return hi - lo >= 3 and data[hi - 3] == 0xE2 and data[hi - 2] == 0x80 and data[hi - 1] == 0xA6
 
 
+@numba.njit(inline="always")
+def _words(data: np.ndarray, lo: int, hi: int, flags: np.ndarray, lower: np.ndarray,
+           stop: np.ndarray, stop_min: int, stop_max: int, seen_stop: np.ndarray
+           ) -> tuple[int, int, int, int]:
+    """(words, their code points, words holding a letter, distinct stop words) of the bytes
+    ``lo:hi``: words are runs of non-space bytes."""
+    n_words = 0
+    word_chars = 0
+    alpha = 0
+    n_stop = 0
+    seen_stop[:] = False
+    i = lo
+    while i < hi:
+        while i < hi and _is_space(data[i]):
+            i += 1
+        if i >= hi:
+            break
+        has_letter = False
+        cps = 0
+        acc = FNV_OFFSET
+        while i < hi and not _is_space(data[i]):
+            cp, step = decode(data, i)
+            if (flags[cp] & LETTER) != 0:
+                has_letter = True
+            acc = (acc ^ np.uint64(lower[cp])) * FNV_PRIME
+            cps += 1
+            i += step
+        n_words += 1
+        word_chars += cps
+        if has_letter:
+            alpha += 1
+        if stop_min <= cps <= stop_max:
+            h = mix(acc)
+            for s in range(len(stop)):
+                if stop[s] == h and not seen_stop[s]:
+                    seen_stop[s] = True
+                    n_stop += 1
+    return n_words, word_chars, alpha, n_stop
+
+
+@numba.njit(inline="always")
+def _symbols(data: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """('#' characters, ellipses: "..." counted without overlap, and U+2026) of ``lo:hi``."""
+    hashes = 0
+    ellipses = 0
+    i = lo
+    while i < hi:
+        b = data[i]
+        if b == 35:
+            hashes += 1
+        elif b == 46 and i + 2 < hi and data[i + 1] == 46 and data[i + 2] == 46:
+            ellipses += 1
+            i += 3
+            continue
+        elif b == 0xE2 and i + 2 < hi and data[i + 1] == 0x80 and data[i + 2] == 0xA6:
+            ellipses += 1
+        i += 1
+    return hashes, ellipses
+
+
+@numba.njit(inline="always")
+def _lines(data: np.ndarray, lo: int, hi: int, bullets: np.ndarray, keys: np.ndarray,
+           stamps: np.ndarray, counts: np.ndarray, mask: np.uint64, stamp: int
+           ) -> tuple[int, int, int, int, int, int]:
+    """(lines, their characters, distinct lines, their characters, lines ending in an
+    ellipsis, lines opening with a bullet) of ``lo:hi``: the text between newlines, holding
+    more than spaces. Distinct lines are counted in the table ``keys`` under ``stamp``."""
+    n_lines = 0
+    line_chars = 0
+    distinct = 0
+    distinct_chars = 0
+    ellipsis_lines = 0
+    bullet_lines = 0
+    start = lo
+    for i in range(lo, hi + 1):
+        if i < hi and data[i] != 10:
+            continue
+        if not _blank(data, start, i):
+            n_lines += 1
+            c = _chars(data, start, i)
+            line_chars += c
+            if _ends_with_ellipsis(data, start, i):
+                ellipsis_lines += 1
+            j = start
+            while j < i and _is_space(data[j]):
+                j += 1
+            if j < i:
+                cp, _ = decode(data, j)
+                for bullet in bullets:
+                    if cp == bullet:
+                        bullet_lines += 1
+                        break
+            _, new = _insert(keys, stamps, counts, mask, stamp, _bytes_hash(data, start, i))
+            if new:
+                distinct += 1
+                distinct_chars += c
+        start = i + 1
+    return n_lines, line_chars, distinct, distinct_chars, ellipsis_lines, bullet_lines
+
+
+@numba.njit(inline="always")
+def _paragraphs(data: np.ndarray, lo: int, hi: int, keys: np.ndarray, stamps: np.ndarray,
+                counts: np.ndarray, mask: np.uint64, stamp: int) -> tuple[int, int, int, int]:
+    """(paragraphs, their characters, distinct paragraphs, their characters) of ``lo:hi``:
+    split at a newline, any whitespace, and the last newline of that run."""
+    n_par = 0
+    par_chars = 0
+    par_distinct = 0
+    par_distinct_chars = 0
+    start = lo
+    i = lo
+    while i <= hi:
+        end = -1
+        nxt = hi + 1
+        if i == hi:
+            end = hi
+        elif data[i] == 10:
+            last = -1
+            j = i + 1
+            while j < hi and _is_space(data[j]):
+                if data[j] == 10:
+                    last = j
+                j += 1
+            if last >= 0:
+                end = i
+                nxt = last + 1
+        if end < 0:
+            i += 1
+            continue
+        if not _blank(data, start, end):
+            n_par += 1
+            c = _chars(data, start, end)
+            par_chars += c
+            _, new = _insert(keys, stamps, counts, mask, stamp, _bytes_hash(data, start, end))
+            if new:
+                par_distinct += 1
+                par_distinct_chars += c
+        start = nxt
+        i = nxt
+    return n_par, par_chars, par_distinct, par_distinct_chars
+
+
 @numba.njit(nogil=True, cache=True)
 def _features(offsets: np.ndarray, data: np.ndarray, flags: np.ndarray, lower: np.ndarray,
               stop: np.ndarray, stop_min: int, stop_max: int, bullets: np.ndarray,
@@ -115,124 +257,16 @@ def _features(offsets: np.ndarray, data: np.ndarray, flags: np.ndarray, lower: n
     for d in range(len(offsets) - 1):
         lo, hi = offsets[d], offsets[d + 1]
         n_chars = _chars(data, lo, hi)
-        # words: runs of non-space bytes
-        n_words = 0
-        word_chars = 0
-        alpha = 0
-        n_stop = 0
-        seen_stop[:] = False
-        i = lo
-        while i < hi:
-            while i < hi and _is_space(data[i]):
-                i += 1
-            if i >= hi:
-                break
-            has_letter = False
-            cps = 0
-            acc = FNV_OFFSET
-            while i < hi and not _is_space(data[i]):
-                cp, step = decode(data, i)
-                if (flags[cp] & LETTER) != 0:
-                    has_letter = True
-                acc = (acc ^ np.uint64(lower[cp])) * FNV_PRIME
-                cps += 1
-                i += step
-            n_words += 1
-            word_chars += cps
-            if has_letter:
-                alpha += 1
-            if stop_min <= cps <= stop_max:
-                h = mix(acc)
-                for s in range(len(stop)):
-                    if stop[s] == h and not seen_stop[s]:
-                        seen_stop[s] = True
-                        n_stop += 1
-        # '#' characters, and ellipses ("..." counted without overlap, and U+2026)
-        hashes = 0
-        ellipses = 0
-        i = lo
-        while i < hi:
-            b = data[i]
-            if b == 35:
-                hashes += 1
-            elif b == 46 and i + 2 < hi and data[i + 1] == 46 and data[i + 2] == 46:
-                ellipses += 1
-                i += 3
-                continue
-            elif b == 0xE2 and i + 2 < hi and data[i + 1] == 0x80 and data[i + 2] == 0xA6:
-                ellipses += 1
-            i += 1
-        # lines: between newlines, holding more than spaces
-        stamp += 1
+        n_words, word_chars, alpha, n_stop = _words(data, lo, hi, flags, lower, stop,
+                                                    stop_min, stop_max, seen_stop)
+        hashes, ellipses = _symbols(data, lo, hi)
         mask = _mask_for(pieces[d])
-        n_lines = 0
-        line_chars = 0
-        distinct = 0
-        distinct_chars = 0
-        ellipsis_lines = 0
-        bullet_lines = 0
-        start = lo
-        for i in range(lo, hi + 1):
-            if i < hi and data[i] != 10:
-                continue
-            if not _blank(data, start, i):
-                n_lines += 1
-                c = _chars(data, start, i)
-                line_chars += c
-                if _ends_with_ellipsis(data, start, i):
-                    ellipsis_lines += 1
-                j = start
-                while j < i and _is_space(data[j]):
-                    j += 1
-                if j < i:
-                    cp, _ = decode(data, j)
-                    for bullet in bullets:
-                        if cp == bullet:
-                            bullet_lines += 1
-                            break
-                _, new = _insert(keys, stamps, counts, mask, stamp,
-                                 _bytes_hash(data, start, i))
-                if new:
-                    distinct += 1
-                    distinct_chars += c
-            start = i + 1
-        # paragraphs: split at a newline, any whitespace, and the last newline of that run
         stamp += 1
-        n_par = 0
-        par_chars = 0
-        par_distinct = 0
-        par_distinct_chars = 0
-        start = lo
-        i = lo
-        while i <= hi:
-            end = -1
-            nxt = hi + 1
-            if i == hi:
-                end = hi
-            elif data[i] == 10:
-                last = -1
-                j = i + 1
-                while j < hi and _is_space(data[j]):
-                    if data[j] == 10:
-                        last = j
-                    j += 1
-                if last >= 0:
-                    end = i
-                    nxt = last + 1
-            if end < 0:
-                i += 1
-                continue
-            if not _blank(data, start, end):
-                n_par += 1
-                c = _chars(data, start, end)
-                par_chars += c
-                _, new = _insert(keys, stamps, counts, mask, stamp,
-                                 _bytes_hash(data, start, end))
-                if new:
-                    par_distinct += 1
-                    par_distinct_chars += c
-            start = nxt
-            i = nxt
+        n_lines, line_chars, distinct, distinct_chars, ellipsis_lines, bullet_lines = _lines(
+            data, lo, hi, bullets, keys, stamps, counts, mask, stamp)
+        stamp += 1
+        n_par, par_chars, par_distinct, par_distinct_chars = _paragraphs(
+            data, lo, hi, keys, stamps, counts, mask, stamp)
         words = max(n_words, 1)
         lines = max(n_lines, 1)
         pars = max(n_par, 1)
@@ -272,6 +306,54 @@ def gopher_features(array: pa.Array | pa.ChunkedArray, stop_words: list[str]
 # --- n-gram repetition -------------------------------------------------------------------------
 
 
+@numba.njit(inline="always")
+def _count_windows(h: np.ndarray, lo: int, m: int, coef: np.ndarray, keys: np.ndarray,
+                   stamps: np.ndarray, counts: np.ndarray, slots: np.ndarray, stamp: int
+                   ) -> None:
+    """Count the ``m`` windows of ``len(coef)`` token hashes from ``h[lo]`` (each a polynomial
+    with the coefficients ``coef``) under ``stamp``; ``slots[w]``: window w's slot."""
+    mask = _mask_for(m)
+    for w in range(m):
+        g = np.uint64(0)
+        for k in range(len(coef)):
+            g += h[lo + w + k] * coef[k]
+        slot, _ = _insert(keys, stamps, counts, mask, stamp, g)
+        slots[w] = slot
+
+
+@numba.njit(inline="always")
+def _top_share(lens: np.ndarray, lo: int, n: int, m: int, counts: np.ndarray,
+               slots: np.ndarray, total: int) -> float:
+    """The most frequent n-gram's count times its characters, over ``total``; among the
+    most frequent, the longest (0 when none repeats)."""
+    best_count, best_chars = 1, 0
+    chars = 0
+    for k in range(n):
+        chars += lens[lo + k]
+    for w in range(m):
+        if w:
+            chars += lens[lo + w + n - 1] - lens[lo + w - 1]
+        cnt = counts[slots[w]]
+        if cnt > best_count or (cnt == best_count and cnt > 1 and chars > best_chars):
+            best_count, best_chars = cnt, chars
+    return best_count * best_chars / max(total, 1) if best_count > 1 else 0.0
+
+
+@numba.njit(inline="always")
+def _duplicated_share(lens: np.ndarray, lo: int, hi: int, n: int, m: int, counts: np.ndarray,
+                      slots: np.ndarray, total: int) -> float:
+    """The characters of the tokens inside an n-gram that occurs more than once, over
+    ``total``."""
+    covered_until = 0
+    covered = 0
+    for w in range(hi - lo):
+        if w < m and counts[slots[w]] > 1:
+            covered_until = w + n
+        if w < covered_until:
+            covered += lens[lo + w]
+    return covered / max(total, 1)
+
+
 @numba.njit(nogil=True, cache=True)
 def _repetition(starts: np.ndarray, h: np.ndarray, lens: np.ndarray, kinds: np.ndarray,
                 ns: np.ndarray, thresholds: np.ndarray, later_min: np.ndarray,
@@ -301,35 +383,11 @@ def _repetition(starts: np.ndarray, h: np.ndarray, lens: np.ndarray, kinds: np.n
             share = 0.0
             if m > 0:
                 stamp += 1
-                mask = _mask_for(m)
-                for w in range(m):
-                    g = np.uint64(0)
-                    for k in range(n):
-                        g += h[lo + w + k] * coefs[c, k]
-                    slot, _ = _insert(keys, stamps, counts, mask, stamp, g)
-                    slots[w] = slot
+                _count_windows(h, lo, m, coefs[c, :n], keys, stamps, counts, slots, stamp)
                 if kinds[c] == 0:
-                    best_count, best_chars = 1, 0
-                    chars = 0
-                    for k in range(n):
-                        chars += lens[lo + k]
-                    for w in range(m):
-                        if w:
-                            chars += lens[lo + w + n - 1] - lens[lo + w - 1]
-                        cnt = counts[slots[w]]
-                        if cnt > best_count or (cnt == best_count and cnt > 1
-                                                and chars > best_chars):
-                            best_count, best_chars = cnt, chars
-                    share = best_count * best_chars / max(total, 1) if best_count > 1 else 0.0
+                    share = _top_share(lens, lo, n, m, counts, slots, total)
                 else:
-                    covered_until = 0
-                    covered = 0
-                    for w in range(hi - lo):
-                        if w < m and counts[slots[w]] > 1:
-                            covered_until = w + n
-                        if w < covered_until:
-                            covered += lens[lo + w]
-                    share = covered / max(total, 1)
+                    share = _duplicated_share(lens, lo, hi, n, m, counts, slots, total)
             if share > thresholds[c]:
                 failed[d] = c
                 shares[d] = share
