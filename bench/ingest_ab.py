@@ -4,10 +4,11 @@ outputs are the same bytes. For a change meant to keep ingest's behaviour and sp
 refactor): run it with ``--base`` a checkout of the commit before.
 
 The corpus is a domain's sample sources (``dapt samples build``), ingested with the default
-``IngestConfig`` (every filter, exact and near dedup, regex PII types; the NER types only with
-``--ner``, as they take minutes on 2 cores; decontamination off: no test set). Each run is a
-fresh subprocess with ``PYTHONPATH`` at its checkout; both checkouts' numba kernels are
-compiled before the first timed run.
+``IngestConfig`` (every filter, exact and near dedup), or with ``--domain-config`` the domain
+YAML's own ingest section (``tiny`` profile). Either way the PII NER types run only with
+``--ner`` (they take many minutes on 2 cores) and decontamination is off (no test set). Each
+run is a fresh subprocess with ``PYTHONPATH`` at its checkout; both checkouts' numba kernels
+are compiled before the first timed run.
 
     python -m bench.ingest_ab --base /tmp/dapt-base --samples /tmp/demo_work/samples
 """
@@ -26,32 +27,45 @@ SOURCES = {"medical": ["hpo", "icd10cm", "healthnews"], "legal": ["licenses", "r
            "finance": ["bbc_business"], "general": ["news"]}
 
 RUN = """
-import hashlib, json, sys, time
+import glob, hashlib, json, os, sys, time
 from pathlib import Path
 from pipeline import ingest
 from pipeline.config import PII_NER_TYPES, PII_TYPES, IngestConfig
 samples, domain, out, ner = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
-names = json.loads(sys.argv[5])
-types = list(PII_TYPES) if ner else [t for t in PII_TYPES if t not in PII_NER_TYPES]
-config = IngestConfig(
-    sources=[{"name": n, "path": str(samples / domain / f"{n}.jsonl")} for n in names],
-    pii={"types": types}, decontamination={"enabled": False})
+names, own = json.loads(sys.argv[5]), sys.argv[6] == "1"
+if own:
+    from pipeline import domains
+    spec = domains.get(domain)
+    config = spec.resolve("tiny").ingest
+    sources = [s.model_copy(update={"path": domains.resolve_path(s.path, spec, samples.parent)})
+               for s in config.sources]
+    types = [t for t in config.pii.types if ner or t not in PII_NER_TYPES]
+else:
+    config = IngestConfig(
+        sources=[{"name": n, "path": str(samples / domain / f"{n}.jsonl")} for n in names])
+    sources = config.sources
+    types = [t for t in PII_TYPES if ner or t not in PII_NER_TYPES]
+config = config.model_copy(update={
+    "sources": sources, "pii": config.pii.model_copy(update={"types": types}),
+    "decontamination": config.decontamination.model_copy(update={"enabled": False})})
 out.mkdir(parents=True)
 start = time.perf_counter()
 manifest = ingest.run(config, {}, out)
 seconds = time.perf_counter() - start
 files = sorted(p.name for p in out.glob("*.parquet"))
-print(json.dumps({"seconds": seconds, "counts": manifest.counts,
+mb = sum(os.path.getsize(f) for s in config.sources for f in glob.glob(s.path)) / 1e6
+print(json.dumps({"seconds": seconds, "counts": manifest.counts, "mb": mb,
                   "sha256": {f: hashlib.sha256((out / f).read_bytes()).hexdigest()
                              for f in files}}))
 """
 
 
-def run_once(root: Path, samples: Path, domain: str, out: Path, ner: bool) -> dict:
+def run_once(root: Path, samples: Path, domain: str, out: Path, ner: bool, own: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
         [sys.executable, "-c", RUN, str(samples), domain, str(out), "1" if ner else "0",
-         json.dumps(SOURCES[domain])], cwd=root, env=env, capture_output=True, text=True)
+         json.dumps(SOURCES[domain]), "1" if own else "0"],
+        cwd=root, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"ingest from {root} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -66,6 +80,8 @@ def main() -> None:
     parser.add_argument("--domain", default="medical", choices=sorted(SOURCES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ner", action="store_true", help="the PII NER types too (slow)")
+    parser.add_argument("--domain-config", action="store_true",
+                        help="the domain YAML's ingest section instead of the defaults")
     parser.add_argument("--work", type=Path, default=Path("/tmp/dapt-bench-ingest-ab"))
     args = parser.parse_args()
     missing = [n for n in SOURCES[args.domain]
@@ -73,8 +89,6 @@ def main() -> None:
     if missing:
         raise SystemExit(f"--samples {args.samples}: no {args.domain}/{missing[0]}.jsonl "
                          "(run `dapt samples build --workdir ...` first)")
-    mb = sum((args.samples / args.domain / f"{n}.jsonl").stat().st_size
-             for n in SOURCES[args.domain]) / 1e6
     trees = {"base": args.base.resolve(), "new": args.new.resolve()}
     for root in trees.values():  # compile each checkout's kernels into its own cache
         subprocess.run([sys.executable, "-c", "from pipeline.ingest import kernels; "
@@ -86,8 +100,10 @@ def main() -> None:
         for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
             out = args.work / f"{name}-{r}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            results[name] = run_once(trees[name], args.samples, args.domain, out, args.ner)
+            results[name] = run_once(trees[name], args.samples, args.domain, out, args.ner,
+                                     args.domain_config)
             seconds[name].append(results[name]["seconds"])
+            mb = results[name]["mb"]
             print(f"round {r} {name}: {results[name]['seconds']:.1f} s "
                   f"({mb / results[name]['seconds']:.2f} MB/s)", flush=True)
     base, new = (statistics.median(seconds[n]) for n in ("base", "new"))
