@@ -55,6 +55,7 @@ seconds = time.perf_counter() - start
 files = sorted(p.name for p in out.glob("*.parquet"))
 mb = sum(os.path.getsize(f) for s in config.sources for f in glob.glob(s.path)) / 1e6
 print(json.dumps({"seconds": seconds, "counts": manifest.counts, "mb": mb,
+                  "steps": manifest.extra["seconds"],
                   "sha256": {f: hashlib.sha256((out / f).read_bytes()).hexdigest()
                              for f in files}}))
 """
@@ -95,6 +96,7 @@ def main() -> None:
                         "kernels.warm()"], cwd=root, check=True,
                        env={**os.environ, "PYTHONPATH": str(root)})
     seconds: dict[str, list[float]] = {name: [] for name in trees}
+    steps: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     results: dict[str, dict] = {}
     for r in range(args.rounds):
         for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
@@ -103,6 +105,8 @@ def main() -> None:
             results[name] = run_once(trees[name], args.samples, args.domain, out, args.ner,
                                      args.domain_config)
             seconds[name].append(results[name]["seconds"])
+            for step, t in results[name]["steps"].items():
+                steps[name].setdefault(step, []).append(t)
             mb = results[name]["mb"]
             print(f"round {r} {name}: {results[name]['seconds']:.1f} s "
                   f"({mb / results[name]['seconds']:.2f} MB/s)", flush=True)
@@ -111,6 +115,12 @@ def main() -> None:
           f"{results['new']['counts']['kept']:,} kept")
     print(f"median seconds: base {base:.1f}, new {new:.1f}; new/base time {new / base:.3f} "
           f"(MB/s {mb / base:.2f} -> {mb / new:.2f})")
+    print("median seconds per step (shards_*: summed over shards; a step either side only "
+          "is a renamed one):")
+    for step in sorted(set(steps["base"]) | set(steps["new"])):
+        b, n = (f"{statistics.median(steps[t][step]):7.2f}" if step in steps[t] else "      -"
+                for t in ("base", "new"))
+        print(f"  {step:32s} base {b}  new {n}")
     same = results["base"]["sha256"] == results["new"]["sha256"]
     print(f"outputs: {'the same bytes' if same else 'DIFFERENT'} "
           f"({len(results['new']['sha256'])} Parquet files)")
