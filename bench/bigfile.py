@@ -43,7 +43,7 @@ import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 t0 = time.time()
-from pipeline import ingest
+from pipeline.stages import ingest
 from pipeline.config import IngestConfig
 corpus, out, shard_mb = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 marks = {"start": t0}

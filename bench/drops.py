@@ -146,7 +146,7 @@ def removed(out: Path) -> tuple[dict[str, str], set[str]]:
 
 def warm_up(corpus: Path, work: Path, workers: int) -> None:
     """One small ingest first, so no timed run pays for loading the compiled kernels."""
-    from pipeline import ingest
+    from pipeline.stages import ingest
 
     src = next((corpus / "drop-1").glob("part-*.jsonl"))
     with open(src) as fh:
@@ -183,10 +183,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/dapt-bench-drops"))
     args = parser.parse_args()
 
-    from pipeline import ingest
-    from pipeline.artifacts import ArtifactStore
     from pipeline.domains import source_digest
+    from pipeline.engine.artifacts import ArtifactStore
     from pipeline.files import match_files
+    from pipeline.stages import ingest
 
     corpus = args.work / "corpus"
     planted = build(args.samples, args.mb, corpus, args.exact, args.near)

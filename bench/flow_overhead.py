@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DIRECT = """
 import sys
-from pipeline.runner import Session
+from pipeline.driver import Session
 Session.open(sys.argv[1], sys.argv[2], workdir=sys.argv[3]).run_all()
 """
 DAPT = [sys.executable, "-m", "flows.cli"]
@@ -53,7 +53,7 @@ ENV.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 def stage_seconds(workdir: Path) -> float:
     """Total stage time of the newest run recorded in ``workdir``'s catalog."""
-    from pipeline.catalog import Catalog
+    from pipeline.engine.catalog import Catalog
 
     catalog = Catalog(workdir / "catalog.duckdb")
     run = catalog.runs(limit=1)[0]

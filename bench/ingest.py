@@ -56,8 +56,8 @@ def clean_base(samples: Path, work: Path) -> list[dict]:
     """The sample corpora after our ingest (defaults, no decontamination): no near-dups."""
     import pyarrow.parquet as pq
 
-    from pipeline import ingest
     from pipeline.config import IngestConfig
+    from pipeline.stages import ingest
 
     out = work / "base"
     if not (out / "eval.parquet").exists():
@@ -120,8 +120,8 @@ def run_ours(corpus: Path, out: Path, workers: int = 2) -> dict:
     thread pool there; a plain one here, without the flow's fixed start-up cost)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline import ingest
     from pipeline.config import IngestConfig
+    from pipeline.stages import ingest
 
     def threads(fn, jobs):
         with ThreadPoolExecutor(workers) as pool:

@@ -29,7 +29,10 @@ SOURCES = {"medical": ["hpo", "icd10cm", "healthnews"], "legal": ["licenses", "r
 RUN = """
 import glob, hashlib, json, os, sys, time
 from pathlib import Path
-from pipeline import ingest
+try:  # the layout since the engine/stages move, or the one before it
+    from pipeline.stages import ingest
+except ImportError:
+    from pipeline import ingest
 from pipeline.config import PII_NER_TYPES, PII_TYPES, IngestConfig
 samples, domain, out, ner = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
 names, own = json.loads(sys.argv[5]), sys.argv[6] == "1"
@@ -58,6 +61,14 @@ print(json.dumps({"seconds": seconds, "counts": manifest.counts, "mb": mb,
                   "steps": manifest.extra["seconds"],
                   "sha256": {f: hashlib.sha256((out / f).read_bytes()).hexdigest()
                              for f in files}}))
+"""
+
+WARM = """
+try:
+    from pipeline.stages.ingest import kernels
+except ImportError:
+    from pipeline.ingest import kernels
+kernels.warm()
 """
 
 
@@ -92,8 +103,7 @@ def main() -> None:
                          "(run `dapt samples build --workdir ...` first)")
     trees = {"base": args.base.resolve(), "new": args.new.resolve()}
     for root in trees.values():  # compile each checkout's kernels into its own cache
-        subprocess.run([sys.executable, "-c", "from pipeline.ingest import kernels; "
-                        "kernels.warm()"], cwd=root, check=True,
+        subprocess.run([sys.executable, "-c", WARM], cwd=root, check=True,
                        env={**os.environ, "PYTHONPATH": str(root)})
     seconds: dict[str, list[float]] = {name: [] for name in trees}
     steps: dict[str, dict[str, list[float]]] = {name: {} for name in trees}

@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 
 from pipeline.config import NearDupConfig
-from pipeline.ingest import dedup, minhash_kernels, text_kernels
+from pipeline.stages.ingest import dedup, minhash_kernels, text_kernels
 
 
 def rensa_signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.pii_evalset import DEV_SEED, TEST_SEED, TYPES, labelled_set
 from pipeline.config import PiiConfig
-from pipeline.ingest import pii
+from pipeline.stages.ingest import pii
 
 NER = ("person", "location")
 PRESIDIO_TYPES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "IP_ADDRESS": "ip",

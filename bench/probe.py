@@ -21,10 +21,11 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoTokenizer
 
-from pipeline import domains, finetune, samples
-from pipeline.artifacts import ArtifactStore
+from pipeline import domains, samples
 from pipeline.config import FinetuneConfig
-from pipeline.train import models
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.stages.finetune import stage as finetune
+from pipeline.stages.models import stage as models
 
 
 def main() -> None:

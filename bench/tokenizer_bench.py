@@ -7,10 +7,11 @@ task texts, ~90 MB of real text), repeated whole until it reaches ``--mb`` MB, w
 ingest-style Parquet shards (and as .txt files for the trainer baseline). The repeats are exact
 copies, so word statistics are those of the ~90 MB corpus at larger counts.
 
-1. Tokenizer training (byte-level BPE, ``--vocab``): ``pipeline.tokenizer.run`` (streams the
+1. Tokenizer training (byte-level BPE, ``--vocab``): ``pipeline.stages.tokenizer.run`` (streams the
    shards, trains, writes the HF files, measures fertility and the round-trip gate) vs
    ``Tokenizer.train(files=...)`` on the same text as .txt files. Goal: ratio <= 1.10.
-2. Tokenize-and-pack with that tokenizer, ``--threads`` cores: ``pipeline.train.packing`` (read
+2. Tokenize-and-pack with that tokenizer, ``--threads`` cores: ``pipeline.stages.pretrain.packing``
+(read
    Parquet, encode in N processes, EOS, write sequence shards) vs raw ``encode_batch`` with N
    rayon threads on the texts already in memory (reading and writing not timed: a ceiling), and
    vs the ``datasets.map`` tokenize + ``group_texts`` recipe of transformers' ``run_clm.py``
@@ -69,7 +70,7 @@ def build_corpus(samples_dir: Path, out: Path, mb: int) -> dict[str, int]:
                    ingest / "eval.parquet")
     n_bytes = sum(len(t.encode()) for t in corpus)
     n_chars = sum(len(t) for t in corpus)
-    from pipeline.artifacts import Manifest
+    from pipeline.engine.artifacts import Manifest
 
     (ingest / "manifest.json").write_text(Manifest(
         stage="ingest", counts={"train_chars": n_chars},
@@ -90,9 +91,9 @@ def _rss() -> dict[str, float]:
 
 
 def part_train_stage(work: Path, vocab: int) -> dict:
-    from pipeline import tokenizer
-    from pipeline.artifacts import Artifact
     from pipeline.config import TokenizerConfig
+    from pipeline.engine.artifacts import Artifact
+    from pipeline.stages.tokenizer import stage as tokenizer
 
     out = work / "tok-stage"
     out.mkdir()
@@ -119,7 +120,7 @@ def part_train_direct(work: Path, vocab: int) -> dict:
 
 
 def part_pack_stage(work: Path, threads: int, seq_len: int) -> dict:
-    from pipeline.train import packing
+    from pipeline.stages.pretrain import packing
 
     data = work / "packed"
     data.mkdir(exist_ok=True)

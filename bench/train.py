@@ -34,10 +34,10 @@ import torch
 import yaml
 
 from pipeline import domains, samples
-from pipeline.runner import Session
-from pipeline.train.packing import TokenBatches
-from pipeline.train.worker import llama_config
-from pipeline.train.worker_io import PretrainOutput, WorkerSpec
+from pipeline.driver import Session
+from pipeline.stages.pretrain.packing import TokenBatches
+from pipeline.stages.pretrain.worker import llama_config
+from pipeline.stages.pretrain.worker_io import PretrainOutput, WorkerSpec
 
 
 def build_model(spec: WorkerSpec, attn: str = "sdpa") -> torch.nn.Module:

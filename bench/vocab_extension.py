@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import domains
-from pipeline.runner import Session
+from pipeline.driver import Session
 
 
 def main() -> None:

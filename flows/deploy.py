@@ -6,9 +6,11 @@
 - ``dapt serve`` registers the same deployments and runs them in this process
   (``prefect.serve``): scheduled runs and runs triggered from the UI or the API.
 
-Both need a Prefect server (``prefect server start``) or Prefect Cloud: ``PREFECT_API_URL``.
+Both need a Prefect server: ``PREFECT_API_URL`` when set, else the one ``dapt server start``
+runs for the workdir (``--workdir``), which the CLI finds by itself.
 A deployment's parameters are the flow's (``profile``, ``only``, ``from_stage``, ``force``,
-``workdir``, ``init``), so a single-stage rerun is a deployment run with ``only`` set. Schedules
+``workdir``, ``init``, ``overrides``), so a single-stage rerun is a deployment run with ``only``
+set; ``workdir`` is the CLI's ``--workdir`` unless ``schedule.parameters`` names one. Schedules
 run the continued-adaptation loop by default (``init: promoted``: continue the domain's promoted
 model on each new drop, promote on passing gates); ``schedule.parameters.init: base`` opts out.
 """
@@ -36,8 +38,9 @@ def deployment_name(domain: Domain) -> str:
     return f"dapt-{domain.name}"
 
 
-def deployment_kwargs(domain: Domain) -> dict[str, Any]:
-    """Name, schedule, parameters and tags of a scheduled domain's deployment."""
+def deployment_kwargs(domain: Domain, workdir: Path | None = None) -> dict[str, Any]:
+    """Name, schedule, parameters and tags of a scheduled domain's deployment; its runs use
+    ``workdir`` (when given) unless the schedule's parameters say otherwise."""
     schedule = domain.spec.schedule
     if schedule is None:
         raise ValueError(f"domain {domain.name!r} has no `schedule` section to deploy")
@@ -46,7 +49,8 @@ def deployment_kwargs(domain: Domain) -> dict[str, Any]:
     return {
         "name": deployment_name(domain),
         "schedules": [Cron(schedule.cron, timezone=schedule.timezone)],
-        "parameters": {**target, "init": "promoted", **schedule.parameters},
+        "parameters": {**target, "init": "promoted",
+                       **({"workdir": str(workdir)} if workdir else {}), **schedule.parameters},
         "tags": ["dapt", domain.name],
         "description": domain.spec.description or None,
     }
@@ -60,13 +64,13 @@ async def _ensure_pool(name: str) -> None:
             await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
 
 
-def deploy(domains: list[Domain], pool: str) -> list[str]:
+def deploy(domains: list[Domain], pool: str, workdir: Path | None = None) -> list[str]:
     """Register one deployment per domain in ``pool``; return their full names."""
     asyncio.run(_ensure_pool(pool))
     flow = domain_pipeline.from_source(source=str(PROJECT_ROOT), entrypoint=ENTRYPOINT)
     names = []
     for domain in domains:
-        kwargs = deployment_kwargs(domain)
+        kwargs = deployment_kwargs(domain, workdir)
         flow.deploy(work_pool_name=pool, build=False, push=False, print_next_steps=False,
                     **kwargs)
         names.append(f"{domain_pipeline.name}/{kwargs['name']}")
@@ -83,12 +87,13 @@ async def _forget(names: list[str]) -> None:
             await client.delete_deployment(deployment.id)
 
 
-def serve_domains(domains: list[Domain], limit: int | None = None) -> None:
+def serve_domains(domains: list[Domain], limit: int | None = None,
+                  workdir: Path | None = None) -> None:
     """Register the deployments and run their flow runs here until interrupted.
 
     A deployment of the same name registered by ``dapt deploy`` is replaced: Prefect would
     otherwise keep its code-storage settings, and this process could not load the flow.
     """
     asyncio.run(_forget([f"{domain_pipeline.name}/{deployment_name(d)}" for d in domains]))
-    serve(*[domain_pipeline.to_deployment(**deployment_kwargs(d)) for d in domains],
+    serve(*[domain_pipeline.to_deployment(**deployment_kwargs(d, workdir)) for d in domains],
           limit=limit)

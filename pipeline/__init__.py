@@ -10,7 +10,7 @@ import sys
 # TORCH_EXTENSIONS_DIR, by default the user's ~/.cache. The Makefile points it next to the venv;
 # setting the same place here, before any module of this package imports DeepSpeed, means
 # `dapt` run from an activated venv, a notebook or a training rank (this package is imported
-# before `deepspeed` in pipeline.train.worker) finds the ops `make install` compiled.
+# before `deepspeed` in pipeline.stages.pretrain.worker) finds the ops `make install` compiled.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
@@ -28,4 +28,5 @@ class GateFailure(QualityGateError):
 
 
 class NotPromoted(StageError):
-    """Evaluate's gates failed: the run ends without promoting its model (pipeline.promotion)."""
+    """Evaluate's gates failed: the run ends without promoting its model
+    (pipeline.lifecycle.promotion)."""

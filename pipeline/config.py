@@ -21,6 +21,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evaluate")
+# Every step of a run, in order: the stages above, the base model's conversion (models) and the
+# control run (control). The CLI checks --only/--from against it before anything loads; the
+# steps' specs are pipeline/stages/steps.py (a test keeps the two equal).
+STEP_NAMES: tuple[str, ...] = ("ingest", "models", "tokenizer", "pretrain", "control",
+                               "finetune", "evaluate")
 ProfileName = Literal["tiny", "small", "base", "cpu"]
 PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base", "cpu")
 
@@ -158,7 +163,7 @@ PiiTypeName = Literal[PII_TYPES]  # type: ignore[valid-type]
 
 class PiiConfig(_Strict):
     """Identifiers replaced by typed placeholders (``<EMAIL>``, ...) before filtering, so
-    neither the output nor the exclusion log holds them; see ``pipeline/ingest/pii.py``."""
+    neither the output nor the exclusion log holds them; see ``pipeline/stages/ingest/pii.py``."""
 
     enabled: bool = True
     types: list[PiiTypeName] = Field(
@@ -447,7 +452,8 @@ class PretrainConfig(_Strict):
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError(
                 f"num_nodes ({self.num_nodes}) > 1 needs hostfile: set pretrain.hostfile to a "
-                "DeepSpeed hostfile (`python -m pipeline.train.launch hostfile` writes one)"
+                "DeepSpeed hostfile (`python -m pipeline.stages.pretrain.launch hostfile` "
+                "writes one)"
             )
         return self
 
@@ -687,7 +693,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 class SweepConfig(_Strict):
-    """The LR x replay grid of ``dapt sweep`` (see ``pipeline/sweep.py``)."""
+    """The LR x replay grid of ``dapt sweep`` (see ``pipeline/lifecycle/sweep.py``)."""
 
     lrs: list[float] = Field(
         default_factory=lambda: [2e-5, 1e-4], description="Peak learning rates to try.")
@@ -765,3 +771,13 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def with_init(run: RunConfig, init: str | None) -> RunConfig:
+    """``run`` with ``pretrain.init`` overridden (a flow or CLI parameter), validated."""
+    if init is None:
+        return run
+    if init not in ("base", "promoted"):
+        raise ValueError(f"init {init!r}: allowed: base, promoted")
+    pretrain = PretrainConfig.model_validate({**run.pretrain.model_dump(), "init": init})
+    return run.model_copy(update={"pretrain": pretrain})

@@ -13,21 +13,28 @@ with the file and field named, not halfway through a run.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import re
 import string
+import types
+import typing
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from pipeline.artifacts import DigestCache, file_digest
+from pipeline import config as schema
+from pipeline import overrides as overrides_mod
 from pipeline.config import PROFILE_NAMES, DomainSpec, RunConfig
-from pipeline.files import is_url, match_files
+
+if TYPE_CHECKING:  # loaded on use: the CLI checks its input before pyarrow and DuckDB load
+    from pipeline.engine.artifacts import DigestCache
 
 ENTRY_POINT_GROUP = "dapt.domains"
 
@@ -46,18 +53,84 @@ class Domain:
     def name(self) -> str:
         return self.spec.name
 
-    def resolve(self, profile: str) -> RunConfig:
-        return self.spec.resolve(profile)
+    def resolve(self, profile: str, overrides: list[str] | tuple[str, ...] | None = None
+                ) -> RunConfig:
+        """The config of one run at ``profile``; ``overrides`` (``PATH=VALUE``, as
+        ``dapt run --set``) apply last and are validated by the same schema
+        (``pipeline/overrides.py``)."""
+        run = self.spec.resolve(profile)
+        parsed = overrides_mod.parse(overrides)
+        if not parsed:
+            return run
+        data = overrides_mod.apply(run.model_dump(), parsed)
+        try:
+            return RunConfig.model_validate(data)
+        except ValidationError as exc:
+            given = " ".join(f"--set {o.text}" for o in parsed)
+            where = f"{self.path or self.origin} (profile {profile!r}, {given})"
+            raise DomainError(_format_errors(exc, where)) from None
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``word``, or ''."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unwrap(tp: Any) -> Any:
+    """The model or list inside ``X | None`` (and other unions), else ``tp``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is list or (
+                    isinstance(arg, type) and issubclass(arg, BaseModel)):
+                return arg
+    return tp
+
+
+def field_names(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """The fields of the model found at ``loc`` under ``root`` (empty when none is)."""
+    tp: Any = root
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(part, int):
+            if typing.get_origin(tp) is not list:
+                return []
+            tp = typing.get_args(tp)[0]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return []
+    tp = _unwrap(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _shown(value: Any) -> str | None:
+    """A value given by the user, short enough to quote in an error line."""
+    if isinstance(value, (dict, BaseModel)):
+        return None
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> str:
+    """One line per error: the field, what is wrong, the value given, and for an unknown
+    field the closest known one."""
+    root = getattr(schema, exc.title, None)
     lines = [f"invalid domain config {where}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<top level>"
         detail = err["msg"]
         if err["type"] == "extra_forbidden":
-            detail = "unknown field (check the spelling; see `dapt domains new` for the template)"
+            known = (field_names(root, err["loc"][:-1])
+                     if isinstance(root, type) and issubclass(root, BaseModel) else [])
+            detail = (f"unknown field{did_you_mean(str(err['loc'][-1]), known)} (check the "
+                      "spelling; see `dapt domains new` for the template)")
+        elif err["type"] != "missing" and (shown := _shown(err.get("input"))) is not None:
+            detail += f" (got {shown})"
+            if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+                allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+                detail += did_you_mean(err["input"], allowed)
         lines.append(f"  {loc}: {detail}")
     return "\n".join(lines)
 
@@ -130,8 +203,8 @@ def get(name: str) -> Domain:
     domains = discover()
     if name not in domains:
         raise DomainError(
-            f"unknown domain {name!r}; known: {', '.join(sorted(domains)) or 'none'} "
-            "(or pass --domain-file PATH)"
+            f"unknown domain {name!r}{did_you_mean(name, domains)}; known: "
+            f"{', '.join(sorted(domains)) or 'none'} (or give a YAML file with --domain-file)"
         )
     return domains[name]
 
@@ -139,12 +212,15 @@ def get(name: str) -> Domain:
 def select(name: str | None, path: str | Path | None) -> Domain:
     """The domain named, or the one in ``path``: exactly one of the two."""
     if (name is None) == (path is None):
-        raise DomainError("give a domain name or --domain-file PATH (exactly one)")
+        raise DomainError("give a domain name or --domain-file PATH (exactly one)"
+                          + (f"; got {name!r} and {str(path)!r}" if name else ""))
     return load_file(Path(path)) if path is not None else get(name)
 
 
 def resolve_path(pattern: str, domain: Domain, workdir: Path) -> str:
     """Expand ``${samples}`` and environment variables; anchor relative paths at the YAML."""
+    from pipeline.files import is_url
+
     expanded = string.Template(pattern).safe_substitute(samples=str(workdir / "samples"))
     expanded = os.path.expanduser(os.path.expandvars(expanded))
     if expanded.startswith("file://"):
@@ -159,6 +235,8 @@ def resolve_path(pattern: str, domain: Domain, workdir: Path) -> str:
 
 def check_paths(run: RunConfig, domain: Domain, workdir: Path) -> dict[str, list[Path]]:
     """Resolve every data path of a run; a path matching no file is an error naming the field."""
+    from pipeline.files import is_url, match_files
+
     where = domain.path or domain.origin
     resolved: dict[str, list[Path]] = {}
     fields = [(f"ingest.sources[{i}].path", s.path) for i, s in enumerate(run.ingest.sources)]
@@ -186,6 +264,9 @@ def source_digest(path: str | Path, cache: DigestCache | None = None) -> str:
     """Content hash of a local file (through ``cache`` when given: a file unchanged since the
     last plan is not read again); for a URL, a hash of what its filesystem reports (size, ETag
     or checksum, modification time), so hundreds of GB are not read to key an artifact."""
+    from pipeline.engine.artifacts import file_digest
+    from pipeline.files import is_url
+
     if not is_url(path):
         return cache(path) if cache is not None else file_digest(Path(path))
     import fsspec

@@ -28,12 +28,12 @@ if WORKER:
 # Tests that share a module fixture, or a session fixture noted here, run on one worker; the
 # heaviest groups go first, so that none of them starts last (seconds on 2 cores, measured
 # serially with `pytest --durations`).
-SHARED = {"tests/pipeline/test_multinode.py": "two_ranks",
-          "tests/pipeline/test_multirank.py": "two_ranks"}
-HEAVY_FIRST = ["tests/pipeline/test_cpu_profile.py", "tests/flows/test_promotion_flow.py",
-               "tests/flows/test_domain_flow.py", "tests/pipeline/test_train_resume.py",
+SHARED = {"tests/pipeline/stages/test_multinode.py": "two_ranks",
+          "tests/pipeline/stages/test_multirank.py": "two_ranks"}
+HEAVY_FIRST = ["tests/pipeline/stages/test_cpu_profile.py", "tests/flows/test_promotion_flow.py",
+               "tests/flows/test_domain_flow.py", "tests/pipeline/stages/test_train_resume.py",
                "tests/flows/test_deploy.py", "tests/flows/test_report_browser.py", "two_ranks",
-               "tests/pipeline/test_evaluate.py", "tests/pipeline/test_continue.py"]
+               "tests/pipeline/stages/test_evaluate.py", "tests/pipeline/stages/test_continue.py"]
 
 
 def _group(nodeid: str) -> str:
@@ -94,8 +94,8 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory):
     """SmolLM2-135M converted from its GGUF once per session (about 30 s), as an artifact of a
     session store that every xdist worker shares (the store builds an artifact once, whoever
     asks first); ``seed_base_model`` puts it into a test's own workdir."""
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.train.models import prepare
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.stages.models.stage import prepare
 
     return prepare("smollm2-135m", ArtifactStore(_shared_dir(tmp_path_factory, "models")
                                                  / "artifacts"))

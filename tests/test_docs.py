@@ -83,7 +83,8 @@ def test_readme_cli_table_options_exist() -> None:
     for path, usage in readme_table_commands().items():
         if path not in cli_commands():
             continue  # reported by the test above
-        known = {o for p in _command(path).params for o in getattr(p, "opts", [])}
+        known = {o for p in _command(path).params
+                 for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
         wrong += [f"dapt {' '.join(path)} {o}" for o in re.findall(r"--[a-z][a-z0-9-]*", usage)
                   if o not in known]
     assert not wrong, f"README's CLI table shows options the CLI does not have: {wrong}"
@@ -123,3 +124,40 @@ def test_docs_pages_are_linked_from_the_readme() -> None:
     linked = {(README.parent / t.partition("#")[0]).resolve() for t in _links(README)}
     orphans = [p.name for p in PAGES[1:] if p.resolve() not in linked]
     assert not orphans, f"docs pages the README's 'Read more' does not link: {orphans}"
+
+
+# A code path named in prose or code: pipeline/... or flows/..., not inside another path
+# (tests/pipeline/..., a Prefect name like dapt-domain-pipeline/dapt-medical).
+CODE_PATH = re.compile(r"(?<![\w./<>-])((?:pipeline|flows)/[\w./-]*\w)")
+
+
+def test_code_paths_named_in_the_docs_exist() -> None:
+    """Every pipeline/... and flows/... path README.md and docs/ name is a file or folder (a
+    module may be named without .py: pipeline/__init__)."""
+    missing = []
+    for page in PAGES:
+        for path in sorted(set(CODE_PATH.findall(page.read_text()))):
+            if not any((ROOT / p).exists() for p in (path, f"{path}.py")):
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, f"the docs name code paths that do not exist: {missing}"
+
+
+def test_readme_code_map_names_existing_files() -> None:
+    """The README's annotated file map (indented names under "## The code") exists."""
+    section = README.read_text().split("\n## The code\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    parents: list[tuple[int, str]] = []  # (indent, folder) of the enclosing folders
+    missing = []
+    for line in block.splitlines():
+        match = re.match(r"^( *)(\S+)(?:\s{2,}|$)", line)
+        if not match or not re.match(r"^[\w.-]+/?$", match.group(2)):
+            continue  # a continued description
+        indent, name = len(match.group(1)), match.group(2)
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        path = "/".join([p for _, p in parents] + [name.rstrip("/")])
+        if not (ROOT / path).exists():
+            missing.append(path)
+        if name.endswith("/"):
+            parents.append((indent, name.rstrip("/")))
+    assert not missing, f"README's file map names files that do not exist: {missing}"

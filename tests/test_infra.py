@@ -173,7 +173,8 @@ def test_deepspeed_multinode_manifest(tmp_path: Path) -> None:
     script = cm["data"]["launch.sh"]
     (tmp_path / "launch.sh").write_text(script)
     subprocess.run(["bash", "-n", str(tmp_path / "launch.sh")], check=True)
-    assert ('python -m pipeline.train.launch hostfile --slots "$SLOTS" --out "$DAPT_HOSTFILE"'
+    assert ('python -m pipeline.stages.pretrain.launch hostfile --slots "$SLOTS" '
+            '--out "$DAPT_HOSTFILE"'
             in script)
     assert "export DAPT_K8S_HOSTS=" in script and "/usr/sbin/sshd" in script
     assert re.search(r'dapt run --domain-file "\$DOMAIN_FILE" --profile "\$PROFILE" '
@@ -220,7 +221,7 @@ def test_deepspeed_reference_config_works_as_ds_overrides() -> None:
     from deepspeed.runtime.config import DeepSpeedConfig
 
     from pipeline.config import PROFILES, PretrainConfig
-    from pipeline.train.pretrain import deepspeed_config
+    from pipeline.stages.pretrain.stage import deepspeed_config
 
     raw = json.loads((INFRA / "deepspeed" / "zero3_offload_gpu.json").read_text())
     cfg = PretrainConfig.model_validate({**PROFILES["base"]["pretrain"], "zero_stage": 3,
@@ -347,9 +348,10 @@ def test_dockerfile_installs_torch_first(name: str) -> None:
 
     # Everything setuptools packages is copied in, and the build context does not drop it.
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]
+        "packages"]["find"]["include"]
     copied = {src for i in ins if i.startswith("COPY") for src in i.split()[1:-1]}
-    assert {"pyproject.toml", "README.md", *(p.split(".")[0] for p in packages)} <= copied
+    roots = {p.split(".")[0].rstrip("*") for p in packages}
+    assert {"pyproject.toml", "README.md", *roots} <= copied
     ignored = {line for line in (path.parent / f"{name}.dockerignore").read_text().splitlines()
                if line and not line.startswith("#")}
     assert not copied & ignored and {".venv", ".git", "dapt-work"} <= ignored

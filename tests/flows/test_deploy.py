@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.catalog import Catalog
+from pipeline.engine.catalog import Catalog
 from tests.e2e_domain import write_test_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a Prefect server and worker

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
-from pipeline.catalog import Catalog
-from pipeline.train.packing import TokenBatches
+from pipeline.engine.catalog import Catalog
+from pipeline.stages.pretrain.packing import TokenBatches
 from tests.e2e_domain import write_test_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # the whole flow under Prefect
@@ -142,6 +142,49 @@ def test_export_loads_and_matches_engine_held_out_loss(first_run: dict) -> None:
     assert sum(losses) / len(x) == pytest.approx(summary["eval_loss"], rel=1e-4)
 
 
+def test_export_carries_a_model_card_the_hub_parses(first_run: dict) -> None:
+    """hf/README.md: the Hub's format (front matter, then sections); the run's copy adds the
+    evaluation, the verdict and the PII policy (pipeline/stages/pretrain/model_card.py)."""
+    from huggingface_hub import ModelCard
+
+    from pipeline.domains import load_file
+    from pipeline.engine.artifacts import Manifest
+    from pipeline.stages.pretrain import model_card
+
+    work = first_run["work"]
+    run_id, stages = _stages(work)
+    pre = work / "artifacts/pretrain" / stages["pretrain"][1]
+    card = ModelCard.load(pre / "hf" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and "base_model" not in data  # from scratch
+    assert data["datasets"] == ["hpo", "icd10cm", "healthnews", "general"]
+    assert {"dapt", "from-scratch"} <= set(data["tags"]) and data["library_name"] == \
+        "transformers"
+    for heading in ("## Training data", "## Training recipe", "## Evaluation",
+                    "## Intended use", "## Limitations", "## PII policy"):
+        assert heading in card.text, heading
+    manifest = Manifest.read(pre / "manifest.json")
+    assert f"trained on {manifest.counts['tokens_trained']:,} tokens" in card.text
+    assert f"| domain dev loss | {manifest.metrics['eval_loss']:.4g} |" in card.text
+    # the same card for a continued SmolLM2 names it as the Hub's base_model, with its licence
+    config = load_file(Path(first_run["domain_file"])).resolve("tiny").pretrain
+    continued = model_card.export_card(
+        config.model_copy(update={"mode": "continue", "base_model": "smollm2-135m"}), manifest,
+        Manifest.read(work / "artifacts/ingest" / stages["ingest"][1] / "manifest.json"))
+    hub = ModelCard(continued).data
+    assert hub.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and hub.license == "apache-2.0"
+
+    run_card = ModelCard.load(work / "runs" / run_id / "model-card.md")
+    assert "medtest" in run_card.data.to_dict()["tags"]
+    assert f"Run `{run_id}` of domain `medtest`" in run_card.text
+    assert "| domain bits/byte (lower is better) |" in run_card.text
+    assert "| icd10_chapter macro-f1 (mean +- std, 2 seeds) |" in run_card.text
+    # the run's PII policy, from its config (tests/e2e_domain.py: pattern types, redact)
+    assert "email (redact), phone (redact)" in run_card.text
+    # the export's pointer to the evaluation is gone from the copy that holds it
+    assert model_card.LATER in card.text and model_card.LATER not in run_card.text
+
+
 def test_curves_reach_tensorboard_and_the_catalog(first_run: dict) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -187,11 +230,45 @@ def test_cli_plan_shows_every_stage_cached_after_a_run(first_run: dict) -> None:
     result = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
                                       "--workdir", str(first_run["work"]), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == [{"stage": s, "key": key, "cached": True}
-                                         for s, (_, key) in built.items()]
+    assert [{k: r[k] for k in ("step", "key", "cached")} for r in json.loads(result.output)
+            ] == [{"step": s, "key": key, "cached": True} for s, (_, key) in built.items()]
     text = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
                                     "--workdir", str(first_run["work"])]).output
     assert f"evaluate   {built['evaluate'][1]}  cached" in text
+    assert "score base, control and adapted models" in text  # each step says what it does
+
+
+def test_the_run_is_in_mlflow_with_params_metrics_and_the_model(first_run: dict) -> None:
+    """The driver logs each run to MLflow (a SQLite store in the workdir): read back through
+    MLflow's own client, the run has the resolved config as params, every step's metrics and
+    the training curve, the report, and the export registered as a model version whose source
+    is the artifact itself; the promoted model carries the alias `champion`."""
+    from mlflow import MlflowClient
+
+    work = first_run["work"]
+    catalog = Catalog(work / "catalog.duckdb")
+    first = catalog.runs(limit=100)[-1]  # the module's first run
+    steps = {s["stage"]: s for s in catalog.stage_runs(first["run_id"])}
+    uri = f"sqlite:///{work / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("dapt-medtest")
+    [run] = client.search_runs([experiment.experiment_id],
+                               f"tags.`dapt.run_id` = '{first['run_id']}'")
+    assert run.info.status == "FINISHED" and run.data.tags["dapt.status"] == "completed"
+    assert float(run.data.params["pretrain.lr"]) > 0
+    assert run.data.params["run.profile"] == "tiny"
+    evaluate = json.loads(steps["evaluate"]["metrics"])
+    assert run.data.metrics["evaluate.heldout_perplexity"] == pytest.approx(
+        evaluate["heldout_perplexity"])
+    assert run.data.tags["dapt.pretrain.key"] == steps["pretrain"]["artifact_key"]
+    losses = client.get_metric_history(run.info.run_id, "curve.loss")
+    assert len(losses) > 1 and losses[0].step < losses[-1].step
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {
+        "report/report.md", "report/report.html"}
+    version = client.get_model_version_by_alias("dapt-medtest", "champion")
+    assert version.tags["artifact_key"] == steps["pretrain"]["artifact_key"]
+    assert Path(version.source) == work / "artifacts/pretrain" / version.tags["artifact_key"] / "hf"
+    assert (Path(version.source) / "model.safetensors").exists()  # no second copy: the export
 
 
 def test_cli_runs_lists_history(first_run: dict) -> None:

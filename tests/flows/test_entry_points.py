@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.catalog import Catalog
+from pipeline.engine.catalog import Catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # pip-installs a package
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
-from pipeline.catalog import Catalog
+from pipeline.engine.catalog import Catalog
 from tests.e2e_domain import write_test_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # the ingest flow under Prefect

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.domain_flow import domain_pipeline
-from pipeline.catalog import Catalog
-from pipeline.runner import Session
+from pipeline.driver import Session
+from pipeline.engine.catalog import Catalog
 from tests.e2e_domain import write_test_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

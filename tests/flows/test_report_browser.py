@@ -18,7 +18,7 @@ CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
                                                  "google-chrome"))), None)
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium is not installed: `apt-get install chromium` (make "
-    "install does it where it runs as root with apt)")]
+    "test-deps does it where it runs as root with apt)")]
 # --no-sandbox: Chromium refuses to run as root (containers, CI) with its sandbox on.
 HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             "--virtual-time-budget=10000"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runner import Session
+from pipeline.driver import Session
 from tests.e2e_domain import write_test_domain
 
 # The 2-rank run both test_multirank (against 1 rank) and test_multinode (against 2 nodes)

@@ -1,0 +1,435 @@
+"""The report of one domain model: ``report.md``, a self-contained ``report.html`` (plots
+embedded) and ``plots/*.png``, built from the artifacts' manifests alone.
+
+Sections: a header (artifact keys, config hashes and lineage), the key table (base vs adapted),
+held-out language modelling per slice and source, fine-tuning (mean +- std over seeds, per-class
+F1, confusion matrix), pretraining curves and mixture, tokenizer efficiency, and the corpus.
+The evaluate stage writes one into its artifact; ``dapt run`` and ``dapt report RUN`` write one
+per run, with the run's stages, under ``runs/<run_id>/``.
+
+A report is a list of blocks rendered twice (Markdown, HTML), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.engine.artifacts import Artifact
+from pipeline.stages.pretrain.worker_io import PretrainOutput
+
+Block = tuple[Any, ...]  # ("h1"|"h2"|"h3"|"p", text) | ("table", header, rows) | ("img", name, alt)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pm(summary: Mapping[str, float], metric: str) -> str:
+    return f"{summary[metric]:.3f} +- {summary[f'{metric}_std']:.3f}"
+
+
+def tasks(finetune_extra: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(task, result) in the domain file's order: the first task is the headline."""
+    return [(name, finetune_extra["tasks"][name]) for name in finetune_extra["task_names"]]
+
+
+def key_rows(evaluation: Mapping[str, Any], finetune: Mapping[str, Any]) -> list[list[Any]]:
+    """metric | base | adapted | change: the numbers a reviewer decides on."""
+    m, base = evaluation["metrics"], evaluation.get("base_per_source") or {}
+    adapted = evaluation["per_source"]
+    rows = []
+    for slice_ in ("domain", "general"):
+        if slice_ in adapted:
+            a = adapted[slice_]["bits_per_byte"]
+            b = base[slice_]["bits_per_byte"] if slice_ in base else None
+            rows.append([f"{slice_} bits/byte (lower is better)", _fmt(b) if b else "-", _fmt(a),
+                         f"{a / b - 1:+.2%}" if b else "-"])
+    for task, result in tasks(finetune):
+        for metric in ("macro_f1", "accuracy"):
+            a, b = result["adapted"], result.get("base")
+            rows.append([f"{task} {metric.replace('_', '-')} (mean +- std, "
+                         f"{len(a['runs'])} seeds)", _pm(b, metric) if b else "-",
+                         _pm(a, metric), f"{a[metric] - b[metric]:+.3f}" if b else "-"])
+    rows.append(["tokenizer fertility (tokens/word, domain text)", "-",
+                 _fmt(m["tokenizer_fertility"]), "-"])
+    return rows
+
+
+def verdict_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    """The verdict in plain numbers and each gate's outcome: the first thing a reader sees."""
+    verdict = evaluation.get("verdict")
+    if not verdict:
+        return []
+    gates = verdict.get("gates", [])
+    text = f"**Verdict**: {verdict['text']}."
+    if gates:
+        text += " Gates: " + "; ".join(
+            f"{g['gate']} {'passed' if g['passed'] else 'FAILED'} ({g['value']:+.4g}, limit "
+            f"{g['limit']:g})" for g in gates) + "."
+    return [("p", text)]
+
+
+def control_rows(evaluation: Mapping[str, Any]) -> list[list[Any]]:
+    """slice | base | control | adapted | adapted vs base | adapted vs control (bits/byte)."""
+    m = evaluation["metrics"]
+    per, base = evaluation["per_source"], evaluation.get("base_per_source") or {}
+    ctrl = evaluation.get("control_per_source") or {}
+
+    def change(name: str) -> str:
+        if name not in m:
+            return "-"
+        se = m.get(f"{name}_se")
+        return f"{m[name]:+.2%}" + (f" +- {se:.2%}" if se is not None else "")
+
+    rows = []
+    for slice_, vs_base, vs_ctrl in (
+            ("domain", "domain_bits_per_byte_change", "domain_change_vs_control"),
+            ("general", "general_bits_per_byte_change", "general_change_vs_control")):
+        if slice_ in per and slice_ in ctrl:
+            rows.append([slice_, base.get(slice_, {}).get("bits_per_byte", "-"),
+                         ctrl[slice_]["bits_per_byte"], per[slice_]["bits_per_byte"],
+                         change(vs_base), change(vs_ctrl)])
+    return rows
+
+
+def selection_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    sel = evaluation.get("selection")
+    if not sel:
+        return []
+    return [
+        ("h3", "Checkpoint choice"),
+        ("p", f"Rule: {sel['rule']} (limit {sel['max_general_degradation']:.1%}). Scored on the "
+         f"dev part of the held-out text, never on the test part reported above. Chosen: step "
+         f"**{sel['chosen_step']}**" + ("" if sel["within_limit"] else
+                                        " (no eval point stayed within the limit)") + "."),
+        ("img", "checkpoints.png", "dev loss change vs the base model at each eval point"),
+        ("table", ["step", "domain dev loss", "general dev loss", "domain change",
+                   "general change", "within limit", "chosen"],
+         [[c["step"], c["eval_loss"], c["general_loss"] if c["general_loss"] is not None
+           else "-", f"{c['domain_change']:+.2%}",
+           f"{c['general_change']:+.2%}" if c["general_change"] is not None else "-",
+           c["within_limit"], "yes" if c["step"] == sel["chosen_step"] else ""]
+          for c in sel["candidates"]]),
+    ]
+
+
+def header_blocks(artifacts: Mapping[str, Artifact]) -> list[Block]:
+    rows = []
+    for stage, art in artifacts.items():
+        m = art.manifest
+        rows.append([stage, f"`{art.key}`", f"`{m.config_hash}`", f"`{m.code_version}`",
+                     ", ".join(f"{s}/`{k}`" for s, k in m.inputs.items()) or "source files"])
+    return [("table", ["stage", "artifact key", "config hash", "code", "inputs (lineage)"], rows)]
+
+
+def training_curve(artifacts: Mapping[str, Artifact]) -> list[dict[str, Any]]:
+    return PretrainOutput(artifacts["pretrain"].path).curve()
+
+
+def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+                curve: list[dict[str, Any]]) -> list[Block]:
+    ing, tok = artifacts["ingest"].manifest, artifacts["tokenizer"].manifest
+    pre, ft = artifacts["pretrain"].manifest, artifacts["finetune"].manifest
+    metrics, per_source = evaluation["metrics"], evaluation["per_source"]
+    base = evaluation.get("base_per_source")
+    every = max(1, len(curve) // 10)
+    sampled = curve[::every] + ([curve[-1]] if curve and (len(curve) - 1) % every else [])
+    excluded = {k.removeprefix("excluded_"): v for k, v in ing.counts.items()
+                if k.startswith("excluded_")}
+    blocks: list[Block] = [
+        ("h2", "Key results" + (f": base `{pre.extra.get('base_model')}` vs adapted"
+                                if base else "")),
+        ("table", ["metric", "base", "adapted", "change"], key_rows(evaluation, ft.extra)),
+        ("h2", "Held-out language modelling"),
+        ("p", f"Domain text: perplexity **{metrics['heldout_perplexity']:.2f}** (vocabulary "
+         f"{int(metrics['vocab_size'])}), bits-per-byte **{metrics['heldout_bits_per_byte']:.3f}**"
+         + (f"; general text (forgetting): perplexity {metrics['general_perplexity']:.2f}, "
+            f"bits-per-byte {metrics['general_bits_per_byte']:.3f}"
+            if "general_perplexity" in metrics else "") + "."),
+        ("table", ["slice", "perplexity", "bits/byte", "tokens", "bytes"],
+         [[s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"]]
+          for s, v in per_source.items()]),
+    ]
+    if base:
+        blocks += [
+            ("h3", f"Base vs adapted ({pre.extra.get('base_model')})"),
+            ("p", "Bits-per-byte, which does not depend on the tokenizer; lower is better."),
+            ("table", ["slice", "base", "adapted", "change"],
+             [[s, base[s]["bits_per_byte"], v["bits_per_byte"],
+               f"{v['bits_per_byte'] / base[s]['bits_per_byte'] - 1:+.2%}"]
+              for s, v in per_source.items() if s in base]),
+        ]
+    if evaluation.get("control_per_source"):
+        blocks += [
+            ("h3", "Base, control and adapted"),
+            ("p", "The control continued the base model on general text only, with the same "
+             "recipe and budget: adapted vs control is the effect of the domain data. Changes "
+             "are relative bits-per-byte +- a bootstrap standard error over documents."),
+            ("table", ["slice", "base", "control", "adapted", "adapted vs base",
+                       "adapted vs control"], control_rows(evaluation)),
+        ]
+    blocks.append(("img", "bits_per_byte.png", "bits-per-byte per slice, base vs adapted"))
+    blocks += selection_blocks(evaluation)
+    blocks += _finetune_blocks(ft.extra, ft.counts)
+    blocks += [
+        ("h2", "Pretraining"),
+        ("p", f"{pre.counts['params']:,} parameters, {pre.counts['steps']} steps, "
+         f"{pre.counts['tokens_trained']:,} tokens at {pre.metrics['tokens_per_s']:.0f} "
+         f"tokens/s ({pre.extra['precision']}, world size {pre.counts['world_size']}); held-out "
+         f"loss {pre.metrics['eval_loss']:.3f}"
+         + (f", general held-out loss {pre.metrics['general_eval_loss']:.3f}"
+            if "general_eval_loss" in pre.metrics else "") + "."),
+        ("img", "loss_curves.png", "training, held-out and general loss"),
+        ("table", ["step", "loss", "held-out loss", "general loss", "lr", "grad norm",
+                   "tokens/s"],
+         [[r["step"], r["loss"], r.get("heldout_loss", ""), r.get("general_loss", ""),
+           r["lr"], r["grad_norm"], r["tokens_per_s"]] for r in sampled]),
+        ("p", "Training mixture (share of packed training tokens):"),
+        ("table", ["source", "target", "achieved", "tokens", "passes"],
+         [[s, v["target_share"], v["achieved_share"], v["tokens"], v["passes"]]
+          for s, v in pre.extra.get("mixture", {}).items()]),
+        ("h2", "Tokenizer"),
+        ("p", f"Domain {tok.extra.get('model', 'bpe')} tokenizer of "
+         f"{tok.counts['vocab_size']} tokens"
+         + (f"; base tokenizer extended by {tok.counts['new_tokens']} domain tokens"
+            if "new_tokens" in tok.counts else "")
+         + f"; training used the {pre.extra.get('tokenizer', 'domain')} tokenizer. Exact "
+         f"round-trip on {tok.counts['roundtrip_checked']} held-out documents."),
+        ("img", "fertility.png", "tokens per word by tokenizer"),
+        ("table", ["tokenizer", "text", "fertility (tokens/word)", "characters/token"],
+         [[name, part, v["fertility"], v["chars_per_token"]]
+          for name, parts in tok.extra.get("efficiency", {}).items()
+          for part, v in parts.items()]),
+        ("h2", "Corpus"),
+        ("p", f"{ing.counts['docs_in']:,} documents in, {ing.counts['kept']:,} kept "
+         f"({ing.counts['train_docs']:,} train, {ing.counts['eval_docs']:,} held out), "
+         f"{ing.counts['excluded']:,} excluded."),
+        ("table", ["reason", "documents"], [[k, v] for k, v in sorted(excluded.items())]),
+        ("table", ["source", "in", "kept"],
+         [[s, v["docs_in"], v["kept"]] for s, v in ing.extra["sources"].items()]),
+    ]
+    return blocks
+
+
+def _finetune_blocks(extra: Mapping[str, Any], counts: Mapping[str, int]) -> list[Block]:
+    blocks: list[Block] = [("h2", "Fine-tuning")]
+    blocks.append(("p", f"Method {extra['method']}, seeds {extra['seeds']}, models: "
+                   + ", ".join(extra["models"]) + ". Same splits and hyperparameters for every "
+                   "model; mean +- sample standard deviation over seeds."))
+    blocks.append(("img", "finetune.png", "fine-tune accuracy and macro-F1, mean +- std"))
+    for task, r in tasks(extra):
+        c, a, b = r["counts"], r["adapted"], r.get("base")
+        blocks += [
+            ("h3", f"Task {task}"),
+            ("p", f"{c['train_examples']} train / {c['validation_examples']} validation / "
+             f"{c['test_examples']} test examples, {len(r['labels'])} labels"
+             + (f", {c['unmapped_rows']} rows outside the label map" if c["unmapped_rows"]
+                else "") + f"; majority-class rate {a['majority_rate']:.3f}."),
+            # probe runs have the C chosen on validation where fine-tunes have a best epoch
+            ("table", ["model", "accuracy", "macro-F1", "per seed macro-F1",
+                       "chosen C" if extra["method"] == "probe" else "best epochs"],
+             [[name, _pm(s, "accuracy"), _pm(s, "macro_f1"),
+               ", ".join(f"{x['macro_f1']:.3f}" for x in s["runs"]),
+               ", ".join(f"{x.get('best_epoch', x.get('c'))}" for x in s["runs"])]
+              for name, s in (("adapted", a), ("base", b), ("control", r.get("control")))
+              if s]),
+            ("table", ["label", "support", "F1 adapted"] + (["F1 base"] if b else []),
+             [[lab, n, f1] + ([b["per_class_f1"][i]] if b else [])
+              for i, (lab, n, f1) in enumerate(zip(r["labels"], a["support"], a["per_class_f1"],
+                                                   strict=True))]),
+            ("img", f"confusion_{task}.png", f"confusion matrix of {task}, adapted, all seeds"),
+        ]
+    return blocks
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+          curve: list[dict[str, Any]]) -> dict[str, bytes]:
+    """PNG bytes by file name, for every ``img`` block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out: dict[str, bytes] = {}
+
+    def save(name: str, fig: Any) -> None:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+        plt.close(fig)
+        out[name] = buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for field, label in (("loss", "train"), ("heldout_loss", "held-out domain"),
+                         ("general_loss", "held-out general")):
+        points = [(r["step"], r[field]) for r in curve if field in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), label=label,
+                    marker="o" if field != "loss" else None)
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title="Pretraining loss")
+    ax.legend()
+    save("loss_curves.png", fig)
+
+    adapted, base = evaluation["per_source"], evaluation.get("base_per_source") or {}
+    slices = list(adapted)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(slices)), 4))
+    width = 0.4 if base else 0.6
+    xs = range(len(slices))
+    if base:
+        ax.bar([x - width / 2 for x in xs], [base.get(s, {}).get("bits_per_byte", 0)
+                                             for s in slices], width, label="base")
+    ax.bar([x + (width / 2 if base else 0) for x in xs],
+           [adapted[s]["bits_per_byte"] for s in slices], width, label="adapted")
+    ax.set_xticks(list(xs), slices, rotation=20, ha="right")
+    ax.set(ylabel="bits per byte (lower is better)", title="Held-out bits-per-byte")
+    ax.legend()
+    save("bits_per_byte.png", fig)
+
+    ft = artifacts["finetune"].manifest.extra
+    bars = [(task, model, r[model]) for task, r in tasks(ft)
+            for model in ("base", "control", "adapted") if r.get(model)]
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(bars)), 4))
+    for ax, metric in zip(axes, ("accuracy", "macro_f1"), strict=True):
+        ax.bar(range(len(bars)), [s[metric] for _, _, s in bars],
+               yerr=[s[f"{metric}_std"] for _, _, s in bars], capsize=4,
+               color=[{"base": "tab:blue", "control": "tab:gray"}.get(m, "tab:orange")
+                      for _, m, _ in bars])
+        ax.set_xticks(range(len(bars)), [f"{t}\n{m}" for t, m, _ in bars])
+        ax.set(ylim=(0, 1), title=metric.replace("macro_f1", "macro-F1"))
+    fig.suptitle(f"Fine-tuning: mean +- std over {len(ft['seeds'])} seeds "
+                 "(blue: base, gray: control, orange: adapted)")
+    save("finetune.png", fig)
+
+    for task, r in tasks(ft):
+        m, labels = r["adapted"]["confusion"], r["labels"]
+        fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(labels), 1.2 + 0.45 * len(labels)))
+        ax.imshow(m, cmap="Blues")
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="true", title=f"{task} (adapted, all seeds)")
+        save(f"confusion_{task}.png", fig)
+
+    sel = evaluation.get("selection")
+    if sel:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps = [c["step"] for c in sel["candidates"]]
+        ax.plot(steps, [100 * c["domain_change"] for c in sel["candidates"]], marker="o",
+                label="domain dev loss")
+        general = [(c["step"], 100 * c["general_change"]) for c in sel["candidates"]
+                   if c["general_change"] is not None]
+        if general:
+            ax.plot(*zip(*general, strict=True), marker="o", label="general dev loss")
+            ax.axhline(100 * sel["max_general_degradation"], color="grey", linestyle="--",
+                       label="general limit")
+        ax.axvline(sel["chosen_step"], color="tab:green", linestyle=":", label="chosen")
+        ax.set(xlabel="step", ylabel="change vs base (%)", title="Checkpoint choice (dev)")
+        ax.legend()
+        save("checkpoints.png", fig)
+
+    eff = artifacts["tokenizer"].manifest.extra.get("efficiency", {})
+    names = list(eff)
+    parts = sorted({p for v in eff.values() for p in v})
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names)), 4))
+    width = 0.8 / max(1, len(parts))
+    for k, part in enumerate(parts):
+        ax.bar([i + k * width for i in range(len(names))],
+               [eff[n].get(part, {}).get("fertility", 0) for n in names], width, label=part)
+    ax.set_xticks([i + width * (len(parts) - 1) / 2 for i in range(len(names))], names)
+    ax.set(ylabel="tokens per word (lower is better)", title="Tokenizer fertility")
+    ax.legend(title="text")
+    save("fertility.png", fig)
+    return out
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    parts = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            parts.append("#" * int(kind[1]) + " " + block[1])
+        elif kind == "p":
+            parts.append(block[1])
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+            parts.append("\n".join(lines))
+        elif kind == "img":
+            parts.append(f"![{block[2]}](plots/{block[1]})")
+    return "\n\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+         "padding:.25em .6em;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+         "code{background:#f3f3f3}")
+
+
+def to_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{STYLE}</style></head><body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{_inline(block[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline(block[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline(h)}</th>" for h in block[1])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(_fmt(v))}</td>" for v in row)
+                           + "</tr>" for row in block[2])
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif kind == "img" and block[1] in images:
+            data = base64.b64encode(images[block[1]]).decode()
+            parts.append(f"<figure><img alt='{html.escape(block[2])}' "
+                         f"src='data:image/png;base64,{data}'><figcaption>"
+                         f"{html.escape(block[2])}</figcaption></figure>")
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def write_report(out_dir: Path, title: str, intro: Sequence[Block],
+                 artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+                 images: Mapping[str, bytes] | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``; the .md path.
+    ``images``: the plots already drawn from these very artifacts (else they are drawn)."""
+    curve = training_curve(artifacts)
+    blocks = [("h1", title), *verdict_blocks(evaluation), *intro, *header_blocks(artifacts),
+              *body_blocks(artifacts, evaluation, curve)]
+    images = images or plots(artifacts, evaluation, curve)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    for name, png in images.items():
+        (out_dir / "plots" / name).write_bytes(png)
+    (out_dir / "report.html").write_text(to_html(blocks, images, title))
+    (out_dir / "report.md").write_text(to_markdown(blocks))
+    return out_dir / "report.md"
+
+
+def summary_markdown(title: str, artifacts: Mapping[str, Artifact],
+                     evaluation: Mapping[str, Any]) -> str:
+    """The key table alone: what the Prefect UI shows as the run's markdown artifact."""
+    return to_markdown([("h2", title), *verdict_blocks(evaluation),
+                        ("table", ["metric", "base", "adapted", "change"],
+                                        key_rows(evaluation,
+                                                 artifacts["finetune"].manifest.extra)),
+                        *header_blocks(artifacts)])

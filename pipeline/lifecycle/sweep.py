@@ -1,0 +1,201 @@
+"""The LR x replay sweep: short continued-pretraining proxies over a grid of learning rate and
+general-replay share, each scored on held-out domain and general text against the base model.
+
+    dapt sweep medical --profile cpu [--lr 2e-5 --lr 1e-4] [--replay 0 --replay 0.25] [--steps N]
+
+Each grid point is the domain's pretrain stage with ``lr``, ``mixture[<replay source>]`` and
+``max_steps`` (the proxy budget) replaced, and checkpoint scoring on: the worker scores the base
+model (step 0) and the trained one on the *dev* part of the held-out text, so the sweep never
+sees the test part the report uses. A point's scores are the relative changes of the dev losses
+(= of bits-per-byte: same tokenizer, same text) over the base model's. Every point is an
+ordinary pretrain artifact (cached, and a run in the catalog), so rerunning a sweep with one
+more value trains only the new points.
+
+The pick is the point with the largest domain gain whose general rise stays within
+``pretrain.select_max_general_degradation`` (the checkpoint-choice rule); the table marks the
+Pareto front (no other point is better on both). Outputs, under ``<workdir>/sweeps/<id>/``:
+``sweep.json``, ``sweep.md`` (the table) and ``sweep.png`` (domain gain vs general change); the
+catalog gets a run with the table's figures as metrics (``dapt runs``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig, SweepConfig, deep_merge
+from pipeline.domains import Domain
+from pipeline.driver import Session
+from pipeline.engine import progress
+from pipeline.engine.catalog import Catalog
+from pipeline.stages.pretrain.worker_io import PretrainOutput
+
+log = logging.getLogger("dapt")
+
+
+def point_config(run: RunConfig, sweep: SweepConfig, lr: float, replay: float,
+                 replay_source: str) -> RunConfig:
+    """The run with one grid point's pretrain settings (a proxy budget, dev scoring on)."""
+    steps = sweep.max_steps
+    override = {"pretrain": {
+        "lr": lr, "mixture": {replay_source: replay}, "max_steps": steps,
+        "warmup_steps": min(run.pretrain.warmup_steps, steps - 1), "log_every": steps,
+        "eval_every": steps, "checkpoint_every": steps, "select_checkpoint": True,
+        "control": False}}
+    return RunConfig.model_validate(deep_merge(run.model_dump(mode="json"), override))
+
+
+def replay_source_of(run: RunConfig, sweep: SweepConfig) -> str:
+    if sweep.replay_source:
+        names = [s.name for s in run.ingest.sources]
+        if sweep.replay_source not in names:
+            raise ValueError(f"sweep.replay_source {sweep.replay_source!r} is not an ingest "
+                             f"source; sources are: {', '.join(names)}")
+        return sweep.replay_source
+    general = [s.name for s in run.ingest.sources if s.general]
+    if not general:
+        raise ValueError("sweep: the replay share needs a general source (ingest.sources with "
+                         "general: true) or sweep.replay_source")
+    return general[0]
+
+
+def pareto(points: list[dict[str, Any]]) -> list[bool]:
+    """True where no other point is at least as good on both changes and better on one."""
+    def dominated(p: dict[str, Any]) -> bool:
+        return any(q is not p and q["domain_change"] <= p["domain_change"]
+                   and q["general_change"] <= p["general_change"]
+                   and (q["domain_change"], q["general_change"])
+                   != (p["domain_change"], p["general_change"]) for q in points)
+    return [not dominated(p) for p in points]
+
+
+def pick(points: list[dict[str, Any]], limit: float) -> dict[str, Any]:
+    ok = [p for p in points if p["general_change"] <= limit]
+    if ok:
+        return min(ok, key=lambda p: p["domain_change"])
+    return min(points, key=lambda p: p["general_change"])
+
+
+def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepConfig
+              ) -> dict[str, Any]:
+    """Train every grid point (reusing cached ones), then write the table, plot and pick."""
+    if base_run.pretrain.mode != "continue":
+        raise ValueError("dapt sweep compares continued pretraining with the base model: it "
+                         f"needs pretrain.mode: continue (profile {base_run.profile!r} has "
+                         f"{base_run.pretrain.mode!r}); try --profile cpu")
+    source = replay_source_of(base_run, sweep)
+    sweep_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    points = []
+    bar = progress.track("sweep", len(sweep.lrs) * len(sweep.replay), "points")
+    for lr in sweep.lrs:
+        for replay in sweep.replay:
+            run = point_config(base_run, sweep, lr, replay, source)
+            point = Session(domain, run, workdir,
+                            {"sweep": sweep_id, "lr": lr, "replay": replay})
+            t0 = time.perf_counter()
+            point.drive(upto="pretrain")  # the proxy and its missing inputs, nothing after
+            result = point.executor.results["pretrain"]
+            summary = PretrainOutput(Path(result["path"])).summary
+            if summary.selection is None:
+                raise RuntimeError("sweep: the proxy run kept no dev scores (select_checkpoint)")
+            final = max(summary.selection.candidates, key=lambda c: c.step)
+            points.append({
+                "lr": lr, "replay": replay, "run_id": point.run_id, "key": result["key"],
+                "cached": result["cache_hit"], "seconds": time.perf_counter() - t0,
+                "domain_change": final.domain_change,
+                "general_change": final.general_change if final.general_change is not None
+                else 0.0,
+                "domain_dev_loss": final.eval_loss, "general_dev_loss": final.general_loss})
+            log.info("sweep: lr %g replay %g: domain %+.2f%%, general %+.2f%%", lr, replay,
+                     100 * points[-1]["domain_change"], 100 * points[-1]["general_change"])
+            bar.update(lr=lr, replay=replay)
+    bar.close()
+    for p, front in zip(points, pareto(points), strict=True):
+        p["pareto"] = front
+    limit = base_run.pretrain.select_max_general_degradation
+    best = pick(points, limit)
+    out_dir = workdir / "sweeps" / sweep_id
+    out = {"sweep_id": sweep_id, "domain": domain.name, "profile": base_run.profile,
+           "replay_source": source, "max_steps": sweep.max_steps,
+           "tokens_per_point": sweep.max_steps * base_run.pretrain.micro_batch_size
+           * base_run.pretrain.grad_accum_steps * base_run.pretrain.seq_len,
+           "limit": limit, "points": points, "pick": {"lr": best["lr"], "replay": best["replay"]},
+           "dir": str(out_dir)}
+    write_outputs(out, out_dir)
+    record(Catalog(workdir / "catalog.duckdb"), out)
+    return out
+
+
+def table_markdown(out: dict[str, Any]) -> str:
+    lines = [f"# LR x replay sweep: {out['domain']} ({out['profile']})", "",
+             f"{len(out['points'])} proxy runs of {out['max_steps']} steps "
+             f"({out['tokens_per_point']:,} tokens each), replaying `{out['replay_source']}`; "
+             "changes of the dev-part loss (= bits/byte) against the base model. Pick: the "
+             f"largest domain gain with general change <= {out['limit']:.1%}: "
+             f"**lr {out['pick']['lr']:g}, replay {out['pick']['replay']:g}**.", "",
+             "| lr | replay | domain change | general change | Pareto | pick | run | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in out["points"]:
+        chosen = (p["lr"], p["replay"]) == (out["pick"]["lr"], out["pick"]["replay"])
+        lines.append(f"| {p['lr']:g} | {p['replay']:g} | {p['domain_change']:+.2%} | "
+                     f"{p['general_change']:+.2%} | {'yes' if p['pareto'] else ''} | "
+                     f"{'**yes**' if chosen else ''} | `{p['run_id']}` | "
+                     f"{p['seconds']:.0f}{' (cached)' if p['cached'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(out: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = out["points"]
+    ax.scatter([100 * p["general_change"] for p in pts], [-100 * p["domain_change"] for p in pts],
+               c=["tab:orange" if p["pareto"] else "tab:blue" for p in pts])
+    for p in pts:
+        ax.annotate(f"lr {p['lr']:g}, replay {p['replay']:g}",
+                    (100 * p["general_change"], -100 * p["domain_change"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    front = sorted((p for p in pts if p["pareto"]), key=lambda p: p["general_change"])
+    ax.plot([100 * p["general_change"] for p in front], [-100 * p["domain_change"] for p in front],
+            color="tab:orange", linestyle="--", label="Pareto front")
+    ax.axvline(100 * out["limit"], color="grey", linestyle=":", label="general limit")
+    ax.set(xlabel="general change vs base (%, lower is better)",
+           ylabel="domain gain vs base (%, higher is better)",
+           title=f"LR x replay sweep: {out['domain']} (dev part)")
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(out: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps(out, indent=2))
+    (out_dir / "sweep.md").write_text(table_markdown(out) + "\n![sweep](sweep.png)\n")
+    (out_dir / "sweep.png").write_bytes(plot_png(out))
+
+
+def record(catalog: Catalog, out: dict[str, Any]) -> None:
+    """The sweep as a catalog run: its grid as params, each point's changes as metrics."""
+    catalog.start_run(out["sweep_id"], out["domain"], out["profile"],
+                      {"kind": "sweep", "points": len(out["points"]),
+                       "max_steps": out["max_steps"]})
+    metrics = {"pick_lr": out["pick"]["lr"], "pick_replay": out["pick"]["replay"]}
+    for p in out["points"]:
+        tag = f"lr={p['lr']:g},replay={p['replay']:g}"
+        metrics[f"{tag}.domain_change"] = p["domain_change"]
+        metrics[f"{tag}.general_change"] = p["general_change"]
+    catalog.record_metrics(out["sweep_id"], "sweep", out["sweep_id"], metrics)
+    catalog.finish_run(out["sweep_id"], "completed",
+                       report_path=str(Path(out["dir"]) / "sweep.md"))

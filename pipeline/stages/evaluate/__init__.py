@@ -1,0 +1,3 @@
+"""Evaluate stage: held-out perplexity and bits-per-byte of the pretrained model (and, in
+
+The step: ``stage.run``; its spec: ``spec.SPEC``."""

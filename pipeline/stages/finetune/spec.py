@@ -1,0 +1,32 @@
+"""The finetune step: each labelled task's classifier (or probe) for the adapted model, and in
+continue mode for the base model (``compare_base``) and the control."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import RunConfig
+from pipeline.engine.artifacts import file_digest
+from pipeline.engine.plan import PlanContext, Prepared, StepSpec
+
+
+def prepare(ctx: PlanContext) -> Prepared:
+    config = ctx.run.finetune
+    inputs: dict[str, Any] = {}
+    tasks = []
+    for i, task in enumerate(config.tasks):
+        path = ctx.files[f"finetune.tasks[{i}].path"][0]
+        inputs[f"task:{task.name}"] = file_digest(path)
+        tasks.append(task.model_copy(update={"path": str(path)}))
+    return Prepared(config.model_copy(update={"tasks": tasks}), config.model_dump(mode="json"),
+                    inputs)
+
+
+def needs(run: RunConfig) -> tuple[str, ...]:
+    base = run.pretrain.mode == "continue" and run.finetune.compare_base
+    return ("pretrain",) + (("models",) if base else ()) + ("control",)
+
+
+SPEC = StepSpec(name="finetune", module="pipeline.stages.finetune.stage",
+                title="train or probe a classifier per labelled task",
+                prepare=prepare, needs=needs)

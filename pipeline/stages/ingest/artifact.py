@@ -1,0 +1,142 @@
+"""Reading an ingest artifact: the files and fields the stages downstream may use.
+
+Downstream code goes through ``IngestOutput`` and never opens an ingest artifact's files by
+name, so ingest can change its layout in one place. This module is not imported by the ingest
+stage itself: editing it changes the keys of the stages that read ingest, not ingest's.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.engine.artifacts import Artifact, Manifest
+
+
+class IngestOutput:
+    """An ingest artifact as its readers see it.
+
+    - ``train_shards``: the cumulative corpus's ``train-NNNNN.parquet`` (doc_id, source,
+      text): every earlier drop's, oldest first, then this drop's, each in input order;
+    - ``drop_train_shards``: this drop's new train shards only (all of them for a corpus
+      ingested at once);
+    - ``eval_file``: the cumulative held-out slice in hash order (any prefix is a fair sample);
+    - ``excluded_file``, ``modified_file``, ``stats_file``: this drop's exclusion and
+      modification logs and per-source counts;
+    - ``source_names`` (config order, as packing indexes them), ``general_sources`` (the
+      replayed general text), ``train_chars`` (cumulative), ``drop_train_chars``;
+    - ``drop_number`` (1 for the first drop or a corpus ingested at once) and ``previous`` (the
+      previous drop's ingest key, or None).
+    """
+
+    def __init__(self, artifact: Artifact):
+        if artifact.stage != "ingest":
+            raise ValueError(f"{artifact.stage}/{artifact.key} is not an ingest artifact")
+        self.artifact = artifact
+        self.path: Path = artifact.path
+
+    @cached_property
+    def _manifest(self) -> Manifest:
+        return self.artifact.manifest
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self._manifest.extra["source_names"])
+
+    @property
+    def general_sources(self) -> list[str]:
+        return list(self._manifest.extra.get("general_sources", []))
+
+    @property
+    def train_chars(self) -> int:
+        counts = self._manifest.counts
+        return int(counts.get("corpus_train_chars", counts.get("train_chars", 0)))
+
+    @property
+    def drop_train_chars(self) -> int:
+        return int(self._manifest.counts.get("train_chars", 0))
+
+    @property
+    def drop_number(self) -> int:
+        return int((self._manifest.extra.get("drop") or {}).get("number", 1))
+
+    @property
+    def previous(self) -> str | None:
+        return (self._manifest.extra.get("drop") or {}).get("previous")
+
+    @property
+    def docs_in(self) -> int:
+        return int(self._manifest.counts["docs_in"])
+
+    @property
+    def train_shards(self) -> list[Path]:
+        # earlier drops' artifacts sit beside this one in the store
+        # (key "": an earlier shard this drop rewrote into itself, without documents that a
+        # test set added since contaminates)
+        earlier = (self._manifest.extra.get("drop") or {}).get("train_shards", [])
+        return ([self.path.parent / (key or self.artifact.key) / name for key, name in earlier]
+                + self.drop_train_shards)
+
+    @property
+    def drop_train_shards(self) -> list[Path]:
+        return sorted(self.path.glob("train-*.parquet"))
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / "eval.parquet"
+
+    @property
+    def excluded_file(self) -> Path:
+        return self.path / "excluded.parquet"
+
+    @property
+    def modified_file(self) -> Path:
+        return self.path / "modified.parquet"
+
+    @property
+    def stats_file(self) -> Path:
+        return self.path / "stats.parquet"
+
+    def held_out(self, columns: list[str]) -> dict[str, pa.Table]:
+        """The held-out slice split into domain text and general (replay) text, each still in
+        hash order, so any prefix is a fair sample. ``columns`` must include ``source``."""
+        table = pq.read_table(self.eval_file, columns=columns)
+        is_general = pc.is_in(table.column("source"),
+                              value_set=pa.array(sorted(self.general_sources), pa.string()))
+        return {"domain": table.filter(pc.invert(is_general)),
+                "general": table.filter(is_general)}
+
+    def held_out_parts(self, columns: list[str]) -> dict[str, dict[str, pa.Table]]:
+        """``{"domain"|"general": {"dev"|"test": table}}``: the held-out slice in its two
+        disjoint parts (see ``split_dev_test``); ``columns`` must include ``source``."""
+        wanted = list(dict.fromkeys([*columns, "doc_id"]))
+        return {slice_: {part: t.select(columns) for part, t in split_dev_test(table).items()}
+                for slice_, table in self.held_out(wanted).items()}
+
+
+# The held-out slice in two disjoint parts: ``dev`` for the choices a run makes (checkpoint
+# choice, the LR x replay sweep, the curves during training) and ``test`` for the figures it
+# reports (evaluate, the verdict). Ingest holds documents out by a hash of their id; this splits
+# them again by a second, independent hash of the id, so nothing chosen on dev has seen a test
+# document and a document's part does not change when the corpus grows.
+DEV_SHARE = 0.3
+
+
+def dev_mask(doc_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """True where a held-out document belongs to the dev part."""
+    con = duckdb.connect()
+    con.register("ids", pa.table({"doc_id": doc_ids}))
+    return con.sql(
+        f"SELECT md5_number('dev:' || doc_id) % 1000000 < {round(DEV_SHARE * 1_000_000)} "
+        "AS dev FROM ids").to_arrow_table().column("dev").combine_chunks()
+
+
+def split_dev_test(table: pa.Table) -> dict[str, pa.Table]:
+    """``table`` (with a ``doc_id`` column) as its dev and test rows, order kept."""
+    mask = dev_mask(table.column("doc_id"))
+    return {"dev": table.filter(mask), "test": table.filter(pc.invert(mask))}

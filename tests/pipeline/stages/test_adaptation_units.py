@@ -1,0 +1,152 @@
+"""The pieces of the CPU adaptation path on literal values: the checkpoint rule, the worker's
+event records, the dev/test split of the held-out slice, paired bootstrap changes, the sweep's
+Pareto pick, and the settings' errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.config import DomainSpec, PretrainConfig, SweepConfig
+from pipeline.lifecycle.sweep import pareto, pick
+from pipeline.stages.evaluate.stage import bootstrap_indices, paired_change, slice_scores
+from pipeline.stages.ingest.artifact import DEV_SHARE, dev_mask, split_dev_test
+from pipeline.stages.pretrain.worker_io import Candidate, WorkerEvent, choose
+
+MODEL = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
+
+
+def test_checkpoint_rule_takes_best_domain_loss_within_the_general_limit() -> None:
+    cands = [Candidate(step=0, eval_loss=4.0, general_loss=3.0),
+             Candidate(step=10, eval_loss=3.6, general_loss=3.03),   # +1%: ok
+             Candidate(step=20, eval_loss=3.4, general_loss=3.12),   # +4%: over 3%
+             Candidate(step=30, eval_loss=3.5, general_loss=3.06)]   # +2%: ok, best within
+    sel = choose(cands, 0.03)
+    assert sel.chosen_step == 30 and sel.within_limit
+    by_step = {c.step: c for c in sel.candidates}
+    assert by_step[20].within_limit is False
+    assert by_step[30].domain_change == pytest.approx(3.5 / 4.0 - 1)
+    assert by_step[30].general_change == pytest.approx(0.02)
+    # nothing within the limit: the smallest general rise, flagged
+    sel = choose([cands[0], cands[2]], 0.01)
+    assert sel.chosen_step == 20 and not sel.within_limit
+    with pytest.raises(ValueError, match="no trained eval point"):
+        choose([cands[0]], 0.03)
+
+
+def test_worker_events_round_trip_and_other_lines_are_ignored() -> None:
+    event = WorkerEvent(kind="step", step=3, max_steps=10, loss=2.5, lr=1e-4, tokens_per_s=120.0)
+    assert WorkerEvent.parse("noise " + event.line() + "\n") == event
+    assert WorkerEvent.parse("[2026-12-01] some DeepSpeed log line") is None
+    assert "step 3/10 loss 2.5000 lr 1.00e-04 120 tok/s" in event.describe()
+    with pytest.raises(ValueError):
+        WorkerEvent.parse('[dapt-event] {"kind": "step"}')  # missing fields: rejected
+
+
+def test_dev_and_test_parts_are_disjoint_stable_and_about_dev_share() -> None:
+    ids = pa.array([f"src:{i}" for i in range(20_000)])
+    mask = dev_mask(ids).to_numpy(zero_copy_only=False)
+    assert abs(mask.mean() - DEV_SHARE) < 0.02
+    assert (mask == dev_mask(ids).to_numpy(zero_copy_only=False)).all()
+    table = pa.table({"doc_id": ids, "text": [str(i) for i in range(20_000)]})
+    parts = split_dev_test(table)
+    assert parts["dev"].num_rows + parts["test"].num_rows == 20_000
+    assert not set(parts["dev"]["doc_id"].to_pylist()) & set(parts["test"]["doc_id"].to_pylist())
+    # a document's part does not depend on what else is held out
+    small = split_dev_test(table.slice(0, 500))
+    assert set(small["dev"]["doc_id"].to_pylist()) <= set(parts["dev"]["doc_id"].to_pylist())
+
+
+def test_paired_change_and_its_bootstrap_error() -> None:
+    adapted = [(9.0, 3), (18.0, 6), (27.0, 9)]
+    base = [(10.0, 3), (20.0, 6), (30.0, 9)]
+    idx = np.arange(3)
+    change, se = paired_change(adapted, base, idx, bootstrap_indices(3, 200))
+    assert change == pytest.approx(-0.1)
+    assert se == pytest.approx(0.0, abs=1e-12)  # every document changed by exactly -10%
+    noisy = [(9.0, 3), (22.0, 6), (27.0, 9)]
+    _, se = paired_change(noisy, base, idx, bootstrap_indices(3, 500))
+    assert se > 0.01
+    change, se = paired_change(adapted, base, idx, None)
+    assert se is None
+
+
+def test_slice_scores_per_slice_source_and_standard_error() -> None:
+    texts = ["ab", "abcd", "xy"]  # 2, 4 and 2 bytes
+    scores = [(np.log(2) * 2, 1), (np.log(2) * 4, 2), (np.log(2) * 6, 1)]
+    draws = {"domain": bootstrap_indices(2, 100), "general": bootstrap_indices(1, 100)}
+    out = slice_scores(scores, texts, ["a", "b", "g"], [False, False, True], draws)
+    assert out["domain"]["bits_per_byte"] == pytest.approx(1.0)
+    assert out["general"]["bits_per_byte"] == pytest.approx(3.0)
+    assert out["source:b"]["tokens"] == 2 and out["domain"]["docs"] == 2
+    assert out["domain"]["bits_per_byte_se"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sweep_pareto_and_pick() -> None:
+    points = [{"lr": 1e-5, "replay": 0.0, "domain_change": -0.05, "general_change": -0.01},
+              {"lr": 1e-4, "replay": 0.0, "domain_change": -0.20, "general_change": 0.05},
+              {"lr": 1e-4, "replay": 0.2, "domain_change": -0.15, "general_change": 0.01},
+              {"lr": 1e-5, "replay": 0.2, "domain_change": -0.04, "general_change": 0.00}]
+    assert pareto(points) == [True, True, True, False]
+    assert pick(points, 0.03)["lr"] == 1e-4 and pick(points, 0.03)["replay"] == 0.2
+    assert pick(points, -0.02) is points[0]  # none within: the least general rise
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ({"lrs": []}, "sweep.lrs is empty"),
+    ({"replay": []}, "sweep.replay is empty"),
+    ({"lrs": [1e-4, 0.0]}, r"sweep.lrs\[1\] is 0: a learning rate must be > 0"),
+    ({"lrs": [-1e-4]}, r"sweep.lrs\[0\]"),
+    ({"replay": [0.1, 1.0]}, r"sweep.replay\[1\] is 1: a replay share must be in \[0, 1\)"),
+    ({"replay": [-0.1]}, r"sweep.replay\[0\]"),
+])
+def test_sweep_grid_errors_name_the_setting(grid: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SweepConfig.model_validate(grid)
+
+
+def test_pretrain_settings_that_need_continue_mode() -> None:
+    base = {"model": MODEL, "seq_len": 16, "micro_batch_size": 1, "max_steps": 4, "lr": 1e-3}
+    with pytest.raises(ValueError, match="select_checkpoint needs pretrain.mode: continue"):
+        PretrainConfig(**base, select_checkpoint=True, eval_every=2, log_every=1)
+    with pytest.raises(ValueError, match="eval_every > 0"):
+        PretrainConfig(**base, mode="continue", select_checkpoint=True)
+    with pytest.raises(ValueError, match="pretrain.control: a control run continues"):
+        PretrainConfig(**base, control=True)
+    assert PretrainConfig(**base, mixture={"general": 0.0}).mixture == {"general": 0.0}
+
+
+def test_control_needs_a_general_source() -> None:
+    from pipeline.stages.control.spec import enabled as uses_control
+
+    spec = DomainSpec(name="d", ingest={"sources": [{"name": "a", "path": "a.jsonl"}]},
+                      finetune={"task": {"name": "t", "path": "t.jsonl"}})
+    run = spec.resolve("cpu")
+    assert run.pretrain.control and not uses_control(run)
+    general = {"name": "g", "path": "g.jsonl", "general": True}
+    spec = DomainSpec(name="d", ingest={"sources": [{"name": "a", "path": "a.jsonl"}, general]},
+                      finetune={"task": {"name": "t", "path": "t.jsonl"}})
+    assert uses_control(spec.resolve("cpu"))
+    assert "control" not in spec.resolve("cpu").pretrain.model_dump()["mixture"]
+
+
+def test_every_domain_of_the_cpu_profile_plans_one_shared_control(samples_dir: Path) -> None:
+    """The control continues the base on general text only, so medical and finance (the same
+    recipe and general corpus) plan the same control artifact; its key still follows the
+    recipe (``pipeline.stages.control.key``)."""
+    from pipeline import domains
+    from pipeline.driver import plan
+
+    keys = {}
+    for name in ("medical", "finance"):
+        d = domains.get(name)
+        planned = plan(d, d.resolve("cpu"), samples_dir.parent)
+        keys[name] = planned["evaluate"].inputs["control"]
+    assert keys["medical"] == keys["finance"]
+    d = domains.get("medical")
+    run = d.resolve("cpu")
+    other = run.model_copy(update={"pretrain": run.pretrain.model_copy(update={"lr": 1e-5})})
+    assert plan(d, other, samples_dir.parent)["evaluate"].inputs["control"] != keys["medical"]

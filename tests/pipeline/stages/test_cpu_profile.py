@@ -1,0 +1,159 @@
+"""The CPU profile's path on the real SmolLM2-135M weights, with tiny budgets: continued
+pretraining with the checkpoint choice, the shared control run, linear-probe scoring of base,
+control and adapted, the verdict and its standard errors, and a 2-point LR x replay sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from pipeline.config import SweepConfig
+from pipeline.driver import Session, plan
+from pipeline.lifecycle.sweep import run_sweep
+from pipeline.stages.control import stage as control
+from pipeline.stages.pretrain.packing import TokenBatches
+from pipeline.stages.pretrain.worker_io import PretrainOutput
+from tests.conftest import seed_base_model
+from tests.e2e_domain import write_test_domain
+
+pytestmark = pytest.mark.slow  # trains SmolLM2-135M (a few steps, several times)
+
+# Budgets as small as the assertions allow: every SmolLM2 forward pass here is real.
+MAX_EVAL_DOCS = 30
+CPU_TEST = {
+    "pretrain": {"seq_len": 64, "micro_batch_size": 2, "grad_accum_steps": 1, "max_steps": 4,
+                 "warmup_steps": 1, "log_every": 1, "eval_every": 2, "checkpoint_every": 4,
+                 "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-4},
+    "finetune": {"max_train_examples": 40, "max_test_examples": 24, "max_seq_len": 32,
+                 "seeds": [0, 1]},
+    # gates that pass whatever 4 steps do, so the verdict reports both
+    "evaluate": {"max_eval_docs": MAX_EVAL_DOCS, "max_general_docs": 4, "bootstrap_samples": 200,
+                 "min_domain_gain": -1.0, "max_general_degradation": 1.0},
+}
+
+
+def cpu_domain(samples: Path, root: Path, name: str = "medtest", **pretrain: object) -> Path:
+    path = write_test_domain(samples, root)
+    doc = yaml.safe_load(path.read_text())
+    doc["name"] = name
+    doc["profiles"] = {"cpu": {k: dict(v) for k, v in CPU_TEST.items()}}
+    doc["profiles"]["cpu"]["pretrain"].update(pretrain)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cpu_run(samples_dir: Path, smollm2, tmp_path_factory: pytest.TempPathFactory) -> Session:
+    root = tmp_path_factory.mktemp("cpu")
+    seed_base_model(smollm2, root / "work")
+    session = Session.open(None, "cpu", workdir=root / "work",
+                           domain_file=cpu_domain(samples_dir, root))
+    session.run_all()
+    return session
+
+
+def test_cpu_profile_runs_all_stages_and_states_a_verdict(cpu_run: Session) -> None:
+    ev = cpu_run.artifacts["evaluate"]
+    m = ev.manifest.metrics
+    # today's names stay, whatever method produced the downstream scores
+    for name in ("base_heldout_bits_per_byte", "heldout_bits_per_byte",
+                 "domain_bits_per_byte_gain", "general_bits_per_byte_change",
+                 "finetune_macro_f1", "finetune_base_macro_f1", "control_heldout_bits_per_byte",
+                 "control_general_bits_per_byte", "finetune_control_macro_f1",
+                 "domain_bits_per_byte_change", "domain_change_vs_control"):
+        assert name in m, name
+    assert m["domain_bits_per_byte_gain"] == pytest.approx(
+        m["base_heldout_bits_per_byte"] - m["heldout_bits_per_byte"])
+    assert m["domain_bits_per_byte_change"] == pytest.approx(
+        m["heldout_bits_per_byte"] / m["base_heldout_bits_per_byte"] - 1, rel=1e-6)
+    assert m["domain_bits_per_byte_change_se"] > 0 and m["heldout_bits_per_byte_se"] > 0
+    # real weights: bits/byte of a 135M model on English text, not of a random one (~3.3+)
+    assert 0.5 < m["base_heldout_bits_per_byte"] < 2.0
+    evaluation = json.loads((ev.path / "metrics.json").read_text())
+    verdict = evaluation["verdict"]
+    assert verdict["text"].startswith("adapted vs smollm2-135m: domain bits/byte ")
+    assert "vs control" in verdict["text"] and "macro-F1" in verdict["text"]
+    assert [(g["gate"], g["passed"]) for g in verdict["gates"]] == [
+        ("evaluate.min_domain_gain", True), ("evaluate.max_general_degradation", True)]
+    report = (ev.path / "report.md").read_text()
+    assert report.splitlines()[2].startswith("**Verdict**: adapted vs smollm2-135m")
+    assert "Checkpoint choice" in report and "Base, control and adapted" in report
+    assert (ev.path / "plots/checkpoints.png").stat().st_size > 1000
+    ft = cpu_run.artifacts["finetune"].manifest
+    assert ft.extra["method"] == "probe"
+    assert set(ft.extra["models"]) == {"adapted", "base", "control"}
+
+
+def test_checkpoint_choice_exports_the_chosen_eval_point(cpu_run: Session) -> None:
+    art = cpu_run.artifacts["pretrain"]
+    out = PretrainOutput(art.path)
+    sel = out.summary.selection
+    assert sel is not None and [c.step for c in sel.candidates] == [0, 2, 4]
+    assert sel.chosen_step in (2, 4) and not (art.path / "candidates").exists()
+    chosen = next(c for c in sel.candidates if c.step == sel.chosen_step)
+    # the exported weights are the chosen eval point's: they reproduce its dev loss
+    model = AutoModelForCausalLM.from_pretrained(out.hf_dir)
+    x = torch.from_numpy(TokenBatches(art.path / "data", "eval", 0).batch([0, 1, 2, 3]))
+    with torch.no_grad():
+        loss = sum(model(input_ids=x[i:i + 2], labels=x[i:i + 2]).loss.item()
+                   for i in (0, 2)) / 2
+    assert loss == pytest.approx(chosen.eval_loss, rel=1e-4)
+    assert out.summary.eval_loss == chosen.eval_loss
+
+
+def test_evaluate_scores_only_the_test_part(cpu_run: Session) -> None:
+    from pipeline.stages.ingest.artifact import IngestOutput
+
+    parts = IngestOutput(cpu_run.artifacts["ingest"]).held_out_parts(["source", "text"])
+    n_test = (min(parts["domain"]["test"].num_rows, MAX_EVAL_DOCS)
+              + min(parts["general"]["test"].num_rows, 4))
+    assert cpu_run.artifacts["evaluate"].manifest.counts["eval_docs"] == n_test
+
+
+def test_one_control_serves_every_domain_with_the_same_recipe(
+        cpu_run: Session, samples_dir: Path, tmp_path: Path) -> None:
+    key = cpu_run.plan["evaluate"].inputs["control"]
+    art = cpu_run.store.get("control", key)
+    assert art is not None and (art.path / "hf/model.safetensors").exists()
+    assert cpu_run.artifacts["evaluate"].manifest.inputs["control"] == key
+    # another domain (other sources, other replay share) with the same recipe: the same control
+    other = cpu_domain(samples_dir, tmp_path, name="other", mixture={"general": 0.3})
+    doc = yaml.safe_load(other.read_text())
+    doc["ingest"]["sources"] = doc["ingest"]["sources"][1:]
+    other.write_text(yaml.safe_dump(doc))
+    from pipeline import domains
+
+    d = domains.load_file(other)
+    assert plan(d, d.resolve("cpu"), cpu_run.workdir)["evaluate"].inputs["control"] == key
+    # a different learning rate is a different recipe
+    faster = cpu_domain(samples_dir, tmp_path / "lr", name="other", lr=3e-4)
+    d = domains.load_file(faster)
+    assert plan(d, d.resolve("cpu"), cpu_run.workdir)["evaluate"].inputs["control"] != key
+    # the control never trains on a document any domain could hold out
+    assert control.HOLD_OUT >= 0.5
+
+
+def test_sweep_two_points_writes_table_and_pareto_pick(cpu_run: Session) -> None:
+    # 4 steps: DeepSpeed's linear warmup from 0 leaves the first two at lr 0
+    grid = SweepConfig(lrs=[1e-5, 1e-4], replay=[0.2], max_steps=4)
+    out = run_sweep(cpu_run.domain, cpu_run.run, cpu_run.workdir, grid)
+    assert [(p["lr"], p["replay"]) for p in out["points"]] == [(1e-5, 0.2), (1e-4, 0.2)]
+    assert any(p["pareto"] for p in out["points"])
+    assert (out["pick"]["lr"], out["pick"]["replay"]) in {(1e-5, 0.2), (1e-4, 0.2)}
+    assert min(p["domain_change"] for p in out["points"]) < 0  # training moved the dev loss
+    sweep_dir = Path(out["dir"])
+    table = (sweep_dir / "sweep.md").read_text()
+    assert "| 1e-05 | 0.2 |" in table and "**yes**" in table
+    assert (sweep_dir / "sweep.png").stat().st_size > 1000
+    rows = cpu_run.catalog.query("SELECT name, value FROM metrics WHERE run_id = ?",
+                                 [out["sweep_id"]])
+    got = {r["name"]: r["value"] for r in rows}
+    assert got["pick_lr"] == out["pick"]["lr"] and "lr=0.0001,replay=0.2.domain_change" in got
+    # rerunning trains nothing: every point is a cached pretrain artifact
+    again = run_sweep(cpu_run.domain, cpu_run.run, cpu_run.workdir, grid)
+    assert all(p["cached"] for p in again["points"])
