@@ -1,5 +1,5 @@
-"""MinHash signatures: our numba kernel (``ingest/kernels.py``) against rensa (Rust), on the
-shingles of a real corpus, same machine, same run.
+"""MinHash signatures: our numba kernel (``ingest/minhash_kernels.py``) against rensa (Rust), on
+the shingles of a real corpus, same machine, same run.
 
 Speed: signatures of every document of the corpus (word 5-gram shingles, 14 x 8 = 112
 permutations), one thread each, including what it takes to get a numpy array out. Quality: on
@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 
 from pipeline.config import NearDupConfig
-from pipeline.stages.ingest import dedup, kernels
+from pipeline.stages.ingest import dedup, minhash_kernels, text_kernels
 
 
 def rensa_signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int
@@ -46,15 +46,15 @@ def main() -> None:
     table = table.read_all() if hasattr(table, "read_all") else table
     config = NearDupConfig()
     num_perm = config.num_bands * config.rows_per_band
-    row, h, _ = kernels.tokens(table.column("text"))
+    row, h, _ = text_kernels.tokens(table.column("text"))
     ords, shingle = dedup.shingles(row, h, config.ngram)
     starts = dedup.document_starts(ords)
     mb = sum(p.stat().st_size for p in args.corpus.glob("part-*.jsonl")) / 1e6
     print(f"{mb:.1f} MB, {len(starts):,} documents, {len(shingle):,} shingles, "
           f"{num_perm} permutations")
-    kernels.minhash(shingle[:10], starts[:1], num_perm, 0)  # compiled (or loaded) first
+    minhash_kernels.minhash(shingle[:10], starts[:1], num_perm, 0)  # compiled (or loaded) first
     sigs, seconds = {}, {}
-    for name, fn in (("dapt kernel", kernels.minhash), ("rensa", rensa_signatures)):
+    for name, fn in (("dapt kernel", minhash_kernels.minhash), ("rensa", rensa_signatures)):
         t0 = time.perf_counter()
         sigs[name] = fn(shingle, starts, num_perm, config.seed)
         seconds[name] = time.perf_counter() - t0

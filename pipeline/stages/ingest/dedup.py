@@ -3,12 +3,11 @@ each candidate pair, and connected components, so one representative (the first 
 of each cluster is kept.
 
 Vectorised end to end: a compiled kernel hashes every document's words in one pass
-(``pipeline/stages/ingest/kernels.py``); numpy combines them into n-gram shingle hashes (a
-polynomial over
-each window of word hashes); another kernel computes every document's MinHash signature (32-bit
-values) from one flat buffer; LSH buckets are ``np.unique`` over each band's rows. Python
-loops only over candidate pairs (the union-find), which are as many as there are
-near-duplicates, not documents.
+(``text_kernels.tokens``); numpy combines them into n-gram shingle hashes (a polynomial over
+each window of word hashes); another kernel (``minhash_kernels.py``) computes every
+document's MinHash signature (32-bit values) from one flat buffer; LSH buckets are
+``np.unique`` over each band's rows. Python loops only over candidate pairs (the
+union-find), which are as many as there are near-duplicates, not documents.
 
 With ``b`` bands of ``r`` rows, a pair of Jaccard similarity ``s`` becomes a candidate with
 probability ``1 - (1 - s**r)**b``; a candidate counts only if the exact Jaccard similarity of
@@ -26,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import NearDupConfig
-from pipeline.stages.ingest import kernels
+from pipeline.stages.ingest import kernels, minhash_kernels, text_kernels
 from pipeline.stages.ingest.quality import window_hashes, word_hashes
 
 SHINGLE_SEED = 12345  # the shingle polynomial's coefficients: part of every MinHash signature
@@ -80,7 +79,7 @@ def signatures(hashes: np.ndarray, starts: np.ndarray, num_perm: int, seed: int)
     """(documents, num_perm) uint32 MinHash signatures; ``hashes`` are shingle hashes grouped by
     document, ``starts`` each document's first index. A compiled kernel: on 5M shingles x 112
     permutations 0.5 s, against rensa's 0.3 s plus 2 s to turn its matrix into an array."""
-    return kernels.minhash(hashes, starts, num_perm, seed)
+    return minhash_kernels.minhash(hashes, starts, num_perm, seed)
 
 
 def signatures_of(con: duckdb.DuckDBPyConnection, source: str, config: NearDupConfig,
@@ -104,7 +103,7 @@ def band_keys(sig: np.ndarray, config: NearDupConfig) -> np.ndarray:
     """(documents, bands) uint64 LSH bucket keys, a hash of each band's rows of the signature.
     Two documents share a bucket when a band is equal; a rare collision only adds a candidate,
     which is checked."""
-    return kernels.band_keys(sig, config.rows_per_band, BAND_SEED)
+    return minhash_kernels.band_keys(sig, config.rows_per_band, BAND_SEED)
 
 
 def signature_table(doc_ords: np.ndarray, sig: np.ndarray, config: NearDupConfig) -> pa.Table:
@@ -203,10 +202,11 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
     docs = np.unique(pairs)
     counts, values, seen = [], [], []
     for table in texts(docs):
-        row, h, _ = kernels.tokens(table.column("text"))
+        row, h, _ = text_kernels.tokens(table.column("text"))
         ords, grams = shingles(row, h, n)  # ords: row of the table, ascending
-        starts, sets = kernels.distinct_sorted(np.searchsorted(ords, np.arange(table.num_rows + 1)),
-                                       (grams >> np.uint64(32)).astype(np.uint32))
+        starts, sets = minhash_kernels.distinct_sorted(
+            np.searchsorted(ords, np.arange(table.num_rows + 1)),
+            (grams >> np.uint64(32)).astype(np.uint32))
         counts.append(np.diff(starts))
         values.append(sets)
         seen.append(table.column("ord").to_numpy())
@@ -214,6 +214,6 @@ def _exact_jaccard(texts: Callable[[np.ndarray], Iterator[pa.Table]], pairs: np.
         raise RuntimeError("near dedup: the candidates' texts did not come back in order")
     starts = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else \
         np.zeros(1, np.int64)
-    return kernels.pair_jaccard(
+    return minhash_kernels.pair_jaccard(
         starts, np.concatenate(values) if values else np.zeros(0, np.uint32),
         np.searchsorted(docs, pairs[:, 0]), np.searchsorted(docs, pairs[:, 1]))

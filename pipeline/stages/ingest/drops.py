@@ -162,7 +162,7 @@ def history(previous: Artifact | None) -> History:
     return History(drop=int(drop["number"]), previous=previous,
                    index_files=[root / k / "index.parquet" for k in chain],
                    files=pq.read_table(previous.path / "files.parquet"),
-                   # "": a shard the previous drop rewrote into itself (``steps.retrofit``)
+                   # "": a shard the previous drop rewrote into itself (``contamination.retrofit``)
                    train_shards=[[k or previous.key, n] for k, n in drop["train_shards"]] + own,
                    counts={k: v for k, v in m.counts.items() if k.startswith("corpus_")},
                    test_sets=dict(drop.get("test_sets", {})))

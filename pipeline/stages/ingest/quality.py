@@ -5,8 +5,8 @@ Each filter is a threshold in ``QualityConfig`` (``null`` turns one off) and one
 ``CASE``: the first filter a document fails is its exclusion reason (``gopher_<field>`` or
 ``repetition_<field>``, e.g. ``gopher_min_words``), with the measured value and the threshold
 in ``detail``. The features and the n-gram counts are computed once per document by the
-compiled kernels in ``pipeline/stages/ingest/kernels.py`` (one pass over the text's UTF-8 buffer; no
-per-document Python); the CASE runs in DuckDB over their Arrow table.
+compiled kernels in ``pipeline/stages/ingest/gopher_kernels.py`` (one pass over the text's UTF-8
+buffer; no per-document Python); the CASE runs in DuckDB over their Arrow table.
 
     words       whitespace-separated tokens
     lines       non-empty lines
@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import C4Config, QualityConfig, RepetitionConfig
-from pipeline.stages.ingest import kernels
+from pipeline.stages.ingest import gopher_kernels, kernels, text_kernels
 
 # (config field, feature, comparison): a document fails when `feature comparison threshold`.
 CHECKS: tuple[tuple[str, str, str, str], ...] = (
@@ -64,9 +64,9 @@ INTEGER_FEATURES = ("n_words", "n_lines", "n_chars", "stop_words")
 
 def features(con: duckdb.DuckDBPyConnection, source: str, config: QualityConfig) -> pa.Table:
     """The features ``reason_sql`` tests, one row per document of ``source`` (ord, text):
-    ``pipeline/stages/ingest/kernels.py`` computes them in one compiled pass over the text."""
+    ``gopher_kernels.py`` computes them in one compiled pass over the text."""
     table = con.sql(f"SELECT ord, text FROM {source}").to_arrow_table()
-    values = kernels.gopher_features(table.column("text"), config.gopher.stop_words)
+    values = gopher_kernels.gopher_features(table.column("text"), config.gopher.stop_words)
     columns = {"ord": table.column("ord")}
     for name, x in values.items():
         columns[name] = (pa.array(x.astype(np.int64)) if name in INTEGER_FEATURES
@@ -82,10 +82,10 @@ CITATION_RE = r"\[\d+\]|\[edit\]|\[citation needed\]"
 SENTENCE_END = r"[.!?]+[\"'']?(\s|$)"  # in SQL: '' is a quote
 
 
-def c4_sql(config: C4Config) -> str:
-    """Per document of ``source`` (ord, text): the text with failing lines removed (``c4_text``),
-    lines before and after, and the exclusion reason (NULL: it stays). Blank lines (paragraph
-    breaks) are kept; runs of them collapse to one."""
+def c4_sql(config: C4Config, source: str = "source") -> str:
+    """Per document of the view ``source`` (ord, text): the text with failing lines removed
+    (``c4_text``), lines before and after, and the exclusion reason (NULL: it stays). Blank
+    lines (paragraph breaks) are kept; runs of them collapse to one."""
     line = f"trim(regexp_replace(l, '{CITATION_RE}', '', 'g'))" if config.remove_citations \
         else "l"
     fails = []
@@ -124,7 +124,7 @@ def c4_sql(config: C4Config) -> str:
                 SELECT ord, text, lines,
                        list_filter(list_transform(lines, lambda l: {line}),
                                    lambda l: {keep}) AS kept
-                FROM (SELECT ord, text, string_split(text, chr(10)) AS lines FROM source)))
+                FROM (SELECT ord, text, string_split(text, chr(10)) AS lines FROM {source})))
     """
 
 
@@ -154,7 +154,7 @@ def word_hashes(con: duckdb.DuckDBPyConnection, source: str
     ``source``, in document and word order: lower-cased runs of word characters (Python's
     ``\\w``), as the n-gram filters, near-dedup and decontamination use them."""
     table = con.sql(f"SELECT ord, text FROM {source}").to_arrow_table()
-    row, h, lens = kernels.tokens(table.column("text"))
+    row, h, lens = text_kernels.tokens(table.column("text"))
     ords = table.column("ord").to_numpy()[row]
     if len(ords) and (np.diff(ords) < 0).any():  # ord order, words in order within each
         order = np.argsort(ords, kind="stable")
@@ -173,7 +173,7 @@ def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: Repeti
       more than once. It can only fall as n grows, so a document under every later
       threshold is not measured again.
 
-    ``kernels.py`` counts each document's n-grams in a hash table of its own. Returns
+    ``gopher_kernels.py`` counts each document's n-grams in a hash table of its own. Returns
     (ord, reason, detail) for the documents that fail, the first check in that order.
     ``words``: ``word_hashes(con, source)``, when the caller already has them."""
     schema = pa.schema([("ord", pa.int64()), ("reason", pa.string()), ("detail", pa.string())])
@@ -184,7 +184,7 @@ def ngram_repetition(con: duckdb.DuckDBPyConnection, source: str, config: Repeti
     ords, h, lens = words if words is not None else word_hashes(con, source)
     if len(ords) == 0:
         return schema.empty_table()
-    failed, shares = kernels.repetition(ords, h, lens, int(ords[-1]) + 1, checks)
+    failed, shares = gopher_kernels.repetition(ords, h, lens, int(ords[-1]) + 1, checks)
     hit = np.flatnonzero(failed >= 0)  # the ords that fail
     names = [f"{kind}_{n}gram" for kind, n, _ in checks]
     return pa.table({

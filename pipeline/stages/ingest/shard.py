@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
-from pipeline.stages.ingest import dedup, kernels, language, pii, quality
+from pipeline.stages.ingest import dedup, filters, pii, quality, text_kernels
 from pipeline.stages.ingest.readers import RAW_SCHEMA, Piece, read_piece
 
 # A UTF-8 lead byte read as Latin-1/Windows-1252 (Â-ô), then a continuation byte read the same
@@ -30,19 +30,48 @@ MOJIBAKE_RE = (r"[\x{00C2}-\x{00F4}][\x{0080}-\x{00BF}\x{0152}\x{0153}\x{0160}\x
 def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
                   ) -> dict[str, Any]:
     """Everything ingest does to one document alone, for a shard's pieces of source files
-    (``readers.shard_files``): read, repair mojibake, normalise, redact PII, the length, C4,
-    Gopher, repetition and language filters. Writes
+    (``readers.shard_files``): read, repair mojibake, normalise, redact PII, then the filters
+    (``filters.FILTERS``: length, C4, Gopher, n-gram repetition, language). Writes
     ``docs.parquet`` (ord, doc_id, source, reason, detail, text) and ``modified.parquet`` (ord,
-    stage, reason, detail) under ``shard_dir``; returns the shard's counts and step seconds.
+    stage, reason, detail) under ``shard_dir``, and with near dedup on ``signatures.parquet``;
+    returns the shard's counts and step seconds.
     Needs no other shard: Prefect maps it over a thread pool or a Dask cluster."""
     lap = Laps()
-    by_name = {s.name: s for s in config.sources}
     con = duckdb.connect()
-    tables = [read_piece(con, by_name[piece.source], piece) for piece in pieces]
-    raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
-    raw = raw.append_column("ord", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+    raw = _read(con, config, pieces)
     num_docs = raw.num_rows
     lap("read")
+    repaired = _load(con, config, raw)
+    del raw  # DuckDB holds the text now
+    lap("normalise")
+    redacted = _redact(con, config) if config.pii.enabled else {}
+    lap("pii")
+    chain = filters.build(config)
+    excluded = filters.apply(con, chain, lap)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    if config.near_dup.enabled:
+        _write_signatures(con, config, chain, num_docs, shard_dir / "signatures.parquet")
+        lap("minhash")
+    _write_shard(con, shard_dir)
+    lap("write_shard")
+    con.close()
+    detected = next((f.detected for f in chain if isinstance(f, filters.Language)), {})
+    return {"mojibake_repaired": repaired, "pii": redacted, "language": detected,
+            "filtered": excluded, "seconds": lap.seconds}
+
+
+def _read(con: duckdb.DuckDBPyConnection, config: IngestConfig, pieces: list[Piece]
+          ) -> pa.Table:
+    """The pieces' rows (``readers.RAW_SCHEMA``) in order, each numbered (``ord``)."""
+    by_name = {s.name: s for s in config.sources}
+    tables = [read_piece(con, by_name[piece.source], piece) for piece in pieces]
+    raw = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+    return raw.append_column("ord", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+
+
+def _load(con: duckdb.DuckDBPyConnection, config: IngestConfig, raw: pa.Table) -> int:
+    """Tables ``docs`` (ord, doc_id, source, reason, detail, text: the text with mojibake
+    repaired and normalised) and ``modified`` (one row per repair). Returns the repairs."""
     text = raw.column("text")
     fixed, repairs = _repair_mojibake(text) if config.fix_mojibake else ([], [])
     if fixed:
@@ -50,7 +79,8 @@ def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
         mask[fixed] = True
         text = pc.replace_with_mask(text.combine_chunks(), pa.array(mask),
                                     pa.array(repairs, text.type))
-    raw = raw.set_column(raw.schema.get_field_index("text"), "text", kernels.normalise(text))
+    raw = raw.set_column(raw.schema.get_field_index("text"), "text",
+                         text_kernels.normalise(text))
     con.register("raw", raw)
     con.register("fixed", pa.table({"ord": pa.array(fixed, pa.int64())}))
     con.execute("""
@@ -59,76 +89,34 @@ def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
             'mojibake_repaired' AS reason, 'ftfy re-decoded the text' AS detail FROM fixed""")
     con.unregister("fixed")
     con.unregister("raw")
-    del raw, tables, text  # DuckDB holds the text now
-    repaired = len(fixed)
-    lap("normalise")
-    quality_reason, quality_detail = quality.reason_sql(config.quality)
-    redacted = _redact(con, config) if config.pii.enabled else {}
-    lap("pii")
-    con.execute(f"""
-        UPDATE docs SET reason = CASE
-            WHEN text IS NULL OR text = '' THEN 'empty'
-            WHEN length(text) < {config.min_chars} THEN 'too_short'
-            WHEN length(text) > {config.max_chars} THEN 'too_long' END
-        WHERE reason IS NULL;
-        CREATE TEMP VIEW source AS SELECT ord, text FROM docs WHERE reason IS NULL;
-    """)
-    if config.quality.c4.enabled:
-        con.execute(f"""
-            CREATE TEMP TABLE c4 AS {quality.c4_sql(config.quality.c4)};
-            UPDATE docs SET reason = c4.reason, detail = c4.detail
-            FROM c4 WHERE docs.ord = c4.ord AND c4.reason IS NOT NULL;
-            INSERT INTO modified SELECT ord, 'quality', 'c4_lines_removed',
-                   'removed ' || (n_lines - n_kept) || ' of ' || n_lines || ' lines'
-            FROM c4 WHERE reason IS NULL AND n_kept < n_lines;
-            UPDATE docs SET text = c4.c4_text
-            FROM c4 WHERE docs.ord = c4.ord AND c4.reason IS NULL AND c4.n_kept < c4.n_lines;
-            DROP TABLE c4""")
-    con.register("features", quality.features(con, "source", config.quality))
-    con.execute(f"""
-        UPDATE docs SET reason = q.reason, detail = q.detail
-        FROM (SELECT ord, {quality_reason} AS reason, {quality_detail} AS detail
-              FROM features) q
-        WHERE docs.ord = q.ord AND q.reason IS NOT NULL;
-    """)
-    con.unregister("features")
-    lap("quality")
-    # The words of every document still in: for the n-gram filters, then for MinHash.
-    words = quality.word_hashes(con, "source")
-    con.register("ngram_rep", quality.ngram_repetition(con, "source", config.quality.repetition,
-                                                       words))
-    con.execute("UPDATE docs SET reason = r.reason, detail = r.detail FROM ngram_rep r "
-                "WHERE docs.ord = r.ord")
-    lap("ngram_repetition")
-    detected: dict[str, int] = {}
-    if config.language.enabled:
-        rejected, detected = language.identify(con, "source", config.language)
-        con.register("rejected", rejected)
-        con.execute("UPDATE docs SET reason = r.reason, detail = r.detail FROM rejected r "
-                    "WHERE docs.ord = r.ord")
-        lap("language")
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    # What the global steps need besides the text, so they never hold the corpus's text: each
-    # document's MD5 (exact dedup) and MinHash signature (near dedup).
-    if config.near_dup.enabled:
-        alive = np.zeros(num_docs, bool)
-        alive[con.execute("SELECT ord FROM source").fetchnumpy()["ord"]] = True
-        keep = alive[words[0]]
-        sig_ords, sig = dedup.signatures_of(con, "source", config.near_dup,
-                                            (words[0][keep], words[1][keep]))
-        pq.write_table(dedup.signature_table(sig_ords, sig, config.near_dup),
-                       shard_dir / "signatures.parquet")
-        lap("minhash")
-    # Row i is ord i (the global steps take text by position). LZ4, not zstd: the file is read
-    # back and deleted, and LZ4 writes it in half the time and reads it in a third.
+    return len(fixed)
+
+
+def _write_signatures(con: duckdb.DuckDBPyConnection, config: IngestConfig,
+                      chain: list[filters.Filter], num_docs: int, path: Path) -> None:
+    """The MinHash signatures of the documents every filter kept, for the global near dedup
+    (it never holds the corpus's text). Their words are those the n-gram filter hashed, when
+    it ran: the filters after it only drop documents."""
+    words = next((f.words for f in chain if isinstance(f, filters.NgramRepetition)), None)
+    if words is None:
+        words = quality.word_hashes(con, filters.VIEW)
+    alive = np.zeros(num_docs, bool)
+    alive[con.execute(f"SELECT ord FROM {filters.VIEW}").fetchnumpy()["ord"]] = True
+    keep = alive[words[0]]
+    sig_ords, sig = dedup.signatures_of(con, filters.VIEW, config.near_dup,
+                                        (words[0][keep], words[1][keep]))
+    pq.write_table(dedup.signature_table(sig_ords, sig, config.near_dup), path)
+
+
+def _write_shard(con: duckdb.DuckDBPyConnection, shard_dir: Path) -> None:
+    """``docs.parquet`` with each document's MD5 (exact dedup) and length, and
+    ``modified.parquet``. Row i is ord i (the global steps take text by position). LZ4, not
+    zstd: the file is read back and deleted, and LZ4 writes it in half the time and reads it
+    in a third."""
     copy(con, "SELECT ord, doc_id, source, reason, detail, md5_number(text) AS md5, "
-          "length(text) AS chars, text FROM docs ORDER BY ord", shard_dir / "docs.parquet",
-          compression="lz4_raw")
+         "length(text) AS chars, text FROM docs ORDER BY ord", shard_dir / "docs.parquet",
+         compression="lz4_raw")
     copy(con, "SELECT * FROM modified ORDER BY ord, stage", shard_dir / "modified.parquet")
-    lap("write_shard")
-    con.close()
-    return {"mojibake_repaired": repaired, "pii": redacted, "language": detected,
-            "seconds": lap.seconds}
 
 
 class Laps:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -18,8 +19,8 @@ import pyarrow.compute as pc
 from pipeline.config import IngestConfig
 from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
+from pipeline.stages.ingest import contamination, steps
 from pipeline.stages.ingest import drops as incremental
-from pipeline.stages.ingest import steps
 from pipeline.stages.ingest.readers import Piece, shard_files, source_files
 from pipeline.stages.ingest.shard import Laps, prepare_shard
 
@@ -48,28 +49,29 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     results = (map_shards or _serial_map)(fn, jobs)
     lap = Laps()
     con = steps.open_database(config, work)
-    parts = steps.load_shards(con, work, len(jobs))
-    held, extra_counts, test_sets = _filter(con, config, parts, earlier, lap)
-    prints = {name: steps.fingerprint(h) for name, h in test_sets.items()} if drops else {}
-    retracted = steps.RETRACTED_SCHEMA.empty_table()
+    g = GlobalSteps(con=con, config=config, parts=steps.load_shards(con, work, len(jobs)),
+                    out_dir=out_dir, lap=lap)
+    held, test_sets = _filter(g, earlier)
+    prints = ({name: contamination.fingerprint(h) for name, h in test_sets.items()}
+              if drops else {})
+    retracted = contamination.RETRACTED_SCHEMA.empty_table()
     earlier_shards: list[list[str]] = []
     if drops:
-        earlier_shards, retracted = _retrofit(con, config, earlier, test_sets, prints,
-                                              out_dir)
+        earlier_shards, retracted = _retrofit(g, earlier, test_sets, prints)
         lap("retrofit")
-    eval_rows = _write(con, config, parts, held, out_dir, earlier, lap, extra_counts)
+    eval_rows = _write(g, held, earlier)
     drop_extra: dict = {}
     if drops:
-        drop_extra = _record_drop(con, config, parts, plan, out_dir, drops, earlier, changes,
-                                  results, earlier_shards, prints, extra_counts)
+        if changes is None:
+            raise ValueError("ingest: a drop's bookkeeping needs its file changes (None given)")
+        drop_extra = _record_drop(g, DropRecord(
+            drops=drops, earlier=earlier, changes=changes, plan=plan, results=results,
+            earlier_shards=earlier_shards, test_sets=prints))
         lap("write_index")
-    counts = _count(con, config, plan, results, extra_counts, earlier, retracted, eval_rows)
+    counts = _count(g, plan, results, earlier, retracted, eval_rows)
     sources = steps.by_source(con)
     con.close()
     shutil.rmtree(work, ignore_errors=True)  # links to shard artifacts go, not the artifacts
-    files: dict[str, list[str]] = {s.name: [] for s in config.sources}
-    for name, path in dict.fromkeys((p.source, p.path) for shard in plan for p in shard):
-        files[name].append(str(path))  # once per file, however many pieces it was cut into
     seconds = {f"shards_{k}": v for k, v in steps.summed(r["seconds"] for r in results).items()}
     metrics = ({k: float(counts[k]) for k in ("drop", "files_reused", "shards_built",
                                                "shards_cached")} if drops else {})
@@ -80,7 +82,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
         extra={"sources": sources,
                "source_names": [s.name for s in config.sources],
                "general_sources": [s.name for s in config.sources if s.general],
-               "files": files, "seconds": {**seconds, **lap.seconds}, **drop_extra},
+               "files": _files(config, plan), "seconds": {**seconds, **lap.seconds},
+               "filtered": steps.summed(r["filtered"] for r in results), **drop_extra},
     )
 
 
@@ -110,11 +113,38 @@ def _plan(config: IngestConfig, work: Path, drops: incremental.Drops | None,
     return plan, jobs, incremental.cached_shard, changes
 
 
-def _filter(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
-            earlier: incremental.History | None, lap: Laps
-            ) -> tuple[str, dict[str, int], dict[str, np.ndarray]]:
+@dataclass(kw_only=True)
+class GlobalSteps:
+    """What the global steps share: one DuckDB database over every shard's documents
+    (``steps.load_shards``), the shards' ``docs.parquet`` paths, where the outputs go, the
+    counts the steps add as they go and their timings."""
+
+    con: duckdb.DuckDBPyConnection
+    config: IngestConfig
+    parts: list[str]
+    out_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    lap: Laps = field(default_factory=Laps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DropRecord:
+    """What a drop's bookkeeping (``_record_drop``) writes down besides the database."""
+
+    drops: incremental.Drops
+    earlier: incremental.History
+    changes: incremental.FileChanges
+    plan: list[list[Piece]]
+    results: list[dict]  # the shards' results, in plan order
+    earlier_shards: list[list[str]]  # [artifact key, file name] of earlier train shards kept
+    test_sets: dict[str, str]  # name -> fingerprint, decontaminated against through this drop
+
+
+def _filter(g: GlobalSteps, earlier: incremental.History | None
+            ) -> tuple[str, dict[str, np.ndarray]]:
     """Exact and near dedup (against the earlier drops too), then decontamination against the
-    test sets and the held-out text. Returns the held-out rule, counts, and the test sets."""
+    test sets and the held-out text. Returns the held-out rule and the test sets."""
+    con, config, parts, lap = g.con, g.config, g.parts, g.lap
     history = bool(earlier and earlier.index_files)
     if history:
         steps.history_view(con, earlier.index_files, config.near_dup.enabled)
@@ -126,40 +156,42 @@ def _filter(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[st
     near = steps.near_dedup(con, config, parts, history=history)
     held = steps.held_out_sql(config)
     lap("near_dedup")
-    test_sets = (steps.test_set_hashes(con, config) if config.decontamination.enabled
+    test_sets = (contamination.test_set_hashes(con, config) if config.decontamination.enabled
                  else {})
-    contaminated = (steps.decontaminate(con, config, held, parts,
-                                        earlier.eval_file if earlier else None, test_sets)
+    contaminated = (contamination.decontaminate(con, config, held, parts,
+                                                earlier.eval_file if earlier else None,
+                                                test_sets)
                     if config.decontamination.enabled else {})
     lap("decontaminate")
-    return held, {**near, **contaminated}, test_sets
+    g.counts.update(**near, **contaminated)
+    return held, test_sets
 
 
-def _retrofit(con: duckdb.DuckDBPyConnection, config: IngestConfig,
-              earlier: incremental.History, test_sets: dict[str, np.ndarray],
-              prints: dict[str, str], out_dir: Path) -> tuple[list[list[str]], pa.Table]:
+def _retrofit(g: GlobalSteps, earlier: incremental.History, test_sets: dict[str, np.ndarray],
+              prints: dict[str, str]) -> tuple[list[list[str]], pa.Table]:
     """Earlier drops' training text against the test sets added since they were ingested:
     the contaminated documents are retracted (``retracted.parquet``) and the shards that held
     them rewritten into this drop. Returns the earlier train shards to keep, and what went."""
-    earlier_shards, retracted = earlier.train_shards, steps.RETRACTED_SCHEMA.empty_table()
+    earlier_shards = earlier.train_shards
+    retracted = contamination.RETRACTED_SCHEMA.empty_table()
     added = {name: h for name, h in test_sets.items()
              if earlier.test_sets.get(name) != prints[name]}
     if added and earlier.previous:
-        earlier_shards, retracted = steps.retrofit(
-            con, config, [(k, n, out_dir.parent / k / n) for k, n in earlier.train_shards],
-            added, out_dir)
-    steps.write_table(retracted, out_dir / "retracted.parquet")
+        earlier_shards, retracted = contamination.retrofit(
+            g.con, g.config,
+            [(k, n, g.out_dir.parent / k / n) for k, n in earlier.train_shards], added,
+            g.out_dir)
+    steps.write_table(retracted, g.out_dir / "retracted.parquet")
     return earlier_shards, retracted
 
 
-def _write(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str], held: str,
-           out_dir: Path, earlier: incremental.History | None, lap: Laps,
-           extra_counts: dict[str, int]) -> int:
+def _write(g: GlobalSteps, held: str, earlier: incremental.History | None) -> int:
     """The split, then the train shards, the held-out slice (cumulative for a drop), the
     exclusion log, the modified log and the stats. Returns the held-out slice's rows."""
+    con, parts, out_dir, lap = g.con, g.parts, g.out_dir, g.lap
     steps.split(con, held)
     lap("split")
-    extra_counts["train_shards"] = steps.write_train(con, config, parts, out_dir)
+    g.counts["train_shards"] = steps.write_train(con, g.config, parts, out_dir)
     lap("write_train")
     eval_rows = steps.write_eval(con, out_dir, earlier.eval_file if earlier else None)
     lap("write_eval")
@@ -170,42 +202,37 @@ def _write(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str
     return eval_rows
 
 
-def _record_drop(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str],
-                 plan: list[list[Piece]], out_dir: Path, drops: incremental.Drops,
-                 earlier: incremental.History, changes: incremental.FileChanges | None,
-                 results: list[dict], earlier_shards: list[list[str]], prints: dict[str, str],
-                 extra_counts: dict[str, int]) -> dict:
+def _record_drop(g: GlobalSteps, d: DropRecord) -> dict:
     """A drop's part of the index, its file versions, its counts and its manifest entry."""
-    if changes is None:
-        raise ValueError("ingest: a drop's bookkeeping needs its file changes (None given)")
+    earlier, changes = d.earlier, d.changes
     number = earlier.drop + 1
-    extra_counts["index_docs"] = steps.write_index(con, config, parts, out_dir, number)
+    g.counts["index_docs"] = steps.write_index(g.con, g.config, g.parts, g.out_dir, number)
     steps.write_table(incremental.files_table(
-        earlier.files, [(p.source, p.path) for shard in plan for p in shard], changes,
-        drops.digests, number), out_dir / "files.parquet")
-    hits = sum(bool(r.get("cache_hit")) for r in results)
-    extra_counts.update(
+        earlier.files, [(p.source, p.path) for shard in d.plan for p in shard], changes,
+        d.drops.digests, number), g.out_dir / "files.parquet")
+    hits = sum(bool(r.get("cache_hit")) for r in d.results)
+    g.counts.update(
         drop=number, files_new=len(changes.new), files_rewritten=len(changes.rewritten),
         files_deleted=len(changes.deleted), files_reused=len(changes.reused),
-        shards_cached=hits, shards_built=len(results) - hits)
+        shards_cached=hits, shards_built=len(d.results) - hits)
     prev = earlier.previous
     return {"drop": {
-        "number": number, "lineage": drops.lineage,
+        "number": number, "lineage": d.drops.lineage,
         "previous": prev.key if prev else None,
         "chain": ([*prev.manifest.extra["drop"]["chain"], prev.key] if prev else []),
-        "train_shards": earlier_shards,
-        "test_sets": prints,
-        "shard_keys": [r["shard_key"] for r in results]},
+        "train_shards": d.earlier_shards,
+        "test_sets": d.test_sets,
+        "shard_keys": [r["shard_key"] for r in d.results]},
         "file_changes": {"new": changes.new, "rewritten": changes.rewritten,
                          "deleted": changes.deleted}}
 
 
-def _count(con: duckdb.DuckDBPyConnection, config: IngestConfig, plan: list[list[Piece]],
-           results: list[dict], extra_counts: dict[str, int],
+def _count(g: GlobalSteps, plan: list[list[Piece]], results: list[dict],
            earlier: incremental.History | None, retracted: pa.Table, eval_rows: int
            ) -> dict[str, int]:
     """The counts (a drop adds the cumulative corpus's ``corpus_*``), checked by the gate."""
-    counts = steps.count(con, plan, results, extra_counts)
+    config = g.config
+    counts = steps.count(g.con, plan, results, g.counts)
     if earlier is None:
         steps.check_gate(config, counts)
         return counts
@@ -221,6 +248,14 @@ def _count(con: duckdb.DuckDBPyConnection, config: IngestConfig, plan: list[list
     steps.check_gate(config, {**counts, "kept": counts["corpus_kept"],
                               "eval_docs": counts["corpus_eval_docs"]})
     return counts
+
+
+def _files(config: IngestConfig, plan: list[list[Piece]]) -> dict[str, list[str]]:
+    """Each source's files ingested, once per file however many pieces it was cut into."""
+    files: dict[str, list[str]] = {s.name: [] for s in config.sources}
+    for name, path in dict.fromkeys((p.source, p.path) for shard in plan for p in shard):
+        files[name].append(str(path))
+    return files
 
 
 def _serial_map(fn: Callable, jobs: list[tuple]) -> list:

@@ -125,6 +125,8 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize(("module", "changed"), [
     # the compiled kernels decide which documents ingest keeps: every key downstream moves
     ("pipeline.stages.ingest.kernels", STAGES),
+    # a filter decides the same: the shard step runs the filter list
+    pytest.param("pipeline.stages.ingest.filters", STAGES, marks=pytest.mark.slow),
     # the report is written by evaluate alone
     ("pipeline.lifecycle.report", ["evaluate"]),
     # the reader of ingest's output: its readers' keys move, ingest's does not
