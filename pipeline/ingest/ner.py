@@ -46,8 +46,15 @@ LEVELS = ("city", "state", "country")
 TITLE_WORDS = r"(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)"
 TITLE = re.compile(TITLE_WORDS + r"\.? ")
 TITLE_BEFORE = re.compile(r"\b" + TITLE_WORDS + r"\.? $")
-TITLED_NAME = re.compile(r"\b" + TITLE.pattern + r"[A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?"
-                         r"(?: [A-Z][a-z]+)?\b")
+TITLED_NAME = re.compile(r"\b" + TITLE.pattern + r"(?:[A-Z]\. ?)?[A-Z][a-z]+"
+                         r"(?:[-' ][A-Z][a-z]+)?(?: [A-Z][a-z]+)?\b")
+# A first name, an optional initial, a surname: "Maria Garcia", "John F. Kennedy".
+FULL_NAME = re.compile(r"\b(" + gazetteer.NAME_WORD + r")(?: [A-Z]\.)? (" + gazetteer.NAME_WORD +
+                       r")\b")
+PLACE_WORD = re.compile(r"\b(?:County|City|Town|Village|Borough|District|Street|Road|Avenue|"
+                        r"Hospital|Clinic|Infirmary|Hospice|Park|Lake|River|Mount|Valley|Beach|"
+                        r"Island|Hills?|Heights|Springs|Falls|Harbou?r|Port|Bay)\b")
+LOCATIVE = re.compile(r"\b(?:in|from|to|near|at|of|outside|via|around)\s$")
 FIRST_NAME = re.compile(r"[a-z,;:] ([A-Z][a-z]+) $")  # a capitalised word inside a sentence
 WORD = re.compile(r"\b(?:" + gazetteer.NAME_WORD + r")\b")
 # A person span followed by one of these is an eponym ("Parkinson's disease"), not a person.
@@ -65,7 +72,10 @@ TECH_AFTER = re.compile(
     r"campaigns?|operators?|syntax|codecs?|distributions?|distros?|repositor(?:y|ies)|"
     r"installers?|scripts?|bindings?|engines?|browsers?|editors?|terminals?|consoles?|"
     r"utilit(?:y|ies)|programs?|applications?|apps?|devices?|platforms?|sensors?|agents?|"
-    r"research|researchers|v?\d)\b", re.IGNORECASE)
+    r"research|researchers|modes?|filters?|chains?|layers?|types?|class(?:es)?|objects?|"
+    r"functions?|methods?|options?|flags?|fields?|parameters?|settings?|values?|keys?|nodes?|"
+    r"instances?|clusters?|buckets?|tables?|jobs?|queues?|topics?|endpoints?|images?|"
+    r"containers?|volumes?|snapshots?|policies|policy|roles?|accounts?|v?\d)\b", re.IGNORECASE)
 # A code context: "`Foo`", "Foo()", "Foo::", "Foo.py", "--foo", "/Foo/".
 CODE_AROUND = re.compile(r"[`/\\_=<>{}\[\]|]$|^(?:[`/\\_=<>{}\[\]|(]|::|\.[a-z]{1,4}\b)")
 
@@ -96,7 +106,8 @@ def hits(text: str, rules: Rules) -> list[tuple[int, int]]:
             inside = re.search(r"[a-z,;:] $", text[max(0, start - 2):start]) is not None
             key = _name_key(word)
             if (key in gaz.first and next_cap or key in gaz.last and inside) and \
-                    not EPONYM.match(text, end):
+                    not EPONYM.match(text, end) and \
+                    (not _title_case(text, start, end) or _full_name(text, start, end, gaz)):
                 found.append((start, end))
                 continue
         if rules.location:
@@ -106,6 +117,25 @@ def hits(text: str, rules: Rules) -> list[tuple[int, int]]:
                     found.append((start, start + len(place)))
                     break
     return found
+
+
+TITLE_RUN = re.compile(r"(?:[A-Z][\w'-]*\s+){2,}[A-Z][\w'-]*")
+
+
+def _title_case(text: str, start: int, end: int) -> bool:
+    """Inside a run of 3+ capitalised words: a headline ("How Love Can Make You Healthier")."""
+    a = max(0, start - 60)
+    return any(m.start() <= start and end <= m.end()
+               for m in TITLE_RUN.finditer(text, a, min(len(text), end + 60)))
+
+
+def _full_name(text: str, start: int, end: int, gaz: gazetteer.Gazetteer) -> bool:
+    """A gazetteer first name followed by a gazetteer surname, or a surname after one."""
+    after = WORD.match(text, end + 1) if text[end:end + 1] == " " else None
+    before = re.search(r"\b(" + gazetteer.NAME_WORD + r") $", text[max(0, start - 30):start])
+    word = _name_key(text[start:end])
+    return bool(word in gaz.first and after and _name_key(after.group(0)) in gaz.last or
+                word in gaz.last and before and _name_key(before.group(1)) in gaz.first)
 
 
 def _name_key(word: str) -> str:
@@ -242,12 +272,33 @@ def spans(text: str, found: list[tuple[int, int, str]], rules: Rules
             candidates.append((s, e, "person", False))
         elif label in LOCATION_LABELS and rules.location:
             candidates.append((s, e, "location", False))
+    strong = set()  # gazetteer spans: kept whatever the model labels them
     if rules.person:
         candidates += [(m.start(), m.end(), "person", True) for m in TITLED_NAME.finditer(text)]
+        for m in FULL_NAME.finditer(text):
+            if _name_key(m.group(1)) in gaz.first and _name_key(m.group(2)) in gaz.last and \
+                    not _title_case(text, m.start(), m.end()):
+                candidates.append((m.start(), m.end(), "person", False))
+                strong.add((m.start(), m.end(), "person"))
+    if rules.location:
+        # A gazetteer place after "in", "from", "to", ... whatever the model reads it as
+        # ("moved to Glasgow" read as a PERSON).
+        for m in WORD.finditer(text):
+            for n in (3, 2, 1):
+                place = _words_from(text, m.start(), n)
+                end = m.start() + len(place or "")
+                if place and _place_level(place, gaz) and \
+                        LOCATIVE.search(text, max(0, m.start() - 8), m.start()) and \
+                        not re.match(r" [A-Z]", text[end:]):
+                    candidates.append((m.start(), end, "location", False))
+                    strong.add((m.start(), end, "location"))
+                    break
     keep: list[tuple[int, int, str]] = []
     end = 0
     names: set[str] = set()  # the words of the full names met so far
-    for start, stop, name, titled in sorted(candidates, key=lambda c: (c[0], c[0] - c[1])):
+    order = sorted(candidates, key=lambda c: (c[0], c[0] - c[1], (c[0], c[1], c[2]) not in strong))
+    for start, stop, name, titled in order:
+        titled = titled or (start, stop, "person") in strong  # a place's is still vetoed
         title = TITLE.match(text, start, stop)  # the title stays, as a cue
         start = title.end() if title else start
         titled = titled or bool(title) or TITLE_BEFORE.search(text, 0, start) is not None
@@ -259,8 +310,13 @@ def spans(text: str, found: list[tuple[int, int, str]], rules: Rules
         value = text[start:stop]
         if start < end or not _plausible(text, start, stop, name, rules):
             continue
-        if not titled and (value in veto_strings or
-                           any(s < stop and start < e for s, e in veto)):
+        if (start, stop, "location") in strong:
+            # a gazetteer place after "in", "from": only a longer ORG/PRODUCT span vetoes it
+            # ("Bristol City Council"), not the model reading the place alone as an ORG
+            if any(s <= start and stop <= e and e - s > stop - start for s, e in veto):
+                continue
+        elif not titled and (value in veto_strings or
+                             any(s < stop and start < e for s, e in veto)):
             continue
         words = value.split()
         if name == "person":
@@ -269,15 +325,19 @@ def spans(text: str, found: list[tuple[int, int, str]], rules: Rules
             # gazetteer name: the small model takes many capitalised terms for people.
             if len(words) == 1 and not titled and value not in names:
                 continue
-            if not titled and not any(_name_key(w) in gaz.first or _name_key(w) in gaz.last
-                                      for w in words):
+            # more words: a gazetteer first name and a gazetteer surname ("Cloud Storage",
+            # "Secure Boot" and "Apache Kafka" are not people)
+            if len(words) > 1 and not titled and not (
+                    _name_key(words[0]) in gaz.first and _name_key(words[-1]) in gaz.last):
                 continue
             names.update(w for w in words if len(w) > 2 and not w.endswith("."))
         else:
             level = _place_level(value, gaz)
             if level and LEVELS.index(level) > LEVELS.index(rules.location_min_level):
                 continue  # a state or a country, kept unless the policy asks (Safe Harbor)
-            if len(words) == 1 and level is None:
+            # not in the gazetteer: only a place by its kind ("Elm Park", "St Mary's Hospital")
+            if level is None and not (len(words) > 1 and (
+                    PLACE_WORD.search(value) or _place_level(words[-1], gaz))):
                 continue
         keep.append((start, stop, name))
         end = stop
@@ -293,7 +353,7 @@ def _plausible(text: str, start: int, stop: int, name: str, rules: Rules) -> boo
         return False
     for w in value.split():
         # "PowerShell", "OpenSSL", "GNU", "iOS": written like a product, not like a name
-        if re.search(r"[a-z][A-Z]", w) or (len(w) > 1 and w.isupper()):
+        if re.search(r"[a-z][A-Z]", w) or (len(w.strip(".")) > 1 and w.isupper()):
             return False
     if TECH_AFTER.match(after) or CODE_AROUND.search(before) or CODE_AROUND.match(after):
         return False

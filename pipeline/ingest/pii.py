@@ -125,11 +125,11 @@ CLINICAL_EVENT = re.compile(
     r"date of (?:birth|death|service|admission|discharge|surgery|visit)|born|died|"
     r"hospitali[sz](?:ed|ation)|operated on|underwent|diagnosed)\b)")
 # Where a sentence ends: '.', '!' or '?' and a space, not after a title, an initial, a month or
-# a cue's abbreviation ("Dr.", "J.", "Jan.", "Rec. No."); or a line break or a semicolon.
+# a cue's abbreviation ("Dr.", "J.", "Jan.", "Rec. No."); or a line break.
 _ABBREV = ("Dr", "Mr", "Mrs", "Ms", "Mx", "Prof", "St", "No", "Rec", "Med", "Pt", "vs", "approx",
            "Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec")
 SENTENCE_END = re.compile(r"(?<!\b[A-Za-z])" + "".join(rf"(?<!\b{a})" for a in _ABBREV) +
-                          r"[.!?](?=\s)|[\n;]")
+                          r"[.!?](?=\s)|\n")
 
 
 def _digits(text: str) -> str:
