@@ -228,23 +228,24 @@ def shutdown() -> None:
         _pool["executor"], _pool["workers"] = None, 0
 
 
-def _advance(bar: progress.Bar, n: int, _future: Future) -> None:
-    bar.update(n)
+def _advance(bar: progress.Bar | None, n: int, _future: Future | None = None) -> None:
+    if bar is not None:
+        bar.update(n)
 
 
 def run(texts: list[str], workers: int) -> list[list[tuple[int, int, str]]]:
     """``entities`` over ``texts`` in fixed batches, on ``workers`` processes (1: here), with a
-    progress line for long runs."""
+    progress line when there is more than one batch."""
     batches = [texts[i:i + BATCH_WINDOWS] for i in range(0, len(texts), BATCH_WINDOWS)]
-    if not batches:
-        return []
     workers = num_workers(workers)
-    out: list[list] = [[] for _ in batches]
-    with progress.track("ingest: pii ner", total=len(texts), unit="windows") as bar:
-        if workers <= 1 or len(batches) == 1:
-            for i, batch in enumerate(batches):
-                out[i] = entities(batch)
-                bar.update(len(batch))
+    bar = progress.track("ingest: pii ner", total=len(texts), unit="windows") \
+        if len(batches) > 1 else None
+    try:
+        if workers <= 1 or len(batches) <= 1:
+            out = []
+            for batch in batches:
+                out.append(entities(batch))
+                _advance(bar, len(batch))
         else:
             pool = _executor(workers)
             futures: list[Future] = []
@@ -253,6 +254,9 @@ def run(texts: list[str], workers: int) -> list[list[tuple[int, int, str]]]:
                 future.add_done_callback(functools.partial(_advance, bar, len(batch)))
                 futures.append(future)
             out = [f.result() for f in futures]
+    finally:
+        if bar is not None:
+            bar.close()
     return [spans for batch in out for spans in batch]
 
 

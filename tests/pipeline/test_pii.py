@@ -255,9 +255,13 @@ def test_a_name_outside_any_window_is_still_found() -> None:
     assert ner.windows("the dose was lowered. Nothing Else Here.", rules) == []
 
 
-def test_one_worker_and_several_give_the_same_output(samples_dir: Path) -> None:
+def test_one_worker_and_several_give_the_same_output(
+        samples_dir: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows go to the workers in fixed batches, so the output does not depend on their
-    number; real news text, names and places on."""
+    number; real news text, names and places on. A progress line shows while NER runs."""
+    monkeypatch.setenv("DAPT_PROGRESS", "lines")
+    caplog.set_level(logging.INFO, logger="dapt")
     lines = (samples_dir / "general/news.jsonl").read_text().splitlines()[:120]
     texts = [json.loads(line)["text"] for line in lines]
     red = pii.Redactor(PiiConfig(types=["person", "location"]))
@@ -266,6 +270,8 @@ def test_one_worker_and_several_give_the_same_output(samples_dir: Path) -> None:
             for n in (1, 2)}
     assert outs[1] == outs[2]
     assert sum(o.count("<PERSON>") for o in outs[1]) > 50
+    assert any(r.getMessage().startswith("ingest: pii ner: ") and " windows" in r.getMessage()
+               for r in caplog.records)
 
 
 TECHNICAL = [  # product, vendor, protocol, service and tool names: no person, no place
