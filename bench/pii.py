@@ -168,9 +168,11 @@ print(time.perf_counter() - start)
 """
 
 
-def baseline_seconds(commit: str, texts: list[str], types: list[str]) -> float:
-    """``redact()`` of ``pipeline/`` as it was at ``commit`` (its shared-model NER path), in a
-    subprocess over the same texts."""
+def baseline_seconds(commit: str, texts: list[str], types: list[str]) -> tuple[float, float]:
+    """(seconds, CPU seconds) of ``redact()`` of ``pipeline/`` as it was at ``commit`` (its
+    shared-model NER path), in a subprocess over the same texts; the CPU seconds include its
+    model load and warm-up."""
+    import resource
     import subprocess
     import sys
     import tempfile
@@ -181,17 +183,21 @@ def baseline_seconds(commit: str, texts: list[str], types: list[str]) -> float:
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         (Path(tmp) / "texts.json").write_text(json.dumps(texts))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run([sys.executable, "-c", BASELINE, str(Path(tmp) / "texts.json"),
                               ",".join(types)], env={**os.environ, "PYTHONPATH": tmp},
                              check=True, capture_output=True, text=True).stdout
-    return float(out.split()[-1])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return float(out.split()[-1]), cpu
 
 
 def throughput(samples: Path, mb: float, baseline: str | None
-               ) -> list[tuple[str, float, float, float]]:
-    """(what, seconds, MB/s, cores busy) of ``redact()`` on the first ``mb`` MB of the medical
-    corpora: the pattern types, then with NER, on every core and on one, and (``baseline``) the
-    code of that commit."""
+               ) -> list[tuple[str, float, float, float, float]]:
+    """(what, seconds, MB/s, cores busy, CPU seconds) of ``redact()`` on the first ``mb`` MB of
+    the medical corpora: the pattern types, then with NER, on every core and on one, and
+    (``baseline``) the code of that commit. Cores busy is CPU seconds over wall seconds: on a
+    shared machine it shows how much of the machine the run got."""
     texts, size = medical_texts(samples, mb)
     medical = ["email", "phone", "ip", "credit_card", "iban", "ssn", "url", "mrn",
                "person_date", "address"]
@@ -199,19 +205,22 @@ def throughput(samples: Path, mb: float, baseline: str | None
             ("+ person (NER), workers: all cores", [*medical, "person"], 0),
             ("+ person (NER), 1 worker", [*medical, "person"], 1),
             ("+ person, location (NER), all cores", [*medical, "person", "location"], 0)]
-    # Load the model and start the workers before timing (an ingest run does it once).
+    # Load the model here and in the workers before timing (an ingest run does it once).
     ours(texts[:2000], PiiConfig(types=runs[-1][1]))
+    ner.entities(["Warm up the model in this process, for the one-worker row."])
     result = []
     for what, types, workers in runs:
         cpu, start = _cpu_seconds(), time.perf_counter()
         ours(texts, PiiConfig(types=types, ner_workers=workers))
         seconds = time.perf_counter() - start
-        result.append((what, seconds, size / 1e6 / seconds, (_cpu_seconds() - cpu) / seconds))
+        cpu = _cpu_seconds() - cpu
+        result.append((what, seconds, size / 1e6 / seconds, cpu / seconds, cpu))
     if baseline:
         for what, types in (("+ person (NER)", [*medical, "person"]),):
-            seconds = baseline_seconds(baseline, texts, types)
-            result.append((f"{what} at {baseline} (shared model, whole documents)", seconds,
-                           size / 1e6 / seconds, float("nan")))
+            seconds, cpu = baseline_seconds(baseline, texts, types)
+            result.append((f"{what} at {baseline} (shared model, whole documents; CPU "
+                           "includes its model load)", seconds, size / 1e6 / seconds,
+                           float("nan"), cpu))
     red = pii.Redactor(PiiConfig(types=[*medical, "person"]))
     docs = [t for t in texts if re.search(pii.NER_PREFILTER, t)]
     spans = [(a, b) for t in docs for a, b in ner.windows(t, red.rules)]
@@ -219,7 +228,7 @@ def throughput(samples: Path, mb: float, baseline: str | None
     in_docs = sum(1 for t in docs if ner.windows(t, red.rules))
     share = chars / sum(map(len, texts))
     result.append((f"person windows: {len(spans)} in {in_docs} of {len(texts)} documents, "
-                   f"{share:.1%} of the text", 0.0, 0.0, 0.0))
+                   f"{share:.1%} of the text", 0.0, 0.0, 0.0, 0.0))
     return result
 
 
@@ -237,6 +246,18 @@ def main() -> None:
                         "before NER windows and workers) on the same texts")
     parser.add_argument("--show", action="store_true", help="print dapt's misses and false alarms")
     args = parser.parse_args()
+    if args.n:
+        evaluate(args)
+    if args.mb:
+        print("\n| dapt redact() on the medical corpora | seconds | MB/s | cores busy | "
+              "CPU seconds |\n|---|---|---|---|---|")
+        for what, secs, rate, busy, cpu in throughput(args.samples, args.mb, args.baseline):
+            print(f"| {what} | {secs:.1f} | {rate:.3f} | {busy:.2f} | {cpu:.1f} |" if secs else
+                  f"| {what} | | | | |")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Precision and recall per type on the labelled set, dapt beside Presidio."""
     rows = labelled_set(args.samples, args.n, args.seed)
     texts, carriers = [r["text"] for r in rows], [r["carrier"] for r in rows]
     systems = {"dapt": ours} if args.no_presidio else {"dapt": ours, "presidio": presidio}
@@ -268,12 +289,6 @@ def main() -> None:
                       f"{m['tp']}/{m['fp']}/{m['fn']}"]
         label = f"**{kind}**" if kind == "all" else kind
         print(f"| {label} | " + " | ".join(cells) + " |")
-    if args.mb:
-        print("\n| dapt redact() on the medical corpora | seconds | MB/s | cores busy |\n"
-              "|---|---|---|---|")
-        for what, secs, rate, busy in throughput(args.samples, args.mb, args.baseline):
-            print(f"| {what} | {secs:.1f} | {rate:.3f} | {busy:.2f} |" if secs else
-                  f"| {what} | | | |")
 
 
 if __name__ == "__main__":
