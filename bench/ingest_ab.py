@@ -32,7 +32,7 @@ from pathlib import Path
 try:  # the layout since the engine/stages move, or the one before it
     from pipeline.stages import ingest
 except ImportError:
-    from pipeline import ingest
+    from pipeline.stages import ingest
 from pipeline.config import PII_NER_TYPES, PII_TYPES, IngestConfig
 samples, domain, out, ner = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
 names, own = json.loads(sys.argv[5]), sys.argv[6] == "1"
@@ -67,7 +67,7 @@ WARM = """
 try:
     from pipeline.stages.ingest import kernels
 except ImportError:
-    from pipeline.ingest import kernels
+    from pipeline.stages.ingest import kernels
 kernels.warm()
 """
 

