@@ -197,7 +197,7 @@ def setup(spec: WorkerSpec) -> Run:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=ds_config)
     if cfg.compile:
-        engine.compile()
+        engine.compile(backend=cfg.compile_backend)
     data = out_dir / "data"
     return Run(spec=spec, engine=engine, scheduler=scheduler, rank=rank, world=world,
                device=device, train=TokenBatches(data, "train", cfg.seed),
