@@ -386,7 +386,7 @@ def report(result: dict[str, Any]) -> str:
         for r in result["runs"]:
             mem = f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] is not None else "-"
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-            lines.append(f"{r['name']:<18} {r['tokens_per_s']:>10.0f} {r['step_s']:>8.3f} "
+            lines.append(f"{r['name']:<18} {r['tokens_per_s']:>10.1f} {r['step_s']:>8.3f} "
                          f"{r['timed_steps']:>4} / {r['timed_s']:>5.1f}s {mem:>8} {mfu:>6} "
                          f"{r['vs_plain']:>8.3f}")
         lines.append(f"MFU over {result['peak_source']}; FLOPs/token "
