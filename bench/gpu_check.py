@@ -155,6 +155,7 @@ class Prepared:
 
     work: Path
     hf: Path
+    data: Path  # the packed streams (data-<seq_len>: a reused --workdir may hold two budgets)
     packed: dict[str, Any]
     eos_id: int
     pad_id: int
@@ -176,7 +177,7 @@ def prepare(work: Path, budget: Budget) -> Prepared:
     eos_id = base["eos_token_id"]
     pad_id = base.get("pad_token_id") or eos_id
     t0 = time.perf_counter()
-    data = work / "data"
+    data = work / f"data-{budget.seq_len}"
     marker = data / "packed.json"
     if marker.exists():
         packed = json.loads(marker.read_text())
@@ -185,7 +186,7 @@ def prepare(work: Path, budget: Budget) -> Prepared:
                                set(), hf / "tokenizer.json", eos_id, data)
         marker.write_text(json.dumps(packed))
     times["pack_s"] = time.perf_counter() - t0
-    return Prepared(work, hf, packed, eos_id, pad_id, times)
+    return Prepared(work, hf, data, packed, eos_id, pad_id, times)
 
 
 @contextmanager
@@ -211,7 +212,7 @@ def stage(prep: Prepared, name: str, config) -> Path:
     out = prep.work / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    (out / "data").symlink_to(prep.work / "data", target_is_directory=True)
+    (out / "data").symlink_to(prep.data, target_is_directory=True)
     pretrain.train(config, prep.packed, out, tok_dir=prep.hf, base_dir=prep.hf,
                    base_tok_dir=None, eos_id=prep.eos_id, pad_id=prep.pad_id)
     for bulk in ("checkpoint", "hf"):
@@ -335,7 +336,7 @@ def measure(args: argparse.Namespace, budget: Budget, device: str, precision: st
 
     # the plain loop first: its rate sizes the stage's runs to about the same seconds
     config = base_config(budget, max_steps=1)
-    data = TokenBatches(work / "data", "train", config.seed)
+    data = TokenBatches(prep.data, "train", config.seed)
     spec = WorkerSpec(config=config, ds_config={}, tokenizer_dir=str(prep.hf),
                       base_dir=str(prep.hf), base_tokenizer_dir=None, vocab_size=0,
                       eos_id=prep.eos_id, pad_id=prep.pad_id, general_eval=False,

@@ -42,7 +42,7 @@ def test_a_reference_for_other_shapes_is_refused(tmp_path: Path) -> None:
     ref.write_text(json.dumps({"base_model": "smollm2-135m", "seq_len": 2048, "steps": 10,
                                "micro_batch_size": 1, "precision": "fp32", "device": "cpu",
                                "train_tokens": 5, "losses": [3.0] * 10}))
-    prep = gpu_check.Prepared(tmp_path, tmp_path, {"train": {"tokens": 5}}, 0, 0, {})
+    prep = gpu_check.Prepared(tmp_path, tmp_path, tmp_path, {"train": {"tokens": 5}}, 0, 0, {})
     assert gpu_check.reference(prep, gpu_check.GPU, ref)["losses"] == [3.0] * 10
     with pytest.raises(ValueError, match="--reference .*ref.json"):
         gpu_check.reference(prep, gpu_check.DRY, ref)
