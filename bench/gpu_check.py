@@ -19,7 +19,9 @@ and without torch.compile, against a plain bf16 PyTorch loop on the same GPU.
    (``pretrain.train``: DeepSpeed's engine in its worker process, as ``dapt run`` starts it) for
    as many steps as the plain loop's rate fills in ``--seconds``, without and with
    ``pretrain.compile``. The first ``WARMUP_LOGS`` log windows (the compile) are not timed;
-   neither are start-up, the checkpoint and the export.
+   neither are start-up, the checkpoint and the export. Besides the budget's shapes, every run
+   differs from the profile only in ``base_config``'s settings: ZeRO-1 (the issue's), no
+   warmup, no checkpoint or held-out scoring before the end, TensorBoard off.
 
 Each run reports tokens/s, step time, peak GPU memory (torch's allocator) and MFU: FLOPs per
 token ``6 N + 12 L d T`` (``bench.train.flops_per_token``) times tokens/s over the chip's dense
