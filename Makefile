@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test-deps samples demo test test-fast lint bench clean
+.PHONY: install test-deps samples demo test test-fast lint bench wheelhouse clean
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,13 @@ bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python -m bench.flow_overhead
 	$(BIN)/python -m bench.tokenizer_bench
+
+# Wheels for an offline GPU host that has torch and transformers (bench/wheelhouse.py; the
+# GPU check installs them: python -m bench.gpu_check, docs/scaling.md). Needs the network.
+# WHEEL_PYTHON=3.12: the compiled wheels for the GPU host's CPython too.
+wheelhouse: install
+	$(BIN)/python -m bench.wheelhouse build --dest wheelhouse \
+	  $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON))
 
 clean:
 	rm -rf dapt-work .pytest_cache

@@ -28,6 +28,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,13 +55,26 @@ def build_model(spec: WorkerSpec, attn: str = "sdpa") -> torch.nn.Module:
     return LlamaForCausalLM(config)
 
 
+@dataclass(frozen=True)
+class LoopTiming:
+    """A plain loop's timed steps (after warmup)."""
+
+    tokens_per_s: float
+    step_s: float
+    steps: int
+    peak_memory_gb: float | None  # torch's allocator peak on a GPU; None on a CPU
+
+
 def plain_loop(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int, *,
                micro: int | None = None, seq_len: int | None = None, attn: str = "sdpa",
                adamw: str = "default", freeze_embedding: bool = False,
-               compile_model: bool = False) -> float:
-    """Tokens/s of a plain PyTorch loop: the stage's batches, AdamW, clipping, accumulation."""
+               compile_model: bool = False, device: str = "cpu", bf16: bool = False,
+               seconds: float | None = None) -> LoopTiming:
+    """A plain PyTorch loop on the stage's batches: AdamW, clipping, accumulation. ``bf16``:
+    autocast to bfloat16 over fp32 weights (the usual mixed-precision loop). ``seconds``: stop
+    once the timed steps (after ``warmup``) took that long, or at ``steps``."""
     cfg = spec.config
-    model = build_model(spec, attn)
+    model = build_model(spec, attn).to(device)
     if freeze_embedding:
         model.get_input_embeddings().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -71,21 +85,53 @@ def plain_loop(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int, *,
     forward = torch.compile(model) if compile_model else model
     micro = micro or cfg.micro_batch_size
     accum = cfg.grad_accum_steps * cfg.micro_batch_size // micro  # same tokens per step
-    g = 0
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+    g = timed = 0
     for step in range(steps):
         if step == warmup:
+            if cuda:
+                torch.cuda.synchronize(device)
             start = time.perf_counter()
         for _ in range(accum):
-            x = torch.from_numpy(data.batch(data.sequence_ids(g * micro, micro)))
+            x = torch.from_numpy(data.batch(data.sequence_ids(g * micro, micro))).to(device)
             if seq_len and seq_len != x.shape[1]:  # same tokens, other shape
                 x = x.reshape(-1, seq_len)
-            (forward(input_ids=x, labels=x).loss / accum).backward()
+            with autocast:
+                loss = forward(input_ids=x, labels=x).loss
+            (loss / accum).backward()
             g += 1
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    tokens = (steps - warmup) * accum * micro * cfg.seq_len
-    return tokens / (time.perf_counter() - start)
+        if step >= warmup:
+            timed += 1
+            if seconds is not None:
+                if cuda:
+                    torch.cuda.synchronize(device)
+                if time.perf_counter() - start >= seconds:
+                    break
+    if cuda:
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    tokens = timed * accum * micro * cfg.seq_len
+    return LoopTiming(tokens / elapsed, elapsed / timed, timed, peak)
+
+
+def stage_rate(curve: list[dict], warmup: int) -> float:
+    """The stage's tokens/s over the steps after ``warmup``, from its ``metrics.jsonl`` records
+    (each covers the steps since the one before): tokens over the summed record times."""
+    timed = [r for r in curve if r["step"] > warmup]
+    if not timed:
+        raise ValueError(f"no logged step after the {warmup} warmup steps to time")
+    per_step = timed[0]["tokens"] / timed[0]["step"]
+    steps = [b["step"] - a["step"] for a, b in zip([{"step": warmup}, *timed], timed,
+                                                    strict=False)]
+    seconds = sum(n * per_step / r["tokens_per_s"] for n, r in zip(steps, timed, strict=True))
+    return sum(steps) * per_step / seconds
 
 
 def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 5) -> float:
@@ -172,13 +218,14 @@ def variants(spec: WorkerSpec, data: TokenBatches, steps: int, warmup: int,
         if kw.get("micro") == "half":
             kw["micro"] = max(1, spec.config.micro_batch_size // 2)
         try:
-            rows.append((name, plain_loop(spec, data, steps, warmup, **kw)))
+            rows.append((name, plain_loop(spec, data, steps, warmup, **kw).tokens_per_s))
         except Exception as exc:  # a variant that does not run here is a result too
             rows.append((name, f"failed: {type(exc).__name__}: {str(exc)[:120]}"))
         print(f"variant {name}: {rows[-1][1]}", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    rows.append((f"1 thread (of {threads})", plain_loop(spec, data, steps, warmup)))
+    rows.append((f"1 thread (of {threads})",
+                 plain_loop(spec, data, steps, warmup).tokens_per_s))
     torch.set_num_threads(threads)
     base = rows[0][1]
     print("\nvariants of the plain loop (same batches; tokens/s, ratio to the default):")
@@ -222,12 +269,9 @@ def main() -> None:
         art = session.artifacts["pretrain"]
         out = PretrainOutput(art.path)
         spec = out.spec
-        timed = [r for r in out.curve() if r["step"] > args.warmup]
-        # the stage's rate over the timed steps (one record per step): tokens / summed times
-        per_step = timed[0]["tokens"] / timed[0]["step"]
-        stage = len(timed) * per_step / sum(per_step / r["tokens_per_s"] for r in timed)
+        stage = stage_rate(out.curve(), args.warmup)
         data = TokenBatches(art.path / "data", "train", spec.config.seed)
-        plain = plain_loop(spec, data, args.steps, args.warmup)
+        plain = plain_loop(spec, data, args.steps, args.warmup).tokens_per_s
         print(f"stage {stage:.1f} tokens/s, plain loop {plain:.1f} tokens/s", flush=True)
         trainer = None if args.no_trainer else hf_trainer(spec, data, args.steps, args.warmup,
                                                           root / "trainer")

@@ -397,6 +397,12 @@ class PretrainConfig(_Strict):
         default=False, description="Recompute activations in backward: less memory, ~30% slower.")
     offload_optimizer: bool = Field(
         default=False, description="ZeRO optimizer state in CPU memory (DeepSpeed CPU Adam).")
+    compile: bool = Field(
+        default=False, description="torch.compile the model (DeepSpeed's engine.compile); it "
+        "compiles at the first step, and again for the held-out scoring.")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        default="inductor", description="torch.compile backend with compile: true. eager only "
+        "captures the graphs (a quick check of the compile path on a CPU, no speed-up).")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
     tensorboard: bool = Field(
         default=True, description="Curves to <artifact>/tensorboard via DeepSpeed's monitor.")

@@ -33,7 +33,8 @@ SHARED = {"tests/pipeline/stages/test_multinode.py": "two_ranks",
 HEAVY_FIRST = ["tests/pipeline/stages/test_cpu_profile.py", "tests/flows/test_promotion_flow.py",
                "tests/flows/test_domain_flow.py", "tests/pipeline/stages/test_train_resume.py",
                "tests/flows/test_deploy.py", "tests/flows/test_report_browser.py", "two_ranks",
-               "tests/pipeline/stages/test_evaluate.py", "tests/pipeline/stages/test_continue.py"]
+               "tests/pipeline/stages/test_evaluate.py", "tests/pipeline/stages/test_continue.py",
+               "tests/test_gpu_check.py"]
 
 
 def _group(nodeid: str) -> str:

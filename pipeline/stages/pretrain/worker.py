@@ -204,6 +204,8 @@ def setup(spec: WorkerSpec) -> Run:
         board["output_path"] = str(out_dir / (board.get("output_path") or "tensorboard"))
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=ds_config)
+    if cfg.compile:
+        engine.compile(backend=cfg.compile_backend)
     data = out_dir / "data"
     return Run(spec=spec, engine=engine, scheduler=scheduler, rank=rank, world=world,
                device=device, train=TokenBatches(data, "train", cfg.seed),
@@ -378,6 +380,7 @@ def export(run: Run, elapsed: float) -> None:
             general_eval_loss=general_loss, new_embeddings=run.new_embeddings,
             tokens_per_s=(cfg.max_steps - run.first + 1) * run.tokens_per_step
             / max(elapsed, 1e-9),
+            peak_memory_gb=get_accelerator().max_memory_allocated() / 2**30,
             resumed_from_step=run.first - 1, param_digests=digests,
             checkpoint=f"checkpoint/global_step{cfg.max_steps}", selection=selection)
         (out_dir / "summary.json").write_text(summary.model_dump_json(indent=2))

@@ -103,6 +103,8 @@ class WorkerSummary(_Record):
     general_eval_loss: float | None = None
     new_embeddings: int = 0
     tokens_per_s: float
+    # the accelerator's peak: torch's allocator on a GPU, the process's peak RSS on a CPU
+    peak_memory_gb: float | None = None
     resumed_from_step: int = 0
     param_digests: list[str | None]
     checkpoint: str
