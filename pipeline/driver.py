@@ -184,13 +184,19 @@ class Session:
     def track(self, status: str, report: Path | None) -> str | None:
         """Log the run to MLflow (``pipeline.lifecycle.tracking``): params, each step's metrics,
         the model step's curve, the report, and its export as a model version."""
+        steps = self.catalog.stage_runs(self.run_id)
+        if status in ("completed", "up to date") and all(s["cache_hit"] for s in steps):
+            # a rerun that built nothing adds nothing to what the building run logged, and
+            # importing MLflow would cost a fully cached rerun seconds
+            log.info("MLflow: nothing was built; run %s not logged", self.run_id)
+            return None
         model = self.plan.by_role("model")
         art = self.artifacts.get(model.name) if model is not None else None
         hf = art.path / "hf" if art is not None and (art.path / "hf").is_dir() else None
         return tracking.log_run(
             self.workdir, domain=self.domain.name, run_id=self.run_id, status=status,
             config=self.run.model_dump(mode="json"), params=self.params,
-            steps=self.catalog.stage_runs(self.run_id),
+            steps=steps,
             curve=art.path / "metrics.jsonl" if art is not None else None,
             report_dir=report.parent if report is not None else None,
             model=(art.key, hf) if hf is not None else None)
