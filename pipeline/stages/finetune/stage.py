@@ -35,6 +35,7 @@ import random
 import statistics
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.metrics import classification_report
 from pipeline.stages.models import stage as models
-from pipeline.stages.pretrain.worker_io import PretrainOutput
+from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.tasks import load_task, split_rows
 
 log = logging.getLogger("dapt")
@@ -420,16 +421,32 @@ def _probe_runs(model_name: str, model_dir: Path, data: TaskData, config: Finetu
                   "cpu_seconds": cpu, "tokens_per_s": n_tokens / seconds if seconds else 0.0}
 
 
-def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    """Every ``config.tasks[*].path`` must already be resolved to an absolute path. Inputs:
-    ``pretrain`` (the adapted model), ``models`` (the base, optional) and ``control`` (an
-    artifact whose ``hf/`` is the control model: same base and budget, general text only;
-    optional)."""
-    checkpoints = {"adapted": PretrainOutput(inputs["pretrain"].path).hf_dir}
-    if "models" in inputs:
-        checkpoints["base"] = models.hf_dir(inputs["models"])
-    if inputs.get("control") is not None:
-        checkpoints["control"] = PretrainOutput(inputs["control"].path).hf_dir
+@dataclass(frozen=True)
+class Inputs:
+    """What the step reads: the adapted model, the base model's HF directory (continue mode
+    with ``compare_base``) and the control model (same base and budget, general text only)."""
+
+    pretrain: PretrainOutput
+    base: Path | None
+    control: PretrainOutput | None
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Any]) -> Inputs:
+        base, control = inputs.get("models"), inputs.get("control")
+        return cls(PretrainOutput(inputs["pretrain"]),
+                   models.hf_dir(base) if base is not None else None,
+                   PretrainOutput(control) if control is not None else None)
+
+    def checkpoints(self) -> dict[str, Path]:
+        """{model: its HF directory}, the adapted model first."""
+        found = {"adapted": self.pretrain.hf_dir, "base": self.base,
+                 "control": self.control.hf_dir if self.control else None}
+        return {name: path for name, path in found.items() if path is not None}
+
+
+def run(config: FinetuneConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
+    """Every ``config.tasks[*].path`` must already be resolved to an absolute path."""
+    checkpoints = Inputs.of(inputs).checkpoints()
     tasks: dict[str, dict[str, Any]] = {}
     predictions = []
     for task in config.tasks:

@@ -16,8 +16,8 @@ from pipeline.config import SweepConfig
 from pipeline.driver import Session, plan
 from pipeline.lifecycle.sweep import run_sweep
 from pipeline.stages.control import stage as control
+from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.stages.pretrain.packing import TokenBatches
-from pipeline.stages.pretrain.worker_io import PretrainOutput
 from tests.conftest import seed_base_model
 from tests.e2e_domain import write_test_domain
 
