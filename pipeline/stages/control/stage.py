@@ -86,11 +86,10 @@ def general_text(sources: list[tuple[SourceConfig, list[Path]]], ingest_seed: in
 
 
 def build(config: PretrainConfig, sources: list[tuple[SourceConfig, list[Path]]],
-          ingest_seed: int, base: Artifact, out_dir: Path) -> Manifest:
+          ingest_seed: int, base_dir: Path, out_dir: Path) -> Manifest:
     from pipeline.stages.pretrain import stage as pretrain
 
     config = recipe(config)
-    base_dir = models.hf_dir(base)
     text = general_text(sources, ingest_seed)
     names = sorted({s.name for s, _ in sources})
 
@@ -134,13 +133,13 @@ class ControlJob:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What the step reads: the base model (its ``models`` artifact)."""
+    """What the step reads: the base model's HF directory."""
 
-    base: Artifact
+    base: Path
 
     @classmethod
     def of(cls, inputs: Mapping[str, Artifact]) -> Inputs:
-        return cls(inputs["models"])
+        return cls(models.hf_dir(inputs["models"]))
 
 
 def run(job: ControlJob, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
