@@ -36,9 +36,10 @@ import yaml
 
 from pipeline import domains, samples
 from pipeline.driver import Session
+from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.stages.pretrain.packing import TokenBatches
 from pipeline.stages.pretrain.worker import llama_config
-from pipeline.stages.pretrain.worker_io import PretrainOutput, WorkerSpec
+from pipeline.stages.pretrain.worker_io import WorkerSpec
 
 
 def build_model(spec: WorkerSpec, attn: str = "sdpa") -> torch.nn.Module:

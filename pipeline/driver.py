@@ -211,8 +211,9 @@ class Session:
         self.decision = promotion.decide(self.catalog, self.domain.name,
                                          model.key if model else "", self.run_id, failures)
         log.warning("%s", self.decision.message)
-        detail = (f"\n\nThe evaluation report of the candidate: {found / 'report.md'}"
-                  if found and (found / "report.md").exists() else "")
+        report_file = promotion.evaluation_report(found)
+        detail = (f"\n\nThe evaluation report of the candidate: {report_file}"
+                  if report_file else "")
         report_path = ops.write_failure_report(self.catalog, self._run_row(),
                                                self.workdir / "runs" / self.run_id,
                                                self.decision.message + detail,

@@ -216,16 +216,7 @@ class ArtifactStore:
             existing = self.get(stage, key)
             if existing and not force:
                 return existing, True
-            tmp = self.root / stage / f"{TMP}{key}-{uuid.uuid4().hex[:8]}"
-            # Holding the lock, any .tmp- of this key belongs to a build that died.
-            leftovers = sorted(
-                (p for pattern in (f"{TMP}{key}-*", f"{FAILED}{key}-*")
-                 for p in (self.root / stage).glob(pattern)),
-                key=lambda p: p.stat().st_mtime)
-            if resume and not force and leftovers:
-                os.rename(leftovers[-1], tmp)
-            else:
-                tmp.mkdir(parents=True)
+            tmp = self._build_dir(stage, key, resume=resume and not force)
             start = time.perf_counter()
             try:
                 manifest = fn(tmp)
@@ -233,10 +224,7 @@ class ArtifactStore:
                     raise RuntimeError(f"{stage}: the stage returned a {manifest.stage!r} "
                                        "manifest")
                 manifest = dataclasses.replace(
-                    manifest,
-                    key=key,
-                    config_hash=config_hash,
-                    code_version=code,
+                    manifest, key=key, config_hash=config_hash, code_version=code,
                     inputs={name: a.key for name, a in inputs.items()},
                     files=sorted(
                         str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()
@@ -244,16 +232,7 @@ class ArtifactStore:
                     created_at=datetime.now(UTC).isoformat(timespec="seconds"),
                     duration_s=round(time.perf_counter() - start, 3),
                 )
-                # Written last: its presence is what makes the artifact exist.
-                (tmp / MANIFEST).write_text(manifest.to_json())
-                final = self.path(stage, key)
-                if final.exists():
-                    trash = final.with_name(f"{OLD}{key}-{uuid.uuid4().hex[:8]}")
-                    os.rename(final, trash)
-                    os.rename(tmp, final)
-                    shutil.rmtree(trash, ignore_errors=True)
-                else:
-                    os.rename(tmp, final)
+                final = self._publish(tmp, stage, key, manifest)
             except Exception as exc:
                 # Keep what the stage wrote (its log above all) under a name that never looks
                 # like an artifact; `dapt gc` removes these.
@@ -265,3 +244,32 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             return Artifact(stage, key, final), False
+
+    def _build_dir(self, stage: str, key: str, *, resume: bool) -> Path:
+        """A fresh private build directory, or (``resume``) the newest leftover of an
+        interrupted or failed build of the key, renamed to a fresh private name."""
+        tmp = self.root / stage / f"{TMP}{key}-{uuid.uuid4().hex[:8]}"
+        # Holding the lock, any .tmp- of this key belongs to a build that died.
+        leftovers = sorted(
+            (p for pattern in (f"{TMP}{key}-*", f"{FAILED}{key}-*")
+             for p in (self.root / stage).glob(pattern)),
+            key=lambda p: p.stat().st_mtime)
+        if resume and leftovers:
+            os.rename(leftovers[-1], tmp)
+        else:
+            tmp.mkdir(parents=True)
+        return tmp
+
+    def _publish(self, tmp: Path, stage: str, key: str, manifest: Manifest) -> Path:
+        """Write the manifest last (its presence is what makes the artifact exist), then
+        rename the build directory into place, swapping out an artifact it replaces."""
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        final = self.path(stage, key)
+        if final.exists():
+            trash = final.with_name(f"{OLD}{key}-{uuid.uuid4().hex[:8]}")
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        return final

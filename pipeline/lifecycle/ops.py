@@ -21,6 +21,8 @@ from pipeline.config import PiiConfig
 from pipeline.engine.artifacts import Artifact, ArtifactStore
 from pipeline.engine.catalog import Catalog, run_status
 from pipeline.lifecycle import report
+from pipeline.stages.evaluate.output import EvaluateOutput
+from pipeline.stages.finetune.output import FinetuneOutput
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.pretrain import model_card
 
@@ -99,7 +101,7 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
         raise ValueError(f"run {run['run_id']} has no evaluate artifact (it ran "
                          f"{', '.join(artifacts) or 'no stage'}); a report needs an evaluation")
     # the evaluate manifest names every artifact it was built from, whatever this run rebuilt
-    for stage, key in evaluated.manifest.inputs.items():
+    for stage, key in EvaluateOutput(evaluated).inputs.items():
         if stage in INPUT_STAGES:  # another model of the same stage (the promoted one)
             continue
         if artifacts.get(stage) is None:
@@ -107,7 +109,7 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
     missing = [s for s, a in artifacts.items() if a is None]
     if missing:
         raise ValueError(f"run {run['run_id']}: artifacts of {missing} are gone (dapt gc?)")
-    evaluation = json.loads((evaluated.path / "metrics.json").read_text())
+    evaluation = EvaluateOutput(evaluated)
     title = f"dapt report: {run['domain']} ({run['profile']})"
     stage_table = ("table", ["stage", "artifact key", "cache hit", "seconds"],
                    [[r["stage"], f"`{r['artifact_key']}`", r["cache_hit"],
@@ -117,23 +119,30 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
     # The evaluate stage drew these plots from the same artifacts with the same code (its key
     # covers pipeline.lifecycle.report): reuse them rather than draw them again (2-5 s of a cached
     # rerun).
-    drawn = {p.name: p.read_bytes() for p in sorted((evaluated.path / "plots").glob("*.png"))}
-    path = report.write_report(out_dir, title, intro, artifacts, evaluation, images=drawn)
-    (out_dir / "summary.md").write_text(report.summary_markdown(title, artifacts, evaluation))
-    shutil.copy(evaluated.path / "metrics.json", out_dir / "metrics.json")
-    card = artifacts["pretrain"].path / "hf" / model_card.CARD_FILE if "pretrain" in artifacts \
-        else None
-    if card is not None and card.exists():  # exports from before cards had none
-        finetune = artifacts.get("finetune")
-        (out_dir / "model-card.md").write_text(model_card.run_card(
-            card.read_text(), domain=run["domain"], profile=run["profile"],
-            run_id=run["run_id"],
-            verdict=report.to_markdown(report.verdict_blocks(evaluation)).strip(),
-            rows=report.key_rows(evaluation, finetune.manifest.extra) if finetune else [],
-            pii=pii,
-            ingest_counts=artifacts["ingest"].manifest.counts if "ingest" in artifacts else {}))
+    path = report.write_report(out_dir, title, intro, artifacts, evaluation.evaluation,
+                               images=evaluation.plots)
+    (out_dir / "summary.md").write_text(report.summary_markdown(title, artifacts,
+                                                                evaluation.evaluation))
+    shutil.copy(evaluation.metrics_file, out_dir / "metrics.json")
+    _write_model_card(out_dir, run, artifacts, evaluation.evaluation, pii)
     return path
 
+
+
+def _write_model_card(out_dir: Path, run: dict, artifacts: dict[str, Artifact],
+                      evaluation: dict, pii: PiiConfig | None) -> None:
+    """``model-card.md``: the export's card with the run's evaluation and verdict."""
+    pretrain = artifacts.get("pretrain")
+    card = pretrain.path / "hf" / model_card.CARD_FILE if pretrain is not None else None
+    if card is None or not card.exists():  # exports from before cards had none
+        return
+    finetune = artifacts.get("finetune")
+    ingest = artifacts.get("ingest")
+    (out_dir / "model-card.md").write_text(model_card.run_card(
+        card.read_text(), domain=run["domain"], profile=run["profile"], run_id=run["run_id"],
+        verdict=report.to_markdown(report.verdict_blocks(evaluation)).strip(),
+        rows=report.key_rows(evaluation, FinetuneOutput(finetune)) if finetune else [],
+        pii=pii, ingest_counts=IngestOutput(ingest).counts if ingest else {}))
 
 def latest_ingest(store: ArtifactStore, catalog: Catalog, domain: str) -> Artifact:
     """The ingest artifact of the domain's most recent run that completed ingest."""
@@ -187,6 +196,17 @@ def excluded_lines(result: dict) -> list[str]:
     return lines
 
 
+def file_inputs(art: Artifact) -> list[str]:
+    """The files outside the store an artifact was built from (ingest's sources, finetune's
+    labelled tasks), each as a ``<- source|task NAME: PATH`` line."""
+    if art.stage == "ingest":
+        return [f"<- source {name}: {path}"
+                for name, paths in IngestOutput(art).source_files.items() for path in paths]
+    if art.stage == "finetune":
+        return [f"<- task {task}: {path}" for task, path in FinetuneOutput(art).task_files.items()]
+    return []
+
+
 def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:
     """Lines of an indented tree: the artifact, its inputs down to files, its dependents."""
     stage, key = find(store, key_prefix)
@@ -212,11 +232,7 @@ def lineage(store: ArtifactStore, key_prefix: str) -> list[str]:
             return
         seen.add(k)
         m = art.manifest
-        for name, path_list in m.extra.get("files", {}).items():
-            for path in path_list:
-                lines.append("  " * depth + f"<- source {name}: {path}")
-        for task, result in m.extra.get("tasks", {}).items():
-            lines.append("  " * depth + f"<- task {task}: {result['task_file']}")
+        lines.extend("  " * depth + line for line in file_inputs(art))
         for name, input_key in m.inputs.items():
             stage_of = input_stage(name)
             label = f"{name}: " if name != stage_of else ""
@@ -276,8 +292,8 @@ def find_garbage(store: ArtifactStore, catalog: Catalog, keep_runs: int | None =
                 referenced.add((input_stage(name), input_key))
                 todo.append((input_stage(name), input_key))
         # a kept ingest drop's per-shard work stays reusable (`--only ingest` rebuilds from it)
-        drop = (art.manifest.extra.get("drop") or {}) if art else {}
-        referenced.update(("ingest-shard", k) for k in drop.get("shard_keys", []))
+        shard_keys = IngestOutput(art).shard_keys if art and art.stage == "ingest" else []
+        referenced.update(("ingest-shard", k) for k in shard_keys)
     garbage = [Garbage(a.path, "unreferenced", _size(a.path)) for a in store.list()
                if (a.stage, a.key) not in referenced]
     garbage += [Garbage(g.path, g.reason, _size(g.path)) for g in store.leftovers()]

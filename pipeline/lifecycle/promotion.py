@@ -18,7 +18,6 @@ artifact key.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ from typing import Any
 from pipeline.config import RunConfig
 from pipeline.engine.artifacts import FAILED, Artifact, ArtifactStore, stable_hash
 from pipeline.engine.catalog import Catalog
+from pipeline.stages.evaluate.output import EvaluateOutput
+from pipeline.stages.ingest.artifact import IngestOutput
+from pipeline.stages.pretrain.output import PretrainOutput
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,17 @@ def continued(catalog: Catalog, store: ArtifactStore, domain: str, run: RunConfi
             f"pretrain.init: promoted: the tokenizer of the promoted model pretrain/{key} "
             f"(tokenizer/{model.manifest.inputs['tokenizer']}) is not in the artifact store "
             "any more; set pretrain.init: base to start a new lineage")
-    extra = model.manifest.extra
+    previous = PretrainOutput(model)
     fix = ("; set pretrain.init: base to start a new lineage from the base model (this "
            "retrains the tokenizer), or restore the setting")
-    if extra.get("mode") != run.pretrain.mode:
+    if previous.mode != run.pretrain.mode:
         raise ValueError(
             f"pretrain.init: promoted: the promoted model pretrain/{key} was trained with "
-            f"pretrain.mode {extra.get('mode')!r}, the config says {run.pretrain.mode!r}{fix}")
-    if run.pretrain.mode == "continue" and extra.get("base_model") != run.pretrain.base_model:
+            f"pretrain.mode {previous.mode!r}, the config says {run.pretrain.mode!r}{fix}")
+    if run.pretrain.mode == "continue" and previous.base_model != run.pretrain.base_model:
         raise ValueError(
             f"pretrain.init: promoted: the promoted model pretrain/{key} descends from base "
-            f"model {extra.get('base_model')!r}, the config names "
+            f"model {previous.base_model!r}, the config names "
             f"{run.pretrain.base_model!r}{fix}")
     if stable_hash(run.tokenizer.model_dump(mode="json")) != tokenizer.manifest.config_hash:
         raise ValueError(
@@ -119,11 +121,18 @@ def failed_evaluation(store: ArtifactStore, key: str) -> Path | None:
     return builds[-1] if builds else None
 
 
+def evaluation_report(evaluation_dir: Path | None) -> Path | None:
+    """The ``report.md`` a failed evaluation left, or None."""
+    if evaluation_dir is None:
+        return None
+    path = EvaluateOutput(evaluation_dir).report_file
+    return path if path.exists() else None
+
+
 def failed_gates(evaluation_dir: Path | None) -> list[dict[str, Any]]:
-    if evaluation_dir is None or not (evaluation_dir / "metrics.json").exists():
+    if evaluation_dir is None or not EvaluateOutput(evaluation_dir).exists:
         return []
-    verdict = json.loads((evaluation_dir / "metrics.json").read_text()).get("verdict") or {}
-    return [g for g in verdict.get("gates", []) if not g["passed"]]
+    return EvaluateOutput(evaluation_dir).failed_gates
 
 
 def decide(catalog: Catalog, domain: str, key: str, run_id: str,
@@ -225,17 +234,18 @@ def lineage_lines(catalog: Catalog, store: ArtifactStore, domain: str) -> list[s
         if art is None:
             lines.append(f"  pretrain/{key} (removed)")
             break
-        m = art.manifest
+        m, model = art.manifest, PretrainOutput(art)
         ingest = store.get("ingest", m.inputs.get("ingest", ""))
-        counts = ingest.manifest.counts if ingest else {}
+        kept = IngestOutput(ingest).kept if ingest else "?"
         parent = m.inputs.get("promoted")
         start = (f"continued pretrain/{parent}" if parent
-                 else f"from base {m.extra.get('base_model')}" if m.extra.get("mode") ==
-                 "continue" else "from fresh weights")
-        drop = f"ingest/{m.inputs.get('ingest')} ({counts.get('kept', '?')} docs kept)"
+                 else f"from base {model.base_model}" if model.mode == "continue"
+                 else "from fresh weights")
+        drop = f"ingest/{m.inputs.get('ingest')} ({kept} docs kept)"
+        trained = model.tokens_trained
         lines.append(f"  pretrain/{key}  run {_model_run(catalog, key)}  {start}")
         lines.append(f"      drop {drop}, tokenizer/{m.inputs.get('tokenizer')}, "
-                     f"{m.counts.get('tokens_trained', '?')} tokens trained")
+                     f"{'?' if trained is None else trained} tokens trained")
         key = parent
     history = catalog.promotions(domain)
     if history:

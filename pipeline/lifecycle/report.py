@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine.artifacts import Artifact
-from pipeline.stages.pretrain.worker_io import PretrainOutput
+from pipeline.stages.finetune.output import FinetuneOutput
+from pipeline.stages.ingest.artifact import IngestOutput
+from pipeline.stages.pretrain.output import PretrainOutput
+from pipeline.stages.tokenizer.output import TokenizerOutput
 
 Block = tuple[Any, ...]  # ("h1"|"h2"|"h3"|"p", text) | ("table", header, rows) | ("img", name, alt)
 
@@ -34,12 +37,7 @@ def _pm(summary: Mapping[str, float], metric: str) -> str:
     return f"{summary[metric]:.3f} +- {summary[f'{metric}_std']:.3f}"
 
 
-def tasks(finetune_extra: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(task, result) in the domain file's order: the first task is the headline."""
-    return [(name, finetune_extra["tasks"][name]) for name in finetune_extra["task_names"]]
-
-
-def key_rows(evaluation: Mapping[str, Any], finetune: Mapping[str, Any]) -> list[list[Any]]:
+def key_rows(evaluation: Mapping[str, Any], finetune: FinetuneOutput) -> list[list[Any]]:
     """metric | base | adapted | change: the numbers a reviewer decides on."""
     m, base = evaluation["metrics"], evaluation.get("base_per_source") or {}
     adapted = evaluation["per_source"]
@@ -50,7 +48,7 @@ def key_rows(evaluation: Mapping[str, Any], finetune: Mapping[str, Any]) -> list
             b = base[slice_]["bits_per_byte"] if slice_ in base else None
             rows.append([f"{slice_} bits/byte (lower is better)", _fmt(b) if b else "-", _fmt(a),
                          f"{a / b - 1:+.2%}" if b else "-"])
-    for task, result in tasks(finetune):
+    for task, result in finetune.tasks:
         for metric in ("macro_f1", "accuracy"):
             a, b = result["adapted"], result.get("base")
             rows.append([f"{task} {metric.replace('_', '-')} (mean +- std, "
@@ -129,23 +127,31 @@ def header_blocks(artifacts: Mapping[str, Artifact]) -> list[Block]:
 
 
 def training_curve(artifacts: Mapping[str, Artifact]) -> list[dict[str, Any]]:
-    return PretrainOutput(artifacts["pretrain"].path).curve()
+    return PretrainOutput(artifacts["pretrain"]).curve()
 
 
 def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
                 curve: list[dict[str, Any]]) -> list[Block]:
-    ing, tok = artifacts["ingest"].manifest, artifacts["tokenizer"].manifest
-    pre, ft = artifacts["pretrain"].manifest, artifacts["finetune"].manifest
+    pre, ft = PretrainOutput(artifacts["pretrain"]), FinetuneOutput(artifacts["finetune"])
+    base = evaluation.get("base_per_source")
+    blocks: list[Block] = [
+        ("h2", "Key results" + (f": base `{pre.base_model}` vs adapted" if base else "")),
+        ("table", ["metric", "base", "adapted", "change"], key_rows(evaluation, ft)),
+        *_language_blocks(evaluation, pre),
+        *selection_blocks(evaluation),
+        *_finetune_blocks(ft),
+        *_pretrain_blocks(pre, curve),
+        *_tokenizer_blocks(TokenizerOutput(artifacts["tokenizer"]), pre),
+        *_corpus_blocks(IngestOutput(artifacts["ingest"])),
+    ]
+    return blocks
+
+
+def _language_blocks(evaluation: Mapping[str, Any], pre: PretrainOutput) -> list[Block]:
+    """Held-out language modelling: the adapted model, beside the base and the control."""
     metrics, per_source = evaluation["metrics"], evaluation["per_source"]
     base = evaluation.get("base_per_source")
-    every = max(1, len(curve) // 10)
-    sampled = curve[::every] + ([curve[-1]] if curve and (len(curve) - 1) % every else [])
-    excluded = {k.removeprefix("excluded_"): v for k, v in ing.counts.items()
-                if k.startswith("excluded_")}
     blocks: list[Block] = [
-        ("h2", "Key results" + (f": base `{pre.extra.get('base_model')}` vs adapted"
-                                if base else "")),
-        ("table", ["metric", "base", "adapted", "change"], key_rows(evaluation, ft.extra)),
         ("h2", "Held-out language modelling"),
         ("p", f"Domain text: perplexity **{metrics['heldout_perplexity']:.2f}** (vocabulary "
          f"{int(metrics['vocab_size'])}), bits-per-byte **{metrics['heldout_bits_per_byte']:.3f}**"
@@ -158,7 +164,7 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
     ]
     if base:
         blocks += [
-            ("h3", f"Base vs adapted ({pre.extra.get('base_model')})"),
+            ("h3", f"Base vs adapted ({pre.base_model})"),
             ("p", "Bits-per-byte, which does not depend on the tokenizer; lower is better."),
             ("table", ["slice", "base", "adapted", "change"],
              [[s, base[s]["bits_per_byte"], v["bits_per_byte"],
@@ -175,16 +181,20 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
                        "adapted vs control"], control_rows(evaluation)),
         ]
     blocks.append(("img", "bits_per_byte.png", "bits-per-byte per slice, base vs adapted"))
-    blocks += selection_blocks(evaluation)
-    blocks += _finetune_blocks(ft.extra, ft.counts)
-    blocks += [
+    return blocks
+
+
+def _pretrain_blocks(pre: PretrainOutput, curve: list[dict[str, Any]]) -> list[Block]:
+    every = max(1, len(curve) // 10)
+    sampled = curve[::every] + ([curve[-1]] if curve and (len(curve) - 1) % every else [])
+    general = pre.general_eval_loss
+    return [
         ("h2", "Pretraining"),
-        ("p", f"{pre.counts['params']:,} parameters, {pre.counts['steps']} steps, "
-         f"{pre.counts['tokens_trained']:,} tokens at {pre.metrics['tokens_per_s']:.0f} "
-         f"tokens/s ({pre.extra['precision']}, world size {pre.counts['world_size']}); held-out "
-         f"loss {pre.metrics['eval_loss']:.3f}"
-         + (f", general held-out loss {pre.metrics['general_eval_loss']:.3f}"
-            if "general_eval_loss" in pre.metrics else "") + "."),
+        ("p", f"{pre.params:,} parameters, {pre.steps} steps, "
+         f"{pre.tokens_trained:,} tokens at {pre.tokens_per_s:.0f} "
+         f"tokens/s ({pre.precision}, world size {pre.world_size}); held-out "
+         f"loss {pre.eval_loss:.3f}"
+         + (f", general held-out loss {general:.3f}" if general is not None else "") + "."),
         ("img", "loss_curves.png", "training, held-out and general loss"),
         ("table", ["step", "loss", "held-out loss", "general loss", "lr", "grad norm",
                    "tokens/s"],
@@ -193,37 +203,45 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
         ("p", "Training mixture (share of packed training tokens):"),
         ("table", ["source", "target", "achieved", "tokens", "passes"],
          [[s, v["target_share"], v["achieved_share"], v["tokens"], v["passes"]]
-          for s, v in pre.extra.get("mixture", {}).items()]),
+          for s, v in pre.mixture.items()]),
+    ]
+
+
+def _tokenizer_blocks(tok: TokenizerOutput, pre: PretrainOutput) -> list[Block]:
+    return [
         ("h2", "Tokenizer"),
-        ("p", f"Domain {tok.extra.get('model', 'bpe')} tokenizer of "
-         f"{tok.counts['vocab_size']} tokens"
-         + (f"; base tokenizer extended by {tok.counts['new_tokens']} domain tokens"
-            if "new_tokens" in tok.counts else "")
-         + f"; training used the {pre.extra.get('tokenizer', 'domain')} tokenizer. Exact "
-         f"round-trip on {tok.counts['roundtrip_checked']} held-out documents."),
+        ("p", f"Domain {tok.model} tokenizer of {tok.vocab_size} tokens"
+         + (f"; base tokenizer extended by {tok.new_tokens} domain tokens"
+            if tok.new_tokens is not None else "")
+         + f"; training used the {pre.tokenizer} tokenizer. Exact "
+         f"round-trip on {tok.roundtrip_checked} held-out documents."),
         ("img", "fertility.png", "tokens per word by tokenizer"),
         ("table", ["tokenizer", "text", "fertility (tokens/word)", "characters/token"],
          [[name, part, v["fertility"], v["chars_per_token"]]
-          for name, parts in tok.extra.get("efficiency", {}).items()
-          for part, v in parts.items()]),
-        ("h2", "Corpus"),
-        ("p", f"{ing.counts['docs_in']:,} documents in, {ing.counts['kept']:,} kept "
-         f"({ing.counts['train_docs']:,} train, {ing.counts['eval_docs']:,} held out), "
-         f"{ing.counts['excluded']:,} excluded."),
-        ("table", ["reason", "documents"], [[k, v] for k, v in sorted(excluded.items())]),
-        ("table", ["source", "in", "kept"],
-         [[s, v["docs_in"], v["kept"]] for s, v in ing.extra["sources"].items()]),
+          for name, parts in tok.efficiency.items() for part, v in parts.items()]),
     ]
-    return blocks
 
 
-def _finetune_blocks(extra: Mapping[str, Any], counts: Mapping[str, int]) -> list[Block]:
+def _corpus_blocks(ing: IngestOutput) -> list[Block]:
+    return [
+        ("h2", "Corpus"),
+        ("p", f"{ing.docs_in:,} documents in, {ing.kept:,} kept "
+         f"({ing.train_docs:,} train, {ing.eval_docs:,} held out), "
+         f"{ing.excluded:,} excluded."),
+        ("table", ["reason", "documents"],
+         [[k, v] for k, v in sorted(ing.excluded_by_reason.items())]),
+        ("table", ["source", "in", "kept"],
+         [[s, v["docs_in"], v["kept"]] for s, v in ing.sources.items()]),
+    ]
+
+
+def _finetune_blocks(ft: FinetuneOutput) -> list[Block]:
     blocks: list[Block] = [("h2", "Fine-tuning")]
-    blocks.append(("p", f"Method {extra['method']}, seeds {extra['seeds']}, models: "
-                   + ", ".join(extra["models"]) + ". Same splits and hyperparameters for every "
+    blocks.append(("p", f"Method {ft.method}, seeds {ft.seeds}, models: "
+                   + ", ".join(ft.models) + ". Same splits and hyperparameters for every "
                    "model; mean +- sample standard deviation over seeds."))
     blocks.append(("img", "finetune.png", "fine-tune accuracy and macro-F1, mean +- std"))
-    for task, r in tasks(extra):
+    for task, r in ft.tasks:
         c, a, b = r["counts"], r["adapted"], r.get("base")
         blocks += [
             ("h3", f"Task {task}"),
@@ -233,7 +251,7 @@ def _finetune_blocks(extra: Mapping[str, Any], counts: Mapping[str, int]) -> lis
                 else "") + f"; majority-class rate {a['majority_rate']:.3f}."),
             # probe runs have the C chosen on validation where fine-tunes have a best epoch
             ("table", ["model", "accuracy", "macro-F1", "per seed macro-F1",
-                       "chosen C" if extra["method"] == "probe" else "best epochs"],
+                       "chosen C" if ft.method == "probe" else "best epochs"],
              [[name, _pm(s, "accuracy"), _pm(s, "macro_f1"),
                ", ".join(f"{x['macro_f1']:.3f}" for x in s["runs"]),
                ", ".join(f"{x.get('best_epoch', x.get('c'))}" for x in s["runs"])]
@@ -251,23 +269,24 @@ def _finetune_blocks(extra: Mapping[str, Any], counts: Mapping[str, int]) -> lis
 # --- plots --------------------------------------------------------------------------------------
 
 
-def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
-          curve: list[dict[str, Any]]) -> dict[str, bytes]:
-    """PNG bytes by file name, for every ``img`` block."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    out: dict[str, bytes] = {}
+    return plt
 
-    def save(name: str, fig: Any) -> None:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-        plt.close(fig)
-        out[name] = buf.getvalue()
 
+def _png(plt: Any, fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _loss_figure(plt: Any, curve: list[dict[str, Any]]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4))
     for field, label in (("loss", "train"), ("heldout_loss", "held-out domain"),
                          ("general_loss", "held-out general")):
@@ -277,8 +296,10 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
                     marker="o" if field != "loss" else None)
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="Pretraining loss")
     ax.legend()
-    save("loss_curves.png", fig)
+    return fig
 
+
+def _bits_figure(plt: Any, evaluation: Mapping[str, Any]) -> Any:
     adapted, base = evaluation["per_source"], evaluation.get("base_per_source") or {}
     slices = list(adapted)
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(slices)), 4))
@@ -292,10 +313,11 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
     ax.set_xticks(list(xs), slices, rotation=20, ha="right")
     ax.set(ylabel="bits per byte (lower is better)", title="Held-out bits-per-byte")
     ax.legend()
-    save("bits_per_byte.png", fig)
+    return fig
 
-    ft = artifacts["finetune"].manifest.extra
-    bars = [(task, model, r[model]) for task, r in tasks(ft)
+
+def _finetune_figure(plt: Any, ft: FinetuneOutput) -> Any:
+    bars = [(task, model, r[model]) for task, r in ft.tasks
             for model in ("base", "control", "adapted") if r.get(model)]
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(bars)), 4))
     for ax, metric in zip(axes, ("accuracy", "macro_f1"), strict=True):
@@ -305,40 +327,43 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
                       for _, m, _ in bars])
         ax.set_xticks(range(len(bars)), [f"{t}\n{m}" for t, m, _ in bars])
         ax.set(ylim=(0, 1), title=metric.replace("macro_f1", "macro-F1"))
-    fig.suptitle(f"Fine-tuning: mean +- std over {len(ft['seeds'])} seeds "
+    fig.suptitle(f"Fine-tuning: mean +- std over {len(ft.seeds)} seeds "
                  "(blue: base, gray: control, orange: adapted)")
-    save("finetune.png", fig)
+    return fig
 
-    for task, r in tasks(ft):
-        m, labels = r["adapted"]["confusion"], r["labels"]
-        fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(labels), 1.2 + 0.45 * len(labels)))
-        ax.imshow(m, cmap="Blues")
-        for i, row in enumerate(m):
-            for j, v in enumerate(row):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set(xlabel="predicted", ylabel="true", title=f"{task} (adapted, all seeds)")
-        save(f"confusion_{task}.png", fig)
 
-    sel = evaluation.get("selection")
-    if sel:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        steps = [c["step"] for c in sel["candidates"]]
-        ax.plot(steps, [100 * c["domain_change"] for c in sel["candidates"]], marker="o",
-                label="domain dev loss")
-        general = [(c["step"], 100 * c["general_change"]) for c in sel["candidates"]
-                   if c["general_change"] is not None]
-        if general:
-            ax.plot(*zip(*general, strict=True), marker="o", label="general dev loss")
-            ax.axhline(100 * sel["max_general_degradation"], color="grey", linestyle="--",
-                       label="general limit")
-        ax.axvline(sel["chosen_step"], color="tab:green", linestyle=":", label="chosen")
-        ax.set(xlabel="step", ylabel="change vs base (%)", title="Checkpoint choice (dev)")
-        ax.legend()
-        save("checkpoints.png", fig)
+def _confusion_figure(plt: Any, task: str, result: Mapping[str, Any]) -> Any:
+    m, labels = result["adapted"]["confusion"], result["labels"]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(labels), 1.2 + 0.45 * len(labels)))
+    ax.imshow(m, cmap="Blues")
+    for i, row in enumerate(m):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{task} (adapted, all seeds)")
+    return fig
 
-    eff = artifacts["tokenizer"].manifest.extra.get("efficiency", {})
+
+def _selection_figure(plt: Any, sel: Mapping[str, Any]) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [c["step"] for c in sel["candidates"]]
+    ax.plot(steps, [100 * c["domain_change"] for c in sel["candidates"]], marker="o",
+            label="domain dev loss")
+    general = [(c["step"], 100 * c["general_change"]) for c in sel["candidates"]
+               if c["general_change"] is not None]
+    if general:
+        ax.plot(*zip(*general, strict=True), marker="o", label="general dev loss")
+        ax.axhline(100 * sel["max_general_degradation"], color="grey", linestyle="--",
+                   label="general limit")
+    ax.axvline(sel["chosen_step"], color="tab:green", linestyle=":", label="chosen")
+    ax.set(xlabel="step", ylabel="change vs base (%)", title="Checkpoint choice (dev)")
+    ax.legend()
+    return fig
+
+
+def _fertility_figure(plt: Any, tok: TokenizerOutput) -> Any:
+    eff = tok.efficiency
     names = list(eff)
     parts = sorted({p for v in eff.values() for p in v})
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names)), 4))
@@ -349,7 +374,23 @@ def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
     ax.set_xticks([i + width * (len(parts) - 1) / 2 for i in range(len(names))], names)
     ax.set(ylabel="tokens per word (lower is better)", title="Tokenizer fertility")
     ax.legend(title="text")
-    save("fertility.png", fig)
+    return fig
+
+
+def plots(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any],
+          curve: list[dict[str, Any]]) -> dict[str, bytes]:
+    """PNG bytes by file name, for every ``img`` block."""
+    plt = _pyplot()
+    ft = FinetuneOutput(artifacts["finetune"])
+    out = {"loss_curves.png": _png(plt, _loss_figure(plt, curve)),
+           "bits_per_byte.png": _png(plt, _bits_figure(plt, evaluation)),
+           "finetune.png": _png(plt, _finetune_figure(plt, ft))}
+    for task, result in ft.tasks:
+        out[f"confusion_{task}.png"] = _png(plt, _confusion_figure(plt, task, result))
+    if evaluation.get("selection"):
+        out["checkpoints.png"] = _png(plt, _selection_figure(plt, evaluation["selection"]))
+    tok = TokenizerOutput(artifacts["tokenizer"])
+    out["fertility.png"] = _png(plt, _fertility_figure(plt, tok))
     return out
 
 
@@ -431,5 +472,5 @@ def summary_markdown(title: str, artifacts: Mapping[str, Artifact],
     return to_markdown([("h2", title), *verdict_blocks(evaluation),
                         ("table", ["metric", "base", "adapted", "change"],
                                         key_rows(evaluation,
-                                                 artifacts["finetune"].manifest.extra)),
+                                                 FinetuneOutput(artifacts["finetune"]))),
                         *header_blocks(artifacts)])

@@ -34,7 +34,7 @@ from pipeline.domains import Domain
 from pipeline.driver import Session
 from pipeline.engine import progress
 from pipeline.engine.catalog import Catalog
-from pipeline.stages.pretrain.worker_io import PretrainOutput
+from pipeline.stages.pretrain.output import PretrainOutput
 
 log = logging.getLogger("dapt")
 

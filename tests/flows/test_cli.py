@@ -41,7 +41,8 @@ def test_run_with_bad_domain_file_fails_fast_naming_field(tmp_path: Path) -> Non
         in result.output
 
 
-def test_unknown_domain_and_stage(tmp_path: Path) -> None:
+def test_unknown_domain_and_profile(tmp_path: Path) -> None:
+    # an unknown stage (--only, --from) is tested on the plan: test_runner's selection test
     result = runner.invoke(app, ["run", "astrology", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown domain 'astrology'" in result.output
     result = runner.invoke(app, ["domains", "show", "medical", "--profile", "huge"])

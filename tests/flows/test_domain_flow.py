@@ -16,7 +16,7 @@ from flows.cli import app
 from flows.domain_flow import domain_pipeline
 from pipeline.engine.catalog import Catalog
 from pipeline.stages.pretrain.packing import TokenBatches
-from tests.e2e_domain import write_test_domain
+from tests.e2e_domain import GENERAL_LINES, SLICE_LINES, write_test_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # the whole flow under Prefect
 
@@ -64,7 +64,8 @@ def test_first_run_builds_every_stage_and_reports(first_run: dict) -> None:
     assert not list((work / "artifacts").glob("*/.tmp-*"))
     ingest_dir = work / "artifacts/ingest" / stages["ingest"][1]
     counts = json.loads((ingest_dir / "manifest.json").read_text())["counts"]
-    assert counts["docs_in"] == counts["kept"] + counts["excluded"] == 7500 + 300
+    assert (counts["docs_in"] == counts["kept"] + counts["excluded"]
+            == sum(SLICE_LINES.values()) + GENERAL_LINES)
     # HPO definitions are also the organ_system task's texts: its test split leaves training
     assert counts["excluded_contaminated"] > 0 and counts["decontamination_test_sets"] == 2
     assert pq.read_table(ingest_dir / "excluded.parquet").num_rows == counts["excluded"]
@@ -230,8 +231,9 @@ def test_cli_plan_shows_every_stage_cached_after_a_run(first_run: dict) -> None:
     result = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
                                       "--workdir", str(first_run["work"]), "--json"])
     assert result.exit_code == 0, result.output
-    assert [{k: r[k] for k in ("step", "key", "cached")} for r in json.loads(result.output)
-            ] == [{"step": s, "key": key, "cached": True} for s, (_, key) in built.items()]
+    rows = json.loads(result.output)  # each row also has the step's name, title and sharing
+    assert [{k: r[k] for k in ("stage", "key", "cached")} for r in rows] == [
+        {"stage": s, "key": key, "cached": True} for s, (_, key) in built.items()]
     text = CliRunner().invoke(app, ["plan", "--domain-file", first_run["domain_file"],
                                     "--workdir", str(first_run["work"])]).output
     assert f"evaluate   {built['evaluate'][1]}  cached" in text

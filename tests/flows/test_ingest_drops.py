@@ -39,7 +39,9 @@ def test_drops_through_the_flow_show_their_reuse_in_dapt_runs(
     def run() -> dict:
         domain_pipeline(only="ingest", workdir=str(work), domain_file=str(path))
         latest = Catalog(work / "catalog.duckdb").runs(limit=1)[0]
+        assert latest["status"] == "completed", latest
         [stage] = Catalog(work / "catalog.duckdb").stage_runs(latest["run_id"])
+        assert stage["status"] == "completed", stage
         return {"run_id": latest["run_id"], **json.loads(stage["metrics"])}
 
     (drops / "d1.jsonl").write_text("".join(lines[:600]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,10 @@ def general_text(sources: list[tuple[SourceConfig, list[Path]]], ingest_seed: in
 
 
 def build(config: PretrainConfig, sources: list[tuple[SourceConfig, list[Path]]],
-          ingest_seed: int, base: Artifact, out_dir: Path) -> Manifest:
+          ingest_seed: int, base_dir: Path, out_dir: Path) -> Manifest:
     from pipeline.stages.pretrain import stage as pretrain
 
     config = recipe(config)
-    base_dir = models.hf_dir(base)
     text = general_text(sources, ingest_seed)
     names = sorted({s.name for s, _ in sources})
 
@@ -131,8 +131,20 @@ class ControlJob:
     ingest_seed: int
 
 
-def run(job: ControlJob, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    """The step (it trains: minutes to hours); ``inputs["models"]`` is the base model."""
+@dataclass(frozen=True)
+class Inputs:
+    """What the step reads: the base model's HF directory."""
+
+    base: Path
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Artifact]) -> Inputs:
+        return cls(models.hf_dir(inputs["models"]))
+
+
+def run(job: ControlJob, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
+    """The step (it trains: minutes to hours)."""
+    given = Inputs.of(inputs)
     log.info("control: training the base model on general text only (%d steps); every domain "
              "with this recipe reuses it", job.pretrain.max_steps)
-    return build(job.pretrain, job.sources, job.ingest_seed, inputs["models"], out_dir)
+    return build(job.pretrain, job.sources, job.ingest_seed, given.base, out_dir)

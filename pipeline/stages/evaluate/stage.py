@@ -25,6 +25,8 @@ import gc
 import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,11 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
 from pipeline.metrics import bits_per_byte, perplexity
+from pipeline.stages.finetune.output import FinetuneOutput
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
-from pipeline.stages.pretrain.worker_io import PretrainOutput
-from pipeline.stages.tokenizer.stage import TokenizerOutput
+from pipeline.stages.pretrain.output import PretrainOutput
+from pipeline.stages.tokenizer.output import TokenizerOutput
 
 
 @torch.no_grad()
@@ -156,11 +159,11 @@ def comparison(config: EvaluateConfig, adapted: dict[str, dict[str, float]],
     return out
 
 
-def test_text(config: EvaluateConfig, ingest: Artifact) -> tuple[list[str], list[str],
-                                                                   list[bool]]:
+def test_text(config: EvaluateConfig, ingest: IngestOutput
+              ) -> tuple[list[str], list[str], list[bool]]:
     """The held-out test documents scored: the domain slice and the general slice, capped (a
     prefix is a fair sample: the file is in hash order). Dev documents are never scored here."""
-    parts = IngestOutput(ingest).held_out_parts(["source", "text"])
+    parts = ingest.held_out_parts(["source", "text"])
     general_cap = config.max_general_docs or config.max_eval_docs
     domain = parts["domain"]["test"].slice(0, config.max_eval_docs)
     general = parts["general"]["test"].slice(0, general_cap)
@@ -249,60 +252,108 @@ def verdict(metrics: dict[str, float], config: EvaluateConfig, base_model: str |
     return {"text": f"{who}: " + ", ".join(parts) if parts else who, "gates": gates}
 
 
-def run(config: EvaluateConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    pretrain, finetune = PretrainOutput(inputs["pretrain"].path), inputs["finetune"]
-    tok = AutoTokenizer.from_pretrained(pretrain.hf_dir)
+@dataclass(frozen=True)
+class Inputs:
+    """What the step reads: the corpus, the tokenizer, the adapted model and its fine-tunes;
+    the reference in the "base" slot (continue mode: the base model's HF directory; with
+    ``init: promoted``: the promoted model it would replace, ``previous``), and the control.
+    ``artifacts``: every input artifact, as the report's header lists them."""
+
+    ingest: IngestOutput
+    tokenizer: TokenizerOutput
+    pretrain: PretrainOutput
+    finetune: FinetuneOutput
+    base: Path | None
+    previous: PretrainOutput | None
+    control: PretrainOutput | None
+    artifacts: Mapping[str, Artifact]
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Artifact]) -> Inputs:
+        base, previous, control = (inputs.get(n) for n in ("models", "previous", "control"))
+        return cls(IngestOutput(inputs["ingest"]), TokenizerOutput(inputs["tokenizer"]),
+                   PretrainOutput(inputs["pretrain"]), FinetuneOutput(inputs["finetune"]),
+                   models.hf_dir(base) if base is not None else None,
+                   PretrainOutput(previous) if previous is not None else None,
+                   PretrainOutput(control) if control is not None else None, inputs)
+
+    def model_dirs(self) -> dict[str, Path]:
+        """{adapted, base, control: HF directory}; "base" is the promoted model a continued
+        lineage's candidate would replace, else the base model in continue mode."""
+        dirs = {"adapted": self.pretrain.hf_dir}
+        if self.previous is not None:  # pretrain.init: promoted: gated against its model
+            dirs["base"] = self.previous.hf_dir
+        elif self.base is not None:  # continue mode: the base model, same text and windows
+            dirs["base"] = self.base
+        if self.control is not None:
+            dirs["control"] = self.control.hf_dir
+        return dirs
+
+    def reference(self) -> str | None:
+        """What the verdict compares the adapted model with, in words."""
+        if self.previous is not None:
+            return f"promoted pretrain/{self.previous.key}"
+        return self.pretrain.base_model
+
+
+def lm_metrics(per: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The adapted model's held-out figures, and the control's bits-per-byte."""
+    domain, control = per["adapted"]["domain"], per.get("control")
+    general = per["adapted"].get("general")
+    return {
+        "heldout_perplexity": domain["perplexity"],
+        "heldout_bits_per_byte": domain["bits_per_byte"],
+        "heldout_tokens": float(domain["tokens"]),
+        **({"heldout_bits_per_byte_se": domain["bits_per_byte_se"]}
+           if "bits_per_byte_se" in domain else {}),
+        **({"general_perplexity": general["perplexity"],
+            "general_bits_per_byte": general["bits_per_byte"]} if general else {}),
+        **({"control_heldout_bits_per_byte": control["domain"]["bits_per_byte"],
+            **({"control_general_bits_per_byte": control["general"]["bits_per_byte"]}
+               if "general" in control else {})} if control else {}),
+    }
+
+
+def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
+              is_general: list[bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each model's per-document scores, and its per-slice and per-source figures."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    window = pretrain.seq_len
-    texts, sources, is_general = test_text(config, inputs["ingest"])
-    dirs = {"adapted": pretrain.hf_dir}
-    if "previous" in inputs:  # pretrain.init: promoted: gated against the model it replaces
-        dirs["base"] = PretrainOutput(inputs["previous"].path).hf_dir
-    elif "models" in inputs:  # continue mode: the base model on the same text, same windows
-        dirs["base"] = models.hf_dir(inputs["models"])
-    if "control" in inputs:
-        dirs["control"] = PretrainOutput(inputs["control"].path).hf_dir
-    scores = {name: score_model(d, texts, window, config.batch_size, device)
-              for name, d in dirs.items()}
+    scores = {name: score_model(d, texts, given.pretrain.seq_len, config.batch_size, device)
+              for name, d in given.model_dirs().items()}
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
     draws = ({k: bootstrap_indices(len(v), config.bootstrap_samples) for k, v in slices.items()
               if len(v)} if config.bootstrap_samples else None)
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
+    return per, changes(scores, slices, draws)
+
+
+def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
+    given = Inputs.of(inputs)
+    tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
+    texts, sources, is_general = test_text(config, given.ingest)
+    per, changed = score_all(config, given, texts, sources, is_general)
     per_source, base_scores = per["adapted"], per.get("base")
-    ft, tk = finetune.manifest, TokenizerOutput(inputs["tokenizer"])
+    ft = given.finetune
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
-        **changes(scores, slices, draws),
-        "heldout_perplexity": per_source["domain"]["perplexity"],
-        "heldout_bits_per_byte": per_source["domain"]["bits_per_byte"],
-        "heldout_tokens": float(per_source["domain"]["tokens"]),
-        **({"heldout_bits_per_byte_se": per_source["domain"]["bits_per_byte_se"]}
-           if "bits_per_byte_se" in per_source["domain"] else {}),
-        **({"general_perplexity": per_source["general"]["perplexity"],
-            "general_bits_per_byte": per_source["general"]["bits_per_byte"]}
-           if "general" in per_source else {}),
-        **({"control_heldout_bits_per_byte": per["control"]["domain"]["bits_per_byte"],
-            **({"control_general_bits_per_byte": per["control"]["general"]["bits_per_byte"]}
-               if "general" in per["control"] else {})} if "control" in per else {}),
+        **changed,
+        **lm_metrics(per),
         # finetune_accuracy, finetune_macro_f1(_std), finetune_base_macro_f1, ..._gain
         **{f"finetune_{k}": v for k, v in ft.metrics.items()},
         # the tokenizer training used: domain (from scratch), base or extended (continue)
-        "tokenizer_fertility": tk.fertility(
-            inputs["pretrain"].manifest.extra.get("tokenizer", "domain")),
+        "tokenizer_fertility": given.tokenizer.fertility(given.pretrain.tokenizer),
         "vocab_size": float(len(tok)),
     }
-    ft_view = {**ft.metrics, "seeds": len(ft.extra.get("seeds", []))}
-    reference = (f"promoted pretrain/{inputs['previous'].key}" if "previous" in inputs
-                 else inputs["pretrain"].manifest.extra.get("base_model"))
-    result = verdict(metrics, config, reference, ft_view)
+    result = verdict(metrics, config, given.reference(),
+                     {**ft.metrics, "seeds": len(ft.seeds)})
+    selection = given.pretrain.selection
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
                   "control_per_source": per.get("control"), "verdict": result,
-                  "selection": pretrain.summary.selection.model_dump()
-                  if pretrain.summary.selection else None}
+                  "selection": selection.model_dump() if selection else None}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
-    write_report(out_dir, "Evaluation report", [], inputs, evaluation)
+    write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]
     if failed and base_scores:
         comparison(config, per_source, base_scores)  # raises, naming each failed gate

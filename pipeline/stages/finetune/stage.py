@@ -35,6 +35,7 @@ import random
 import statistics
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.metrics import classification_report
 from pipeline.stages.models import stage as models
-from pipeline.stages.pretrain.worker_io import PretrainOutput
+from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.tasks import load_task, split_rows
 
 log = logging.getLogger("dapt")
@@ -136,6 +137,73 @@ def _batches(rows: list[int], size: int, rng: random.Random | None) -> list[list
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+class _Classifier:
+    """A sequence classifier on ``model_dir`` over one task's encoded rows: its batches and its
+    predictions (bf16 autocast on a GPU; on CPU, bf16 is ~20x slower than fp32)."""
+
+    def __init__(self, model_dir: Path, data: TaskData, config: FinetuneConfig,
+                 device: torch.device):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"
+        self.tok, self.device, self.batch_size = tok, device, config.batch_size
+        self.model = adapt(AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=len(data.label_names),
+            id2label=dict(enumerate(data.label_names)),
+            label2id={n: i for i, n in enumerate(data.label_names)},
+            pad_token_id=tok.pad_token_id), config).to(device)
+        used = sorted(set().union(*data.splits.values()))  # not the whole file: maybe 50k rows
+        self.encoded = dict(zip(used, tok([data.texts[i] for i in used], truncation=True,
+                                          max_length=config.max_seq_len)["input_ids"],
+                                strict=True))
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                       enabled=device.type == "cuda")
+
+    def batch(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        enc = self.tok.pad({"input_ids": [self.encoded[i] for i in rows]}, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    @torch.no_grad()
+    def predict(self, rows: list[int]) -> list[int]:
+        self.model.eval()
+        out: list[int] = []
+        for chunk in _batches(rows, self.batch_size, None):
+            with self.autocast:
+                out.extend(self.model(**self.batch(chunk)).logits.argmax(-1).tolist())
+        return out
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()
+                if p.requires_grad}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+
+def _train_epoch(clf: _Classifier, data: TaskData, opt: torch.optim.Optimizer,
+                 sched: Any, rng: random.Random, epoch: int, bar: Any) -> float:
+    """One pass over the train rows; the mean training loss."""
+    clf.model.train()
+    trainable = [p for p in clf.model.parameters() if p.requires_grad]
+    losses = []
+    for rows in _batches(data.splits["train"], clf.batch_size, rng):
+        with clf.autocast:
+            loss = clf.model(**clf.batch(rows), labels=torch.tensor(
+                [data.labels[i] for i in rows], device=clf.device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        bar.update(epoch=epoch, loss=losses[-1])
+    return sum(losses) / len(losses)
+
+
 def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, label: str
         ) -> dict[str, Any]:
     """Fine-tune ``model_dir`` on one task with one seed; the test report, the history and
@@ -143,35 +211,8 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    model = adapt(AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(data.label_names),
-        id2label=dict(enumerate(data.label_names)),
-        label2id={n: i for i, n in enumerate(data.label_names)},
-        pad_token_id=tok.pad_token_id), config).to(device)
-    used = sorted(set().union(*data.splits.values()))  # not the whole file: it may be 50k rows
-    encoded = dict(zip(used, tok([data.texts[i] for i in used], truncation=True,
-                                 max_length=config.max_seq_len)["input_ids"], strict=True))
-    # fp32 weights; bf16 autocast on a GPU (on CPU, bf16 is ~20x slower than fp32)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def batch(rows: list[int]) -> dict[str, torch.Tensor]:
-        enc = tok.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-        return {k: v.to(device) for k, v in enc.items()}
-
-    @torch.no_grad()
-    def predict(rows: list[int]) -> list[int]:
-        model.eval()
-        out: list[int] = []
-        for chunk in _batches(rows, config.batch_size, None):
-            with autocast:
-                out.extend(model(**batch(chunk)).logits.argmax(-1).tolist())
-        return out
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    clf = _Classifier(model_dir, data, config, device)
+    trainable = [p for p in clf.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * -(-len(data.splits["train"]) // config.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total))
@@ -180,28 +221,14 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
     history = []
     bar = progress.track(f"finetune {data.name} {label} seed {seed}", total, "batches")
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        losses = []
-        for rows in _batches(data.splits["train"], config.batch_size, rng):
-            with autocast:
-                loss = model(**batch(rows), labels=torch.tensor(
-                    [data.labels[i] for i in rows], device=device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-            bar.update(epoch=epoch, loss=losses[-1])
-        entry: dict[str, float] = {"epoch": epoch, "train_loss": sum(losses) / len(losses)}
+        entry: dict[str, float] = {
+            "epoch": epoch, "train_loss": _train_epoch(clf, data, opt, sched, rng, epoch, bar)}
         if val:
             entry["validation_macro_f1"] = classification_report(
-                [data.labels[i] for i in val], predict(val),
+                [data.labels[i] for i in val], clf.predict(val),
                 len(data.label_names))["macro_f1"]
             if best is None or entry["validation_macro_f1"] > best[0]:
-                state = {n: p.detach().clone() for n, p in model.named_parameters()
-                         if p.requires_grad}
-                best = (entry["validation_macro_f1"], epoch, state)
+                best = (entry["validation_macro_f1"], epoch, clf.trainable_state())
         history.append(entry)
         log.info("finetune %s %s seed %d: epoch %d %s", data.name, label, seed, epoch,
                  ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch"))
@@ -211,20 +238,17 @@ def fit(model_dir: Path, data: TaskData, config: FinetuneConfig, seed: int, labe
     best_epoch = history[-1]["epoch"]
     if best is not None:
         _, best_epoch, state = best
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
+        clf.load_state(state)
     test = data.splits["test"]
-    preds = predict(test)
+    preds = clf.predict(test)
     # The optimizer and its scheduler reference each other, so without this the AdamW state
     # (twice the trainable weights) would outlive the call until a full garbage collection.
     opt.state.clear()
-    model.cpu()
+    clf.model.cpu()
     report = classification_report([data.labels[i] for i in test], preds,
                                    len(data.label_names))
     return {**report, "seed": seed, "best_epoch": best_epoch, "history": history,
-            "predictions": preds, "model": model, "tokenizer": tok}
+            "predictions": preds, "model": clf.model, "tokenizer": clf.tok}
 
 
 def resplit(data: TaskData, seed: int, split_seed: int) -> dict[str, list[int]]:
@@ -420,16 +444,32 @@ def _probe_runs(model_name: str, model_dir: Path, data: TaskData, config: Finetu
                   "cpu_seconds": cpu, "tokens_per_s": n_tokens / seconds if seconds else 0.0}
 
 
-def run(config: FinetuneConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    """Every ``config.tasks[*].path`` must already be resolved to an absolute path. Inputs:
-    ``pretrain`` (the adapted model), ``models`` (the base, optional) and ``control`` (an
-    artifact whose ``hf/`` is the control model: same base and budget, general text only;
-    optional)."""
-    checkpoints = {"adapted": PretrainOutput(inputs["pretrain"].path).hf_dir}
-    if "models" in inputs:
-        checkpoints["base"] = models.hf_dir(inputs["models"])
-    if inputs.get("control") is not None:
-        checkpoints["control"] = PretrainOutput(inputs["control"].path).hf_dir
+@dataclass(frozen=True)
+class Inputs:
+    """What the step reads: the adapted model, the base model's HF directory (continue mode
+    with ``compare_base``) and the control model (same base and budget, general text only)."""
+
+    pretrain: PretrainOutput
+    base: Path | None
+    control: PretrainOutput | None
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Any]) -> Inputs:
+        base, control = inputs.get("models"), inputs.get("control")
+        return cls(PretrainOutput(inputs["pretrain"]),
+                   models.hf_dir(base) if base is not None else None,
+                   PretrainOutput(control) if control is not None else None)
+
+    def checkpoints(self) -> dict[str, Path]:
+        """{model: its HF directory}, the adapted model first."""
+        found = {"adapted": self.pretrain.hf_dir, "base": self.base,
+                 "control": self.control.hf_dir if self.control else None}
+        return {name: path for name, path in found.items() if path is not None}
+
+
+def run(config: FinetuneConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
+    """Every ``config.tasks[*].path`` must already be resolved to an absolute path."""
+    checkpoints = Inputs.of(inputs).checkpoints()
     tasks: dict[str, dict[str, Any]] = {}
     predictions = []
     for task in config.tasks:

@@ -31,7 +31,11 @@ class IngestOutput:
     - ``source_names`` (config order, as packing indexes them), ``general_sources`` (the
       replayed general text), ``train_chars`` (cumulative), ``drop_train_chars``;
     - ``drop_number`` (1 for the first drop or a corpus ingested at once) and ``previous`` (the
-      previous drop's ingest key, or None).
+      previous drop's ingest key, or None); ``is_drop`` (a lineage's drop, not a corpus
+      ingested at once) and ``shard_keys`` (its per-shard work, kept for a rebuild);
+    - this drop's counts: ``docs_in``, ``kept``, ``train_docs``, ``eval_docs``, ``excluded``,
+      ``excluded_by_reason`` ({reason: documents}), and ``sources`` ({source: {docs_in, kept,
+      ...}}) and ``source_files`` ({source: its files}).
     """
 
     def __init__(self, artifact: Artifact):
@@ -70,8 +74,51 @@ class IngestOutput:
         return (self._manifest.extra.get("drop") or {}).get("previous")
 
     @property
+    def is_drop(self) -> bool:
+        return "drop" in self._manifest.extra
+
+    @property
+    def shard_keys(self) -> list[str]:
+        return list((self._manifest.extra.get("drop") or {}).get("shard_keys", []))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Every count of the manifest (documents in, kept, by exclusion reason, PII per type)."""
+        return dict(self._manifest.counts)
+
+    @property
     def docs_in(self) -> int:
         return int(self._manifest.counts["docs_in"])
+
+    @property
+    def kept(self) -> int:
+        return int(self._manifest.counts["kept"])
+
+    @property
+    def train_docs(self) -> int:
+        return int(self._manifest.counts.get("train_docs", 0))
+
+    @property
+    def eval_docs(self) -> int:
+        return int(self._manifest.counts["eval_docs"])
+
+    @property
+    def excluded(self) -> int:
+        return int(self._manifest.counts["excluded"])
+
+    @property
+    def excluded_by_reason(self) -> dict[str, int]:
+        return {k.removeprefix("excluded_"): v for k, v in self._manifest.counts.items()
+                if k.startswith("excluded_")}
+
+    @property
+    def source_files(self) -> dict[str, list[str]]:
+        """{source: the files ingest read for it}."""
+        return dict(self._manifest.extra.get("files", {}))
+
+    @property
+    def sources(self) -> dict[str, dict[str, int]]:
+        return dict(self._manifest.extra["sources"])
 
     @property
     def train_shards(self) -> list[Path]:

@@ -33,7 +33,8 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,9 @@ from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
 from pipeline.stages.pretrain import model_card, packing
-from pipeline.stages.pretrain.worker_io import (
-    PretrainOutput,
-    WorkerEvent,
-    WorkerSpec,
-    WorkerSummary,
-)
-from pipeline.stages.tokenizer.stage import TokenizerOutput
+from pipeline.stages.pretrain.output import PretrainOutput
+from pipeline.stages.pretrain.worker_io import WorkerEvent, WorkerSpec, WorkerSummary
+from pipeline.stages.tokenizer.output import TokenizerOutput
 
 log = logging.getLogger("dapt")
 
@@ -300,47 +297,91 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
     return {"summary": summary, "cmd": cmd, "bf16": bf16}
 
 
-def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    tok_out, ingest = TokenizerOutput(inputs["tokenizer"]), IngestOutput(inputs["ingest"])
-    base_tok_dir, promoted = None, inputs.get("promoted")
-    if promoted is not None:  # init: promoted: the lineage's model and its frozen tokenizer
-        base_dir = tok_dir = PretrainOutput(promoted.path).hf_dir
-        base_config = json.loads((base_dir / "config.json").read_text())
-        eos_id = base_config["eos_token_id"]
-        pad_id = base_config.get("pad_token_id") or eos_id
-    elif config.mode == "continue":  # the base model's own tokenizer, or its extension
-        base_dir = models.hf_dir(inputs["models"])
-        extended = tok_out.extended_dir
-        tok_dir = extended or base_dir
-        base_tok_dir = base_dir if extended else None
-        base_config = json.loads((base_dir / "config.json").read_text())
-        eos_id = base_config["eos_token_id"]
-        pad_id = base_config.get("pad_token_id") or eos_id
-    else:
-        base_dir, tok_dir = None, tok_out.dir
-        eos_id, pad_id = tok_out.eos_id, tok_out.pad_id
+@dataclass(frozen=True)
+class Inputs:
+    """What the step reads: the corpus, the tokenizer, in continue mode the base model's HF
+    directory, and with ``init: promoted`` the promoted model it continues."""
 
-    def pack_fn(data_dir: Path) -> dict[str, Any]:
-        held = ingest.held_out_parts(["source", "text"])
-        dev = pa.concat_tables([held["domain"]["dev"], held["general"]["dev"]])
-        if promoted is None:
-            train_files, earlier = ingest.train_shards, None
-        else:  # the new drop, and the earlier drops to replay
-            train_files = ingest.drop_train_shards
-            earlier = [f for f in ingest.train_shards if f not in set(train_files)]
-            if not train_files:
-                raise QualityGateError(
-                    f"pretrain.init: promoted: the new drop has no training documents (ingest/"
-                    f"{inputs['ingest'].key}); nothing to continue pretrain/{promoted.key} on")
-        return pack(config, train_files, dev, ingest.source_names,
-                    set(ingest.general_sources), tok_dir / "tokenizer.json", eos_id, data_dir,
-                    earlier_files=earlier)
+    ingest: IngestOutput
+    tokenizer: TokenizerOutput
+    base: Path | None
+    promoted: PretrainOutput | None
 
-    packed = packed_streams(config, out_dir, pack_fn)
-    trained = train(config, packed, out_dir, tok_dir=tok_dir, base_dir=base_dir,
-                    base_tok_dir=base_tok_dir, eos_id=eos_id, pad_id=pad_id)
+    @classmethod
+    def of(cls, inputs: Mapping[str, Artifact]) -> Inputs:
+        base, promoted = inputs.get("models"), inputs.get("promoted")
+        return cls(IngestOutput(inputs["ingest"]), TokenizerOutput(inputs["tokenizer"]),
+                   models.hf_dir(base) if base is not None else None,
+                   PretrainOutput(promoted) if promoted is not None else None)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where training starts: the weights (None: fresh), the tokenizer it trains with, the base
+    tokenizer an extension grew from (for the new embeddings), and the special ids."""
+
+    base_dir: Path | None
+    tok_dir: Path
+    base_tok_dir: Path | None
+    eos_id: int
+    pad_id: int
+
+
+def _special_ids(model_dir: Path) -> tuple[int, int]:
+    base_config = json.loads((model_dir / "config.json").read_text())
+    eos_id = base_config["eos_token_id"]
+    return eos_id, base_config.get("pad_token_id") or eos_id
+
+
+def start(config: PretrainConfig, given: Inputs) -> Start:
+    if given.promoted is not None:  # init: promoted: the lineage's model, frozen tokenizer
+        model_dir = given.promoted.hf_dir
+        return Start(model_dir, model_dir, None, *_special_ids(model_dir))
+    if config.mode == "continue":  # the base model's own tokenizer, or its extension
+        assert given.base is not None, "continue mode plans the models step"
+        extended = given.tokenizer.extended_dir
+        return Start(given.base, extended or given.base, given.base if extended else None,
+                     *_special_ids(given.base))
+    tok = given.tokenizer
+    return Start(None, tok.dir, None, tok.eos_id, tok.pad_id)
+
+
+def pack_inputs(config: PretrainConfig, given: Inputs, tok_dir: Path, eos_id: int,
+                data_dir: Path) -> dict[str, Any]:
+    """Pack the corpus (with a promoted model: the new drop, the earlier drops replayed)."""
+    ingest, promoted = given.ingest, given.promoted
+    held = ingest.held_out_parts(["source", "text"])
+    dev = pa.concat_tables([held["domain"]["dev"], held["general"]["dev"]])
+    if promoted is None:
+        train_files, earlier = ingest.train_shards, None
+    else:  # the new drop, and the earlier drops to replay
+        train_files = ingest.drop_train_shards
+        earlier = [f for f in ingest.train_shards if f not in set(train_files)]
+        if not train_files:
+            raise QualityGateError(
+                f"pretrain.init: promoted: the new drop has no training documents (ingest/"
+                f"{ingest.artifact.key}); nothing to continue pretrain/{promoted.key} on")
+    return pack(config, train_files, dev, ingest.source_names, set(ingest.general_sources),
+                tok_dir / "tokenizer.json", eos_id, data_dir, earlier_files=earlier)
+
+
+def run(config: PretrainConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
+    given = Inputs.of(inputs)
+    at = start(config, given)
+    packed = packed_streams(config, out_dir, lambda data_dir: pack_inputs(
+        config, given, at.tok_dir, at.eos_id, data_dir))
+    trained = train(config, packed, out_dir, tok_dir=at.tok_dir, base_dir=at.base_dir,
+                    base_tok_dir=at.base_tok_dir, eos_id=at.eos_id, pad_id=at.pad_id)
+    built = manifest(config, packed, trained, given.promoted, at)
+    card = model_card.export_card(config, built, given.ingest.artifact.manifest)
+    (PretrainOutput(out_dir).hf_dir / model_card.CARD_FILE).write_text(card)
+    return built
+
+
+def manifest(config: PretrainConfig, packed: dict[str, Any], trained: dict[str, Any],
+             promoted: PretrainOutput | None, at: Start) -> Manifest:
     summary: WorkerSummary = trained["summary"]
-    manifest = Manifest(
+    return Manifest(
         stage="pretrain",
         counts={
             "train_tokens": packed["train"]["tokens"], "train_docs": packed["train"]["documents"],
@@ -357,11 +398,8 @@ def run(config: PretrainConfig, inputs: dict[str, Artifact], out_dir: Path) -> M
                "base_model": config.base_model if config.mode == "continue" else None,
                "checkpoint": summary.checkpoint, "mixture": packed["mixture"],
                "selection": summary.selection.model_dump() if summary.selection else None,
-               "tokenizer": promoted.manifest.extra["tokenizer"] if promoted else
+               "tokenizer": promoted.tokenizer if promoted else
                             "domain" if config.mode == "from_scratch" else
-                            "extended" if base_tok_dir else "base",
+                            "extended" if at.base_tok_dir else "base",
                "init": f"promoted pretrain/{promoted.key}" if promoted else "base"},
     )
-    card = model_card.export_card(config, manifest, inputs["ingest"].manifest)
-    (PretrainOutput(out_dir).hf_dir / model_card.CARD_FILE).write_text(card)
-    return manifest

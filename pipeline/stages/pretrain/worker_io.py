@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -140,31 +139,3 @@ def choose(candidates: list[Candidate], max_general_degradation: float) -> Selec
               min(trained, key=lambda c: (c.general_change or 0.0, -c.step)))
     return Selection(rule=SELECTION_RULE, max_general_degradation=max_general_degradation,
                      candidates=scored, chosen_step=chosen.step, within_limit=bool(ok))
-
-
-class PretrainOutput:
-    """What downstream stages may read of a pretrain (or control) artifact: the exported model,
-    the sequence length it trained on, its summary and checkpoint choice, its curve."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    @property
-    def hf_dir(self) -> Path:
-        return self.path / "hf"
-
-    @property
-    def spec(self) -> WorkerSpec:
-        return WorkerSpec.model_validate_json((self.path / "spec.json").read_text())
-
-    @property
-    def seq_len(self) -> int:
-        return self.spec.config.seq_len
-
-    @property
-    def summary(self) -> WorkerSummary:
-        return WorkerSummary.model_validate_json((self.path / "summary.json").read_text())
-
-    def curve(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]

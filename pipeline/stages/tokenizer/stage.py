@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +166,22 @@ def extend_base(config: TokenizerConfig, base: Tokenizer, base_name: str, ingest
                       "new_merges": len(merges), "words_scanned": sum(counts.values())}
 
 
-def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> Manifest:
-    ingest = IngestOutput(inputs["ingest"])
+@dataclass(frozen=True)
+class Inputs:
+    """What the step reads: the corpus, and in continue mode the base model's HF directory."""
+
+    ingest: IngestOutput
+    base: Path | None
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Artifact]) -> Inputs:
+        base = inputs.get("models")
+        return cls(IngestOutput(inputs["ingest"]), hf_dir(base) if base is not None else None)
+
+
+def run(config: TokenizerConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
+    given = Inputs.of(inputs)
+    ingest = given.ingest
     tok = train(config, ingest.train_shards, ingest.train_chars)
     save_hf_files(tok, config, out_dir)
     held = held_out_texts(ingest)
@@ -180,8 +195,8 @@ def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> 
     counts = {"vocab_size": tok.get_vocab_size(), "roundtrip_checked": len(checked)}
     extra: dict = {"eos_id": tok.token_to_id(config.eos_token),
                    "pad_id": tok.token_to_id(config.pad_token), "model": config.model}
-    if "models" in inputs:  # continue mode: the base model's tokenizer, maybe extended
-        base_dir = hf_dir(inputs["models"])
+    if given.base is not None:  # continue mode: the base model's tokenizer, maybe extended
+        base_dir = given.base
         base = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
         tokenizers["base"] = base
         extra["base_vocab_size"] = base.get_vocab_size()
@@ -205,35 +220,3 @@ def run(config: TokenizerConfig, inputs: dict[str, Artifact], out_dir: Path) -> 
                     if key != "eval_tokens"})
     return Manifest(stage="tokenizer", counts=counts, metrics=metrics,
                     extra={**extra, "efficiency": table})
-
-
-class TokenizerOutput:
-    """A tokenizer artifact as the stages downstream may read it (never its files by name).
-
-    - ``dir``: the domain tokenizer's HF files (``tokenizer.json``, ``tokenizer_config.json``,
-      ``special_tokens_map.json``); ``eos_id`` and ``pad_id`` are its ids;
-    - ``extended_dir``: in continue mode with ``extend.num_new_tokens``, the base model's
-      tokenizer with the domain's new tokens (HF files, plus what ``vocab`` needs to initialise
-      their embeddings); None otherwise;
-    - ``base_vocab_size``: the base tokenizer's size in continue mode, else None;
-    - ``efficiency``: {tokenizer (domain, base, extended, gpt2): {slice (domain, general):
-      {fertility, chars_per_token, eval_tokens}}} on the held-out text.
-    """
-
-    def __init__(self, artifact: Artifact):
-        if artifact.stage != "tokenizer":
-            raise ValueError(f"{artifact.stage}/{artifact.key} is not a tokenizer artifact")
-        extra = artifact.manifest.extra
-        self.artifact = artifact
-        self.dir: Path = artifact.path
-        self.eos_id: int = extra["eos_id"]
-        self.pad_id: int = extra["pad_id"]
-        self.model: str = extra.get("model", "bpe")
-        self.extended_dir: Path | None = (artifact.path / extra["extended_dir"]
-                                          if extra.get("extended_dir") else None)
-        self.base_vocab_size: int | None = extra.get("base_vocab_size")
-        self.efficiency: dict[str, dict[str, dict[str, float]]] = extra["efficiency"]
-
-    def fertility(self, tokenizer: str = "domain", part: str = "domain") -> float:
-        """Tokens per whitespace word of ``tokenizer`` on the held-out ``part``."""
-        return self.efficiency[tokenizer][part]["fertility"]

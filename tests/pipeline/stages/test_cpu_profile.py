@@ -4,7 +4,6 @@ control and adapted, the verdict and its standard errors, and a 2-point LR x rep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,10 @@ from pipeline.config import SweepConfig
 from pipeline.driver import Session, plan
 from pipeline.lifecycle.sweep import run_sweep
 from pipeline.stages.control import stage as control
+from pipeline.stages.evaluate.output import EvaluateOutput
+from pipeline.stages.finetune.output import FinetuneOutput
+from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.stages.pretrain.packing import TokenBatches
-from pipeline.stages.pretrain.worker_io import PretrainOutput
 from tests.conftest import seed_base_model
 from tests.e2e_domain import write_test_domain
 
@@ -31,7 +32,8 @@ CPU_TEST = {
                  "keep_checkpoints": 1, "eval_max_seqs": 4, "lr": 1e-4},
     "finetune": {"max_train_examples": 40, "max_test_examples": 24, "max_seq_len": 32,
                  "seeds": [0, 1]},
-    # gates that pass whatever 4 steps do, so the verdict reports both
+    # gates wide enough to pass after 4 steps, so the verdict reports both; the test checks
+    # each outcome against its value and limit, not that they passed
     "evaluate": {"max_eval_docs": MAX_EVAL_DOCS, "max_general_docs": 4, "bootstrap_samples": 200,
                  "min_domain_gain": -1.0, "max_general_degradation": 1.0},
 }
@@ -74,19 +76,33 @@ def test_cpu_profile_runs_all_stages_and_states_a_verdict(cpu_run: Session) -> N
     assert m["domain_bits_per_byte_change_se"] > 0 and m["heldout_bits_per_byte_se"] > 0
     # real weights: bits/byte of a 135M model on English text, not of a random one (~3.3+)
     assert 0.5 < m["base_heldout_bits_per_byte"] < 2.0
-    evaluation = json.loads((ev.path / "metrics.json").read_text())
-    verdict = evaluation["verdict"]
+    evaluation = EvaluateOutput(ev)
+    verdict = evaluation.verdict
     assert verdict["text"].startswith("adapted vs smollm2-135m: domain bits/byte ")
     assert "vs control" in verdict["text"] and "macro-F1" in verdict["text"]
-    assert [(g["gate"], g["passed"]) for g in verdict["gates"]] == [
-        ("evaluate.min_domain_gain", True), ("evaluate.max_general_degradation", True)]
+    # each gate compares the metric it names with the configured limit, in its direction
+    gates = {g["gate"]: g for g in evaluation.gates}
+    gain, change = gates["evaluate.min_domain_gain"], gates["evaluate.max_general_degradation"]
+    limits = CPU_TEST["evaluate"]
+    assert list(gates) == ["evaluate.min_domain_gain", "evaluate.max_general_degradation"]
+    assert (gain["value"], gain["limit"]) == (m["domain_bits_per_byte_gain"],
+                                              limits["min_domain_gain"])
+    assert (change["value"], change["limit"]) == (m["general_bits_per_byte_change"],
+                                                  limits["max_general_degradation"])
+    assert gain["passed"] == (gain["value"] >= gain["limit"])
+    assert change["passed"] == (change["value"] <= change["limit"])
+    assert evaluation.failed_gates == [g for g in gates.values() if not g["passed"]]
     report = (ev.path / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Verdict**: adapted vs smollm2-135m")
     assert "Checkpoint choice" in report and "Base, control and adapted" in report
     assert (ev.path / "plots/checkpoints.png").stat().st_size > 1000
-    ft = cpu_run.artifacts["finetune"].manifest
-    assert ft.extra["method"] == "probe"
-    assert set(ft.extra["models"]) == {"adapted", "base", "control"}
+    ft = FinetuneOutput(cpu_run.artifacts["finetune"])
+    assert ft.method == "probe" and ft.seeds == CPU_TEST["finetune"]["seeds"]
+    assert ft.models == ["adapted", "base", "control"]
+    # the headline figures evaluate republishes are the first task's
+    first = ft.tasks[0][1]
+    assert ft.metrics["macro_f1"] == first["adapted"]["macro_f1"]
+    assert m["finetune_macro_f1"] == ft.metrics["macro_f1"]
 
 
 def test_checkpoint_choice_exports_the_chosen_eval_point(cpu_run: Session) -> None:
@@ -143,8 +159,22 @@ def test_sweep_two_points_writes_table_and_pareto_pick(cpu_run: Session) -> None
     grid = SweepConfig(lrs=[1e-5, 1e-4], replay=[0.2], max_steps=4)
     out = run_sweep(cpu_run.domain, cpu_run.run, cpu_run.workdir, grid)
     assert [(p["lr"], p["replay"]) for p in out["points"]] == [(1e-5, 0.2), (1e-4, 0.2)]
-    assert any(p["pareto"] for p in out["points"])
-    assert (out["pick"]["lr"], out["pick"]["replay"]) in {(1e-5, 0.2), (1e-4, 0.2)}
+    points = out["points"]
+    # Pareto, by its definition: no other point is at least as good on both changes and
+    # strictly better on one
+    for p in points:
+        beaten = any((q["domain_change"], q["general_change"]) !=
+                     (p["domain_change"], p["general_change"])
+                     and q["domain_change"] <= p["domain_change"]
+                     and q["general_change"] <= p["general_change"] for q in points)
+        assert p["pareto"] is not beaten, p
+    # the pick: the lowest domain change among the points within the general limit (else the
+    # least general rise)
+    limit = cpu_run.run.pretrain.select_max_general_degradation
+    within = [p for p in points if p["general_change"] <= limit]
+    expected = (min(within, key=lambda p: p["domain_change"]) if within
+                else min(points, key=lambda p: p["general_change"]))
+    assert (out["pick"]["lr"], out["pick"]["replay"]) == (expected["lr"], expected["replay"])
     assert min(p["domain_change"] for p in out["points"]) < 0  # training moved the dev loss
     sweep_dir = Path(out["dir"])
     table = (sweep_dir / "sweep.md").read_text()

@@ -66,9 +66,9 @@ def _excluded(out: IngestOutput) -> dict[str, tuple[str, str]]:
 
 
 def _reconciles(out: IngestOutput) -> None:
-    c = out.artifact.manifest.counts
-    assert c["docs_in"] == c["kept"] + c["excluded"] == pq.read_metadata(
-        out.excluded_file).num_rows + c["kept"]
+    assert out.docs_in == out.kept + out.excluded == pq.read_metadata(
+        out.excluded_file).num_rows + out.kept
+    assert sum(out.excluded_by_reason.values()) == out.excluded
 
 
 @pytest.mark.slow  # several ingests
@@ -326,4 +326,12 @@ def test_a_drop_plans_only_its_new_files(samples_dir: Path, domain: Path, tmp_pa
         assert (c["files_new"], c["files_reused"]) == (1, n - 1)
         assert c["ingest_shards"] > 1  # the new file was cut
         assert c["docs_in"] == LINES_PER_DROP
+        # the reader's view of the same drop
+        assert (out.drop_number, out.is_drop, out.docs_in) == (n, True, LINES_PER_DROP)
+        _reconciles(out)
+        assert {s: Path(f).name for s, [f] in out.source_files.items()} == {
+            "hpo": f"d{n}.jsonl.gz"}  # this drop's new file only
+        assert len(out.shard_keys) == c["ingest_shards"]
+        assert out.sources["hpo"] == {"docs_in": out.docs_in, "kept": out.kept}
+        assert (out.previous is None) == (n == 1)
     assert planned == ["d1.jsonl.gz", "d2.jsonl.gz"]

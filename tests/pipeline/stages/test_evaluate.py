@@ -43,6 +43,7 @@ def continued(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 def test_base_and_adapted_are_scored_on_the_same_text(continued: dict) -> None:
     session = continued["session"](min_domain_gain=None, max_general_degradation=None)
     session.run_all()
+    assert session.catalog.runs(limit=1)[0]["status"] == "completed"
     art = session.artifacts["evaluate"]
     m = art.manifest.metrics
     assert "models" in art.manifest.inputs  # the base model is an input of evaluation
@@ -88,6 +89,8 @@ def test_no_domain_gain_fails_the_gate_with_the_numbers(continued: dict) -> None
                                          r"domain bits-per-byte \d\.\d{4} is not 0.001 below "
                                          r"the base model's \d\.\d{4}"):
         session.run_all()
+    # a verdict, not a crash: the run is recorded as not promoted
+    assert session.catalog.runs(limit=1)[0]["status"] == "not promoted"
 
 
 def test_general_degradation_gate_on_hand_checked_numbers() -> None:

@@ -21,7 +21,9 @@ from transformers import (
 )
 
 from pipeline.config import FinetuneConfig, LoraConfig, ProbeConfig, TaskConfig
+from pipeline.engine.artifacts import Artifact
 from pipeline.metrics import classification_report
+from pipeline.stages.finetune.output import FinetuneOutput
 from pipeline.stages.finetune.stage import (
     adapt,
     difference,
@@ -385,6 +387,17 @@ def test_stage_probe_scores_base_control_and_adapted_on_the_same_test_rows(
     assert feats["examples"] == sum(len(v) for v in prepare_task(tiny_task["task"], config)[0]
                                     .splits.values()) and feats["tokens"] > feats["examples"]
     assert not (out / "model").exists()  # a probe trains no model worth saving
+    # what evaluate and the report read of it, through its reader
+    (out / "manifest.json").write_text(manifest.to_json())
+    ft = FinetuneOutput(Artifact("finetune", "k", out))
+    assert (ft.method, ft.seeds, ft.models) == ("probe", [0, 1, 2],
+                                                ["adapted", "base", "control"])
+    assert [name for name, _ in ft.tasks] == [t.name for t in config.tasks]
+    assert ft.tasks[0][1]["adapted"]["macro_f1"] == ft.metrics["macro_f1"] == m["macro_f1"]
+    assert ft.task_files == {t.name: t.path for t in config.tasks}
+    assert pq.read_table(ft.predictions_file).num_rows == len(preds)
+    with pytest.raises(ValueError, match="pretrain/k is not a finetune artifact"):
+        FinetuneOutput(Artifact("pretrain", "k", out))
 
 
 def test_headline_metrics_name_control_and_the_paired_spread() -> None:

@@ -11,9 +11,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from pipeline.config import TokenizerConfig
-from pipeline.engine.artifacts import Artifact, Manifest
+from pipeline.engine.artifacts import Artifact, ArtifactStore, Manifest
 from pipeline.stages.pretrain import vocab
 from pipeline.stages.tokenizer import stage as tokenizer
+from pipeline.stages.tokenizer.output import TokenizerOutput
 
 LINES = [
     "The patient presented with acute myocardial infarction and dyspnoea.",
@@ -206,3 +207,24 @@ def test_gpt2_reference_is_the_real_gpt2_tokenizer(tmp_path: Path) -> None:
                       _ingest_artifact(tmp_path), out)
     assert set(m.extra["efficiency"]) == {"domain", "gpt2"}
     assert m.metrics["fertility.gpt2.domain"] == tokenizer.efficiency(gpt2, LINES[:5])["fertility"]
+
+
+def test_reader_gives_the_published_artifact_files_and_fields(tmp_path: Path) -> None:
+    config = TokenizerConfig(vocab_size=400, min_frequency=1, max_roundtrip_docs=5)
+    store = ArtifactStore(tmp_path / "store")
+    inputs = _ingest_artifact(tmp_path)
+    art, _ = store.build(stage="tokenizer", key="t", config_hash="c", code="v", inputs=inputs,
+                         fn=lambda out: tokenizer.run(config, inputs, out))
+    out = TokenizerOutput(art)
+    tok = Tokenizer.from_file(str(out.dir / "tokenizer.json"))
+    assert (out.eos_id, out.pad_id) == (tok.token_to_id(config.eos_token),
+                                        tok.token_to_id(config.pad_token))
+    assert out.vocab_size == tok.get_vocab_size() and out.model == "bpe"
+    assert out.roundtrip_checked == 5  # max_roundtrip_docs of the 5 held-out documents
+    # from scratch: no base model, so no extension and no base vocabulary
+    assert out.extended_dir is None and out.base_vocab_size is None and out.new_tokens is None
+    table = json.loads((out.dir / "efficiency.json").read_text())
+    assert out.fertility() == table["domain"]["domain"]["fertility"]
+    assert out.fertility("gpt2") == table["gpt2"]["domain"]["fertility"]
+    with pytest.raises(ValueError, match="ingest/k is not a tokenizer artifact"):
+        TokenizerOutput(inputs["ingest"])
