@@ -224,7 +224,7 @@ def stage(prep: Prepared, name: str, config) -> Path:
 
 
 def losses(out: Path) -> list[float]:
-    from pipeline.stages.pretrain.worker_io import PretrainOutput
+    from pipeline.stages.pretrain.output import PretrainOutput
 
     return [r["loss"] for r in PretrainOutput(out).curve()]
 
@@ -282,7 +282,7 @@ class Row:
 def timed_stage(prep: Prepared, budget: Budget, name: str, precision: str, steps: int,
                 compile_backend: str | None) -> tuple[Row, Any]:
     from bench.train import stage_rate
-    from pipeline.stages.pretrain.worker_io import PretrainOutput
+    from pipeline.stages.pretrain.output import PretrainOutput
 
     warm = WARMUP_LOGS * budget.log_every
     out = PretrainOutput(stage(prep, name, base_config(
@@ -319,8 +319,9 @@ def measure(args: argparse.Namespace, budget: Budget, device: str, precision: st
     import torch
 
     from bench.train import flops_per_token, plain_loop
+    from pipeline.stages.pretrain.output import PretrainOutput
     from pipeline.stages.pretrain.packing import TokenBatches
-    from pipeline.stages.pretrain.worker_io import PretrainOutput, WorkerSpec
+    from pipeline.stages.pretrain.worker_io import WorkerSpec
 
     prep = prepare(work, budget)
     ref = reference(prep, budget, args.reference)

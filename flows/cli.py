@@ -155,13 +155,13 @@ def _resolve_run(domain: str | None, domain_file: Path | None, profile: str,
 
 
 def _close(work: Path, done: dict | None, report: str | None) -> None:
-    """The run's last lines: the report, the MLflow UI, the verdict; exit 3 if not promoted."""
-    if report:
-        typer.echo(f"report: {report}")
+    """The run's last lines: the MLflow UI, the report, the verdict; exit 3 if not promoted."""
     from pipeline.lifecycle import tracking
 
     if tracking.enabled():
         typer.echo(f"MLflow: {tracking.ui_command(work)}")
+    if report:
+        typer.echo(f"report: {report}")
     if done and done["error"]:  # the promotion verdict when the model was not promoted
         typer.secho(done["error"], fg=typer.colors.YELLOW if done["status"] == "not promoted"
                     else None)

@@ -45,7 +45,7 @@ def test_run_uses_the_server_and_its_api_shows_runs_tasks_and_report(served_run:
     assert f"Prefect: using the server at {served_run['url']}" in result.stderr
     records = asyncio.run(_server_records(f"{served_run['url']}/api"))
     assert ("dapt-domain-pipeline", "COMPLETED") in records["runs"]
-    assert ("dapt-ingest", "COMPLETED") in records["runs"]  # the ingest subflow
+    assert ("dapt-shards", "COMPLETED") in records["runs"]  # the ingest shards subflow
     names = {name for name, state in records["tasks"] if state == "COMPLETED"}
     assert {"tokenizer", "pretrain", "finetune", "evaluate"} <= names
     shards = [n for n in names if n.startswith("ingest-shard-")]

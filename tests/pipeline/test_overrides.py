@@ -89,7 +89,7 @@ def test_the_same_error_from_the_yaml_shows_the_value_too(tmp_path: Path) -> Non
 
 
 def test_overrides_change_the_keys_of_the_stages_they_touch(samples_dir: Path) -> None:
-    from pipeline.engine.runner import plan
+    from pipeline.driver import plan
 
     medical = domains.get("medical")
     work = samples_dir.parent
