@@ -176,8 +176,9 @@ class Session:
                 error=None if self.decision is None or self.decision.promoted
                 else self.decision.message,
                 report_path=str(report_path) if report_path else None)
-        self.track("completed", report_path)
-        if self.decision is not None and self.decision.promoted and model is not None:
+        logged = self.track("completed", report_path)
+        if (logged is not None and self.decision is not None and self.decision.promoted
+                and model is not None):  # a rerun that built nothing moved no pointer either
             tracking.set_champion(self.workdir, self.domain.name, model.key)
         return report_path
 
