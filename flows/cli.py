@@ -34,18 +34,11 @@ import os
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from flows import exit_without_teardown
-from pipeline import domains as domain_registry
-from pipeline.config import PROFILE_NAMES, STEP_NAMES
-
-if TYPE_CHECKING:  # the catalog (DuckDB) and the runner load on use: bad input fails fast
-    pass
-
-from flows import cli_groups, cli_history
+from flows import cli_groups, cli_history, exit_without_teardown
 from flows.cli_common import (
     ENVIRONMENT,
     DomainFile,
@@ -59,6 +52,8 @@ from flows.cli_common import (
     use_server,
     workdir_path,
 )
+from pipeline import domains as domain_registry
+from pipeline.config import PROFILE_NAMES, STEP_NAMES
 
 # Plain (click) help: rich markup would show flags as `--json <bool>` and swallow `[...]`.
 app = typer.Typer(help="Turn raw domain text into a domain-adapted language model.",

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 import yaml
-
-from pipeline import domains as domain_registry
-from pipeline.config import PROFILE_NAMES
-
-if TYPE_CHECKING:  # the catalog (DuckDB) and the runner load on use: bad input fails fast
-    pass
 
 from flows.cli_common import (
     DomainFile,
@@ -25,6 +19,8 @@ from flows.cli_common import (
     open_catalog,
     workdir_path,
 )
+from pipeline import domains as domain_registry
+from pipeline.config import PROFILE_NAMES
 
 domains_app = typer.Typer(help="Discover and inspect domain plugins.", no_args_is_help=True,
                           rich_markup_mode=None)

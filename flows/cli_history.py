@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from flows import crashed
-
-if TYPE_CHECKING:  # the catalog (DuckDB) and the runner load on use: bad input fails fast
-    pass
-
 from flows.cli_common import (
     Workdir,
     fail,

@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.engine.processes import alive
+
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 # A fresh database took 17 s to become healthy on an idle 2-core machine, and over 120 s on the
@@ -64,21 +66,6 @@ class ServerState:
             return (f"Prefect server (pid {self.pid}) is not running: stale pid file "
                     f"{self.log.parent / 'server.pid' if self.log else ''}; see {self.log}")
         return "no Prefect server running for this workdir"
-
-
-def _alive(pid: int) -> bool:
-    """``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): the signal check has to do
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -120,7 +107,7 @@ def status(workdir: Path) -> ServerState:
         url = json.loads(info_file.read_text())["url"]
     except (ValueError, OSError, KeyError):
         return ServerState("dead", log=d / "server.log")
-    if not _alive(pid):
+    if not alive(pid):
         return ServerState("dead", pid, url, d / "server.log")
     return ServerState("running" if healthy(url) else "unresponsive", pid, url, d / "server.log")
 
@@ -231,7 +218,7 @@ def _kill_group(pgid: int | None, timeout: float = STOP_TIMEOUT_S) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):  # our own child: reap it
                 os.waitpid(pgid, os.WNOHANG)
-            if not any(_alive(p) for p in group_members(pgid)):
+            if not any(alive(p) for p in group_members(pgid)):
                 return
             time.sleep(0.2)
 

@@ -11,7 +11,6 @@ two ``dapt run`` processes on one workdir therefore interleave instead of failin
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 import duckdb
 
 from pipeline.engine.artifacts import Artifact, Manifest
+from pipeline.engine.processes import alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -56,22 +56,12 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 MOVES = ("promoted", "manual", "rollback")
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
 def run_status(row: Mapping[str, Any]) -> str:
     """A run's status as recorded, except that a ``running`` run started on this host by a
     process that no longer exists is ``crashed`` (killed, out of memory, power lost). A run of
     another host is taken at its word: its process cannot be seen from here."""
     if (row.get("status") == "running" and row.get("pid") is not None
-            and row.get("host") == socket.gethostname() and not process_alive(row["pid"])):
+            and row.get("host") == socket.gethostname() and not alive(row["pid"])):
         return "crashed"
     return row.get("status")
 
