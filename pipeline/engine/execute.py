@@ -57,9 +57,7 @@ class Executor:
 
     def needs_build(self, name: str, force: bool) -> bool:
         step = self.plan[name]
-        if step.prepared.reuse is not None:
-            return False
-        return force or self.store.get(step.kind, step.key) is None
+        return step.prepared.reuse is None and (force or not self.plan.cached(step))
 
     def inputs(self, name: str, *, build_missing: bool) -> dict[str, Artifact]:
         step = self.plan[name]

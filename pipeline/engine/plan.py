@@ -219,8 +219,7 @@ class Selection:
 def select(plan_: Plan, only: str | None = None, from_step: str | None = None,
            force: bool = False, upto: str | None = None) -> Selection:
     names = list(plan_)
-    kinds = sorted({s.kind for s in plan_.values()}, key=lambda k: [s.kind for s in
-                                                                     plan_.values()].index(k))
+    kinds = list(dict.fromkeys(s.kind for s in plan_.values()))  # plan order, once each
     for flag, value in (("--only", only), ("--from", from_step), ("upto", upto)):
         if value is not None and value not in names and value not in kinds:
             raise ValueError(f"{flag} {value!r}: not a step of this run; allowed: "

@@ -121,8 +121,10 @@ def _log_run(workdir: Path, domain: str, run_id: str, status: str, config: dict[
             point = json.loads(line)
             metrics += [Metric(f"curve.{k}", float(v), 0, int(point["step"]))
                         for k, v in point.items() if k != "step" and isinstance(v, (int, float))]
-    for i in range(0, max(len(metrics), len(tags)), 1000):
-        client.log_batch(rid, metrics=metrics[i:i + 1000], tags=tags[i:i + 100])
+    for i in range(0, len(metrics), 1000):  # MLflow's limits a call: 1000 metrics, 100 tags
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    for i in range(0, len(tags), 100):
+        client.log_batch(rid, tags=tags[i:i + 100])
     if report_dir is not None and report_dir.is_dir():
         for f in sorted(report_dir.glob("*.md")) + sorted(report_dir.glob("*.html")):
             client.log_artifact(rid, str(f), artifact_path="report")
