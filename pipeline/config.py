@@ -18,7 +18,7 @@ import copy
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evaluate")
 # Every step of a run, in order: the stages above, the base model's conversion (models) and the
@@ -253,6 +253,41 @@ class DecontaminationConfig(_Strict):
         default_factory=list, description="Extra evaluation sets besides the fine-tune tasks.")
 
 
+class GroupRegex(_Strict):
+    """Documents whose ids give the same value belong to one group (e.g. an ICD-10 code's
+    3-character category, a licence's family)."""
+
+    id_regex: str = Field(
+        description="A regex (DuckDB's RE2 syntax) over the source's id field (without the "
+        "'source:' prefix): its first capture group (or, without one, the whole match) names "
+        "the group; an id it does not match is a group of its own.")
+
+    @field_validator("id_regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"{value!r} is not a regular expression: {err}") from None
+        return value
+
+
+GroupRule = Literal["id", "auto"] | GroupRegex
+
+
+class HeldOutConfig(_Strict):
+    """Which documents go to the held-out slice together (docs/adaptation.md, "The held-out
+    split"): a group's documents land on one side, so a template's variants never straddle it."""
+
+    group_by: GroupRule = Field(
+        default="auto", description="id: each document alone (a hash of its id); auto: "
+        "clusters of near-twins (texts of up to 256 words differing by one word, linked "
+        "transitively); {id_regex: ...}: groups named by the id, merged with the near-twin "
+        "clusters. General sources are always held out by id.")
+    sources: dict[str, GroupRule] = Field(
+        default_factory=dict, description="Per source name, a rule other than group_by.")
+
+
 class IngestConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     min_chars: int = Field(default=20, ge=0, description="Shorter documents are excluded.")
@@ -265,6 +300,7 @@ class IngestConfig(_Strict):
     near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")
+    held_out: HeldOutConfig = Field(default_factory=HeldOutConfig)
     num_docs_per_shard: int = Field(default=100_000, gt=0)
     shard_mb: float = Field(
         default=32, gt=0, description="Source files are grouped, in order, into work shards "
@@ -287,7 +323,22 @@ class IngestConfig(_Strict):
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
+        general = {s.name for s in self.sources if s.general}
+        for name in self.held_out.sources:
+            if name not in names:
+                raise ValueError(f"held_out.sources.{name}: no source is named {name!r}; "
+                                 f"sources: {', '.join(names)}")
+            if name in general:
+                raise ValueError(f"held_out.sources.{name}: a general source is always held "
+                                 "out by id (the control shares its rule); drop this entry")
         return self
+
+    def group_rule(self, source: str) -> GroupRule:
+        """The held-out grouping of one source; a general source's is always ``id``: the
+        control, shared by every domain, holds out the same general documents."""
+        if any(s.name == source and s.general for s in self.sources):
+            return "id"
+        return self.held_out.sources.get(source, self.held_out.group_by)
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -607,6 +658,10 @@ class EvaluateConfig(_Strict):
     max_general_degradation: float | None = Field(
         default=0.1, ge=0, description="Continue mode: fail when general bits-per-byte rises "
         "by more than this fraction of the base's; null: no limit.")
+    max_twin_rate: float | None = Field(
+        default=0.02, ge=0, le=1, description="Warn (in the verdict, not failing the run) when "
+        "more than this share of the domain's test documents has a near-twin (one-word edit) "
+        "in the training text; null: no warning.")
 
 
 # --- schedule and the domain file -------------------------------------------------------------

@@ -70,7 +70,21 @@ def verdict_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
         text += " Gates: " + "; ".join(
             f"{g['gate']} {'passed' if g['passed'] else 'FAILED'} ({g['value']:+.4g}, limit "
             f"{g['limit']:g})" for g in gates) + "."
-    return [("p", text)]
+    warnings = [("p", f"**Warning**: {w}.") for w in verdict.get("warnings", [])]
+    return [("p", text), *warnings, *split_blocks(evaluation)]
+
+
+def split_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    """How far the test text is from the training text: near-twins and covered documents."""
+    split = evaluation.get("twins")
+    if not split:
+        return []
+    rows = [[name, row["docs"], f"{row['twin_rate']:.1%}", f"{row['covered_rate']:.1%}"]
+            for name, row in split.items()]
+    return [("p", "Test text against the training text: *twins* have a training document "
+                  "one word away; *covered* documents have >= 90% of their word 3-grams in "
+                  "the training text (docs/adaptation.md, \"The held-out split\")."),
+            ("table", ["test text", "docs", "twins", "covered"], rows)]
 
 
 def control_rows(evaluation: Mapping[str, Any]) -> list[list[Any]]:

@@ -42,6 +42,7 @@ from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
 from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.stages.finetune.output import FinetuneOutput
+from pipeline.stages.ingest import twins
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
 from pipeline.stages.pretrain.output import PretrainOutput
@@ -314,6 +315,17 @@ def lm_metrics(per: dict[str, dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``heldout_twin_rate`` and ``heldout_covered_rate`` over the domain test text, and per
+    source (``..._<source>``)."""
+    out = {}
+    for name, row in split.items():
+        suffix = "" if name == "domain" else f"_{name}"
+        out[f"heldout_twin_rate{suffix}"] = row["twin_rate"]
+        out[f"heldout_covered_rate{suffix}"] = row["covered_rate"]
+    return out
+
+
 def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
               is_general: list[bool]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each model's per-document scores, and its per-slice and per-source figures."""
@@ -333,6 +345,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     given = Inputs.of(inputs)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
+    split = twins.heldout_twins(given.ingest)  # near-twins of the test text in training
     per, changed = score_all(config, given, texts, sources, is_general)
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
@@ -345,11 +358,20 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         # the tokenizer training used: domain (from scratch), base or extended (continue)
         "tokenizer_fertility": given.tokenizer.fertility(given.pretrain.tokenizer),
         "vocab_size": float(len(tok)),
+        **twin_metrics(split),
     }
     result = verdict(metrics, config, given.reference(),
                      {**ft.metrics, "seeds": len(ft.seeds)})
+    twin_rate = metrics.get("heldout_twin_rate")
+    if config.max_twin_rate is not None and twin_rate is not None \
+            and twin_rate > config.max_twin_rate:
+        result["warnings"] = [f"{twin_rate:.1%} of the domain's test documents have a near-twin "
+                              f"(one-word edit) in the training text, over "
+                              f"evaluate.max_twin_rate {config.max_twin_rate:.0%}: set "
+                              "ingest.held_out.group_by"]
     selection = given.pretrain.selection
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
+                  "twins": split,
                   "control_per_source": per.get("control"), "verdict": result,
                   "selection": selection.model_dump() if selection else None}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))

@@ -161,21 +161,24 @@ class IngestOutput:
     def held_out_parts(self, columns: list[str]) -> dict[str, dict[str, pa.Table]]:
         """``{"domain"|"general": {"dev"|"test": table}}``: the held-out slice in its two
         disjoint parts (see ``split_dev_test``); ``columns`` must include ``source``."""
-        wanted = list(dict.fromkeys([*columns, "doc_id"]))
+        grouped = "group" in pq.read_schema(self.eval_file).names
+        wanted = list(dict.fromkeys([*columns, "doc_id", *(["group"] if grouped else [])]))
         return {slice_: {part: t.select(columns) for part, t in split_dev_test(table).items()}
                 for slice_, table in self.held_out(wanted).items()}
 
 
 # The held-out slice in two disjoint parts: ``dev`` for the choices a run makes (checkpoint
 # choice, the LR x replay sweep, the curves during training) and ``test`` for the figures it
-# reports (evaluate, the verdict). Ingest holds documents out by a hash of their id; this splits
-# them again by a second, independent hash of the id, so nothing chosen on dev has seen a test
-# document and a document's part does not change when the corpus grows.
+# reports (evaluate, the verdict). Ingest holds documents out by a hash of their group (their id
+# unless ``ingest.held_out`` groups them); this splits them again by a second, independent hash
+# of the group, so nothing chosen on dev has seen a test document or a near-twin of one, and a
+# document's part does not change when the corpus grows.
 DEV_SHARE = 0.3
 
 
 def dev_mask(doc_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """True where a held-out document belongs to the dev part."""
+    """True where a held-out document belongs to the dev part, given each one's group (an
+    eval file without groups: its doc ids)."""
     con = duckdb.connect()
     con.register("ids", pa.table({"doc_id": doc_ids}))
     return con.sql(
@@ -184,6 +187,7 @@ def dev_mask(doc_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def split_dev_test(table: pa.Table) -> dict[str, pa.Table]:
-    """``table`` (with a ``doc_id`` column) as its dev and test rows, order kept."""
-    mask = dev_mask(table.column("doc_id"))
+    """``table`` (with a ``doc_id`` column, and ``group`` when ingest wrote groups) as its dev
+    and test rows, order kept."""
+    mask = dev_mask(table.column("group" if "group" in table.column_names else "doc_id"))
     return {"dev": table.filter(mask), "test": table.filter(pc.invert(mask))}

@@ -1,5 +1,7 @@
 """Ingest's decontamination, a global step: exclude training documents that share a word
-n-gram with the held-out slice or a test set (each fine-tune task's test split), and for a drop,
+n-gram with the held-out slice or a test set (each fine-tune task's test split), or that are a
+one-word variant of a test set's text (``twins.py``; the held-out slice needs no such check:
+its near-twins are held out with it, ``grouping.py``), and for a drop,
 retract earlier drops' training documents that share one with a test set added since
 (``retrofit``). Training text is hashed one shard at a time; the held-out slice's and the test
 sets' n-grams are held (a few % of the corpus)."""
@@ -15,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
-from pipeline.stages.ingest import dedup
+from pipeline.stages.ingest import dedup, twins
 from pipeline.stages.ingest.steps import ROW_GROUP
 from pipeline.tasks import eval_set_texts
 
@@ -83,6 +85,24 @@ def retrofit(con: duckdb.DuckDBPyConnection, config: IngestConfig,
                      if retracted else RETRACTED_SCHEMA.empty_table())
 
 
+def _short_checks(con: duckdb.DuckDBPyConnection, config: IngestConfig
+                  ) -> list[tuple[str, twins.Contained | twins.TwinIndex]]:
+    """What the n-gram check misses in short texts: a test set's or held-out text found whole
+    inside a training text, and a test set's one-word variants (the held-out slice's are held
+    out with it: ``grouping.py``). For a drop, this drop's held-out texts."""
+    n = config.decontamination.ngram
+    checks: list[tuple[str, twins.Contained | twins.TwinIndex]] = []
+    held = con.sql("SELECT text FROM held").to_arrow_table().column("text")
+    checks.append(("contains a text of the held-out slice", twins.Contained(held, n)))
+    for s in config.decontamination.test_sets:
+        texts = eval_set_texts(s)
+        checks.append((f"contains a text of test set {s.name}", twins.Contained(texts, n)))
+        checks.append((f"a one-word variant of a text of test set {s.name}",
+                       twins.TwinIndex(texts)))
+    return [(d, c) for d, c in checks
+            if (c.by_length if isinstance(c, twins.Contained) else c.size)]
+
+
 RETRACTED_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()),
                               ("stage", pa.string()), ("reason", pa.string()),
                               ("detail", pa.string()), ("chars", pa.int64())])
@@ -109,6 +129,7 @@ def decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: st
         sets["the held-out slice"] = np.concatenate(
             [sets["the held-out slice"], dedup.ngram_hashes(con, "held_before", n)[1]])
     sets.update(test_set_hashes(con, config) if test_sets is None else test_sets)
+    short = _short_checks(con, config)
     found: dict[int, str] = {}
     for shard, part in enumerate(parts):  # one shard's Parquet read at a time
         con.execute(f"""CREATE OR REPLACE TEMP VIEW training AS
@@ -121,6 +142,12 @@ def decontaminate(con: duckdb.DuckDBPyConnection, config: IngestConfig, held: st
             hit = np.unique(train_ords[np.isin(train_hashes, hashes)])
             found.update((int(o), f"shares a {n}-word sequence with {name}") for o in hit
                          if int(o) not in found)
+        if short:
+            rows = con.sql("SELECT ord, text FROM training").to_arrow_table()
+            ords = rows.column("ord").to_numpy()
+            for detail, check in short:
+                found.update((int(o), detail) for o in ords[check.hits(rows.column("text"))]
+                             if int(o) not in found)
     if found:
         con.register("contaminated", pa.table({"ord": list(found), "detail": list(found.values())},
                                               schema=pa.schema([("ord", pa.int64()),

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pipeline.config import IngestConfig
 from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
-from pipeline.stages.ingest import contamination, steps
+from pipeline.stages.ingest import contamination, grouping, steps
 from pipeline.stages.ingest import drops as incremental
 from pipeline.stages.ingest.readers import Piece, shard_files, source_files
 from pipeline.stages.ingest.shard import Laps, prepare_shard
@@ -154,8 +154,10 @@ def _filter(g: GlobalSteps, earlier: incremental.History | None
     if earlier is not None:
         steps.mark_indexed(con)
     near = steps.near_dedup(con, config, parts, history=history)
-    held = steps.held_out_sql(config)
     lap("near_dedup")
+    g.counts.update(grouping.assign_groups(con, config, parts))
+    held = steps.held_out_sql(config)
+    lap("group")
     test_sets = (contamination.test_set_hashes(con, config) if config.decontamination.enabled
                  else {})
     contaminated = (contamination.decontaminate(con, config, held, parts,

@@ -174,8 +174,9 @@ def near_dedup(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list
 
 
 def held_out_sql(config: IngestConfig) -> str:
-    """True for a document of the held-out slice: a fixed function of its id and the seed."""
-    return (f"md5_number(doc_id || ':{config.seed}') % 1000000 "
+    """True for a document of the held-out slice: a fixed function of its group (``grp``,
+    ``grouping.assign_groups``: the document's id unless grouped) and the seed."""
+    return (f"md5_number(grp || ':{config.seed}') % 1000000 "
             f"< {round(config.eval_fraction * 1_000_000)}")
 
 
@@ -183,7 +184,8 @@ def split(con: duckdb.DuckDBPyConnection, held: str) -> None:
     """Table ``kept``: every document still in, with its split (train or eval)."""
     con.execute(f"""
         CREATE TABLE kept AS
-        SELECT ord, doc_id, source, chars, CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
+        SELECT ord, doc_id, source, chars, grp,
+               CASE WHEN {held} THEN 'eval' ELSE 'train' END AS split
         FROM docs WHERE reason IS NULL;
     """)
 
@@ -199,19 +201,24 @@ def write_train(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: lis
 
 def write_eval(con: duckdb.DuckDBPyConnection, out_dir: Path,
                earlier_eval: Path | None = None) -> int:
-    """Held-out rows in hash order: any prefix is an unbiased sample across sources. With
-    ``earlier_eval`` (the previous drop's), the slice is the cumulative corpus's: a document's
-    membership is a hash of its id, so it never moves. Returns the rows written."""
+    """Held-out rows (doc_id, source, text, group) in hash order: any prefix is an unbiased
+    sample across sources. With ``earlier_eval`` (the previous drop's), the slice is the
+    cumulative corpus's: a document's membership is a hash of its group, so it never moves.
+    Returns the rows written."""
     if earlier_eval is None:
-        copy(con, """SELECT k.doc_id, k.source, t.text FROM kept k JOIN texts t USING (ord)
+        copy(con, """SELECT k.doc_id, k.source, t.text, k.grp AS "group"
+                     FROM kept k JOIN texts t USING (ord)
                      WHERE k.split = 'eval' ORDER BY md5(k.doc_id)""", out_dir / "eval.parquet")
     else:
         p = str(earlier_eval).replace("'", "''")
+        # an eval file written before groups existed: each document was its own group
+        group = ('"group"' if "group" in pq.read_schema(earlier_eval).names else "doc_id")
         # md5(text) orders two versions of one id (a rewritten file) the same way every run
-        copy(con, f"""SELECT doc_id, source, text FROM (
-                          SELECT doc_id, source, text FROM read_parquet('{p}') UNION ALL
-                          SELECT k.doc_id, k.source, t.text FROM kept k JOIN texts t USING (ord)
-                          WHERE k.split = 'eval')
+        copy(con, f"""SELECT doc_id, source, text, "group" FROM (
+                          SELECT doc_id, source, text, {group} AS "group"
+                          FROM read_parquet('{p}') UNION ALL
+                          SELECT k.doc_id, k.source, t.text, k.grp FROM kept k
+                          JOIN texts t USING (ord) WHERE k.split = 'eval')
                       ORDER BY md5(doc_id), md5(text)""", out_dir / "eval.parquet")
     return pq.ParquetFile(out_dir / "eval.parquet").metadata.num_rows
 
