@@ -96,7 +96,9 @@ def icd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 3,000 ICD-10-CM codes (real text from simple-icd-10-cm), as a JSONL source."""
     from pipeline import samples
 
-    records = [r for r, _ in zip(samples._icd10cm(samples._icd10cm_tabular()), range(3000), strict=False)]
+    import itertools
+
+    records = list(itertools.islice(samples._icd10cm(samples._icd10cm_tabular()), 3000))
     path = tmp_path_factory.mktemp("icd") / "icd.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
