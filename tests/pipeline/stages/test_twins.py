@@ -94,9 +94,9 @@ def test_contained_short_texts() -> None:
 @pytest.fixture(scope="module")
 def icd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 3,000 ICD-10-CM codes (real text from simple-icd-10-cm), as a JSONL source."""
-    from pipeline import samples
-
     import itertools
+
+    from pipeline import samples
 
     records = list(itertools.islice(samples._icd10cm(samples._icd10cm_tabular()), 3000))
     path = tmp_path_factory.mktemp("icd") / "icd.jsonl"
