@@ -21,11 +21,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evaluate")
-# Every step of a run, in order: the stages above, the base model's conversion (models) and the
-# control run (control). The CLI checks --only/--from against it before anything loads; the
-# steps' specs are pipeline/stages/steps.py (a test keeps the two equal).
-STEP_NAMES: tuple[str, ...] = ("ingest", "models", "tokenizer", "pretrain", "control",
-                               "finetune", "evaluate")
+# Every step of a run, in order: the stages above, the base model's conversion (models), the
+# general text's own ingest (general) and the control run (control). The CLI checks
+# --only/--from against it before anything loads; the steps' specs are
+# pipeline/stages/steps.py (a test keeps the two equal).
+STEP_NAMES: tuple[str, ...] = ("ingest", "models", "tokenizer", "pretrain", "general",
+                               "control", "finetune", "evaluate")
 ProfileName = Literal["tiny", "small", "base", "cpu"]
 PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base", "cpu")
 
@@ -299,7 +300,9 @@ class IngestConfig(_Strict):
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
-    eval_fraction: float = Field(default=0.02, gt=0, lt=0.5, description="Held-out slice share.")
+    eval_fraction: float = Field(
+        default=0.02, gt=0, le=0.5, description="Held-out slice share (at most 0.5: the control "
+        "run never trains on that half).")
     held_out: HeldOutConfig = Field(default_factory=HeldOutConfig)
     num_docs_per_shard: int = Field(default=100_000, gt=0)
     shard_mb: float = Field(

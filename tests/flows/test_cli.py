@@ -107,10 +107,10 @@ def test_plan_lists_the_model_conversion_and_the_control_as_steps(samples_dir: P
                                  "--workdir", str(samples_dir.parent)])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [r["step"] for r in rows] == ["ingest", "models", "tokenizer", "pretrain", "control",
-                                         "finetune", "evaluate"]
+    assert [r["step"] for r in rows] == ["ingest", "models", "tokenizer", "pretrain", "general",
+                                         "control", "finetune", "evaluate"]
     shared = {r["step"] for r in rows if r["shared"]}
-    assert shared == {"models", "control"}
+    assert shared == {"models", "general", "control"}
     assert all(len(r["key"]) == 16 and r["title"] for r in rows)
 
 
@@ -127,7 +127,8 @@ def dapt_process(*args: str, work: Path) -> subprocess.CompletedProcess:
 # Bad input: each exits 2 with a message naming what to change, before any flow starts.
 BAD_INPUT = [
     (["run", "medical", "--only", "ingst"], "--only 'ingst' is not allowed (did you mean "
-     "'ingest'?); allowed: ingest, models, tokenizer, pretrain, control, finetune, evaluate"),
+     "'ingest'?); allowed: ingest, models, tokenizer, pretrain, general, control, finetune, "
+     "evaluate"),
     (["run", "medical", "--from", "tokeniser"], "(did you mean 'tokenizer'?)"),
     (["run", "medical", "--only", "ingest", "--from", "pretrain"], "cannot be combined"),
     (["run", "medical", "--profile", "smal"], "(did you mean 'small'?); allowed: tiny, small, "

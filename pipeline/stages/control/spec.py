@@ -1,11 +1,9 @@
 """The control step: the base model continued on general text only, with the adapted model's
-recipe (``stage.py``). Its key is the recipe, the base model, the general files and the
-held-out rule, not the domain: every domain with the same recipe shares one artifact."""
+recipe (``stage.py``). Its key is the recipe, the base model and the ``general`` step's
+artifact (the general sources cleaned with one fixed policy), not the domain: every domain with
+the same recipe shares one artifact."""
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.engine.plan import PlanContext, Prepared, StepSpec
@@ -17,21 +15,14 @@ def enabled(run: RunConfig) -> bool:
             and any(s.general for s in run.ingest.sources))
 
 
-def general_sources(run: RunConfig, files: dict[str, list[Path]]) -> list[tuple[Any, list[Path]]]:
-    """The general sources with their resolved files (what the control trains on)."""
-    return [(s, files[f"ingest.sources[{i}].path"]) for i, s in enumerate(run.ingest.sources)
-            if s.general]
-
-
 def prepare(ctx: PlanContext) -> Prepared:
     recipe = control.recipe(ctx.run.pretrain)
-    sources = general_sources(ctx.run, ctx.files)
-    job = control.ControlJob(recipe, sources, ctx.run.ingest.seed)
+    job = control.ControlJob(recipe, ctx.run.ingest.seed)
     return Prepared(job, recipe.model_dump(mode="json"),
-                    control.key_inputs(sources, ctx.run.ingest.seed, ctx.digests))
+                    {"hold_out": [control.HOLD_OUT, ctx.run.ingest.seed]})
 
 
 SPEC = StepSpec(name="control", module="pipeline.stages.control.stage",
                 title="train the base model on general text only (shared by every domain)",
-                prepare=prepare, needs=lambda run: ("models",), enabled=enabled, shared=True,
-                resumable=True)
+                prepare=prepare, needs=lambda run: ("models", "general"), enabled=enabled,
+                shared=True, resumable=True)

@@ -39,7 +39,8 @@ class IngestOutput:
     """
 
     def __init__(self, artifact: Artifact):
-        if artifact.stage != "ingest":
+        # general: the general sources' own ingest (pipeline/stages/general), the same files
+        if artifact.stage not in ("ingest", "general"):
             raise ValueError(f"{artifact.stage}/{artifact.key} is not an ingest artifact")
         self.artifact = artifact
         self.path: Path = artifact.path

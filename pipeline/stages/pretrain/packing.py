@@ -11,8 +11,9 @@
    unnamed ones are used exactly once; the selection is shuffled so sources interleave.
 3. ``write_sequences``: the selected documents are gathered from the staging memmap and written
    as ``<name>-NNNNN.bin`` shards (uint16 when the vocabulary fits, else uint32) holding whole
-   sequences of ``seq_len`` tokens, plus ``<name>.json`` (dtype, seq_len, shards, counts). The
-   tail shorter than one sequence is counted, not used.
+   sequences of ``seq_len`` tokens, plus ``<name>.json`` (dtype, seq_len, shards, counts) and
+   ``<name>-starts.npy`` (the documents starting in each sequence: ``trained_document_starts``
+   counts those training reads). The tail shorter than one sequence is counted, not used.
 
 ``TokenBatches`` reads a packed stream by random access in a seeded, epoch-wise shuffled order that
 is a pure function of (seed, position): a run resumed at step k reads exactly the batches an
@@ -332,11 +333,28 @@ def write_sequences(enc: Encoded, selection: np.ndarray, out_dir: Path, name: st
         pos = end
     for out in outs:
         out.flush()
+    # where each document starts in the stream, counted per sequence (<name>-starts.npy)
+    first = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    per_seq = np.bincount(first[first < usable] // seq_len, minlength=num_seqs)
+    np.save(out_dir / f"{name}-starts.npy", per_seq.astype(np.uint32))
     index = {"dtype": enc.dtype.name, "seq_len": seq_len, "shards": shards,
              "sequences": num_seqs, "documents": int(len(selection)), "tokens": usable,
-             "tail_tokens": total - usable}
+             "tail_tokens": total - usable, "document_starts": int(per_seq.sum())}
     (out_dir / f"{name}.json").write_text(json.dumps(index, indent=2))
     return index
+
+
+def trained_document_starts(data_dir: Path, name: str, seed: int, positions: int) -> int:
+    """Document starts (a document's first token) in the sequences a run reads at positions
+    ``0 .. positions-1`` of ``TokenBatches(data_dir, name, seed)``, a sequence read again in a
+    later epoch counted again: how many document beginnings training saw."""
+    per_seq = np.load(Path(data_dir) / f"{name}-starts.npy").astype(np.int64)
+    total, epoch = 0, 0
+    while len(per_seq) and epoch * len(per_seq) < positions:
+        order = np.random.default_rng([seed, epoch]).permutation(len(per_seq))
+        total += int(per_seq[order[: positions - epoch * len(per_seq)]].sum())
+        epoch += 1
+    return total
 
 
 # --- reading -----------------------------------------------------------------------------------

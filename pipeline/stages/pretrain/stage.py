@@ -199,6 +199,12 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
         )
 
 
+def trained_sequences(config: PretrainConfig) -> int:
+    """Sequences a run reads: every rank's micro-batches of every optimizer step."""
+    return (config.max_steps * config.grad_accum_steps * config.micro_batch_size
+            * config.num_gpus * config.num_nodes)
+
+
 def pack(config: PretrainConfig, train_files: list[Path], dev: pa.Table, names: list[str],
          general: set[str], tokenizer_path: Path, eos_id: int, data_dir: Path,
          earlier_files: list[Path] | None = None) -> dict[str, Any]:
@@ -227,6 +233,8 @@ def pack(config: PretrainConfig, train_files: list[Path], dev: pa.Table, names: 
         packed = {"train": packing.write_sequences(train, selection, data_dir, "train",
                                                    config.seq_len, config.max_shard_tokens),
                   "mixture": mixture}
+        packed["document_starts"] = packing.trained_document_starts(
+            data_dir, "train", config.seed, trained_sequences(config))
         pq.write_table(dev.select(["text", "source"]), stagings[2])
         held = packing.encode(tokenizer_path, [stagings[2]], eos_id, stagings[1], **common)
         is_general = np.isin(held.sources, [i for i, n in enumerate(names) if n in general])
@@ -387,6 +395,7 @@ def manifest(config: PretrainConfig, packed: dict[str, Any], trained: dict[str, 
             "train_tokens": packed["train"]["tokens"], "train_docs": packed["train"]["documents"],
             "train_seqs": packed["train"]["sequences"],
             "train_shards": len(packed["train"]["shards"]),
+            "document_starts": packed.get("document_starts", 0),
             "eval_tokens": packed["eval"]["tokens"], "eval_seqs": packed["eval"]["sequences"],
             "new_embeddings": summary.new_embeddings,
             "steps": summary.steps, "tokens_trained": summary.tokens_trained,

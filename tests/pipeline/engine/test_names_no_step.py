@@ -32,7 +32,7 @@ def step_names_in(path: Path, names: set[str]) -> list[tuple[int, str]]:
 
 def test_the_engine_and_the_flows_name_no_step() -> None:
     names = {s.name for s in STEPS}
-    assert {"ingest", "models", "tokenizer", "pretrain", "control", "finetune",
+    assert {"ingest", "models", "tokenizer", "pretrain", "general", "control", "finetune",
             "evaluate"} <= names
     found = {(str(p.relative_to(REPO)), line, name) for p in CODE
              for line, name in step_names_in(p, names)}

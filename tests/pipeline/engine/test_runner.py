@@ -66,16 +66,17 @@ def test_selection_semantics(samples_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot be combined"):
         select(tiny, "ingest", "tokenizer")
 
-    medical = domains.get("medical")  # continue mode with a control: two shared steps
+    medical = domains.get("medical")  # continue mode with a control: three shared steps
     cpu = plan(medical, medical.resolve("cpu"), samples_dir.parent)
-    assert list(cpu) == ["ingest", "models", "tokenizer", "pretrain", "control", "finetune",
-                         "evaluate"]
+    assert list(cpu) == ["ingest", "models", "tokenizer", "pretrain", "general", "control",
+                         "finetune", "evaluate"]
     # the shared steps are built when missing, never rebuilt by --force or --from
-    assert select(cpu, force=True).rebuild == set(cpu) - {"models", "control"}
+    assert select(cpu, force=True).rebuild == set(cpu) - {"models", "general", "control"}
     assert select(cpu, from_step="ingest").rebuild == {"ingest", "tokenizer", "pretrain",
                                                         "finetune", "evaluate"}
     only = select(cpu, only="evaluate")
-    assert only.steps == ["models", "control", "evaluate"] and only.rebuild == {"evaluate"}
+    assert only.steps == ["models", "general", "control", "evaluate"]
+    assert only.rebuild == {"evaluate"}
     assert select(cpu, only="control").rebuild == {"control"}
     assert select(cpu, upto="pretrain").steps == ["ingest", "models", "tokenizer", "pretrain"]
 
