@@ -655,6 +655,10 @@ class EvaluateConfig(_Strict):
     bootstrap_samples: int = Field(
         default=1000, ge=0, description="Resamples of the test documents for the standard "
         "errors of bits-per-byte and of its changes; 0: none.")
+    context_dev_docs: int = Field(
+        default=64, ge=0, description="Held-out dev documents (domain, first window each) on "
+        "which the adapted model chooses the token every test document is scored after: the "
+        "tokenizer's EOS, its BOS or <|endoftext|>, lowest NLL; 0: the EOS, no choice.")
     min_domain_gain: float | None = Field(
         default=0.001, description="Continue mode: fail unless the adapted model's domain "
         "bits-per-byte is at least this far below the base model's; null: no gate.")
@@ -782,6 +786,10 @@ class SweepConfig(_Strict):
     max_steps: int = Field(default=16, gt=1, description="Optimizer steps of each proxy run.")
     replay_source: str | None = Field(
         default=None, description="The replayed source; null: the first general source.")
+    extend_edge: bool = Field(
+        default=True, description="When the pick's learning rate is the grid's largest or "
+        "smallest, run one more proxy at one step past it (the grid's ratio there, at the "
+        "picked replay share) and pick again.")
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:

@@ -93,20 +93,25 @@ def control_rows(evaluation: Mapping[str, Any]) -> list[list[Any]]:
     per, base = evaluation["per_source"], evaluation.get("base_per_source") or {}
     ctrl = evaluation.get("control_per_source") or {}
 
-    def change(name: str) -> str:
+    def change(name: str, ci: str = "") -> str:
         if name not in m:
             return "-"
-        se = m.get(f"{name}_se")
-        return f"{m[name]:+.2%}" + (f" +- {se:.2%}" if se is not None else "")
+        se, low = m.get(f"{name}_se"), m.get(f"{ci}_ci_low")
+        return (f"{m[name]:+.2%}" + (f" +- {se:.2%}" if se is not None else "")
+                + (f" (95% CI {low:+.2%} to {m[f'{ci}_ci_high']:+.2%})" if low is not None
+                   else ""))
 
     rows = []
-    for slice_, vs_base, vs_ctrl in (
-            ("domain", "domain_bits_per_byte_change", "domain_change_vs_control"),
-            ("general", "general_bits_per_byte_change", "general_change_vs_control")):
-        if slice_ in per and slice_ in ctrl:
-            rows.append([slice_, base.get(slice_, {}).get("bits_per_byte", "-"),
-                         ctrl[slice_]["bits_per_byte"], per[slice_]["bits_per_byte"],
-                         change(vs_base), change(vs_ctrl)])
+    for masked in ("", "_masked"):  # the masked rows: placeholders and URLs out (the verdict's)
+        for slice_, vs_base, vs_ctrl in (
+                ("domain", "domain_bits_per_byte_change", "domain_change_vs_control"),
+                ("general", "general_bits_per_byte_change", "general_change_vs_control")):
+            if slice_ in per and slice_ in ctrl and f"bits_per_byte{masked}" in per[slice_]:
+                rows.append([slice_ + (" (masked)" if masked else ""),
+                             base.get(slice_, {}).get(f"bits_per_byte{masked}", "-"),
+                             ctrl[slice_][f"bits_per_byte{masked}"],
+                             per[slice_][f"bits_per_byte{masked}"], change(vs_base + masked),
+                             change(vs_ctrl + masked, vs_ctrl if masked else "")])
     return rows
 
 
@@ -149,7 +154,8 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
     pre, ft = PretrainOutput(artifacts["pretrain"]), FinetuneOutput(artifacts["finetune"])
     base = evaluation.get("base_per_source")
     blocks: list[Block] = [
-        ("h2", "Key results" + (f": base `{pre.base_model}` vs adapted" if base else "")),
+        ("h2", "Key results" + (f": {evaluation.get('base_label') or f'base `{pre.base_model}`'}"
+                                " (the starting point) vs adapted" if base else "")),
         ("table", ["metric", "base", "adapted", "change"], key_rows(evaluation, ft)),
         *_language_blocks(evaluation, pre),
         *selection_blocks(evaluation),
@@ -172,9 +178,10 @@ def _language_blocks(evaluation: Mapping[str, Any], pre: PretrainOutput) -> list
          + (f"; general text (forgetting): perplexity {metrics['general_perplexity']:.2f}, "
             f"bits-per-byte {metrics['general_bits_per_byte']:.3f}"
             if "general_perplexity" in metrics else "") + "."),
-        ("table", ["slice", "perplexity", "bits/byte", "tokens", "bytes"],
-         [[s, v["perplexity"], v["bits_per_byte"], v["tokens"], v["bytes"]]
-          for s, v in per_source.items()]),
+        ("table", ["slice", "perplexity", "bits/byte", "bits/byte masked", "tokens", "bytes"],
+         [[s, v["perplexity"], v["bits_per_byte"], v.get("bits_per_byte_masked", "-"),
+           v["tokens"], v["bytes"]] for s, v in per_source.items()]),
+        *([("p", evaluation["scoring"])] if evaluation.get("scoring") else []),  # verdict.py
     ]
     if base:
         blocks += [
@@ -189,8 +196,10 @@ def _language_blocks(evaluation: Mapping[str, Any], pre: PretrainOutput) -> list
         blocks += [
             ("h3", "Base, control and adapted"),
             ("p", "The control continued the base model on general text only, with the same "
-             "recipe and budget: adapted vs control is the effect of the domain data. Changes "
-             "are relative bits-per-byte +- a bootstrap standard error over documents."),
+             "recipe and budget: adapted vs control is the effect of the domain data, and the "
+             "verdict's headline. Changes are relative bits-per-byte +- a bootstrap standard "
+             "error over documents; the masked rows (the verdict's figures) leave placeholders "
+             "and URLs out, with the 95% interval of the paired resamples vs control."),
             ("table", ["slice", "base", "control", "adapted", "adapted vs base",
                        "adapted vs control"], control_rows(evaluation)),
         ]

@@ -13,7 +13,12 @@ more value trains only the new points.
 
 The pick is the point with the largest domain gain whose general rise stays within
 ``pretrain.select_max_general_degradation`` (the checkpoint-choice rule); the table marks the
-Pareto front (no other point is better on both). Outputs, under ``<workdir>/sweeps/<id>/``:
+Pareto front (no other point is better on both). A grid finds its edge: when the pick's learning
+rate is the largest or smallest tried (and ``sweep.extend_edge``), the optimum may lie beyond
+it, so the sweep says so and runs the picked replay share once more at one step past that edge
+(the grid's own ratio there, e.g. 1e-4 after 2e-5, 1e-4: 5e-4), then picks again over all the
+points; ``edge`` in the output records the step and whether the final pick still sits on the
+new edge. Outputs, under ``<workdir>/sweeps/<id>/``:
 ``sweep.json``, ``sweep.md`` (the table) and ``sweep.png`` (domain gain vs general change); the
 catalog gets a run with the table's figures as metrics (``dapt runs``).
 """
@@ -82,9 +87,39 @@ def pick(points: list[dict[str, Any]], limit: float) -> dict[str, Any]:
     return min(points, key=lambda p: p["general_change"])
 
 
+def train_point(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepConfig,
+                sweep_id: str, source: str, lr: float, replay: float) -> dict[str, Any]:
+    """One proxy run (or its cached artifact) and its dev-loss changes against the base."""
+    run = point_config(base_run, sweep, lr, replay, source)
+    point = Session(domain, run, workdir, {"sweep": sweep_id, "lr": lr, "replay": replay})
+    t0 = time.perf_counter()
+    point.drive(upto="pretrain")  # the proxy and its missing inputs, nothing after
+    result = point.executor.results["pretrain"]
+    summary = PretrainOutput(Path(result["path"])).summary
+    if summary.selection is None:
+        raise RuntimeError("sweep: the proxy run kept no dev scores (select_checkpoint)")
+    final = max(summary.selection.candidates, key=lambda c: c.step)
+    return {"lr": lr, "replay": replay, "run_id": point.run_id, "key": result["key"],
+            "cached": result["cache_hit"], "seconds": time.perf_counter() - t0,
+            "domain_change": final.domain_change,
+            "general_change": final.general_change if final.general_change is not None
+            else 0.0, "domain_dev_loss": final.eval_loss, "general_dev_loss": final.general_loss}
+
+
+def edge_step(lrs: list[float], lr: float) -> tuple[str, float] | None:
+    """("high" | "low", the next lr past that edge) when ``lr`` is the grid's largest or
+    smallest of at least two learning rates; the step is the grid's own ratio at that edge."""
+    grid = sorted(set(lrs))
+    if len(grid) < 2 or grid[0] < lr < grid[-1]:
+        return None
+    side, far, near = ("high", grid[-1], grid[-2]) if lr == grid[-1] else ("low", grid[0], grid[1])
+    return side, float(f"{far * far / near:.3g}")  # 3 digits: 5e-4, not 5.000000000000001e-4
+
+
 def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepConfig
               ) -> dict[str, Any]:
-    """Train every grid point (reusing cached ones), then write the table, plot and pick."""
+    """Train every grid point (reusing cached ones), extend past the grid's edge once when the
+    pick sits on it, then write the table, plot and pick."""
     if base_run.pretrain.mode != "continue":
         raise ValueError("dapt sweep compares continued pretraining with the base model: it "
                          f"needs pretrain.mode: continue (profile {base_run.profile!r} has "
@@ -95,41 +130,53 @@ def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepCo
     bar = progress.track("sweep", len(sweep.lrs) * len(sweep.replay), "points")
     for lr in sweep.lrs:
         for replay in sweep.replay:
-            run = point_config(base_run, sweep, lr, replay, source)
-            point = Session(domain, run, workdir,
-                            {"sweep": sweep_id, "lr": lr, "replay": replay})
-            t0 = time.perf_counter()
-            point.drive(upto="pretrain")  # the proxy and its missing inputs, nothing after
-            result = point.executor.results["pretrain"]
-            summary = PretrainOutput(Path(result["path"])).summary
-            if summary.selection is None:
-                raise RuntimeError("sweep: the proxy run kept no dev scores (select_checkpoint)")
-            final = max(summary.selection.candidates, key=lambda c: c.step)
-            points.append({
-                "lr": lr, "replay": replay, "run_id": point.run_id, "key": result["key"],
-                "cached": result["cache_hit"], "seconds": time.perf_counter() - t0,
-                "domain_change": final.domain_change,
-                "general_change": final.general_change if final.general_change is not None
-                else 0.0,
-                "domain_dev_loss": final.eval_loss, "general_dev_loss": final.general_loss})
+            points.append(train_point(domain, base_run, workdir, sweep, sweep_id, source, lr,
+                                      replay))
             log.info("sweep: lr %g replay %g: domain %+.2f%%, general %+.2f%%", lr, replay,
                      100 * points[-1]["domain_change"], 100 * points[-1]["general_change"])
             bar.update(lr=lr, replay=replay)
     bar.close()
-    for p, front in zip(points, pareto(points), strict=True):
-        p["pareto"] = front
     limit = base_run.pretrain.select_max_general_degradation
     best = pick(points, limit)
+    step = edge_step(sweep.lrs, best["lr"]) if sweep.extend_edge else None
+    edge = None
+    if step is not None:
+        side, lr = step
+        log.info("sweep: the pick's lr %g is the grid's %s edge: trying lr %g (replay %g)",
+                 best["lr"], "upper" if side == "high" else "lower", lr, best["replay"])
+        grid_pick = {"lr": best["lr"], "replay": best["replay"]}
+        points.append(train_point(domain, base_run, workdir, sweep, sweep_id, source, lr,
+                                  best["replay"]))
+        best = pick(points, limit)
+        edge = {"side": side, "lr": lr, "ratio": lr / grid_pick["lr"], "grid_pick": grid_pick,
+                "still_on_edge": best["lr"] == lr}
+    for p, front in zip(points, pareto(points), strict=True):
+        p["pareto"] = front
     out_dir = workdir / "sweeps" / sweep_id
     out = {"sweep_id": sweep_id, "domain": domain.name, "profile": base_run.profile,
            "replay_source": source, "max_steps": sweep.max_steps,
            "tokens_per_point": sweep.max_steps * base_run.pretrain.micro_batch_size
            * base_run.pretrain.grad_accum_steps * base_run.pretrain.seq_len,
            "limit": limit, "points": points, "pick": {"lr": best["lr"], "replay": best["replay"]},
-           "dir": str(out_dir)}
+           "edge": edge, "dir": str(out_dir)}
     write_outputs(out, out_dir)
     record(Catalog(workdir / "catalog.duckdb"), out)
     return out
+
+
+def edge_text(out: dict[str, Any]) -> str:
+    """The edge extension in words (empty when the grid's pick was inside it)."""
+    edge = out.get("edge")
+    if not edge:
+        return ""
+    g = edge["grid_pick"]
+    text = (f"The grid's pick (lr {g['lr']:g}, replay {g['replay']:g}) sat on its "
+            f"{'largest' if edge['side'] == 'high' else 'smallest'} learning rate, so lr "
+            f"{edge['lr']:g} (x{edge['ratio']:.3g}) was tried once beyond it: ")
+    if edge["still_on_edge"]:
+        return text + ("the pick is now that point, still on the edge: the best lr may lie "
+                       "further out.")
+    return text + "the pick stays inside the tried range."
 
 
 def table_markdown(out: dict[str, Any]) -> str:
@@ -138,7 +185,8 @@ def table_markdown(out: dict[str, Any]) -> str:
              f"({out['tokens_per_point']:,} tokens each), replaying `{out['replay_source']}`; "
              "changes of the dev-part loss (= bits/byte) against the base model. Pick: the "
              f"largest domain gain with general change <= {out['limit']:.1%}: "
-             f"**lr {out['pick']['lr']:g}, replay {out['pick']['replay']:g}**.", "",
+             f"**lr {out['pick']['lr']:g}, replay {out['pick']['replay']:g}**. "
+             + edge_text(out), "",
              "| lr | replay | domain change | general change | Pareto | pick | run | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for p in out["points"]:
@@ -192,6 +240,9 @@ def record(catalog: Catalog, out: dict[str, Any]) -> None:
                       {"kind": "sweep", "points": len(out["points"]),
                        "max_steps": out["max_steps"]})
     metrics = {"pick_lr": out["pick"]["lr"], "pick_replay": out["pick"]["replay"]}
+    if out.get("edge"):
+        metrics.update({"edge_lr": out["edge"]["lr"],
+                        "edge_still_on_edge": float(out["edge"]["still_on_edge"])})
     for p in out["points"]:
         tag = f"lr={p['lr']:g},replay={p['replay']:g}"
         metrics[f"{tag}.domain_change"] = p["domain_change"]

@@ -13,18 +13,17 @@ The verdict (plain numbers and each gate's outcome) heads the report. With
 one the candidate would replace, so the gates (which raise ``GateFailure``) decide promotion.
 
 Perplexity is computed from the ``hf/`` export (not the training process), so it also checks
-that the export loads and predicts. Each held-out document is scored on its own, preceded by the
-EOS token as context and split into windows of the training sequence length. Bits-per-byte
-(total NLL in bits / UTF-8 bytes) is reported beside perplexity because it does not depend on the
-tokenizer, so models with different tokenizers can be compared.
+that the export loads and predicts. Each held-out document is scored on its own, preceded by a
+context token chosen on the dev part, and split into windows of the training sequence length;
+each figure also comes masked (placeholders and URLs out: ``scoring.py``), and the verdict's
+headline uses the masked ones (``verdict.py``). Bits-per-byte (total NLL in bits / UTF-8 bytes)
+is reported beside perplexity because it does not depend on the tokenizer, so models with
+different tokenizers can be compared.
 """
 
 from __future__ import annotations
 
-import gc
 import json
-import math
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,101 +32,32 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
 from pipeline import GateFailure, QualityGateError
 from pipeline.config import EvaluateConfig
-from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
-from pipeline.metrics import bits_per_byte, perplexity
+from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
+    bootstrap_indices,
+    paired_change,
+    score_documents,  # noqa: F401
+    score_models,
+    slice_scores,
+)
+from pipeline.stages.evaluate.verdict import (
+    base_label,
+    headline,
+    masked_changes,
+    masked_metrics,
+    scoring_note,
+)
 from pipeline.stages.finetune.output import FinetuneOutput
 from pipeline.stages.ingest import twins
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
 from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.stages.tokenizer.output import TokenizerOutput
-
-
-@torch.no_grad()
-def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts: list[str],
-                    window: int, batch_size: int) -> list[tuple[float, int]]:
-    """(NLL in nats, scored tokens) per document; every document token is predicted once."""
-    eos = tok.eos_token_id
-    pieces: list[tuple[int, list[int]]] = []  # (doc index, [context] + tokens to score)
-    for d, ids in enumerate(tok(texts, add_special_tokens=False)["input_ids"]):
-        seq = [eos, *ids]
-        for start in range(0, len(ids), window):
-            pieces.append((d, seq[start:start + window + 1]))
-    pieces.sort(key=lambda p: len(p[1]))  # similar lengths per batch: less padding
-    out = [[0.0, 0] for _ in texts]
-    device = next(model.parameters()).device
-    model.eval()
-    bar = progress.track("evaluate: scoring", -(-len(pieces) // batch_size), "batches")
-    for i in range(0, len(pieces), batch_size):
-        chunk = pieces[i:i + batch_size]
-        width = max(len(p) for _, p in chunk)
-        ids = torch.full((len(chunk), width), tok.pad_token_id)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (_, p) in enumerate(chunk):
-            ids[row, :len(p)] = torch.tensor(p)
-            mask[row, :len(p)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = ids[:, 1:]
-        nll = (torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), target, reduction="none") * mask[:, 1:]).cpu()
-        for row, (d, p) in enumerate(chunk):
-            out[d][0] += nll[row].sum().item()
-            out[d][1] += len(p) - 1
-        bar.update(loss=nll.sum().item() / max(1, mask[:, 1:].sum().item()))
-    bar.close()
-    return [(nll, n) for nll, n in out]
-
-
-def bootstrap_indices(n_docs: int, samples: int, seed: int = 0) -> np.ndarray:
-    """``samples`` x ``n_docs`` document indices drawn with replacement (fixed seed: the same
-    resamples for every model, so differences are paired)."""
-    return np.random.default_rng(seed).integers(0, n_docs, size=(samples, n_docs))
-
-
-def slice_scores(scores: list[tuple[float, int]], texts: list[str], sources: list[str],
-                 is_general: list[bool], draws: dict[str, np.ndarray] | None = None
-                 ) -> dict[str, dict[str, float]]:
-    """Perplexity and bits-per-byte on the domain slice, the general slice and each source,
-    from per-document (NLL, tokens); with ``draws`` (slice -> bootstrap indices into that
-    slice's documents) also the bootstrap standard error of bits-per-byte."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (source, general) in enumerate(zip(sources, is_general, strict=True)):
-        groups["general" if general else "domain"].append(i)
-        groups[f"source:{source}"].append(i)
-    nll = np.array([s[0] for s in scores])
-    toks = np.array([s[1] for s in scores])
-    nbytes = np.array([len(t.encode("utf-8")) for t in texts])
-    out = {}
-    for key in sorted(groups):
-        idx = np.array(groups[key])
-        n, t, b = nll[idx].sum(), int(toks[idx].sum()), int(nbytes[idx].sum())
-        row = {"perplexity": perplexity(float(n), t), "bits_per_byte": bits_per_byte(float(n), b),
-               "tokens": t, "bytes": b, "docs": len(idx)}
-        if draws is not None and key in draws:
-            d = idx[draws[key]]
-            row["bits_per_byte_se"] = float(np.std(
-                nll[d].sum(1) / math.log(2) / nbytes[d].sum(1), ddof=1))
-        out[key] = row
-    return out
-
-
-def paired_change(scores: list[tuple[float, int]], reference: list[tuple[float, int]],
-                  idx: np.ndarray, draws: np.ndarray | None) -> tuple[float, float | None]:
-    """Relative change of total NLL (= of bits-per-byte: same documents, same bytes) of
-    ``scores`` over ``reference`` on documents ``idx``, and its bootstrap standard error."""
-    a = np.array([s[0] for s in scores])[idx]
-    b = np.array([s[0] for s in reference])[idx]
-    change = float(a.sum() / b.sum() - 1.0)
-    if draws is None:
-        return change, None
-    return change, float(np.std(a[draws].sum(1) / b[draws].sum(1) - 1.0, ddof=1))
 
 
 def comparison(config: EvaluateConfig, adapted: dict[str, dict[str, float]],
@@ -175,17 +105,6 @@ def test_text(config: EvaluateConfig, ingest: IngestOutput
             [False] * domain.num_rows + [True] * general.num_rows)
 
 
-def score_model(model_dir: Path, texts: list[str], window: int, batch_size: int,
-                device: torch.device) -> list[tuple[float, int]]:
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
-    try:
-        return score_documents(model, AutoTokenizer.from_pretrained(model_dir), texts, window,
-                               batch_size)
-    finally:
-        del model
-        gc.collect()
-
-
 def changes(scores: dict[str, list[tuple[float, int]]], slices: dict[str, np.ndarray],
             draws: dict[str, np.ndarray] | None) -> dict[str, float]:
     """Adapted vs base and vs control, per slice (document indices), with bootstrap standard
@@ -210,21 +129,10 @@ def changes(scores: dict[str, list[tuple[float, int]]], slices: dict[str, np.nda
 
 
 def verdict(metrics: dict[str, float], config: EvaluateConfig, base_model: str | None,
-            finetune: dict[str, Any]) -> dict[str, Any]:
-    """The plain-numbers verdict at the top of the report, and each gate's outcome."""
-    def pct(name: str) -> str:
-        se = metrics.get(f"{name}_se")
-        return f"{metrics[name]:+.1%}" + (f" +- {se:.1%}" if se is not None else "")
-
-    parts = []
-    if "domain_bits_per_byte_change" in metrics:
-        parts.append(f"domain bits/byte {pct('domain_bits_per_byte_change')}")
-    if "general_bits_per_byte_change" in metrics:
-        parts.append(f"general {pct('general_bits_per_byte_change')}")
-    if "domain_change_vs_control" in metrics:
-        parts.append(f"domain vs control {pct('domain_change_vs_control')}")
-    elif "domain_bits_per_byte_change" in metrics:
-        parts.append("no control run")
+            finetune: dict[str, Any], promoted: bool = False) -> dict[str, Any]:
+    """The plain-numbers verdict at the top of the report (its headline: ``verdict.py``), and
+    each gate's outcome."""
+    who, parts, tail = headline(metrics, base_model, promoted)
     if finetune.get("macro_f1") is not None and "base_macro_f1" in finetune:
         seeds = finetune.get("seeds", "")
 
@@ -249,8 +157,8 @@ def verdict(metrics: dict[str, float], config: EvaluateConfig, base_model: str |
                       "value": float(metrics["general_bits_per_byte_change"]),
                       "passed": bool(metrics["general_bits_per_byte_change"]
                                      <= config.max_general_degradation)})
-    who = f"adapted vs {base_model}" if base_model else "adapted"
-    return {"text": f"{who}: " + ", ".join(parts) if parts else who, "gates": gates}
+    text = f"{who}: " + ", ".join(parts) if parts else who
+    return {"text": text + "".join(f"; {t}" for t in tail), "gates": gates}
 
 
 @dataclass(frozen=True)
@@ -327,18 +235,22 @@ def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
-              is_general: list[bool]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each model's per-document scores, and its per-slice and per-source figures."""
+              is_general: list[bool]) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Each model's per-slice and per-source figures; the changes between models (unmasked and
+    masked) with the masked figures; the context token chosen on the dev part."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    scores = {name: score_model(d, texts, given.pretrain.seq_len, config.batch_size, device)
-              for name, d in given.model_dirs().items()}
+    dev = given.ingest.held_out_parts(["source", "text"])["domain"]["dev"]
+    scores, context = score_models(
+        given.model_dirs(), texts, dev.slice(0, config.context_dev_docs).column("text").to_pylist(),
+        given.pretrain.seq_len, config.batch_size, device)
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
     draws = ({k: bootstrap_indices(len(v), config.bootstrap_samples) for k, v in slices.items()
               if len(v)} if config.bootstrap_samples else None)
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
-    return per, changes(scores, slices, draws)
+    return per, {**changes(scores, slices, draws), **masked_changes(scores, slices, draws),
+                 **masked_metrics(per, scores["adapted"], slices["domain"])}, context
 
 
 def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
@@ -346,7 +258,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
     split = twins.heldout_twins(given.ingest)  # near-twins of the test text in training
-    per, changed = score_all(config, given, texts, sources, is_general)
+    per, changed, context = score_all(config, given, texts, sources, is_general)
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
     metrics = {
@@ -361,7 +273,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         **twin_metrics(split),
     }
     result = verdict(metrics, config, given.reference(),
-                     {**ft.metrics, "seeds": len(ft.seeds)})
+                     {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
     twin_rate = metrics.get("heldout_twin_rate")
     if config.max_twin_rate is not None and twin_rate is not None \
             and twin_rate > config.max_twin_rate:
@@ -373,7 +285,10 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
                   "twins": split,
                   "control_per_source": per.get("control"), "verdict": result,
-                  "selection": selection.model_dump() if selection else None}
+                  "selection": selection.model_dump() if selection else None,
+                  "context": context, "scoring": scoring_note(metrics, context),
+                  "base_label": None if given.previous is not None
+                  else base_label(given.pretrain.base_model)}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
     write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]
@@ -384,5 +299,6 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         counts={"eval_docs": len(texts), "eval_tokens": int(per_source["domain"]["tokens"])},
         metrics=metrics,
         extra={"per_source": per_source, "base_per_source": base_scores,
-               "control_per_source": per.get("control"), "verdict": result},
+               "control_per_source": per.get("control"), "verdict": result,
+               "context": context},
     )

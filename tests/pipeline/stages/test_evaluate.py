@@ -57,6 +57,12 @@ def test_base_and_adapted_are_scored_on_the_same_text(continued: dict) -> None:
     # evaluate scores the test part of the held-out slice (the dev part is for choices)
     held = IngestOutput(session.artifacts["ingest"]).held_out_parts(["source", "text"])
     domain_texts = held["domain"]["test"].column("text").to_pylist()[:100]
+    # the context token is chosen on the dev part (one candidate here: BOS = EOS), and the
+    # masked figures come beside today's
+    assert saved["context"] == {"token": "<|endoftext|>", "candidates": {},
+                                "dev_docs": min(64, held["domain"]["dev"].num_rows)}
+    assert m["heldout_bits_per_byte_masked"] > 0 and "domain_bits_per_byte_change_masked" in m
+    assert "bits/byte masked" in (art.path / "report.md").read_text()
     scores = score_documents(AutoModelForCausalLM.from_pretrained(continued["base_hf"]),
                              AutoTokenizer.from_pretrained(continued["base_hf"]), domain_texts,
                              128, 8)

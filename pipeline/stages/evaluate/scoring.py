@@ -1,0 +1,260 @@
+"""Scoring held-out documents: each document's NLL under a model, in full and with the spans a
+model can predict from format alone masked out, after a context token chosen on the dev part.
+
+``score_documents`` runs a model over each document on its own: the document's tokens after one
+context token, in windows of the training sequence length, every token predicted once.
+
+**Masked scoring.** Ingest's PII redaction writes typed placeholders (``<EMAIL>``, ``<PERSON>``,
+``<PERSON_1f2e3d4c>`` under the ``hash`` policy; pipeline/stages/ingest/pii.py) and keeps
+non-personal URLs. A model continued on the corpus learns these strings' format: a real gain on
+the corpus, but not knowledge of the domain. So every document is also scored with those spans
+masked. A token is *masked* when at least half of its characters (the tokenizer's offset
+mapping) lie inside a placeholder or URL span; ties are masked, so the " <" of " <EMAIL>" goes
+with its placeholder. A masked token contributes no NLL, and the spans' UTF-8 bytes leave the
+byte count. A token mostly outside a span counts whole (its few characters inside a span are
+not in the byte count), so a span's edges can move a fraction of a token between the two;
+placeholders and URLs start and end at word boundaries, where byte-level BPE splits anyway.
+The ``mask`` policy's ``XXXX`` keeps the layout of the value and is not masked here.
+
+**Context token.** A document's first token is predicted from one context token. Today's was
+the tokenizer's EOS, which for SmolLM2 is ``<|im_end|>`` (a chat turn's end), not its
+end-of-text. ``choose_context`` tries the EOS, the BOS and ``<|endoftext|>`` (each in the
+vocabulary, each id once) with the adapted model on the first window of a capped sample of
+*dev* documents and keeps the one with the lowest total NLL; the test documents are then scored
+after it by every model. The choice is never made on test text.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from pipeline.config import PII_TYPES
+from pipeline.engine import progress
+from pipeline.metrics import bits_per_byte, perplexity
+
+# <TYPE> (redact) or <TYPE_xxxxxxxx> (hash), as pipeline/stages/ingest/pii.py renders them
+PLACEHOLDER = re.compile(r"<(?:" + "|".join(t.upper() for t in PII_TYPES) + r")(?:_[0-9a-f]{8})?>")
+# ingest's URL pattern (pii.TYPES["url"], kept equal by a test): importing pii here would put
+# the redaction code (and its NER) into evaluate's code version
+URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]|\b(?:[A-Za-z0-9-]+\.)+"
+                 r"(?:com|org|net|edu|gov|io|info|co|uk|de|fr|nl|eu|us|ca|au|ly|gl|me)/[^\s<>\"']*"
+                 r"[^\s<>\"'.,;:!?)\]]")
+ENDOFTEXT = "<|endoftext|>"
+
+
+class DocScore(NamedTuple):
+    """One document's score; ``(nll, tokens)`` first, so it reads as the old pair."""
+
+    nll: float  # nats, every token
+    tokens: int
+    nll_masked: float  # nats, the tokens outside placeholder and URL spans
+    tokens_masked: int  # how many tokens the masked figures score
+    bytes: int  # UTF-8 bytes of the document
+    bytes_masked: int  # UTF-8 bytes outside placeholder and URL spans
+    first_nll: float  # the first token's NLL, predicted from the context token alone
+
+
+def masked_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the placeholders and URLs in ``text``, merged, in order."""
+    found = sorted((m.start(), m.end()) for rx in (PLACEHOLDER, URL) for m in rx.finditer(text))
+    merged: list[tuple[int, int]] = []
+    for start, end in found:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def token_kept(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """True for each token the masked figures score: less than half of its characters inside
+    ``spans`` (a token without characters is kept)."""
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    inside = np.zeros(len(off), dtype=np.int64)
+    for start, end in spans:
+        inside += np.clip(np.minimum(off[:, 1], end) - np.maximum(off[:, 0], start), 0, None)
+    width = off[:, 1] - off[:, 0]
+    return ~((width > 0) & (2 * inside >= width))
+
+
+@torch.no_grad()
+def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts: list[str],
+                    window: int, batch_size: int, context: int | None = None,
+                    max_windows: int | None = None) -> list[DocScore]:
+    """Each document's score after token id ``context`` (None: the EOS); every token of the
+    first ``max_windows`` windows (None: all) is predicted once."""
+    ctx = tok.eos_token_id if context is None else context
+    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    kept = [token_kept(o, masked_spans(t)) for t, o in zip(texts, enc["offset_mapping"],
+                                                           strict=True)]
+    pieces: list[tuple[int, int, list[int]]] = []  # (doc, first token, [context] + tokens)
+    for d, ids in enumerate(enc["input_ids"]):
+        seq = [ctx, *ids]
+        pieces += [(d, s, seq[s:s + window + 1]) for s in range(0, len(ids), window)[:max_windows]]
+    pieces.sort(key=lambda p: len(p[2]))  # similar lengths per batch: less padding
+    acc = np.zeros((len(texts), 4))  # nll, tokens, masked nll, masked tokens
+    first = np.zeros(len(texts))
+    device = next(model.parameters()).device
+    model.eval()
+    bar = progress.track("evaluate: scoring", -(-len(pieces) // batch_size), "batches")
+    for i in range(0, len(pieces), batch_size):
+        chunk = pieces[i:i + batch_size]
+        width = max(len(p) for _, _, p in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, _, p) in enumerate(chunk):
+            ids[row, :len(p)] = torch.tensor(p)
+            mask[row, :len(p)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = (torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).cpu()
+        for row, (d, start, p) in enumerate(chunk):
+            n = len(p) - 1
+            keep = torch.from_numpy(kept[d][start:start + n])
+            acc[d] += (nll[row].sum().item(), n, nll[row, :n][keep].sum().item(),
+                       int(keep.sum()))
+            if start == 0:
+                first[d] = nll[row, 0].item()
+        bar.update(loss=nll.sum().item() / max(1, mask[:, 1:].sum().item()))
+    bar.close()
+    out = []
+    for d, text in enumerate(texts):
+        size = len(text.encode("utf-8"))
+        hidden = sum(len(text[s:e].encode("utf-8")) for s, e in masked_spans(text))
+        out.append(DocScore(float(acc[d, 0]), int(acc[d, 1]), float(acc[d, 2]), int(acc[d, 3]),
+                            size, size - hidden, float(first[d])))
+    return out
+
+
+def context_candidates(tok: PreTrainedTokenizerBase) -> dict[str, int]:
+    """{token: id} of the context tokens to try: the EOS (the old context) first, the BOS and
+    ``<|endoftext|>`` when in the vocabulary; each id once."""
+    vocab = tok.get_vocab()
+    out: dict[str, int] = {}
+    for token in (tok.eos_token, tok.bos_token, ENDOFTEXT):
+        if token is not None and token in vocab and vocab[token] not in out.values():
+            out[token] = vocab[token]
+    return out
+
+
+def choose_context(model: torch.nn.Module, tok: PreTrainedTokenizerBase, dev_texts: list[str],
+                   window: int, batch_size: int) -> dict[str, Any]:
+    """The context token after which ``model`` predicts the first window of ``dev_texts`` with
+    the lowest total NLL (the EOS when there is nothing to choose); each candidate's figures:
+    {token, dev_docs, candidates: {token: {nll_per_token, first_token_nll}}}."""
+    candidates = context_candidates(tok)
+    figures: dict[str, dict[str, float]] = {}
+    if len(candidates) > 1 and dev_texts:
+        for token, id_ in candidates.items():
+            s = score_documents(model, tok, dev_texts, window, batch_size, id_, max_windows=1)
+            figures[token] = {"nll_per_token": sum(x.nll for x in s) / max(1, sum(
+                x.tokens for x in s)), "first_token_nll": float(np.mean([x.first_nll for x in s]))}
+        chosen = min(figures, key=lambda t: figures[t]["nll_per_token"])  # ties: the EOS
+    else:
+        chosen = next(iter(candidates), tok.eos_token)
+    return {"token": chosen, "dev_docs": len(dev_texts), "candidates": figures}
+
+
+def context_id(tok: PreTrainedTokenizerBase, token: str) -> int:
+    """``token``'s id in ``tok``, or its EOS where ``tok`` lacks it."""
+    return tok.get_vocab().get(token, tok.eos_token_id)
+
+
+def score_models(dirs: Mapping[str, Path], texts: list[str], dev_texts: list[str], window: int,
+                 batch_size: int, device: torch.device
+                 ) -> tuple[dict[str, list[DocScore]], dict[str, Any]]:
+    """Every model's scores of ``texts``, all after the context token that the first model
+    (the adapted one) predicts ``dev_texts`` best after; and that choice."""
+    scores: dict[str, list[DocScore]] = {}
+    context: dict[str, Any] | None = None
+    for name, path in dirs.items():
+        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        tok = AutoTokenizer.from_pretrained(path)
+        try:
+            if context is None:
+                context = choose_context(model, tok, dev_texts, window, batch_size)
+            scores[name] = score_documents(model, tok, texts, window, batch_size,
+                                           context_id(tok, context["token"]))
+        finally:
+            del model
+            gc.collect()
+    assert context is not None, "score_models needs at least one model"
+    return scores, context
+
+
+def bootstrap_indices(n_docs: int, samples: int, seed: int = 0) -> np.ndarray:
+    """``samples`` x ``n_docs`` document indices drawn with replacement (fixed seed: the same
+    resamples for every model, so differences are paired)."""
+    return np.random.default_rng(seed).integers(0, n_docs, size=(samples, n_docs))
+
+
+def _bpb_row(nll: np.ndarray, toks: np.ndarray, nbytes: np.ndarray, idx: np.ndarray,
+             draws: np.ndarray | None) -> dict[str, float]:
+    n, t, b = nll[idx].sum(), int(toks[idx].sum()), int(nbytes[idx].sum())
+    row = {"perplexity": perplexity(float(n), t), "bits_per_byte": bits_per_byte(float(n), b),
+           "tokens": t, "bytes": b}
+    if draws is not None:
+        d = idx[draws]
+        row["bits_per_byte_se"] = float(np.std(
+            nll[d].sum(1) / math.log(2) / nbytes[d].sum(1), ddof=1))
+    return row
+
+
+def slice_scores(scores: Sequence[tuple[float, int]], texts: list[str], sources: list[str],
+                 is_general: list[bool], draws: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Perplexity and bits-per-byte on the domain slice, the general slice and each source,
+    from per-document (NLL, tokens); with ``draws`` (slice -> bootstrap indices into that
+    slice's documents) also the bootstrap standard error of bits-per-byte. ``DocScore``s add
+    the masked figures: ``bits_per_byte_masked`` (``_se``), ``tokens_masked``,
+    ``bytes_masked`` (bytes outside placeholder and URL spans)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (source, general) in enumerate(zip(sources, is_general, strict=True)):
+        groups["general" if general else "domain"].append(i)
+        groups[f"source:{source}"].append(i)
+    nbytes = np.array([len(t.encode("utf-8")) for t in texts])
+    columns = np.array([s[:2] for s in scores], dtype=float).reshape(-1, 2)
+    masked = all(isinstance(s, DocScore) for s in scores)
+    if masked:
+        m = np.array([(s.nll_masked, s.tokens_masked, s.bytes_masked) for s in scores], float)
+    out = {}
+    for key in sorted(groups):
+        idx, d = np.array(groups[key]), (draws or {}).get(key)
+        row = {**_bpb_row(columns[:, 0], columns[:, 1], nbytes, idx, d), "docs": len(idx)}
+        if masked:
+            extra = _bpb_row(m[:, 0], m[:, 1], m[:, 2], idx, d)
+            row.update({"bits_per_byte_masked": extra["bits_per_byte"],
+                        "tokens_masked": extra["tokens"], "bytes_masked": extra["bytes"]})
+            if "bits_per_byte_se" in extra:
+                row["bits_per_byte_masked_se"] = extra["bits_per_byte_se"]
+        out[key] = row
+    return out
+
+
+def paired_change(scores: Sequence[tuple[float, int]], reference: Sequence[tuple[float, int]],
+                  idx: np.ndarray, draws: np.ndarray | None) -> tuple[float, float | None]:
+    """Relative change of total NLL (= of bits-per-byte: same documents, same bytes) of
+    ``scores`` over ``reference`` on documents ``idx``, and its bootstrap standard error."""
+    change, resampled = paired_resamples([s[0] for s in scores], [s[0] for s in reference],
+                                         idx, draws)
+    return change, None if resampled is None else float(np.std(resampled, ddof=1))
+
+
+def paired_resamples(nll: Sequence[float], reference: Sequence[float], idx: np.ndarray,
+                     draws: np.ndarray | None) -> tuple[float, np.ndarray | None]:
+    """The relative change of summed ``nll`` over ``reference`` on documents ``idx``, and the
+    same change on each bootstrap resample (rows of ``draws``, indices into ``idx``)."""
+    a, b = np.asarray(nll, dtype=float)[idx], np.asarray(reference, dtype=float)[idx]
+    change = float(a.sum() / b.sum() - 1.0)
+    return change, None if draws is None else a[draws].sum(1) / b[draws].sum(1) - 1.0
