@@ -41,6 +41,7 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
 from pipeline.metrics import bits_per_byte, perplexity
+from pipeline.stages.evaluate import seeds
 from pipeline.stages.finetune.output import FinetuneOutput
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
@@ -315,8 +316,9 @@ def lm_metrics(per: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
-              is_general: list[bool]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each model's per-document scores, and its per-slice and per-source figures."""
+              is_general: list[bool]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Each model's per-slice and per-source figures, the changes, and its per-document
+    scores."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scores = {name: score_model(d, texts, given.pretrain.seq_len, config.batch_size, device)
               for name, d in given.model_dirs().items()}
@@ -326,20 +328,26 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
               if len(v)} if config.bootstrap_samples else None)
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
-    return per, changes(scores, slices, draws)
+    return per, changes(scores, slices, draws), scores
 
 
 def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
     given = Inputs.of(inputs)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
-    per, changed = score_all(config, given, texts, sources, is_general)
+    per, changed, scores = score_all(config, given, texts, sources, is_general)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # pretrain.seeds > 1: the other seeds' models on the same documents (seeds.py)
+    spread, seed_table = seeds.over_seeds(
+        config, given.artifacts, given.ingest, scores, texts, is_general,
+        lambda d: score_model(d, texts, given.pretrain.seq_len, config.batch_size, device))
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
         **changed,
         **lm_metrics(per),
+        **spread,  # train_seeds; with several: the spread over seeds and the interval
         # finetune_accuracy, finetune_macro_f1(_std), finetune_base_macro_f1, ..._gain
         **{f"finetune_{k}": v for k, v in ft.metrics.items()},
         # the tokenizer training used: domain (from scratch), base or extended (continue)
@@ -348,10 +356,12 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     }
     result = verdict(metrics, config, given.reference(),
                      {**ft.metrics, "seeds": len(ft.seeds)})
+    result["text"] += seeds.verdict_text(metrics)
     selection = given.pretrain.selection
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
                   "control_per_source": per.get("control"), "verdict": result,
-                  "selection": selection.model_dump() if selection else None}
+                  "selection": selection.model_dump() if selection else None,
+                  "seeds": seed_table}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
     write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]
