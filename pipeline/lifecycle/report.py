@@ -107,9 +107,9 @@ def seed_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
                 else "-" for s in seeds["summary"]]
     return [
         ("h3", f"Training seeds ({seeds['train_seeds']})"),
-        ("p", "Every seed's adapted model and control trained with the same recipe and scored "
-         "on the same test documents; seed i of the adapted model is paired with seed i of the "
-         "control. The 95% interval resamples seeds and, within, held-out clusters "
+        ("p", "Each training seed's models (adapted; control, if any: seed i paired with seed "
+         "i) trained with the same recipe and scored on the same test documents. The 95% "
+         "interval of a change resamples seeds and, within, held-out clusters "
          f"(`{seeds['clusters']}`), {seeds['bootstrap_samples']} replicates. The headline "
          "figures above are the first seed's: the model the gates judge and promotion moves."),
         ("table", ["seed", *names], [[r["seed"], *(r[n] for n in names)] for r in seeds["rows"]]),

@@ -174,16 +174,18 @@ def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact], ingest: I
         return {"train_seeds": 1.0}, None
     codes, column = held_out_clusters(config, ingest, len(texts))
     metrics = seed_metrics(config, scores, nbytes, general, codes)
-    return metrics, seed_table(metrics, models, column, config.bootstrap_samples)
+    return metrics, seed_table(metrics, [m.spec.config.seed for m in models["adapted"]],
+                               column, config.bootstrap_samples)
 
 
-def seed_table(metrics: Mapping[str, float], models: Mapping[str, list[PretrainOutput]],
-               column: str, samples: int) -> dict[str, Any]:
-    """What the report shows: one row per seed, and each quantity's mean, spread, interval."""
+def seed_table(metrics: Mapping[str, float], seed_values: list[int], column: str,
+               samples: int) -> dict[str, Any]:
+    """What the report shows: one row per seed (``seed_values``: each one's
+    ``pretrain.seed``), and each quantity's mean, spread over seeds and interval."""
     n_seeds = int(metrics["train_seeds"])
     names = [n for n, *_ in LEVELS + CHANGES if f"{n}_seed0" in metrics]
-    rows = [{"seed": models["adapted"][i].spec.config.seed,
-             **{n: metrics[f"{n}_seed{i}"] for n in names}} for i in range(n_seeds)]
+    rows = [{"seed": seed_values[i], **{n: metrics[f"{n}_seed{i}"] for n in names}}
+            for i in range(n_seeds)]
     summary = [{"metric": n, "mean": metrics[f"{n}_seed_mean"],
                 "std": metrics[f"{n}_seed_std"], "ci_low": metrics.get(f"{n}_ci_low"),
                 "ci_high": metrics.get(f"{n}_ci_high")} for n in names]

@@ -16,6 +16,7 @@ from pipeline import domains as domain_registry
 from pipeline.config import EvaluateConfig, PretrainConfig
 from pipeline.driver import plan
 from pipeline.engine.artifacts import artifact_key, stable_hash
+from pipeline.lifecycle import report, tracking
 from pipeline.stages.evaluate import seeds
 from pipeline.stages.pretrain.spec import LINEAGE_FIELDS
 from tests.e2e_domain import write_test_domain
@@ -59,6 +60,7 @@ def test_seeds_fan_out_pretrain_and_control_and_keep_the_first_key(domain: Path,
     assert not any("[" in n for n in two["finetune"].needs)  # the first seed only
     assert {"pretrain[seed1]", "control[seed1]"} <= set(two["evaluate"].inputs)
     assert two.by_role("model").name == "pretrain"  # what is gated and promoted
+    assert tracking.step_label("pretrain[seed1]") == "pretrain.seed1"  # an MLflow key
 
 
 def test_dapt_plan_seeds_is_set_pretrain_seeds(domain: Path, tmp_path: Path) -> None:
@@ -133,6 +135,12 @@ def test_seed_metrics_pair_seed_i_with_seed_i() -> None:
     for name in ("general_change_vs_control", "domain_bits_per_byte_change",
                  "general_bits_per_byte_seed_mean", "heldout_bits_per_byte_seed1"):
         assert any(k.startswith(name) for k in m), name
+    blocks = report.to_markdown(report.seed_blocks(
+        {"seeds": seeds.seed_table(m, [7, 8], "group", 300)}))
+    assert "### Training seeds (2)" in blocks and "clusters (`group`), 300 replicates" in blocks
+    low, high = m["domain_change_vs_control_ci_low"], m["domain_change_vs_control_ci_high"]
+    assert f"| domain_change_vs_control | {m['domain_change_vs_control_seed_mean']:.4g} |" in blocks
+    assert f"{low:+.4g} to {high:+.4g} |" in blocks and "\n| 8 | " in blocks
     text = seeds.verdict_text(m)
     assert text.startswith("; over 2 training seeds, domain vs control ") and "95%" in text
     assert seeds.seed_metrics(EvaluateConfig(), {"adapted": given["adapted"][:1]}, nbytes,
