@@ -5,9 +5,9 @@
     dapt samples build [DOMAIN]
     dapt server start [--port N] | stop | status     (a local Prefect server `dapt run` reuses)
     dapt run DOMAIN [--profile tiny|small|base|cpu] [--only STAGE] [--from STAGE] [--force]
-                    [--init base|promoted] [--set PATH=VALUE ...]
+                    [--init base|promoted] [--set PATH=VALUE ...] [--seeds N]
     dapt run --domain-file PATH.yaml
-    dapt plan DOMAIN [--profile P] [--domain-file F] [--set PATH=VALUE ...] [--json]
+    dapt plan DOMAIN [--profile P] [--domain-file F] [--set PATH=VALUE ...] [--seeds N] [--json]
     dapt runs [DOMAIN]
     dapt models list | prepare NAME | promoted [DOMAIN] | promote RUN | rollback DOMAIN
     dapt lineage DOMAIN | KEY
@@ -43,6 +43,7 @@ from flows.cli_common import (
     ENVIRONMENT,
     DomainFile,
     Profile,
+    Seeds,
     Sets,
     Workdir,
     check_choice,
@@ -50,6 +51,7 @@ from flows.cli_common import (
     fail,
     prefect_env,
     use_server,
+    with_seeds,
     workdir_path,
 )
 from pipeline import domains as domain_registry
@@ -100,6 +102,7 @@ def run(
         help="Override pretrain.init: base (start from the base model) or promoted (continue "
              "the domain's promoted model on the new data).")] = None,
     overrides: Sets = None,
+    seeds: Seeds = None,
     workdir: Workdir = None,
 ) -> None:
     """Run the domain pipeline (Prefect flow; uses `dapt server start`'s server when it runs).
@@ -107,6 +110,7 @@ def run(
     Exit status: 0 done (promoted, or up to date), 3 evaluated but not promoted (a gate
     failed; the promoted model stays), 1 a stage failed, 2 bad input (before any flow
     starts)."""
+    overrides = with_seeds(overrides, seeds)
     _check_run_options(profile, only, from_stage, init, ingest_runner, ingest_workers,
                        overrides)
     work = workdir_path(workdir)
@@ -259,11 +263,13 @@ def plan(
     profile: Profile = "tiny",
     domain_file: DomainFile = None,
     overrides: Sets = None,
+    seeds: Seeds = None,
     workdir: Workdir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
 ) -> None:
     """Each step's artifact key and whether it is cached or would be built; runs nothing (the
-    base model's conversion and the control are steps too)."""
+    base model's conversion and the control are steps too; one step per training seed)."""
+    overrides = with_seeds(overrides, seeds)
     check_choice("--profile", profile, PROFILE_NAMES)
     check_sets(overrides)
     work = workdir_path(workdir)
@@ -279,9 +285,10 @@ def plan(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    width = max([10, *(len(r["step"]) for r in rows)])
     for r in rows:
-        typer.echo(f"{r['step']:<10} {r['key']}  {'cached' if r['cached'] else 'would build':<11}"
-                   f"  {r['title']}")
+        typer.echo(f"{r['step']:<{width}} {r['key']}  "
+                   f"{'cached' if r['cached'] else 'would build':<11}  {r['title']}")
 
 
 def _scheduled(names: list[str] | None, domain_files: list[Path] | None

@@ -31,6 +31,9 @@ Sets = Annotated[list[str] | None, typer.Option(
     "--set", metavar="PATH=VALUE", help="Override one field of the resolved config, e.g. "
     "pretrain.lr=3e-4 or ingest.pii.types='[email,phone]' (value parsed as YAML; "
     "repeatable; applied after the profile, validated like the YAML).")]
+Seeds = Annotated[int | None, typer.Option(
+    "--seeds", min=1, help="Training seeds per arm (adapted, control): the same as --set "
+    "pretrain.seeds=N; evaluate reports the spread over seeds and an interval of the gain.")]
 Profile = Annotated[str, typer.Option(help=f"Size dial: {', '.join(PROFILE_NAMES)}.")]
 DomainFile = Annotated[Path | None, typer.Option(help="A domain YAML not installed.")]
 
@@ -82,6 +85,11 @@ def use_server(work: Path) -> None:
     if url:
         os.environ["PREFECT_API_URL"] = url
     typer.echo(line, err=True)
+
+
+def with_seeds(overrides: list[str] | None, seeds: int | None) -> list[str] | None:
+    """``--seeds N`` as the ``--set pretrain.seeds=N`` it stands for (after the others)."""
+    return overrides if seeds is None else [*(overrides or []), f"pretrain.seeds={seeds}"]
 
 
 def check_sets(overrides: list[str] | None) -> None:

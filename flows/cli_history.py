@@ -44,7 +44,7 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
         for s in r["stages"]:
             m = json.loads(s["metrics"]) if s["metrics"] else {}
             shown = ", ".join(f"{k}={v:.4g}" for k, v in list(m.items())[:4])
-            typer.echo(f"    {s['stage']:<10} {s['artifact_key']}  "
+            typer.echo(f"    {s['step']:<10} {s['artifact_key']}  "
                        f"{'cached' if s['cache_hit'] else s['status']:<9} "
                        f"{s['duration_s']:>7.1f}s  {shown}")
         if r.get("sweep"):

@@ -486,7 +486,15 @@ class PretrainConfig(_Strict):
     max_shard_tokens: int = Field(
         default=1 << 28, gt=0, description="Tokens per packed shard file (rounded down to "
         "whole sequences).")
-    seed: int = 0
+    seed: int = Field(default=0, description="The first training seed (data order, mixture "
+                      "sampling, initialisation); seed i of `seeds` is seed + i.")
+    seeds: int = Field(
+        default=1, ge=1, description="Training seeds per arm (adapted and, with control, the "
+        "control): steps pretrain, pretrain[seed1], ... and control, control[seed1], ...; "
+        "evaluate reports each arm's mean +- spread over seeds and an interval of the gain vs "
+        "control that covers training variance and documents. finetune and promotion use the "
+        "first seed's model. Not hashed: each seed's key is its own config with its seed, so "
+        "the first seed's artifact is the one a run with seeds: 1 builds.")
     ds_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Raw DeepSpeed JSON merged over the generated one."
     )

@@ -47,13 +47,20 @@ CREATE TABLE IF NOT EXISTS promotions (
     run_id VARCHAR, reason VARCHAR, recorded_at TIMESTAMP);
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE stage_runs ADD COLUMN IF NOT EXISTS step VARCHAR;
 """
+# stage_runs.stage is the artifact's kind; step is the step's name in the plan, which differs
+# for a fanned-out step ("pretrain[seed1]"; NULL in rows written before steps had names: read
+# as the stage). The first variant keeps the kind's name, so `step = 'pretrain'` is the model
+# a run promotes however many seeds it trained.
 # promotions: the history of each domain's promoted model (a pretrain artifact key), newest
 # seq last. action: promoted (gates passed), manual (`dapt models promote`), rollback (key is
 # the model restored, previous the one demoted), rejected (gates failed: key is the candidate,
 # the pointer does not move). The promoted model is the key of the newest row that is not
 # `rejected`; see pipeline.lifecycle.promotion.
 MOVES = ("promoted", "manual", "rollback")
+STAGE_RUN_COLUMNS = ("run_id, stage, artifact_key, cache_hit, status, started_at, duration_s, "
+                     "error, step")
 
 
 def run_status(row: Mapping[str, Any]) -> str:
@@ -151,17 +158,19 @@ class Catalog:
         started_at: datetime,
         duration_s: float,
         input_kinds: Mapping[str, str] | None = None,
+        step: str | None = None,
     ) -> None:
         """One step's row, its artifact, the artifact's inputs (``input_kinds``: the kind of
         each input not named for its kind, e.g. the promoted model a run continues) and its
-        metrics and curve."""
+        metrics and curve. ``step``: the step's name in the plan (default: the kind)."""
         kinds = input_kinds or {}
         m: Manifest = artifact.manifest
         with self.connect() as con:
             con.begin()  # one commit (and one WAL flush) for the stage's rows
             con.execute(
-                "INSERT INTO stage_runs VALUES (?, ?, ?, ?, 'completed', ?, ?, NULL)",
-                [run_id, m.stage, m.key, cache_hit, started_at, duration_s],
+                f"INSERT INTO stage_runs ({STAGE_RUN_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, 'completed', ?, ?, NULL, ?)",
+                [run_id, m.stage, m.key, cache_hit, started_at, duration_s, step or m.stage],
             )
             con.execute(
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -194,12 +203,15 @@ class Catalog:
             con.commit()
 
     def record_stage_failure(
-        self, run_id: str, stage: str, key: str, started_at: datetime, error: str
+        self, run_id: str, stage: str, key: str, started_at: datetime, error: str,
+        step: str | None = None,
     ) -> None:
         with self.connect() as con:
             con.execute(
-                "INSERT INTO stage_runs VALUES (?, ?, ?, FALSE, 'failed', ?, ?, ?)",
-                [run_id, stage, key, started_at, (_now() - started_at).total_seconds(), error],
+                f"INSERT INTO stage_runs ({STAGE_RUN_COLUMNS}) "
+                "VALUES (?, ?, ?, FALSE, 'failed', ?, ?, ?, ?)",
+                [run_id, stage, key, started_at, (_now() - started_at).total_seconds(), error,
+                 step or stage],
             )
 
     def record_metrics(self, run_id: str, stage: str, key: str,
@@ -266,6 +278,7 @@ class Catalog:
                             "WHERE run_id = ? ORDER BY name", [run_id]):
             own.setdefault((m["stage"], m["artifact_key"]), {})[m["name"]] = m["value"]
         for r in rows:
+            r["step"] = r.get("step") or r["stage"]
             if (r["stage"], r["artifact_key"]) in own:
                 r["metrics"] = json.dumps(own[r["stage"], r["artifact_key"]])
         return rows

@@ -97,7 +97,8 @@ class Executor:
         kinds = {n: self.plan[n].kind for n in step.needs}
         kinds.update({n: kind for n, (kind, _) in step.prepared.artifacts.items()})
         self.catalog.record_stage(self.run_id, self.domain, art, cache_hit=hit,
-                                  started_at=started, duration_s=duration, input_kinds=kinds)
+                                  started_at=started, duration_s=duration, input_kinds=kinds,
+                                  step=name)
         if step.prepared.reuse is None:
             log.info("%s: %s %s (%.1fs)", name, "cached" if hit else "built", step.key,
                      duration)
@@ -121,7 +122,7 @@ class Executor:
                 force=force, resume=spec.resumable)
         except Exception as exc:
             self.catalog.record_stage_failure(self.run_id, step.kind, step.key, started,
-                                              repr(exc))
+                                              repr(exc), step=step.name)
             notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))
             error = NotPromoted if isinstance(exc, GateFailure) else StageError
             raise error(f"stage {step.name} failed (artifact {step.kind}/{step.key}): "

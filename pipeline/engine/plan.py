@@ -10,7 +10,11 @@ beside their stages (``pipeline/stages/<step>/spec.py``) and are listed in order
 ``pipeline.stages.steps``. docs/stages.md shows how a platform team adds one.
 
 A spec can fan out: its ``prepare`` returns one ``Prepared`` per variant (one per seed or per
-task), each planned as its own step ``name[variant]`` with its own key.
+task), each planned as its own step ``name[variant]`` with its own key (a variant None keeps
+the plain ``name``: the first seed is the step a run without fan-out has). A step that needs a
+spec reads every variant of it, each input named by its step (``pretrain``,
+``pretrain[seed1]``); ``first("pretrain")`` in ``needs`` reads only the first variant, so the
+step's key does not change when variants are added.
 
 Step selection (``select``):
 - default: every step; an artifact that exists is reused (a cache hit).
@@ -71,6 +75,21 @@ class Prepared:
     config_hash: str | None = None  # default: stable_hash(hashed)
     variant: str | None = None  # a fanned-out step's variant ("seed1", a task name)
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+FIRST = "[first]"  # the suffix of a need on a fanned-out spec's first variant only
+
+
+def first(name: str) -> str:
+    """A need on the first variant of spec ``name`` only (the others are not read)."""
+    return name + FIRST
+
+
+def _resolve(need: str, latest: Mapping[str, list[str]]) -> list[str]:
+    """The planned steps a need names: every variant of a spec, or the first (``first``)."""
+    if need.endswith(FIRST):
+        return latest.get(need.removesuffix(FIRST), [])[:1]
+    return latest.get(need, [])
 
 
 def _no_needs(run: Any) -> tuple[str, ...]:
@@ -185,7 +204,7 @@ def plan_steps(specs: list[StepSpec], ctx: PlanContext) -> Plan:
         code = spec.code_version()
         latest[spec.name] = []
         for p in variants:
-            needs = tuple(n for need in spec.needs(ctx.run) for n in latest.get(need, ()))
+            needs = tuple(n for need in spec.needs(ctx.run) for n in _resolve(need, latest))
             inputs: dict[str, Any] = {}
             for n in needs:  # a fanned-out input is named by its step: "pretrain[seed1]"
                 inputs[n] = steps[n].key

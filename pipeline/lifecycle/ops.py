@@ -63,9 +63,9 @@ def compare(catalog: Catalog, prefix_a: str, prefix_b: str) -> dict:
         for row in catalog.stage_runs(run["run_id"]):
             if row["status"] != "completed":
                 continue
-            stages.setdefault(row["stage"], [None, None])[i] = row["artifact_key"]
+            stages.setdefault(row["step"], [None, None])[i] = row["artifact_key"]
             for name, value in json.loads(row["metrics"] or "{}").items():
-                metrics.setdefault(f"{row['stage']}.{name}", [None, None])[i] = value
+                metrics.setdefault(f"{row['step']}.{name}", [None, None])[i] = value
     return {"runs": [{k: str(r[k]) for k in ("run_id", "domain", "profile", "status")}
                      for r in runs],
             "stages": stages, "metrics": metrics}
@@ -95,24 +95,25 @@ def write_run_report(store: ArtifactStore, catalog: Catalog, run: dict, out_dir:
     named there when given) of a run whose evaluate stage completed, from the artifacts its
     catalog rows name."""
     rows = [r for r in catalog.stage_runs(run["run_id"]) if r["status"] == "completed"]
-    artifacts = {r["stage"]: store.get(r["stage"], r["artifact_key"]) for r in rows}
+    # by step: "pretrain" is the first training seed's model, "pretrain[seed1]" the next
+    artifacts = {r["step"]: store.get(r["stage"], r["artifact_key"]) for r in rows}
     evaluated = artifacts.get("evaluate")
     if evaluated is None:
         raise ValueError(f"run {run['run_id']} has no evaluate artifact (it ran "
                          f"{', '.join(artifacts) or 'no stage'}); a report needs an evaluation")
     # the evaluate manifest names every artifact it was built from, whatever this run rebuilt
-    for stage, key in EvaluateOutput(evaluated).inputs.items():
-        if stage in INPUT_STAGES:  # another model of the same stage (the promoted one)
+    for name, key in EvaluateOutput(evaluated).inputs.items():
+        if name in INPUT_STAGES:  # another model of the same stage (the promoted one)
             continue
-        if artifacts.get(stage) is None:
-            artifacts[stage] = store.get(stage, key)
+        if artifacts.get(name) is None:
+            artifacts[name] = store.get(input_stage(name), key)
     missing = [s for s, a in artifacts.items() if a is None]
     if missing:
         raise ValueError(f"run {run['run_id']}: artifacts of {missing} are gone (dapt gc?)")
     evaluation = EvaluateOutput(evaluated)
     title = f"dapt report: {run['domain']} ({run['profile']})"
     stage_table = ("table", ["stage", "artifact key", "cache hit", "seconds"],
-                   [[r["stage"], f"`{r['artifact_key']}`", r["cache_hit"],
+                   [[r["step"], f"`{r['artifact_key']}`", r["cache_hit"],
                      f"{r['duration_s']:.1f}"] for r in rows])
     intro = [("p", f"Run `{run['run_id']}`."), *(intro or []), stage_table]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +331,7 @@ def summary_rows(catalog: Catalog, run_id: str) -> list[list[str]]:
                        for where, name, label in KEY_METRICS.get(r["stage"], [])
                        if name in values.get(where, {})), "")
         status = "failed" if r["status"] == "failed" else "cache hit" if r["cache_hit"] else "built"
-        rows.append([r["stage"], status, f"{r['duration_s']:.1f}", metric])
+        rows.append([r["step"], status, f"{r['duration_s']:.1f}", metric])
     return rows
 
 
@@ -349,7 +350,7 @@ def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str,
     error, and what completed before it; with ``not_promoted``, a model that failed evaluate's
     gates (pipeline.lifecycle.promotion)."""
     rows = catalog.stage_runs(run["run_id"])
-    failed = [r["stage"] for r in rows if r["status"] == "failed"]
+    failed = [r["step"] for r in rows if r["status"] == "failed"]
     title = (f"dapt report: {run['domain']} ({run['profile']}): "
              + ("NOT PROMOTED" if not_promoted else "FAILED"))
     where = f"in stage **{failed[-1]}**" if failed else "before any stage completed"
@@ -362,7 +363,7 @@ def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str,
         ("h2", "Verdict" if not_promoted else "Error"), ("p", error),
         ("h2", "Stages"),
         ("table", ["stage", "artifact key", "result", "seconds"],
-         [[r["stage"], f"`{r['artifact_key']}`", row[1], row[2]]
+         [[r["step"], f"`{r['artifact_key']}`", row[1], row[2]]
           for r, row in zip(rows, summary_rows(catalog, run["run_id"]), strict=True)]),
     ]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -169,8 +169,10 @@ def run_model(catalog: Catalog, run_id: str) -> tuple[dict[str, Any], str]:
     if len(runs) != 1:
         raise ValueError(f"run {run_id!r}: {'no run' if not runs else 'several runs'} "
                          "match; see `dapt runs`")
+    # the step named pretrain: with pretrain.seeds > 1, the first seed's (the one gated)
     rows = catalog.query("SELECT artifact_key FROM stage_runs WHERE run_id = ? AND "
-                         "stage = 'pretrain' AND status = 'completed'", [runs[0]["run_id"]])
+                         "stage = 'pretrain' AND coalesce(step, stage) = 'pretrain' AND "
+                         "status = 'completed'", [runs[0]["run_id"]])
     if not rows:
         raise ValueError(f"run {runs[0]['run_id']} has no completed pretrain stage: no model "
                          "to promote")

@@ -115,6 +115,29 @@ def control_rows(evaluation: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def seed_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    """With pretrain.seeds > 1: each training seed's figures, then each one's mean, spread
+    over seeds and two-level bootstrap interval (pipeline/stages/evaluate/seeds.py)."""
+    seeds = evaluation.get("seeds")
+    if not seeds:
+        return []
+    names = [s["metric"] for s in seeds["summary"]]
+    interval = [f"{s['ci_low']:+.4g} to {s['ci_high']:+.4g}" if s["ci_low"] is not None
+                else "-" for s in seeds["summary"]]
+    return [
+        ("h3", f"Training seeds ({seeds['train_seeds']})"),
+        ("p", "Each training seed's models (adapted; control, if any: seed i paired with seed "
+         "i) trained with the same recipe and scored on the same test documents. The 95% "
+         "interval of a change resamples seeds and, within, held-out clusters "
+         f"(`{seeds['clusters']}`), {seeds['bootstrap_samples']} replicates. The headline "
+         "figures above are the first seed's: the model the gates judge and promotion moves."),
+        ("table", ["seed", *names], [[r["seed"], *(r[n] for n in names)] for r in seeds["rows"]]),
+        ("table", ["metric", "mean over seeds", "std over seeds", "95% interval"],
+         [[s["metric"], s["mean"], s["std"], i] for s, i in zip(seeds["summary"], interval,
+                                                                 strict=True)]),
+    ]
+
+
 def selection_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
     sel = evaluation.get("selection")
     if not sel:
@@ -158,6 +181,7 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
                                 " (the starting point) vs adapted" if base else "")),
         ("table", ["metric", "base", "adapted", "change"], key_rows(evaluation, ft)),
         *_language_blocks(evaluation, pre),
+        *seed_blocks(evaluation),
         *selection_blocks(evaluation),
         *_finetune_blocks(ft),
         *_pretrain_blocks(pre, curve),

@@ -81,6 +81,12 @@ def model_name(domain: str) -> str:
     return f"dapt-{domain}"
 
 
+def step_label(step: str) -> str:
+    """A step's name as MLflow takes it in a key (no brackets): pretrain[seed1] ->
+    pretrain.seed1; a step that did not fan out keeps its name."""
+    return step.replace("[", ".").replace("]", "")
+
+
 def log_run(workdir: Path, *, domain: str, run_id: str, status: str, config: dict[str, Any],
             params: Mapping[str, Any], steps: list[dict[str, Any]], curve: Path | None,
             report_dir: Path | None, model: tuple[str, Path] | None) -> str | None:
@@ -112,10 +118,11 @@ def _log_run(workdir: Path, domain: str, run_id: str, status: str, config: dict[
         client.log_batch(rid, params=items[i:i + 100])
     metrics, tags = [], []
     for s in steps:
-        tags += [RunTag(f"dapt.{s['stage']}.key", s["artifact_key"]),
-                 RunTag(f"dapt.{s['stage']}.cache_hit", str(bool(s["cache_hit"])))]
+        step = step_label(s.get("step") or s["stage"])
+        tags += [RunTag(f"dapt.{step}.key", s["artifact_key"]),
+                 RunTag(f"dapt.{step}.cache_hit", str(bool(s["cache_hit"])))]
         for name, value in json.loads(s.get("metrics") or "{}").items():
-            metrics.append(Metric(f"{s['stage']}.{name}", float(value), 0, 0))
+            metrics.append(Metric(f"{step}.{name}", float(value), 0, 0))
     if curve is not None and curve.exists():
         for line in curve.read_text().splitlines():
             point = json.loads(line)

@@ -172,12 +172,12 @@ def context_id(tok: PreTrainedTokenizerBase, token: str) -> int:
 
 
 def score_models(dirs: Mapping[str, Path], texts: list[str], dev_texts: list[str], window: int,
-                 batch_size: int, device: torch.device
+                 batch_size: int, device: torch.device, context: dict[str, Any] | None = None
                  ) -> tuple[dict[str, list[DocScore]], dict[str, Any]]:
     """Every model's scores of ``texts``, all after the context token that the first model
-    (the adapted one) predicts ``dev_texts`` best after; and that choice."""
+    (the adapted one) predicts ``dev_texts`` best after (or ``context``, chosen before); and
+    that choice."""
     scores: dict[str, list[DocScore]] = {}
-    context: dict[str, Any] | None = None
     for name, path in dirs.items():
         model = AutoModelForCausalLM.from_pretrained(path).to(device)
         tok = AutoTokenizer.from_pretrained(path)

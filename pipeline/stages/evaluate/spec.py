@@ -18,6 +18,8 @@ def prepare(ctx: PlanContext) -> Prepared:
 
 
 def needs(run: RunConfig) -> tuple[str, ...]:
+    """Every training seed's adapted model and control (``pretrain``, ``pretrain[seed1]``,
+    ...; ``pipeline/stages/evaluate/seeds.py``)."""
     base = ("models",) if run.pretrain.mode == "continue" else ()
     return ("ingest", "tokenizer", "pretrain", "finetune") + base + ("control",)
 

@@ -38,6 +38,7 @@ from pipeline import GateFailure, QualityGateError
 from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
+from pipeline.stages.evaluate import seeds
 from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
     bootstrap_indices,
     paired_change,
@@ -235,9 +236,11 @@ def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
-              is_general: list[bool]) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+              is_general: list[bool]
+              ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], dict[str, Any]]:
     """Each model's per-slice and per-source figures; the changes between models (unmasked and
-    masked) with the masked figures; the context token chosen on the dev part."""
+    masked) with the masked figures; the context token chosen on the dev part; and each
+    model's per-document scores."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = given.ingest.held_out_parts(["source", "text"])["domain"]["dev"]
     scores, context = score_models(
@@ -250,7 +253,7 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
     return per, {**changes(scores, slices, draws), **masked_changes(scores, slices, draws),
-                 **masked_metrics(per, scores["adapted"], slices["domain"])}, context
+                 **masked_metrics(per, scores["adapted"], slices["domain"])}, context, scores
 
 
 def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
@@ -258,13 +261,21 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
     split = twins.heldout_twins(given.ingest)  # near-twins of the test text in training
-    per, changed, context = score_all(config, given, texts, sources, is_general)
+    per, changed, context, scores = score_all(config, given, texts, sources, is_general)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # pretrain.seeds > 1: the other seeds' models on the same documents, after the same
+    # context token (seeds.py); their interval replaces the one-run interval of the changes
+    spread, seed_table = seeds.over_seeds(
+        config, given.artifacts, given.ingest, scores, texts, is_general,
+        lambda d: score_models({"m": d}, texts, [], given.pretrain.seq_len, config.batch_size,
+                               device, context)[0]["m"])
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
         **changed,
         **lm_metrics(per),
+        **spread,  # train_seeds; with several: the spread over seeds and the interval
         # finetune_accuracy, finetune_macro_f1(_std), finetune_base_macro_f1, ..._gain
         **{f"finetune_{k}": v for k, v in ft.metrics.items()},
         # the tokenizer training used: domain (from scratch), base or extended (continue)
@@ -274,6 +285,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     }
     result = verdict(metrics, config, given.reference(),
                      {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
+    result["text"] += seeds.verdict_text(metrics)
     twin_rate = metrics.get("heldout_twin_rate")
     if config.max_twin_rate is not None and twin_rate is not None \
             and twin_rate > config.max_twin_rate:
@@ -288,7 +300,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
                   "selection": selection.model_dump() if selection else None,
                   "context": context, "scoring": scoring_note(metrics, context),
                   "base_label": None if given.previous is not None
-                  else base_label(given.pretrain.base_model)}
+                  else base_label(given.pretrain.base_model), "seeds": seed_table}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
     write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.engine.artifacts import file_digest
-from pipeline.engine.plan import PlanContext, Prepared, StepSpec
+from pipeline.engine.plan import PlanContext, Prepared, StepSpec, first
 
 
 def prepare(ctx: PlanContext) -> Prepared:
@@ -23,8 +23,10 @@ def prepare(ctx: PlanContext) -> Prepared:
 
 
 def needs(run: RunConfig) -> tuple[str, ...]:
+    """The first training seed's adapted model and control only (``pretrain.seeds``): the
+    downstream tasks score the model that is promoted, and more seeds leave this key as it is."""
     base = run.pretrain.mode == "continue" and run.finetune.compare_base
-    return ("pretrain",) + (("models",) if base else ()) + ("control",)
+    return (first("pretrain"),) + (("models",) if base else ()) + (first("control"),)
 
 
 SPEC = StepSpec(name="finetune", module="pipeline.stages.finetune.stage",

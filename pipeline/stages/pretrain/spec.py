@@ -1,26 +1,41 @@
 """The pretrain step: pack the corpus and train (from scratch, or continued from the base model
 or from the domain's promoted model, whose key is then an input: a new promotion never serves a
-stale artifact)."""
+stale artifact). With ``pretrain.seeds`` > 1 it fans out into one step per training seed:
+``pretrain`` (the first seed, ``pretrain.seed``), ``pretrain[seed1]`` (seed + 1), ..."""
 
 from __future__ import annotations
 
+from pipeline.config import PretrainConfig
 from pipeline.engine.plan import PlanContext, Prepared, StepSpec
 
 # Not hashed as config: what they change enters the key as inputs (the promoted model, the
 # replay share) only when a lineage is continued, so init: promoted with nothing promoted yet
 # shares its artifacts with init: base.
 LINEAGE_FIELDS = {"init", "earlier_share"}
+# Not hashed: how many seeds is the plan's business; each variant's key hashes its own seed,
+# so the first seed's artifact is the one a run with seeds: 1 builds (and reuses).
+FAN_OUT_FIELDS = {"seeds"}
 
 
-def prepare(ctx: PlanContext) -> Prepared:
-    config = ctx.run.pretrain
-    hashed = config.model_dump(mode="json", exclude=LINEAGE_FIELDS)
-    if ctx.lineage is None:
-        return Prepared(config, hashed)
-    promoted = ctx.lineage.model.key
-    return Prepared(config, hashed, {"promoted": promoted,
-                                     "earlier_share": config.earlier_share},
-                    {"promoted": ("pretrain", promoted)})
+def seed_configs(config: PretrainConfig) -> list[tuple[str | None, PretrainConfig]]:
+    """(variant, config) per training seed: the first keeps variant None (the step named
+    ``pretrain``), seed i is ``seed<i>`` with ``seed`` + i."""
+    return [(None if i == 0 else f"seed{i}", config.model_copy(update={"seed": config.seed + i}))
+            for i in range(config.seeds)]
+
+
+def prepare(ctx: PlanContext) -> Prepared | list[Prepared]:
+    out = []
+    for variant, config in seed_configs(ctx.run.pretrain):
+        hashed = config.model_dump(mode="json", exclude=LINEAGE_FIELDS | FAN_OUT_FIELDS)
+        if ctx.lineage is None:
+            out.append(Prepared(config, hashed, variant=variant))
+            continue
+        promoted = ctx.lineage.model.key
+        out.append(Prepared(config, hashed, {"promoted": promoted,
+                                             "earlier_share": config.earlier_share},
+                            {"promoted": ("pretrain", promoted)}, variant=variant))
+    return out if len(out) > 1 else out[0]
 
 
 SPEC = StepSpec(name="pretrain", module="pipeline.stages.pretrain.stage",

@@ -52,8 +52,12 @@ def test_verdicts_move_the_pointer_and_rollback_walks_it_back(tmp_path: Path) ->
 
     catalog.start_run("r3", "med", "tiny", {})
     with catalog.connect() as con:
-        con.execute("INSERT INTO stage_runs VALUES ('r3', 'pretrain', 'c', FALSE, 'completed', "
-                    "now(), 1.0, NULL)")
+        # a row from before steps were named (step NULL) and another seed's model (ignored)
+        con.execute("INSERT INTO stage_runs (run_id, stage, artifact_key, cache_hit, status, "
+                    "started_at, duration_s, error) VALUES ('r3', 'pretrain', 'c', FALSE, "
+                    "'completed', now(), 1.0, NULL)")
+        con.execute("INSERT INTO stage_runs VALUES ('r3', 'pretrain', 'd', FALSE, 'completed', "
+                    "now(), 1.0, NULL, 'pretrain[seed1]')")
     assert promotion.promote(catalog, store, "r3").promoted  # the operator overrides the gate
     assert catalog.promoted("med") == "c"
     assert promotion.rollback(catalog, store, "med").message.startswith(
