@@ -52,7 +52,7 @@ def point_config(run: RunConfig, sweep: SweepConfig, lr: float, replay: float,
         "lr": lr, "mixture": {replay_source: replay}, "max_steps": steps,
         "warmup_steps": min(run.pretrain.warmup_steps, steps - 1), "log_every": steps,
         "eval_every": steps, "checkpoint_every": steps, "select_checkpoint": True,
-        "control": False}}
+        "control": False, "seeds": 1}}  # a proxy ranks grid points: one seed each
     return RunConfig.model_validate(deep_merge(run.model_dump(mode="json"), override))
 
 
