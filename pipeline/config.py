@@ -607,6 +607,16 @@ class EvaluateConfig(_Strict):
     max_general_degradation: float | None = Field(
         default=0.1, ge=0, description="Continue mode: fail when general bits-per-byte rises "
         "by more than this fraction of the base's; null: no limit.")
+    zeroshot: bool = Field(
+        default=True, description="Score every model zero-shot on each finetune task's test "
+        "split as multiple choice (log-likelihood of each class name), and export the tasks "
+        "for lm-evaluation-harness (pipeline/stages/evaluate/zeroshot.py).")
+    zeroshot_max_examples: int | None = Field(
+        default=None, gt=0, description="Zero-shot test examples per task (a prefix of "
+        "finetune's test split, which is in hash order); null: the whole test split.")
+    zeroshot_max_chars: int = Field(
+        default=1000, gt=0, description="Characters of each example's text in its zero-shot "
+        "prompt (the start of the text).")
 
 
 # --- schedule and the domain file -------------------------------------------------------------
@@ -666,7 +676,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup_steps": 30,
         },
         "finetune": {"max_train_examples": 2000, "max_seq_len": 96, "epochs": 4, "lr": 1e-3},
-        "evaluate": {"max_eval_docs": 300},
+        "evaluate": {"max_eval_docs": 300, "zeroshot_max_examples": 40},
     },
     "small": {
         "tokenizer": {"vocab_size": 16384},

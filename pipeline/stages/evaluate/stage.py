@@ -41,6 +41,7 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
 from pipeline.metrics import bits_per_byte, perplexity
+from pipeline.stages.evaluate import zeroshot
 from pipeline.stages.finetune.output import FinetuneOutput
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
@@ -336,6 +337,9 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     per, changed = score_all(config, given, texts, sources, is_general)
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
+    # zero-shot multiple choice on finetune's test splits, and their lm-eval export
+    zs_metrics, zs = (zeroshot.evaluate(config, ft, given.model_dirs(), out_dir)
+                      if config.zeroshot else ({}, None))
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
         **changed,
@@ -345,13 +349,16 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         # the tokenizer training used: domain (from scratch), base or extended (continue)
         "tokenizer_fertility": given.tokenizer.fertility(given.pretrain.tokenizer),
         "vocab_size": float(len(tok)),
+        **zs_metrics,
     }
     result = verdict(metrics, config, given.reference(),
                      {**ft.metrics, "seeds": len(ft.seeds)})
+    if zs_metrics:
+        result["text"] += ", " + zeroshot.verdict_text(zs_metrics)
     selection = given.pretrain.selection
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
                   "control_per_source": per.get("control"), "verdict": result,
-                  "selection": selection.model_dump() if selection else None}
+                  "selection": selection.model_dump() if selection else None, "zeroshot": zs}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
     write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]

@@ -1,0 +1,343 @@
+"""Zero-shot downstream scoring: each labelled task's test split as a multiple-choice question
+the language model answers without training, for the adapted, base and control models.
+
+An example is a short prompt built from its text (``prompt``) and one continuation per class
+(the label names, underscores as spaces, after a space). Its answer is the class whose
+continuation has the highest summed log-likelihood (``acc``), or the highest log-likelihood per
+character of the class name (``acc_norm``), exactly as lm-evaluation-harness scores
+``output_type: multiple_choice``. The rows are finetune's test split
+(``FinetuneOutput.test_split``: never train or validation text), capped by
+``evaluate.zeroshot_max_examples``.
+
+Two ways to the same numbers:
+
+- ``export``: each task as an lm-eval task, ``lm_eval/<task>/<task>.yaml`` and ``test.jsonl``
+  in the evaluate artifact, so that ``lm_eval --model hf --model_args pretrained=<hf export>
+  --include_path <artifact>/lm_eval --tasks dapt_<task>`` reruns it offline;
+- ``score_choices``: the stage's own scorer. lm-eval runs the context once per choice; here
+  the context of a batch of examples is encoded once and its KV cache (``past_key_values``)
+  is reused by every choice, so only the continuation tokens are computed per choice. Token
+  boundaries follow lm-eval's ``_encode_pair``: trailing whitespace of the context moves to
+  the continuation, context + continuation is encoded jointly and the continuation is what
+  follows the context's own encoding.
+
+``evaluate`` scores every model and returns the metrics (``zeroshot_accuracy``,
+``zeroshot_<task>_accuracy``, ...) and a paired bootstrap interval (over examples, fixed seed)
+of the accuracy difference adapted - control (and adapted - base).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from pipeline.config import EvaluateConfig
+from pipeline.engine import progress
+from pipeline.engine.artifacts import TMP
+from pipeline.stages.finetune.output import FinetuneOutput
+
+TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, before each choice
+CONT_TOKENS = 4096  # continuation tokens per forward pass (rows x longest continuation)
+
+
+@dataclass(frozen=True)
+class ZeroShotTask:
+    """One task's test rows as multiple-choice questions."""
+
+    name: str
+    choices: list[str]  # the class names made readable, in label-index order
+    ids: list[str]
+    queries: list[str]  # the prompts (lm-eval's doc_to_text)
+    gold: list[int]  # index into choices
+
+    @property
+    def lm_eval_name(self) -> str:
+        return f"dapt_{self.name}"
+
+
+def readable(label: str) -> str:
+    return label.replace("_", " ").strip()
+
+
+def prompt(text: str, task: str, max_chars: int) -> str:
+    """The question asked of the model: the text (its first ``max_chars`` characters) and what
+    to name; no trailing whitespace, the choice follows after a space."""
+    body = " ".join(text.split())[:max_chars]
+    return f"Text: {body}\nQuestion: which {readable(task)} is this?\nAnswer:"
+
+
+def tasks_of(finetune: FinetuneOutput, config: EvaluateConfig) -> list[ZeroShotTask]:
+    """Each fine-tuning task's test split (capped: a prefix, the split is in hash order)."""
+    out = []
+    for name, result in finetune.tasks:
+        labels = list(result["labels"])
+        rows = finetune.test_split(name).slice(0, config.zeroshot_max_examples).to_pylist()
+        out.append(ZeroShotTask(
+            name, [readable(x) for x in labels], [r["id"] for r in rows],
+            [prompt(r["text"], name, config.zeroshot_max_chars) for r in rows],
+            [labels.index(r["label"]) for r in rows]))
+    return out
+
+
+def published(out_dir: Path) -> Path:
+    """Where ``out_dir`` will be once the store publishes it (a build directory is
+    ``<stage>/.tmp-<key>-<hex>``, renamed to ``<stage>/<key>``), so the YAML's data path holds."""
+    match = re.fullmatch(re.escape(TMP) + r"(.+)-[0-9a-f]{8}", out_dir.name)
+    return out_dir.parent / match.group(1) if match else out_dir
+
+
+def export(task: ZeroShotTask, root: Path, final_root: Path | None = None) -> Path:
+    """Write ``root/<task>/<task>.yaml`` and ``test.jsonl`` (lm-eval 0.4.13's task schema);
+    ``final_root``: where ``root`` will be when lm-eval reads it (default: ``root``)."""
+    folder = root / task.name
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "test.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "query": q, "gold": g}) + "\n"
+                            for i, q, g in zip(task.ids, task.queries, task.gold, strict=True)))
+    spec = {
+        "task": task.lm_eval_name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {
+            "test": str((final_root or root).resolve() / task.name / data.name)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "query",
+        "doc_to_target": "gold",
+        "doc_to_choice": task.choices,
+        "target_delimiter": TARGET_DELIMITER,
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                        for m in ("acc", "acc_norm")],
+        "metadata": {"version": 1.0},
+    }
+    path = folder / f"{task.name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=False))
+    return path
+
+
+def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's ``TemplateLM._encode_pair`` for a causal model: trailing whitespace of the
+    context moves to the continuation; the continuation's tokens are those of the joint
+    encoding after the context's own encoding."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tok.encode(context + continuation)
+    ctx = tok.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding ``rows`` of ``cache`` (which stays as it is, for the next chunk)."""
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys[rows], layer.values[rows], i)
+    return out
+
+
+def _pad(seqs: list[list[int]], pad: int, device: torch.device
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _heads(model: Any) -> tuple[Any, Any]:
+    """The transformer without its LM head, and the head: logits are computed only at the
+    positions that predict a scored token."""
+    return model.get_decoder(), model.get_output_embeddings()
+
+
+@torch.no_grad()
+def _batch_loglikelihoods(model: Any, contexts: list[list[int]], conts: list[list[list[int]]],
+                          pad: int) -> list[list[float]]:
+    """Summed log-likelihood of each continuation of each example: the contexts go through the
+    model once (right-padded, one KV cache), then the continuations of every example in
+    chunks of rows that each take a copy of their example's cache rows."""
+    decoder, head = _heads(model)
+    device = next(model.parameters()).device
+    ids, mask = _pad(contexts, pad, device)
+    lens = mask.sum(1)
+    ctx = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
+    last = ctx.last_hidden_state[torch.arange(len(contexts), device=device), lens - 1]
+    first = torch.log_softmax(head(last).float(), -1).cpu()  # predicts each continuation's 1st
+    out = [[float(first[e, c[0]]) for c in choices] for e, choices in enumerate(conts)]
+    rows = [(e, k) for e, choices in enumerate(conts) for k, c in enumerate(choices) if len(c) > 1]
+    rows.sort(key=lambda r: len(conts[r[0]][r[1]]))
+    start = 0
+    while start < len(rows):  # as many rows as fit CONT_TOKENS at the chunk's longest
+        end = start + 1
+        while end < len(rows) and (end + 1 - start) * len(conts[rows[end][0]][rows[end][1]]) \
+                <= CONT_TOKENS:
+            end += 1
+        chunk = rows[start:end]
+        start = end
+        seqs = [conts[e][k] for e, k in chunk]
+        tail, tail_mask = _pad([s[:-1] for s in seqs], pad, device)
+        ex = torch.tensor([e for e, _ in chunk], device=device)
+        hidden = decoder(
+            input_ids=tail, attention_mask=torch.cat([mask[ex], tail_mask], 1),
+            position_ids=lens[ex, None] + torch.arange(tail.shape[1], device=device),
+            past_key_values=_select(ctx.past_key_values, ex), use_cache=True).last_hidden_state
+        logp = torch.log_softmax(head(hidden[tail_mask.bool()]).float(), -1)
+        targets = torch.tensor([t for s in seqs for t in s[1:]], device=device)
+        token_lp = logp[torch.arange(len(targets), device=device), targets].cpu()
+        offset = 0
+        for (e, k), s in zip(chunk, seqs, strict=True):
+            out[e][k] += float(token_lp[offset:offset + len(s) - 1].sum())
+            offset += len(s) - 1
+    return out
+
+
+def encode_task(tok: Any, queries: list[str], choices: list[str], max_length: int
+                ) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Each query's context tokens and each choice's continuation tokens (``encode_pair``); a
+    context too long for the model loses its start, as lm-eval truncates from the left."""
+    contexts, conts = [], []
+    for query in queries:
+        pairs = [encode_pair(tok, query, TARGET_DELIMITER + c) for c in choices]
+        keep = max_length + 1 - max(len(c) for _, c in pairs)
+        contexts.append(pairs[0][0][-keep:])
+        conts.append([c for _, c in pairs])
+    return contexts, conts
+
+
+def score_choices(model: Any, tok: Any, queries: list[str], choices: list[str],
+                  batch_size: int, label: str = "") -> np.ndarray:
+    """(examples x choices) summed log-likelihood of ``" " + choice`` after each query, the
+    examples batched by context length."""
+    max_length = getattr(model.config, "max_position_embeddings", None) or 2048
+    contexts, conts = encode_task(tok, queries, choices, max_length)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    order = sorted(range(len(queries)), key=lambda i: len(contexts[i]))
+    out = np.zeros((len(queries), len(choices)))
+    bar = progress.track(f"evaluate: zero-shot {label}".rstrip(),
+                         -(-len(order) // batch_size), "batches")
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        out[idx] = _batch_loglikelihoods(model, [contexts[j] for j in idx],
+                                         [conts[j] for j in idx], pad)
+        bar.update()
+    bar.close()
+    return out
+
+
+def judge(ll: np.ndarray, task: ZeroShotTask) -> dict[str, np.ndarray]:
+    """Per-example correctness: ``acc`` (argmax of the summed log-likelihood) and ``acc_norm``
+    (of the log-likelihood per character of the choice), first index on ties, as lm-eval."""
+    gold = np.asarray(task.gold)
+    chars = np.array([float(len(c)) for c in task.choices])
+    return {"acc": (ll.argmax(1) == gold).astype(float),
+            "acc_norm": ((ll / chars).argmax(1) == gold).astype(float)}
+
+
+def gain_interval(ours: list[np.ndarray], ref: list[np.ndarray], samples: int, seed: int = 0
+                  ) -> tuple[float, float, float]:
+    """Mean over tasks of accuracy(ours) - accuracy(ref), and its 95% paired bootstrap interval:
+    each task's examples resampled with replacement (the same draws for both models, a fixed
+    seed), the difference recomputed per resample, its 2.5th and 97.5th percentiles."""
+    rng = np.random.default_rng(seed)
+    gain = float(np.mean([(a - b).mean() for a, b in zip(ours, ref, strict=True)]))
+    draws = np.zeros(samples)
+    for a, b in zip(ours, ref, strict=True):
+        diff = a - b
+        draws += diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(1)
+    draws /= len(ours)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return gain, float(low), float(high)
+
+
+MODEL_TAGS = {"adapted": "", "base": "base_", "control": "control_"}
+
+
+def summarize(tasks: list[ZeroShotTask], judged: Mapping[str, Mapping[str, dict[str, Any]]],
+              samples: int) -> dict[str, float]:
+    """Flat metrics from {model: {task: {acc, acc_norm: per-example 0/1}}}: per task and the
+    mean over tasks for every model, and the gains over base and control with intervals."""
+    m: dict[str, float] = {"zeroshot_examples": float(sum(len(t.ids) for t in tasks))}
+    for model, per in judged.items():
+        tag = MODEL_TAGS[model]
+        for key, name in (("acc", "accuracy"), ("acc_norm", "accuracy_norm")):
+            for t in tasks:
+                m[f"zeroshot_{t.name}_{tag}{name}"] = float(per[t.name][key].mean())
+            m[f"zeroshot_{tag}{name}"] = float(np.mean([per[t.name][key].mean() for t in tasks]))
+    for ref in ("base", "control"):
+        if ref not in judged or "adapted" not in judged:
+            continue
+        ours = [judged["adapted"][t.name]["acc"] for t in tasks]
+        theirs = [judged[ref][t.name]["acc"] for t in tasks]
+        gain, low, high = gain_interval(ours, theirs, max(samples, 1))
+        m[f"zeroshot_gain_vs_{ref}"] = gain
+        if samples:
+            m[f"zeroshot_gain_vs_{ref}_ci_low"] = low
+            m[f"zeroshot_gain_vs_{ref}_ci_high"] = high
+    return m
+
+
+def _score_model(model_dir: Path, tasks: list[ZeroShotTask], batch_size: int, label: str,
+                 device: torch.device) -> dict[str, np.ndarray]:
+    """{task: (examples x choices) log-likelihoods} of one model; it is freed on return."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        return {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
+                                      f"{label} {t.name}") for t in tasks}
+    finally:
+        del model
+        gc.collect()
+
+
+def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mapping[str, Path],
+             out_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """Export the lm-eval tasks into ``out_dir/lm_eval``, score each model on them; the flat
+    metrics and the report's details ({tasks: [...], lm_eval_dir})."""
+    tasks = tasks_of(finetune, config)
+    root = out_dir / "lm_eval"
+    for t in tasks:
+        export(t, root, published(out_dir) / "lm_eval")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    judged: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    rows = []
+    for model, model_dir in model_dirs.items():
+        scores = _score_model(model_dir, tasks, config.batch_size, model, device)
+        judged[model] = {t.name: judge(scores[t.name], t) for t in tasks}
+        rows += [{"task": t.name, "model": model, "id": i, "gold": g, "loglikelihoods": ll}
+                 for t in tasks for i, g, ll in zip(t.ids, t.gold, scores[t.name].tolist(),
+                                                    strict=True)]
+    (out_dir / "zeroshot_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = summarize(tasks, judged, config.bootstrap_samples)
+    details = {"lm_eval_dir": "lm_eval", "tasks": [
+        {"task": t.name, "lm_eval_task": t.lm_eval_name, "examples": len(t.ids),
+         "choices": len(t.choices), "chance": 1.0 / len(t.choices),
+         "models": {model: {k: float(v.mean()) for k, v in per[t.name].items()}
+                    for model, per in judged.items()}} for t in tasks]}
+    return metrics, details
+
+
+def verdict_text(metrics: Mapping[str, float]) -> str:
+    """The zero-shot part of the verdict: accuracy and the gain with its 95% interval."""
+    if "zeroshot_accuracy" not in metrics:
+        return ""
+    text = f"zero-shot accuracy {metrics['zeroshot_accuracy']:.3f}"
+    for ref in ("control", "base"):
+        if f"zeroshot_gain_vs_{ref}" in metrics:
+            ci = (f" [95% CI {metrics[f'zeroshot_gain_vs_{ref}_ci_low']:+.3f}, "
+                  f"{metrics[f'zeroshot_gain_vs_{ref}_ci_high']:+.3f}]"
+                  if f"zeroshot_gain_vs_{ref}_ci_low" in metrics else "")
+            text += f" ({metrics[f'zeroshot_gain_vs_{ref}']:+.3f} vs {ref}{ci})"
+            break
+    return text
