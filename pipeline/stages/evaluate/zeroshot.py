@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.config import EvaluateConfig
 from pipeline.engine import progress
@@ -47,7 +47,6 @@ from pipeline.engine.artifacts import TMP
 from pipeline.stages.finetune.output import FinetuneOutput
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, before each choice
-CONT_TOKENS = 4096  # continuation tokens per forward pass (rows x longest continuation)
 
 
 @dataclass(frozen=True)
@@ -136,14 +135,6 @@ def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], l
     return ctx, whole[len(ctx):]
 
 
-def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
-    """A new cache holding ``rows`` of ``cache`` (which stays as it is, for the next chunk)."""
-    out = DynamicCache()
-    for i, layer in enumerate(cache.layers):
-        out.update(layer.keys[rows], layer.values[rows], i)
-    return out
-
-
 def _pad(seqs: list[list[int]], pad: int, device: torch.device
          ) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
@@ -155,6 +146,70 @@ def _pad(seqs: list[list[int]], pad: int, device: torch.device
     return ids.to(device), mask.to(device)
 
 
+@dataclass(frozen=True)
+class ChoiceTree:
+    """One example's continuations as a prefix tree of the tokens that are fed to the model:
+    a token is fed when something after it is scored, and a prefix the choices share is fed
+    once. ``parents[i]``: the fed node before node ``i`` (-1: the context's last token);
+    ``paths[k]``: the fed nodes whose outputs predict tokens 2.. of choice ``k``."""
+
+    tokens: list[int]
+    parents: list[int]
+    paths: list[list[int]]
+
+    @classmethod
+    def of(cls, conts: list[list[int]]) -> ChoiceTree:
+        index: dict[tuple[int, ...], int] = {}
+        tokens: list[int] = []
+        parents: list[int] = []
+        paths = []
+        for seq in conts:
+            path = []
+            for j in range(1, len(seq)):  # prefix seq[:j] is fed; its output predicts seq[j]
+                key = tuple(seq[:j])
+                if key not in index:
+                    index[key] = len(tokens)
+                    tokens.append(seq[j - 1])
+                    parents.append(index.get(key[:-1], -1))
+                path.append(index[key])
+            paths.append(path)
+        return cls(tokens, parents, paths)
+
+    def ancestry(self) -> tuple[list[int], list[int], list[int]]:
+        """(depth of each node: 1 after the context; rows and columns of the pairs (node, a
+        node it attends to: itself and its ancestors))."""
+        depth, rows, cols = [], [], []
+        for i, parent in enumerate(self.parents):
+            depth.append(depth[parent] + 1 if parent >= 0 else 1)
+            node = i
+            while node >= 0:
+                rows.append(i)
+                cols.append(node)
+                node = self.parents[node]
+        return depth, rows, cols
+
+
+def _tree_inputs(trees: list[ChoiceTree], lens: torch.Tensor, ctx_mask: torch.Tensor,
+                 pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input ids, position ids and the additive 4D attention mask (examples, 1, nodes,
+    context + nodes) of the trees: each node sees its example's context and its own
+    ancestors, at the positions it would have right after the context."""
+    device, width = ctx_mask.device, max(len(t.tokens) for t in trees)
+    ids = torch.full((len(trees), width), pad, dtype=torch.long)
+    pos = lens.cpu()[:, None].repeat(1, width)
+    blocked = torch.finfo(torch.float32).min
+    seen = torch.zeros((len(trees), width, width), dtype=torch.bool)
+    for e, tree in enumerate(trees):
+        depth, rows, cols = tree.ancestry()
+        ids[e, :len(tree.tokens)] = torch.tensor(tree.tokens, dtype=torch.long)
+        pos[e, :len(depth)] += torch.tensor(depth) - 1
+        seen[e, rows, cols] = True
+    # padding rows see the context only, never nothing (a fully masked row gives NaN)
+    allowed = torch.cat([ctx_mask.bool().cpu()[:, None, :].expand(-1, width, -1), seen], 2)
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, blocked)[:, None]
+    return ids.to(device), pos.to(device), mask.to(device)
+
+
 def _heads(model: Any) -> tuple[Any, Any]:
     """The transformer without its LM head, and the head: logits are computed only at the
     positions that predict a scored token."""
@@ -164,41 +219,38 @@ def _heads(model: Any) -> tuple[Any, Any]:
 @torch.no_grad()
 def _batch_loglikelihoods(model: Any, contexts: list[list[int]], conts: list[list[list[int]]],
                           pad: int) -> list[list[float]]:
-    """Summed log-likelihood of each continuation of each example: the contexts go through the
-    model once (right-padded, one KV cache), then the continuations of every example in
-    chunks of rows that each take a copy of their example's cache rows."""
+    """Summed log-likelihood of each continuation of each example. The contexts go through the
+    model once (right-padded) and leave their KV cache; every example's choices then go through
+    together as one prefix tree (``ChoiceTree``) on top of that cache, with a tree attention
+    mask, so a context is never recomputed or copied per choice."""
     decoder, head = _heads(model)
     device = next(model.parameters()).device
     ids, mask = _pad(contexts, pad, device)
     lens = mask.sum(1)
     ctx = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
     last = ctx.last_hidden_state[torch.arange(len(contexts), device=device), lens - 1]
-    first = torch.log_softmax(head(last).float(), -1).cpu()  # predicts each continuation's 1st
+    first = torch.log_softmax(head(last).float(), -1).cpu()  # predicts each choice's 1st token
     out = [[float(first[e, c[0]]) for c in choices] for e, choices in enumerate(conts)]
-    rows = [(e, k) for e, choices in enumerate(conts) for k, c in enumerate(choices) if len(c) > 1]
-    rows.sort(key=lambda r: len(conts[r[0]][r[1]]))
-    start = 0
-    while start < len(rows):  # as many rows as fit CONT_TOKENS at the chunk's longest
-        end = start + 1
-        while end < len(rows) and (end + 1 - start) * len(conts[rows[end][0]][rows[end][1]]) \
-                <= CONT_TOKENS:
-            end += 1
-        chunk = rows[start:end]
-        start = end
-        seqs = [conts[e][k] for e, k in chunk]
-        tail, tail_mask = _pad([s[:-1] for s in seqs], pad, device)
-        ex = torch.tensor([e for e, _ in chunk], device=device)
-        hidden = decoder(
-            input_ids=tail, attention_mask=torch.cat([mask[ex], tail_mask], 1),
-            position_ids=lens[ex, None] + torch.arange(tail.shape[1], device=device),
-            past_key_values=_select(ctx.past_key_values, ex), use_cache=True).last_hidden_state
-        logp = torch.log_softmax(head(hidden[tail_mask.bool()]).float(), -1)
-        targets = torch.tensor([t for s in seqs for t in s[1:]], device=device)
-        token_lp = logp[torch.arange(len(targets), device=device), targets].cpu()
-        offset = 0
-        for (e, k), s in zip(chunk, seqs, strict=True):
-            out[e][k] += float(token_lp[offset:offset + len(s) - 1].sum())
-            offset += len(s) - 1
+    trees = [ChoiceTree.of(choices) for choices in conts]
+    if not any(t.tokens for t in trees):
+        return out  # every choice is one token
+    tree_ids, pos, tree_mask = _tree_inputs(trees, lens, mask, pad)
+    hidden = decoder(input_ids=tree_ids, position_ids=pos, attention_mask=tree_mask,
+                     past_key_values=ctx.past_key_values, use_cache=True).last_hidden_state
+    fed = torch.zeros(tree_ids.shape, dtype=torch.bool)
+    for e, tree in enumerate(trees):
+        fed[e, :len(tree.tokens)] = True
+    logp = torch.log_softmax(head(hidden[fed.to(device)]).float(), -1)
+    offsets = np.cumsum([0] + [len(t.tokens) for t in trees])
+    rows, targets, owner = [], [], []
+    for e, tree in enumerate(trees):
+        for k, (path, seq) in enumerate(zip(tree.paths, conts[e], strict=True)):
+            rows += [int(offsets[e]) + node for node in path]
+            targets += seq[1:]
+            owner += [(e, k)] * len(path)
+    picked = logp[torch.tensor(rows, device=device), torch.tensor(targets, device=device)]
+    for (e, k), value in zip(owner, picked.cpu().tolist(), strict=True):
+        out[e][k] += value
     return out
 
 

@@ -166,3 +166,16 @@ def test_metrics_and_the_paired_interval(scored: dict) -> None:
     assert zeroshot.gain_interval(same, same, 100) == (0.0, 0.0, 0.0)
     gain, low, high = zeroshot.gain_interval([np.ones(400)], [np.arange(400) % 2.0], 500)
     assert gain == 0.5 and 0.44 < low < 0.5 < high < 0.56
+
+
+def test_report_section(scored: dict) -> None:
+    from pipeline.lifecycle.report import to_markdown, zeroshot_blocks
+
+    m = scored["metrics"]
+    text = to_markdown(zeroshot_blocks({"metrics": m, "zeroshot": scored["details"]}))
+    assert "## Zero-shot downstream" in text
+    assert "| task | examples | chance | control acc | adapted acc | adapted acc_norm |" in text
+    assert (f"| organ_system | 40 | 0.200 | {m['zeroshot_organ_system_control_accuracy']:.3f} | "
+            f"{m['zeroshot_organ_system_accuracy']:.3f} |") in text
+    assert f"adapted - control {m['zeroshot_gain_vs_control']:+.3f} (95% CI" in text
+    assert zeroshot_blocks({"metrics": m, "zeroshot": None}) == []
