@@ -718,7 +718,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "finetune": {"method": "probe", "max_train_examples": 600, "max_test_examples": 400,
                      "max_seq_len": 64, "seeds": [0, 1, 2]},
         "evaluate": {"max_eval_docs": 5000, "max_general_docs": 20, "batch_size": 8,
-                     "max_general_degradation": 0.03},
+                     "max_general_degradation": 0.03, "zeroshot_max_examples": 200},
     },
 }
 

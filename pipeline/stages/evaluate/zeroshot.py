@@ -47,6 +47,7 @@ from pipeline.engine.artifacts import TMP
 from pipeline.stages.finetune.output import FinetuneOutput
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, before each choice
+HEAD_ROWS = 1024  # positions per LM-head slice: 1024 x 49,152 float32 logits are 200 MB
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def _batch_loglikelihoods(model: Any, contexts: list[list[int]], conts: list[lis
     fed = torch.zeros(tree_ids.shape, dtype=torch.bool)
     for e, tree in enumerate(trees):
         fed[e, :len(tree.tokens)] = True
-    logp = torch.log_softmax(head(hidden[fed.to(device)]).float(), -1)
+    states = hidden[fed.to(device)]  # the fed nodes, example after example
     offsets = np.cumsum([0] + [len(t.tokens) for t in trees])
     rows, targets, owner = [], [], []
     for e, tree in enumerate(trees):
@@ -248,7 +249,12 @@ def _batch_loglikelihoods(model: Any, contexts: list[list[int]], conts: list[lis
             rows += [int(offsets[e]) + node for node in path]
             targets += seq[1:]
             owner += [(e, k)] * len(path)
-    picked = logp[torch.tensor(rows, device=device), torch.tensor(targets, device=device)]
+    rows_t, targets_t = torch.tensor(rows, device=device), torch.tensor(targets, device=device)
+    picked = torch.zeros(len(rows), device=device)
+    for start in range(0, len(states), HEAD_ROWS):  # (nodes x vocabulary) logits, in slices
+        logp = torch.log_softmax(head(states[start:start + HEAD_ROWS]).float(), -1)
+        sel = (rows_t >= start) & (rows_t < start + HEAD_ROWS)
+        picked[sel] = logp[rows_t[sel] - start, targets_t[sel]]
     for (e, k), value in zip(owner, picked.cpu().tolist(), strict=True):
         out[e][k] += value
     return out
