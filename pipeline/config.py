@@ -677,6 +677,16 @@ class EvaluateConfig(_Strict):
         default=0.02, ge=0, le=1, description="Warn (in the verdict, not failing the run) when "
         "more than this share of the domain's test documents has a near-twin (one-word edit) "
         "in the training text; null: no warning.")
+    zeroshot: bool = Field(
+        default=True, description="Score every model zero-shot on each finetune task's test "
+        "split as multiple choice (log-likelihood of each class name), and export the tasks "
+        "for lm-evaluation-harness (pipeline/stages/evaluate/zeroshot.py).")
+    zeroshot_max_examples: int | None = Field(
+        default=None, gt=0, description="Zero-shot test examples per task (a prefix of "
+        "finetune's test split, which is in hash order); null: the whole test split.")
+    zeroshot_max_chars: int = Field(
+        default=1000, gt=0, description="Characters of each example's text in its zero-shot "
+        "prompt (the start of the text).")
 
 
 # --- schedule and the domain file -------------------------------------------------------------
@@ -736,7 +746,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup_steps": 30,
         },
         "finetune": {"max_train_examples": 2000, "max_seq_len": 96, "epochs": 4, "lr": 1e-3},
-        "evaluate": {"max_eval_docs": 300},
+        "evaluate": {"max_eval_docs": 300, "zeroshot_max_examples": 40},
     },
     "small": {
         "tokenizer": {"vocab_size": 16384},
@@ -778,7 +788,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "finetune": {"method": "probe", "max_train_examples": 600, "max_test_examples": 400,
                      "max_seq_len": 64, "seeds": [0, 1, 2]},
         "evaluate": {"max_eval_docs": 5000, "max_general_docs": 120, "batch_size": 8,
-                     "max_general_degradation": 0.03},
+                     "max_general_degradation": 0.03, "zeroshot_max_examples": 400},
     },
 }
 

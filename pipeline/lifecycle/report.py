@@ -3,9 +3,9 @@ embedded) and ``plots/*.png``, built from the artifacts' manifests alone.
 
 Sections: a header (artifact keys, config hashes and lineage), the key table (base vs adapted),
 held-out language modelling per slice and source, fine-tuning (mean +- std over seeds, per-class
-F1, confusion matrix), pretraining curves and mixture, tokenizer efficiency, and the corpus.
-The evaluate stage writes one into its artifact; ``dapt run`` and ``dapt report RUN`` write one
-per run, with the run's stages, under ``runs/<run_id>/``.
+F1, confusion matrix), zero-shot accuracy, pretraining curves and mixture, tokenizer efficiency,
+and the corpus. The evaluate stage writes one into its artifact; ``dapt run`` and ``dapt report
+RUN`` write one per run, with the run's stages, under ``runs/<run_id>/``.
 
 A report is a list of blocks rendered twice (Markdown, HTML), so the two never disagree.
 """
@@ -184,6 +184,7 @@ def body_blocks(artifacts: Mapping[str, Artifact], evaluation: Mapping[str, Any]
         *seed_blocks(evaluation),
         *selection_blocks(evaluation),
         *_finetune_blocks(ft),
+        *zeroshot_blocks(evaluation),
         *_pretrain_blocks(pre, curve),
         *_tokenizer_blocks(TokenizerOutput(artifacts["tokenizer"]), pre),
         *_corpus_blocks(IngestOutput(artifacts["ingest"])),
@@ -311,6 +312,27 @@ def _finetune_blocks(ft: FinetuneOutput) -> list[Block]:
             ("img", f"confusion_{task}.png", f"confusion matrix of {task}, adapted, all seeds"),
         ]
     return blocks
+
+
+def zeroshot_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
+    """Zero-shot accuracy per task and model on the fine-tuning test split, and the gain."""
+    zs, m = evaluation.get("zeroshot"), evaluation["metrics"]
+    if not zs:
+        return []
+    models = [k for k in ("base", "control", "adapted") if k in zs["tasks"][0]["models"]]
+    gains = "".join(f"adapted - {r} {m[f'zeroshot_gain_vs_{r}']:+.3f} (95% CI, paired bootstrap: "
+                    f"{m[f'zeroshot_gain_vs_{r}_ci_low']:+.3f} to "
+                    f"{m[f'zeroshot_gain_vs_{r}_ci_high']:+.3f}). " for r in ("control", "base")
+                    if f"zeroshot_gain_vs_{r}_ci_low" in m)
+    return [("h2", "Zero-shot downstream"),
+            ("p", "Each test example as multiple choice over the class names, no training: acc "
+             "by summed log-likelihood, acc_norm per character. " + gains + "lm_eval reruns "
+             f"it: `--include_path {zs['lm_eval_dir']}` in the evaluate artifact."),
+            ("table", ["task", "examples", "chance", *(f"{k} acc" for k in models),
+                       "adapted acc_norm"],
+             [[t["task"], t["examples"], f"{t['chance']:.3f}",
+               *(f"{t['models'][k]['acc']:.3f}" for k in models),
+               f"{t['models']['adapted']['acc_norm']:.3f}"] for t in zs["tasks"]])]
 
 
 # --- plots --------------------------------------------------------------------------------------

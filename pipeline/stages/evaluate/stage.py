@@ -38,7 +38,7 @@ from pipeline import GateFailure, QualityGateError
 from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
-from pipeline.stages.evaluate import seeds
+from pipeline.stages.evaluate import seeds, zeroshot
 from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
     bootstrap_indices,
     paired_change,
@@ -271,6 +271,9 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
                                device, context)[0]["m"])
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
+    # zero-shot multiple choice on finetune's test splits, and their lm-eval export
+    zs_metrics, zs = (zeroshot.evaluate(config, ft, given.model_dirs(), out_dir)
+                      if config.zeroshot else ({}, None))
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
         **changed,
@@ -282,10 +285,13 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         "tokenizer_fertility": given.tokenizer.fertility(given.pretrain.tokenizer),
         "vocab_size": float(len(tok)),
         **twin_metrics(split),
+        **zs_metrics,
     }
     result = verdict(metrics, config, given.reference(),
                      {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
     result["text"] += seeds.verdict_text(metrics)
+    if zs_metrics:
+        result["text"] += ", " + zeroshot.verdict_text(zs_metrics)
     twin_rate = metrics.get("heldout_twin_rate")
     if config.max_twin_rate is not None and twin_rate is not None \
             and twin_rate > config.max_twin_rate:
@@ -300,7 +306,8 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
                   "selection": selection.model_dump() if selection else None,
                   "context": context, "scoring": scoring_note(metrics, context),
                   "base_label": None if given.previous is not None
-                  else base_label(given.pretrain.base_model), "seeds": seed_table}
+                  else base_label(given.pretrain.base_model), "seeds": seed_table,
+                  "zeroshot": zs}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
     write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]

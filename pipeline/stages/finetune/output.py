@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from pipeline.engine.artifacts import Artifact
 
 
@@ -23,7 +27,8 @@ class FinetuneOutput:
     - ``tasks``: (task, result) in the domain file's order (the first is the headline); a result
       has ``labels``, ``counts``, ``task_file`` and per model {accuracy, macro_f1, their _std,
       per_class_f1, support, confusion, runs};
-    - ``predictions_file``: every test prediction (task, model, seed, row, label, predicted).
+    - ``predictions_file``: every test prediction (task, model, seed, row, label, predicted);
+    - ``test_split(task)``: the task's test rows (id, text, label name) in the order scored.
     """
 
     def __init__(self, artifact: Artifact):
@@ -48,3 +53,16 @@ class FinetuneOutput:
     @property
     def predictions_file(self) -> Path:
         return self.artifact.path / "predictions.parquet"
+
+    def test_split(self, task: str) -> pa.Table:
+        """The test rows of ``task`` (id, text, label), exactly those fine-tuning scored."""
+        path = self.artifact.path / "test_split.parquet"
+        if not path.exists():
+            raise ValueError(f"finetune/{self.artifact.key} has no test_split.parquet (built "
+                             "by an older dapt): rebuild it with `dapt run DOMAIN --from "
+                             "finetune`")
+        table = pq.read_table(path)
+        rows = table.filter(pc.equal(table.column("task"), task)).drop(["task"])
+        if not rows.num_rows:
+            raise ValueError(f"finetune/{self.artifact.key}: no test rows of task {task!r}")
+        return rows

@@ -23,7 +23,9 @@ validation split. The seed re-draws the train/validation partition of the non-te
 Each seed's test predictions give accuracy, macro-F1, per-class F1 and a confusion matrix; the
 manifest holds the mean and standard deviation over seeds, and the adapted - base and adapted -
 control differences with the standard deviation of their per-seed (paired) values. Writes
-``predictions.parquet`` (every test prediction of every model and seed).
+``predictions.parquet`` (every test prediction of every model and seed) and
+``test_split.parquet`` (each task's test rows: id, text, label; evaluate's zero-shot scoring
+reads them, so it scores exactly these rows).
 """
 
 from __future__ import annotations
@@ -401,6 +403,14 @@ def _predictions(task: str, model: str, seed: int, data: TaskData, preds: list[i
         "pred": [data.label_names[p] for p in preds]})
 
 
+def _test_rows(data: TaskData) -> pa.Table:
+    """The task's test rows as scored (id, text, label name), for zero-shot scoring downstream."""
+    test = data.splits["test"]
+    return pa.table({"task": [data.name] * len(test), "id": [data.ids[i] for i in test],
+                     "text": [data.texts[i] for i in test],
+                     "label": [data.label_names[data.labels[i]] for i in test]})
+
+
 def _fine_tune_runs(model_name: str, model_dir: Path, data: TaskData, config: FinetuneConfig,
                     out_dir: Path) -> list[dict[str, Any]]:
     """full / lora: one fine-tune per seed; the adapted model of the first seed is saved, and
@@ -471,9 +481,10 @@ def run(config: FinetuneConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     """Every ``config.tasks[*].path`` must already be resolved to an absolute path."""
     checkpoints = Inputs.of(inputs).checkpoints()
     tasks: dict[str, dict[str, Any]] = {}
-    predictions = []
+    predictions, tests = [], []
     for task in config.tasks:
         data, unmapped = prepare_task(task, config)
+        tests.append(_test_rows(data))
         result: dict[str, Any] = {
             "task_file": task.path, "labels": data.label_names,
             "counts": {"task_rows": len(data.ids), "unmapped_rows": unmapped,
@@ -492,6 +503,7 @@ def run(config: FinetuneConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
                 result[f"adapted_vs_{other}"] = difference(result["adapted"], result[other])
         tasks[task.name] = result
     pq.write_table(pa.concat_tables(predictions), out_dir / "predictions.parquet")
+    pq.write_table(pa.concat_tables(tests), out_dir / "test_split.parquet")
     first = next(iter(tasks.values()))
     return Manifest(
         stage="finetune",
