@@ -224,6 +224,24 @@ def lm_metrics(per: dict[str, dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def heldout_twins(ingest: IngestOutput) -> dict[str, dict[str, float]]:
+    """``rates`` of the held-out slice's test part against the training text, per source, and
+    over the domain sources as ``domain`` (the verdict's domain slice)."""
+    import pyarrow.parquet as pq
+
+    parts = ingest.held_out_parts(["source", "text"])
+    test = pa.concat_tables([parts["domain"]["test"], parts["general"]["test"]])
+    train = (pq.read_table(p, columns=["text"]).column("text") for p in ingest.train_shards)
+    out = twins.rates(test.column("text"), test.column("source").to_pylist(), train)
+    domain = [s for s in out if s not in ingest.general_sources]
+    docs = sum(out[s]["docs"] for s in domain)
+    if docs:
+        out["domain"] = {"docs": docs, **{
+            k: sum(out[s][k] * out[s]["docs"] for s in domain) / docs
+            for k in ("twin_rate", "covered_rate")}}
+    return out
+
+
 def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
     """``heldout_twin_rate`` and ``heldout_covered_rate`` over the domain test text, and per
     source (``..._<source>``)."""
@@ -260,7 +278,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     given = Inputs.of(inputs)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
-    split = twins.heldout_twins(given.ingest)  # near-twins of the test text in training
+    split = heldout_twins(given.ingest)  # near-twins of the test text in training
     per, changed, context, scores = score_all(config, given, texts, sources, is_general)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # pretrain.seeds > 1: the other seeds' models on the same documents, after the same

@@ -16,8 +16,6 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from pipeline.config import GroupRegex, IngestConfig
 from pipeline.stages.ingest import twins
@@ -62,6 +60,10 @@ def _short_texts(con: duckdb.DuckDBPyConnection, parts: list[str], sources: list
 def assign_groups(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str]
                   ) -> dict[str, int]:
     """Adds ``docs.grp``; returns the counts (groups, near-twin pairs and linked documents)."""
+    # imported here: the pretrain stage reads ingest's package, and its wheelhouse has no scipy
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     con.execute("ALTER TABLE docs ADD COLUMN grp VARCHAR; UPDATE docs SET grp = doc_id")
     _name_by_regex(con, config)
     linked = [s for s, rule in _rules(config).items() if rule != "id"]

@@ -306,7 +306,10 @@ def check_gate(config: IngestConfig, counts: dict[str, int]) -> None:
             f"ingest: {counts['kept']} of {counts['docs_in']} documents survived filtering "
             f"({counts['eval_docs']} held out); min_kept_docs is {config.min_kept_docs}. "
             f"Exclusions: { {k: v for k, v in counts.items() if k.startswith('excluded_')} }"
-        )
+            + (f". Nothing was held out: the {counts['kept']} documents form "
+               f"{counts['heldout_groups']} held-out group(s) (ingest.held_out; a corpus of one "
+               "template is one group: group by id, `held_out: {group_by: id}`, to split it)"
+               if counts["eval_docs"] == 0 and counts.get("heldout_groups") else ""))
 
 
 def by_source(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:

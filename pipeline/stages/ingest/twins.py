@@ -16,24 +16,21 @@ pairs of equal keys (``np.isin``, ``np.unique``). Used by
   components) that land on one side of the split together (``twin_edges``);
 - decontamination: training texts that are twins of an evaluation set's texts go
   (``TwinIndex.hits``);
-- the twin rate of the report (``heldout_twins``): the share of test documents with a twin in
-  the training text, and the share whose word 3-grams are >= 90% seen in training.
+- the twin rate of the report (``rates``, called by evaluate's ``heldout_twins``): the share of
+  test documents with a twin in the training text, and the share whose word 3-grams are >= 90%
+  seen in training.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.stages.ingest import kernels, text_kernels
 from pipeline.stages.ingest.quality import window_hashes
-
-if TYPE_CHECKING:
-    from pipeline.stages.ingest.artifact import IngestOutput
 
 MIN_WORDS = 3  # a one-word change of a 2-word text changes half of it: not a template
 CONTAIN_MIN_WORDS = 4  # a shorter text found inside another is a phrase, not a copy
@@ -209,20 +206,3 @@ def rates(test_texts: pa.Array | pa.ChunkedArray, test_sources: list[str],
                      "covered_rate": float((shares[m] >= COVERED_SHARE).mean())}
     return out
 
-
-def heldout_twins(ingest: IngestOutput) -> dict[str, dict[str, float]]:
-    """``rates`` of the held-out slice's test part against the training text, per source, and
-    over the domain sources as ``domain`` (the verdict's domain slice)."""
-    import pyarrow.parquet as pq
-
-    parts = ingest.held_out_parts(["source", "text"])
-    test = pa.concat_tables([parts["domain"]["test"], parts["general"]["test"]])
-    train = (pq.read_table(p, columns=["text"]).column("text") for p in ingest.train_shards)
-    out = rates(test.column("text"), test.column("source").to_pylist(), train)
-    domain = [s for s in out if s not in ingest.general_sources]
-    docs = sum(out[s]["docs"] for s in domain)
-    if docs:
-        out["domain"] = {"docs": docs, **{
-            k: sum(out[s][k] * out[s]["docs"] for s in domain) / docs
-            for k in ("twin_rate", "covered_rate")}}
-    return out

@@ -54,6 +54,7 @@ def _config(tmp_path: Path, quality: dict | None = None) -> IngestConfig:
                         min_kept_docs=1, min_chars=20, eval_fraction=0.49,
                         quality=quality or {"gopher": {"min_words": 3, "min_stop_words": None}},
                         pii={"enabled": False}, near_dup={"enabled": False},
+                        held_out={"group_by": "id"},
                         decontamination={"enabled": False}, language={"enabled": False})
 
 

@@ -151,7 +151,8 @@ def test_a_lone_surrogate_escape_is_invalid_utf8_not_a_crash(tmp_path: Path) -> 
                           min_kept_docs=1, eval_fraction=0.49,
                           quality={"gopher": {"enabled": False},
                                    "repetition": {"enabled": False}},
-                          near_dup={"enabled": False}, decontamination={"enabled": False},
+                          near_dup={"enabled": False},
+                          held_out={"group_by": "id"}, decontamination={"enabled": False},
                           language={"enabled": False})
     counts = ingest.run(config, {}, out).counts
     excluded = pq.read_table(out / "excluded.parquet").to_pylist()

@@ -350,7 +350,8 @@ def test_ingest_redacts_repairs_and_logs_every_change(tmp_path: Path) -> None:
         sources=[{"name": "a", "path": str(tmp_path / "a.jsonl"), "id_field": "id"}],
         min_kept_docs=1, eval_fraction=0.49, min_chars=25,
         quality={"gopher": {"enabled": False}, "repetition": {"enabled": False}},
-        near_dup={"enabled": False}, decontamination={"enabled": False})
+        near_dup={"enabled": False},
+        held_out={"group_by": "id"}, decontamination={"enabled": False})
     counts = ingest.run(config, {}, out).counts
     kept = {r["doc_id"]: r["text"] for name in ("train-00000.parquet", "eval.parquet")
             for r in pq.read_table(out / name).to_pylist()}
@@ -380,7 +381,8 @@ def test_ingest_with_pii_and_mojibake_off_changes_nothing(tmp_path: Path) -> Non
         sources=[{"name": "a", "path": str(tmp_path / "a.jsonl")}], min_kept_docs=1,
         eval_fraction=0.49, fix_mojibake=False, pii={"enabled": False},
         quality={"gopher": {"enabled": False}, "repetition": {"enabled": False}},
-        near_dup={"enabled": False}, decontamination={"enabled": False})
+        near_dup={"enabled": False},
+        held_out={"group_by": "id"}, decontamination={"enabled": False})
     counts = ingest.run(config, {}, out).counts
     rows = [r for name in ("train-00000.parquet", "eval.parquet")
             for r in pq.read_table(out / name).to_pylist()]
@@ -401,7 +403,8 @@ def test_a_name_is_redacted_in_train_and_excluded_alike(tmp_path: Path) -> None:
         sources=[{"name": "a", "path": str(tmp_path / "a.jsonl"), "id_field": "id"}],
         min_kept_docs=1, eval_fraction=0.49, min_chars=25, pii={"types": ["person"]},
         quality={"gopher": {"enabled": False}, "repetition": {"enabled": False}},
-        near_dup={"enabled": False}, decontamination={"enabled": False})
+        near_dup={"enabled": False},
+        held_out={"group_by": "id"}, decontamination={"enabled": False})
     counts = ingest.run(config, {}, out).counts
     kept = {r["doc_id"]: r["text"] for name in ("train-00000.parquet", "eval.parquet")
             for r in pq.read_table(out / name).to_pylist()}

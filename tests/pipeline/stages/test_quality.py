@@ -97,7 +97,8 @@ def test_ingest_excludes_logs_and_counts_by_filter(tmp_path: Path) -> None:
     config = IngestConfig(sources=[{"name": "a", "path": str(tmp_path / "a.jsonl")}],
                           min_kept_docs=1, eval_fraction=0.2,
                           # the 30 clean ones are near-copies, and overlap the held-out ones
-                          near_dup={"enabled": False}, decontamination={"enabled": False})
+                          near_dup={"enabled": False},
+                          held_out={"group_by": "id"}, decontamination={"enabled": False})
     counts = ingest.run(config, {}, out).counts
     assert counts["docs_in"] == 34 == counts["kept"] + counts["excluded"]
     assert counts["excluded_gopher_min_words"] == 3  # filtered before dedup: all three
@@ -167,6 +168,7 @@ def test_c4_through_ingest_logs_removed_lines(tmp_path: Path) -> None:
     config = IngestConfig(
         sources=[{"name": "a", "path": str(tmp_path / "a.jsonl"), "id_field": "id"}],
         min_kept_docs=1, eval_fraction=0.4, near_dup={"enabled": False},
+        held_out={"group_by": "id"},
         decontamination={"enabled": False}, pii={"enabled": False},
         quality={"c4": {"enabled": True}, "gopher": {"enabled": False},
                  "repetition": {"enabled": False}})
