@@ -22,6 +22,7 @@ import ast
 import functools
 import hashlib
 import re
+import threading
 from pathlib import Path
 
 # The repository (or site-packages) directory holding the project's top-level packages.
@@ -58,6 +59,11 @@ _MODULE_STRING = re.compile(
 _BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
 
 
+# CPython 3.11.7's ast.parse can fail in two threads at once ("AST constructor recursion depth
+# mismatch", seen when `dapt serve` planned two flow runs together): one parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1024)
 def imported_names(source: str, module: str, is_package: bool) -> frozenset[str]:
     """Every module name ``source`` (the text of ``module``) may import, relative imports
@@ -68,7 +74,8 @@ def imported_names(source: str, module: str, is_package: bool) -> frozenset[str]
     comment too: the rule errs towards rebuilding)."""
     package = module if is_package else module.rpartition(".")[0]
     names = {m.group(2) for m in _MODULE_STRING.finditer(source)}
-    todo: list[ast.AST] = [ast.parse(source)]
+    with _PARSE_LOCK:
+        todo: list[ast.AST] = [ast.parse(source)]
     while todo:
         node = todo.pop()
         if isinstance(node, ast.Import):
