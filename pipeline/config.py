@@ -672,7 +672,8 @@ class EvaluateConfig(_Strict):
         "bits-per-byte is at least this far below the base model's; null: no gate.")
     max_general_degradation: float | None = Field(
         default=0.1, ge=0, description="Continue mode: fail when general bits-per-byte rises "
-        "by more than this fraction of the base's; null: no limit.")
+        "by more than this fraction of the control's (placeholders and URLs masked) where a "
+        "control runs, else of the base's; null: no limit.")
     max_twin_rate: float | None = Field(
         default=0.02, ge=0, le=1, description="Warn (in the verdict, not failing the run) when "
         "more than this share of the domain's test documents has a near-twin (one-word edit) "

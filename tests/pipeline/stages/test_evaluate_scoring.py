@@ -205,3 +205,18 @@ def test_verdict_headline_is_adapted_vs_control_and_names_the_base() -> None:
     assert promoted["text"].startswith("adapted vs promoted pretrain/abc: domain bits/byte "
                                        "-6.0% +- 0.4%, general +1.0%, domain vs control -2.1%")
 
+
+
+def test_forgetting_gate_reads_the_control_where_there_is_one() -> None:
+    from pipeline.config import EvaluateConfig
+    from pipeline.stages.evaluate.stage import forgetting_gate
+
+    config = EvaluateConfig(max_general_degradation=0.03)
+    # +1% over the base, +6.6% over the control: the control is the reference
+    both = {"general_bits_per_byte_change": 0.01, "general_change_vs_control_masked": 0.066}
+    gate, = forgetting_gate(both, config)
+    assert (gate["vs"], gate["value"], gate["passed"]) == ("control", 0.066, False)
+    assert "over the control's (masked)" in gate["message"]
+    gate, = forgetting_gate({"general_bits_per_byte_change": 0.01}, config)
+    assert (gate["vs"], gate["value"], gate["passed"]) == ("base", 0.01, True)
+    assert forgetting_gate(both, EvaluateConfig(max_general_degradation=None)) == []
