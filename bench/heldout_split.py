@@ -57,12 +57,9 @@ def measure(config: IngestConfig, out: Path) -> dict:
     test = split_dev_test(held)["test"]
     train = (pq.read_table(p, columns=["text"]).column("text")
              for p in sorted(out.glob("train-*.parquet")))
-    rates = twins.rates(test.column("text"), test.column("source").to_pylist(), train)
-    general = {s.name for s in config.sources if s.general}
-    domain = [s for s in rates if s not in general]
-    docs = sum(rates[s]["docs"] for s in domain)
-    rates["domain"] = {"docs": docs, **{k: sum(rates[s][k] * rates[s]["docs"] for s in domain)
-                                        / max(docs, 1) for k in ("twin_rate", "covered_rate")}}
+    rates = twins.with_domain(
+        twins.rates(test.column("text"), test.column("source").to_pylist(), train),
+        [s.name for s in config.sources if s.general])
     return {"seconds": round(seconds, 1), "rates": rates,
             "counts": {k: v for k, v in manifest.counts.items()
                        if k in ("kept", "train_docs", "eval_docs", "excluded_contaminated",

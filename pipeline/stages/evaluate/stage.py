@@ -249,14 +249,9 @@ def heldout_twins(ingest: IngestOutput) -> dict[str, dict[str, float]]:
     parts = ingest.held_out_parts(["source", "text"])
     test = pa.concat_tables([parts["domain"]["test"], parts["general"]["test"]])
     train = (pq.read_table(p, columns=["text"]).column("text") for p in ingest.train_shards)
-    out = twins.rates(test.column("text"), test.column("source").to_pylist(), train)
-    domain = [s for s in out if s not in ingest.general_sources]
-    docs = sum(out[s]["docs"] for s in domain)
-    if docs:
-        out["domain"] = {"docs": docs, **{
-            k: sum(out[s][k] * out[s]["docs"] for s in domain) / docs
-            for k in ("twin_rate", "covered_rate")}}
-    return out
+    return twins.with_domain(twins.rates(test.column("text"),
+                                         test.column("source").to_pylist(), train),
+                             ingest.general_sources)
 
 
 def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -47,14 +47,14 @@ def _short_texts(con: duckdb.DuckDBPyConnection, parts: list[str], sources: list
     """(ord, text) of the kept documents of ``sources`` short enough to have twins."""
     from pipeline.stages.ingest.steps import _texts_of
 
+    empty = pa.table({"ord": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
     if not sources:
-        return pa.table({"ord": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+        return empty
     names = ", ".join(f"'{s}'" for s in sources)
     ords = con.execute(f"SELECT ord FROM docs WHERE reason IS NULL AND source IN ({names}) "
                        f"AND chars <= {MAX_TWIN_CHARS} ORDER BY ord").fetchnumpy()["ord"]
     tables = list(_texts_of(con, parts, np.asarray(ords, np.int64))) if len(ords) else []
-    return (pa.concat_tables(tables) if tables else
-            pa.table({"ord": pa.array([], pa.int64()), "text": pa.array([], pa.string())}))
+    return pa.concat_tables(tables) if tables else empty
 
 
 def assign_groups(con: duckdb.DuckDBPyConnection, config: IngestConfig, parts: list[str]

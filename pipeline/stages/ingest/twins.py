@@ -206,3 +206,16 @@ def rates(test_texts: pa.Array | pa.ChunkedArray, test_sources: list[str],
                      "covered_rate": float((shares[m] >= COVERED_SHARE).mean())}
     return out
 
+
+
+def with_domain(rates_: dict[str, dict[str, float]], general: Iterable[str]
+                ) -> dict[str, dict[str, float]]:
+    """``rates_`` plus ``domain``: the rates over every source but the general ones, weighted
+    by their test documents (the verdict's domain slice)."""
+    domain = [s for s in rates_ if s not in set(general)]
+    docs = sum(rates_[s]["docs"] for s in domain)
+    if not docs:
+        return rates_
+    return {**rates_, "domain": {"docs": docs, **{
+        k: sum(rates_[s][k] * rates_[s]["docs"] for s in domain) / docs
+        for k in ("twin_rate", "covered_rate")}}}
