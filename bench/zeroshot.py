@@ -10,8 +10,10 @@ The examples are the task's test split exactly as the finetune stage draws it (`
 with the default split seed and fractions, in hash order), the first ``--examples`` of them.
 The base model is prepared (dequantised, about 25 s) into ``DIR/artifacts`` on first use. Both
 scorers run in float32 on the CPU with the same batch size; lm-eval runs offline
-(HF_DATASETS_OFFLINE=1) on the YAML and JSONL the stage writes. Not a test: it reads the real
-135M model.
+(HF_DATASETS_OFFLINE=1) on the YAML and JSONL the stage writes. The export lists
+``acc_mutual_info``, so lm-eval also scores each example's choices after an empty context
+(twice the requests); the native timing includes the stage's unconditional terms (once per
+task). Not a test: it reads the real 135M model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline import domains, samples
 from pipeline.config import EvaluateConfig, FinetuneConfig
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.stages.evaluate import zeroshot
+from pipeline.stages.evaluate import zeroshot, zeroshot_rules
 from pipeline.stages.finetune.stage import prepare_task
 from pipeline.stages.models import stage as models
 
@@ -90,24 +92,31 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(hf)
     start = time.perf_counter()
     ll = zeroshot.score_choices(model, tok, task.queries, task.choices, args.batch_size)
+    unconditional = zeroshot_rules.unconditional_loglikelihoods(
+        model, tok, [zeroshot.TARGET_DELIMITER + c for c in task.choices])
     native_s = time.perf_counter() - start
-    judged = zeroshot.judge(ll, task)
+    judged = zeroshot.judge(ll, task, unconditional)
     del model
 
     results, logged, lm_eval_s = _lm_eval(hf, root, task, args.batch_size)
     by_id = {s["doc"]["id"]: [r[0][0] if isinstance(r[0], (list, tuple)) else r[0]
                               for r in s["resps"]] for s in logged}
-    theirs = np.array([by_id[i] for i in task.ids])
+    n = len(task.choices)  # then the n unconditional ones
+    theirs = np.array([by_id[i][:n] for i in task.ids])
+    theirs_unconditional = np.array([by_id[i][n:] for i in task.ids])
     acc = {k: float(v.mean()) for k, v in judged.items()}
     print(json.dumps({
         "task": f"{args.domain}/{args.task}", "examples": len(task.ids),
         "choices": len(task.choices), "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
-        "native": {"acc": acc["acc"], "acc_norm": acc["acc_norm"], "seconds": round(native_s, 1)},
+        "native": {"acc": acc["acc"], "acc_norm": acc["acc_norm"],
+                   "acc_mutual_info": acc["acc_mutual_info"], "seconds": round(native_s, 1)},
         "lm_eval": {"acc": results["acc,none"], "acc_norm": results["acc_norm,none"],
+                    "acc_mutual_info": results["acc_mutual_info,none"],
                     "seconds": round(lm_eval_s, 1)},
         "same_prediction_acc": float(np.mean(ll.argmax(1) == theirs.argmax(1))),
         "max_abs_loglikelihood_diff": float(np.abs(ll - theirs).max()),
+        "max_abs_unconditional_diff": float(np.abs(unconditional - theirs_unconditional).max()),
         "speedup": round(lm_eval_s / native_s, 2),
     }, indent=2))
 

@@ -688,6 +688,12 @@ class EvaluateConfig(_Strict):
     zeroshot_max_chars: int = Field(
         default=1000, gt=0, description="Characters of each example's text in its zero-shot "
         "prompt (the start of the text).")
+    zeroshot_rule_examples: int = Field(
+        default=100, ge=0, description="Validation examples per task (a prefix of finetune's "
+        "validation split, never test rows) on which the zero-shot headline rule is chosen: "
+        "acc, acc_norm or acc_mutual_info, whichever has the highest accuracy averaged over the "
+        "models scored (base, control, adapted); ties go to acc, then acc_norm. 0: no choice, "
+        "acc (pipeline/stages/evaluate/zeroshot_rules.py).")
 
 
 # --- schedule and the domain file -------------------------------------------------------------

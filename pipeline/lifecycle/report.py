@@ -324,15 +324,23 @@ def zeroshot_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
                     f"{m[f'zeroshot_gain_vs_{r}_ci_low']:+.3f} to "
                     f"{m[f'zeroshot_gain_vs_{r}_ci_high']:+.3f}). " for r in ("control", "base")
                     if f"zeroshot_gain_vs_{r}_ci_low" in m)
+    rule = zs.get("rule", "acc")  # evaluations from before the rule was chosen: acc
+    how = zs.get("rule_choice", {}).get("text", rule)
+    rules = [r for r in ("acc", "acc_norm", "acc_mutual_info")
+             if r in zs["tasks"][0]["models"]["adapted"]]
     return [("h2", "Zero-shot downstream"),
             ("p", "Each test example as multiple choice over the class names, no training: acc "
-             "by summed log-likelihood, acc_norm per character. " + gains + "lm_eval reruns "
-             f"it: `--include_path {zs['lm_eval_dir']}` in the evaluate artifact."),
-            ("table", ["task", "examples", "chance", *(f"{k} acc" for k in models),
-                       "adapted acc_norm"],
+             "by summed log-likelihood, acc_norm per character, acc_mutual_info minus the class "
+             f"name's log-likelihood without the text. Headline rule: {how}; the accuracies "
+             "and gains below use it unless a column names another rule. " + gains
+             + f"lm_eval reruns it: `--include_path {zs['lm_eval_dir']}` in the evaluate "
+             "artifact."),
+            ("table", ["task", "examples", "chance", *(f"{k} {rule}" for k in models),
+                       *(f"adapted {r}" for r in rules if r != rule)],
              [[t["task"], t["examples"], f"{t['chance']:.3f}",
-               *(f"{t['models'][k]['acc']:.3f}" for k in models),
-               f"{t['models']['adapted']['acc_norm']:.3f}"] for t in zs["tasks"]])]
+               *(f"{t['models'][k][rule]:.3f}" for k in models),
+               *(f"{t['models']['adapted'][r]:.3f}" for r in rules if r != rule)]
+              for t in zs["tasks"]])]
 
 
 # --- rendering ----------------------------------------------------------------------------------

@@ -3,11 +3,13 @@ the language model answers without training, for the adapted, base and control m
 
 An example is a short prompt built from its text (``prompt``) and one continuation per class
 (the label names, underscores as spaces, after a space). Its answer is the class whose
-continuation has the highest summed log-likelihood (``acc``), or the highest log-likelihood per
-character of the class name (``acc_norm``), exactly as lm-evaluation-harness scores
-``output_type: multiple_choice``. The rows are finetune's test split
+continuation has the highest summed log-likelihood (``acc``), the highest log-likelihood per
+character of the class name (``acc_norm``), or the highest log-likelihood minus the class
+name's unconditional log-likelihood (``acc_mutual_info``), exactly as lm-evaluation-harness
+scores ``output_type: multiple_choice`` (``zeroshot_rules``). The rows are finetune's test split
 (``FinetuneOutput.test_split``: never train or validation text), capped by
-``evaluate.zeroshot_max_examples``.
+``evaluate.zeroshot_max_examples``. The headline rule is chosen before them, on finetune's
+validation split (``zeroshot_rules.choose``, ``evaluate.zeroshot_rule_examples``).
 
 Two ways to the same numbers:
 
@@ -22,8 +24,9 @@ Two ways to the same numbers:
   follows the context's own encoding.
 
 ``evaluate`` scores every model and returns the metrics (``zeroshot_accuracy``,
-``zeroshot_<task>_accuracy``, ...) and a paired bootstrap interval (over examples, fixed seed)
-of the accuracy difference adapted - control (and adapted - base).
+``zeroshot_<task>_accuracy``, ... under the chosen rule; every rule's beside them) and a paired
+bootstrap interval (over examples, fixed seed) of the accuracy difference adapted - control (and
+adapted - base).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.config import EvaluateConfig
 from pipeline.engine import progress
 from pipeline.engine.artifacts import TMP
+from pipeline.stages.evaluate import zeroshot_rules as rules
 from pipeline.stages.finetune.output import FinetuneOutput
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, before each choice
@@ -76,12 +80,24 @@ def prompt(text: str, task: str, max_chars: int) -> str:
     return f"Text: {body}\nQuestion: which {readable(task)} is this?\nAnswer:"
 
 
-def tasks_of(finetune: FinetuneOutput, config: EvaluateConfig) -> list[ZeroShotTask]:
-    """Each fine-tuning task's test split (capped: a prefix, the split is in hash order)."""
+def tasks_of(finetune: FinetuneOutput, config: EvaluateConfig, split: str = "test"
+             ) -> list[ZeroShotTask]:
+    """Each fine-tuning task's test split (capped: a prefix, the split is in hash order); with
+    ``split="validation"``: its validation rows, capped by ``zeroshot_rule_examples``, the tasks
+    without any (or an artifact that kept none) left out."""
     out = []
     for name, result in finetune.tasks:
         labels = list(result["labels"])
-        rows = finetune.test_split(name).slice(0, config.zeroshot_max_examples).to_pylist()
+        if split == "test":
+            table = finetune.test_split(name).slice(0, config.zeroshot_max_examples)
+        else:
+            table = finetune.validation_split(name)
+            if table is None or not config.zeroshot_rule_examples:
+                continue
+            table = table.slice(0, config.zeroshot_rule_examples)
+        rows = table.to_pylist()
+        if not rows:
+            continue
         out.append(ZeroShotTask(
             name, [readable(x) for x in labels], [r["id"] for r in rows],
             [prompt(r["text"], name, config.zeroshot_max_chars) for r in rows],
@@ -116,7 +132,7 @@ def export(task: ZeroShotTask, root: Path, final_root: Path | None = None) -> Pa
         "doc_to_choice": task.choices,
         "target_delimiter": TARGET_DELIMITER,
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
-                        for m in ("acc", "acc_norm")],
+                        for m in rules.RULES],
         "metadata": {"version": 1.0},
     }
     path = folder / f"{task.name}.yaml"
@@ -293,13 +309,13 @@ def score_choices(model: Any, tok: Any, queries: list[str], choices: list[str],
     return out
 
 
-def judge(ll: np.ndarray, task: ZeroShotTask) -> dict[str, np.ndarray]:
-    """Per-example correctness: ``acc`` (argmax of the summed log-likelihood) and ``acc_norm``
-    (of the log-likelihood per character of the choice), first index on ties, as lm-eval."""
-    gold = np.asarray(task.gold)
+def judge(ll: np.ndarray, task: ZeroShotTask, unconditional: np.ndarray | None = None
+          ) -> dict[str, np.ndarray]:
+    """Per-example correctness: ``acc`` (argmax of the summed log-likelihood), ``acc_norm`` (of
+    the log-likelihood per character of the choice) and, given each choice's unconditional
+    log-likelihood, ``acc_mutual_info`` (of the difference), first index on ties, as lm-eval."""
     chars = np.array([float(len(c)) for c in task.choices])
-    return {"acc": (ll.argmax(1) == gold).astype(float),
-            "acc_norm": ((ll / chars).argmax(1) == gold).astype(float)}
+    return rules.correct(ll, chars, unconditional, np.asarray(task.gold))
 
 
 def gain_interval(ours: list[np.ndarray], ref: list[np.ndarray], samples: int, seed: int = 0
@@ -322,21 +338,32 @@ MODEL_TAGS = {"adapted": "", "base": "base_", "control": "control_"}
 
 
 def summarize(tasks: list[ZeroShotTask], judged: Mapping[str, Mapping[str, dict[str, Any]]],
-              samples: int) -> dict[str, float]:
-    """Flat metrics from {model: {task: {acc, acc_norm: per-example 0/1}}}: per task and the
-    mean over tasks for every model, and the gains over base and control with intervals."""
+              samples: int, rule: str = rules.DEFAULT) -> dict[str, float]:
+    """Flat metrics from {model: {task: {rule: per-example 0/1}}}: per task and the mean over
+    tasks for every model, under ``rule`` (``..._accuracy``) and under every rule judged
+    (``..._accuracy_raw``, ``_norm``, ``_mutual_info``), and the gains over base and control:
+    under ``rule`` with intervals, under every rule as ``zeroshot_gain_vs_<ref><suffix>``."""
     m: dict[str, float] = {"zeroshot_examples": float(sum(len(t.ids) for t in tasks))}
     for model, per in judged.items():
         tag = MODEL_TAGS[model]
-        for key, name in (("acc", "accuracy"), ("acc_norm", "accuracy_norm")):
-            for t in tasks:
-                m[f"zeroshot_{t.name}_{tag}{name}"] = float(per[t.name][key].mean())
-            m[f"zeroshot_{tag}{name}"] = float(np.mean([per[t.name][key].mean() for t in tasks]))
+        for key in rules.RULES:
+            if key not in per[tasks[0].name]:
+                continue
+            for name in ["accuracy" + rules.SUFFIX[key]] + (["accuracy"] if key == rule else []):
+                for t in tasks:
+                    m[f"zeroshot_{t.name}_{tag}{name}"] = float(per[t.name][key].mean())
+                m[f"zeroshot_{tag}{name}"] = float(np.mean([per[t.name][key].mean()
+                                                            for t in tasks]))
     for ref in ("base", "control"):
         if ref not in judged or "adapted" not in judged:
             continue
-        ours = [judged["adapted"][t.name]["acc"] for t in tasks]
-        theirs = [judged[ref][t.name]["acc"] for t in tasks]
+        for key in rules.RULES:
+            if key in judged[ref][tasks[0].name]:
+                m[f"zeroshot_gain_vs_{ref}{rules.SUFFIX[key]}"] = float(np.mean(
+                    [(judged["adapted"][t.name][key] - judged[ref][t.name][key]).mean()
+                     for t in tasks]))
+        ours = [judged["adapted"][t.name][rule] for t in tasks]
+        theirs = [judged[ref][t.name][rule] for t in tasks]
         gain, low, high = gain_interval(ours, theirs, max(samples, 1))
         m[f"zeroshot_gain_vs_{ref}"] = gain
         if samples:
@@ -345,52 +372,86 @@ def summarize(tasks: list[ZeroShotTask], judged: Mapping[str, Mapping[str, dict[
     return m
 
 
-def _score_model(model_dir: Path, tasks: list[ZeroShotTask], batch_size: int, label: str,
-                 device: torch.device) -> dict[str, np.ndarray]:
-    """{task: (examples x choices) log-likelihoods} of one model; it is freed on return."""
+@dataclass(frozen=True)
+class ModelScores:
+    """One model's log-likelihoods: {task: (examples x choices)} on the test rows and on the
+    validation rows, and {task: each choice's unconditional log-likelihood}."""
+
+    test: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
+    unconditional: dict[str, np.ndarray]
+
+
+def _score_model(model_dir: Path, tasks: list[ZeroShotTask], validation: list[ZeroShotTask],
+                 batch_size: int, label: str, device: torch.device) -> ModelScores:
+    """One model's scores of the test and the validation tasks; it is freed on return."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     try:
-        return {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
-                                      f"{label} {t.name}") for t in tasks}
+        return ModelScores(
+            {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
+                                   f"{label} {t.name}") for t in tasks},
+            {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
+                                   f"{label} {t.name} validation") for t in validation},
+            {t.name: rules.unconditional_loglikelihoods(
+                model, tok, [TARGET_DELIMITER + c for c in t.choices]) for t in tasks})
     finally:
         del model
         gc.collect()
 
 
+def _score_rows(tasks: list[ZeroShotTask], scored: Mapping[str, ModelScores],
+                split: str) -> str:
+    """JSONL of every example's log-likelihoods (task, model, id, gold, loglikelihoods)."""
+    return "".join(
+        json.dumps({"task": t.name, "model": model, "id": i, "gold": g, "loglikelihoods": ll})
+        + "\n" for model, s in scored.items() for t in tasks
+        for i, g, ll in zip(t.ids, t.gold, getattr(s, split)[t.name].tolist(), strict=True))
+
+
 def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mapping[str, Path],
              out_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Export the lm-eval tasks into ``out_dir/lm_eval``, score each model on them; the flat
-    metrics and the report's details ({tasks: [...], lm_eval_dir})."""
+    """Export the lm-eval tasks into ``out_dir/lm_eval``, choose the headline rule on the
+    validation rows, score each model on the test rows; the flat metrics and the report's
+    details ({tasks: [...], lm_eval_dir, rule, rule_choice})."""
     tasks = tasks_of(finetune, config)
+    validation = tasks_of(finetune, config, "validation")
     root = out_dir / "lm_eval"
     for t in tasks:
         export(t, root, published(out_dir) / "lm_eval")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    judged: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    rows = []
-    for model, model_dir in model_dirs.items():
-        scores = _score_model(model_dir, tasks, config.batch_size, model, device)
-        judged[model] = {t.name: judge(scores[t.name], t) for t in tasks}
-        rows += [{"task": t.name, "model": model, "id": i, "gold": g, "loglikelihoods": ll}
-                 for t in tasks for i, g, ll in zip(t.ids, t.gold, scores[t.name].tolist(),
-                                                    strict=True)]
-    (out_dir / "zeroshot_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics = summarize(tasks, judged, config.bootstrap_samples)
-    details = {"lm_eval_dir": "lm_eval", "tasks": [
+    scored = {model: _score_model(model_dir, tasks, validation, config.batch_size, model,
+                                  device) for model, model_dir in model_dirs.items()}
+    choice = rules.choose_on(config.zeroshot_rule_examples, validation, scored)
+    judged = {model: {t.name: judge(s.test[t.name], t, s.unconditional[t.name]) for t in tasks}
+              for model, s in scored.items()}
+    (out_dir / "zeroshot_scores.jsonl").write_text(_score_rows(tasks, scored, "test"))
+    (out_dir / "zeroshot_rule_scores.jsonl").write_text(
+        _score_rows(validation, scored, "validation"))
+    metrics = {**summarize(tasks, judged, config.bootstrap_samples, choice.rule),
+               **choice.metrics()}
+    details = {"lm_eval_dir": "lm_eval", "rule": choice.rule, "rule_choice": {
+        "rule": choice.rule, "chosen_on": "validation" if choice.chosen_on_validation else None,
+        "validation_examples": choice.examples, "validation_accuracy": choice.scores,
+        "note": choice.note, "text": choice.describe()}, "tasks": [
         {"task": t.name, "lm_eval_task": t.lm_eval_name, "examples": len(t.ids),
          "choices": len(t.choices), "chance": 1.0 / len(t.choices),
          "models": {model: {k: float(v.mean()) for k, v in per[t.name].items()}
-                    for model, per in judged.items()}} for t in tasks]}
+                    for model, per in judged.items()},
+         "unconditional": {model: s.unconditional[t.name].tolist()
+                           for model, s in scored.items()}} for t in tasks]}
     return metrics, details
 
 
 def verdict_text(metrics: Mapping[str, float]) -> str:
-    """The zero-shot part of the verdict: accuracy and the gain with its 95% interval."""
+    """The zero-shot part of the verdict: accuracy under the headline rule and the gain with
+    its 95% interval."""
     if "zeroshot_accuracy" not in metrics:
         return ""
-    text = f"zero-shot accuracy {metrics['zeroshot_accuracy']:.3f}"
+    rule = rules.RULES[int(metrics.get("zeroshot_rule_index", 0))]
+    how = ", chosen on validation" if metrics.get("zeroshot_rule_examples") else ""
+    text = f"zero-shot accuracy {metrics['zeroshot_accuracy']:.3f} ({rule}{how})"
     for ref in ("control", "base"):
         if f"zeroshot_gain_vs_{ref}" in metrics:
             ci = (f" [95% CI {metrics[f'zeroshot_gain_vs_{ref}_ci_low']:+.3f}, "

@@ -28,7 +28,9 @@ class FinetuneOutput:
       has ``labels``, ``counts``, ``task_file`` and per model {accuracy, macro_f1, their _std,
       per_class_f1, support, confusion, runs};
     - ``predictions_file``: every test prediction (task, model, seed, row, label, predicted);
-    - ``test_split(task)``: the task's test rows (id, text, label name) in the order scored.
+    - ``test_split(task)``: the task's test rows (id, text, label name) in the order scored;
+    - ``validation_split(task)``: its validation rows (the same columns, hash order; never test
+      rows), or None for an artifact built before finetune kept them.
     """
 
     def __init__(self, artifact: Artifact):
@@ -66,3 +68,12 @@ class FinetuneOutput:
         if not rows.num_rows:
             raise ValueError(f"finetune/{self.artifact.key}: no test rows of task {task!r}")
         return rows
+
+    def validation_split(self, task: str) -> pa.Table | None:
+        """The validation rows of ``task`` (id, text, label; maybe none); None when the artifact
+        predates ``validation_split.parquet``."""
+        path = self.artifact.path / "validation_split.parquet"
+        if not path.exists():
+            return None
+        table = pq.read_table(path)
+        return table.filter(pc.equal(table.column("task"), task)).drop(["task"])

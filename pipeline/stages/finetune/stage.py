@@ -25,7 +25,8 @@ manifest holds the mean and standard deviation over seeds, and the adapted - bas
 control differences with the standard deviation of their per-seed (paired) values. Writes
 ``predictions.parquet`` (every test prediction of every model and seed) and
 ``test_split.parquet`` (each task's test rows: id, text, label; evaluate's zero-shot scoring
-reads them, so it scores exactly these rows).
+reads them, so it scores exactly these rows) and ``validation_split.parquet`` (the validation
+rows of ``prepare_task``, the same columns; zero-shot scoring chooses its rule on them).
 """
 
 from __future__ import annotations
@@ -327,12 +328,14 @@ def _predictions(task: str, model: str, seed: int, data: TaskData, preds: list[i
         "pred": [data.label_names[p] for p in preds]})
 
 
-def _test_rows(data: TaskData) -> pa.Table:
-    """The task's test rows as scored (id, text, label name), for zero-shot scoring downstream."""
-    test = data.splits["test"]
-    return pa.table({"task": [data.name] * len(test), "id": [data.ids[i] for i in test],
-                     "text": [data.texts[i] for i in test],
-                     "label": [data.label_names[data.labels[i]] for i in test]})
+def _split_rows(data: TaskData, split: str = "test") -> pa.Table:
+    """The task's rows of ``split`` (id, text, label name), for zero-shot scoring downstream."""
+    rows = data.splits[split]
+    return pa.table({"task": pa.array([data.name] * len(rows), pa.string()),
+                     "id": pa.array([data.ids[i] for i in rows], pa.string()),
+                     "text": pa.array([data.texts[i] for i in rows], pa.string()),
+                     "label": pa.array([data.label_names[data.labels[i]] for i in rows],
+                                       pa.string())})
 
 
 def _fine_tune_runs(model_name: str, model_dir: Path, data: TaskData, config: FinetuneConfig,
@@ -405,10 +408,11 @@ def run(config: FinetuneConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     """Every ``config.tasks[*].path`` must already be resolved to an absolute path."""
     checkpoints = Inputs.of(inputs).checkpoints()
     tasks: dict[str, dict[str, Any]] = {}
-    predictions, tests = [], []
+    predictions, tests, validations = [], [], []
     for task in config.tasks:
         data, unmapped = prepare_task(task, config)
-        tests.append(_test_rows(data))
+        tests.append(_split_rows(data, "test"))
+        validations.append(_split_rows(data, "validation"))
         result: dict[str, Any] = {
             "task_file": task.path, "labels": data.label_names,
             "counts": {"task_rows": len(data.ids), "unmapped_rows": unmapped,
@@ -428,6 +432,7 @@ def run(config: FinetuneConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         tasks[task.name] = result
     pq.write_table(pa.concat_tables(predictions), out_dir / "predictions.parquet")
     pq.write_table(pa.concat_tables(tests), out_dir / "test_split.parquet")
+    pq.write_table(pa.concat_tables(validations), out_dir / "validation_split.parquet")
     first = next(iter(tasks.values()))
     return Manifest(
         stage="finetune",

@@ -1,10 +1,13 @@
 """Zero-shot downstream scoring (pipeline/stages/evaluate/zeroshot.py): the KV-cache scorer
 against scoring each context + choice in full, the exported task in lm-evaluation-harness
-against the native scorer, and the rows exported against finetune's test split."""
+against the native scorer (acc, acc_norm and acc_mutual_info), the rows exported against
+finetune's test split, and the headline rule chosen on finetune's validation rows
+(pipeline/stages/evaluate/zeroshot_rules.py)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pipeline.config import EvaluateConfig, FinetuneConfig, TaskConfig
 from pipeline.engine.artifacts import Artifact
-from pipeline.stages.evaluate import zeroshot
+from pipeline.stages.evaluate import zeroshot, zeroshot_rules
 from pipeline.stages.finetune import stage as finetune
 from pipeline.stages.finetune.output import FinetuneOutput
 
@@ -136,16 +139,22 @@ def test_lm_eval_scores_the_export_as_the_native_scorer(scored: dict) -> None:
         bootstrap_iters=0, log_samples=True)
     got = results["results"]["dapt_organ_system"]
     m = scored["metrics"]
-    assert got["acc,none"] == pytest.approx(m["zeroshot_organ_system_accuracy"])
+    assert got["acc,none"] == pytest.approx(m["zeroshot_organ_system_accuracy_raw"])
     assert got["acc_norm,none"] == pytest.approx(m["zeroshot_organ_system_accuracy_norm"])
+    assert got["acc_mutual_info,none"] == pytest.approx(
+        m["zeroshot_organ_system_accuracy_mutual_info"])
     native = {r["id"]: r["loglikelihoods"] for r in map(json.loads, (
         scored["out"] / "zeroshot_scores.jsonl").read_text().splitlines())
         if r["model"] == "adapted"}
+    unconditional = scored["details"]["tasks"][0]["unconditional"]["adapted"]
     samples = results["samples"]["dapt_organ_system"]
     assert len(samples) == 40
     for s in samples:
         lls = [r[0][0] if isinstance(r[0], (list, tuple)) else r[0] for r in s["resps"]]
-        np.testing.assert_allclose(lls, native[s["doc"]["id"]], atol=1e-4)
+        # lm-eval asks the 5 choices after the prompt, then the 5 after the empty context
+        assert len(lls) == 10
+        np.testing.assert_allclose(lls[:5], native[s["doc"]["id"]], atol=1e-4)
+        np.testing.assert_allclose(lls[5:], unconditional, atol=1e-4)
 
 
 def test_metrics_and_the_paired_interval(scored: dict) -> None:
@@ -174,8 +183,122 @@ def test_report_section(scored: dict) -> None:
     m = scored["metrics"]
     text = to_markdown(zeroshot_blocks({"metrics": m, "zeroshot": scored["details"]}))
     assert "## Zero-shot downstream" in text
-    assert "| task | examples | chance | control acc | adapted acc | adapted acc_norm |" in text
+    rule = scored["details"]["rule"]
+    assert f"| task | examples | chance | control {rule} | adapted {rule} | adapted " in text
     assert (f"| organ_system | 40 | 0.200 | {m['zeroshot_organ_system_control_accuracy']:.3f} | "
             f"{m['zeroshot_organ_system_accuracy']:.3f} |") in text
+    assert f"Headline rule: {rule}, chosen on " in text and "validation examples" in text
     assert f"adapted - control {m['zeroshot_gain_vs_control']:+.3f} (95% CI" in text
     assert zeroshot_blocks({"metrics": m, "zeroshot": None}) == []
+
+
+def _validation_scores(scored: dict) -> dict[str, zeroshot.ModelScores]:
+    """Each model's validation log-likelihoods as evaluate wrote them, with no test rows."""
+    rows = [json.loads(x) for x in
+            (scored["out"] / "zeroshot_rule_scores.jsonl").read_text().splitlines()]
+    unconditional = scored["details"]["tasks"][0]["unconditional"]
+    return {model: zeroshot.ModelScores(
+        {}, {"organ_system": np.array([r["loglikelihoods"] for r in rows
+                                       if r["model"] == model])},
+        {"organ_system": np.array(unconditional[model])}) for model in ("adapted", "control")}
+
+
+def test_the_headline_rule_is_chosen_on_validation_rows(scored: dict) -> None:
+    m, details = scored["metrics"], scored["details"]
+    data, _ = finetune.prepare_task(scored["ft_config"].tasks[0], scored["ft_config"])
+    validation = [data.ids[i] for i in data.splits["validation"]]
+    test = {data.ids[i] for i in data.splits["test"]}
+    rows = [json.loads(x) for x in
+            (scored["out"] / "zeroshot_rule_scores.jsonl").read_text().splitlines()]
+    # the validation rows (in hash order, under the cap of 100), never a test row
+    assert 0 < len(validation) <= 100
+    for model in ("adapted", "control"):
+        assert [r["id"] for r in rows if r["model"] == model] == validation
+    assert not {r["id"] for r in rows} & test
+    assert [r["gold"] for r in rows if r["model"] == "adapted"] == [
+        data.labels[i] for i in data.splits["validation"]]
+    # the choice by hand: each rule's validation accuracy averaged over both models
+    chars = np.array([float(len(c)) for c in zeroshot.tasks_of(
+        scored["ft"], EvaluateConfig())[0].choices])
+    by_rule = {}
+    for rule in zeroshot_rules.RULES:
+        per_model = []
+        for model, unc in details["tasks"][0]["unconditional"].items():
+            ll = np.array([r["loglikelihoods"] for r in rows if r["model"] == model])
+            gold = np.array([r["gold"] for r in rows if r["model"] == model])
+            score = {"acc": ll, "acc_norm": ll / chars, "acc_mutual_info": ll - np.array(unc)}
+            per_model.append(float((score[rule].argmax(1) == gold).mean()))
+        by_rule[rule] = float(np.mean(per_model))
+        assert m[f"zeroshot_rule_validation_accuracy{zeroshot_rules.SUFFIX[rule]}"] == \
+            pytest.approx(by_rule[rule])
+    best = max(zeroshot_rules.RULES, key=lambda r: (by_rule[r], -zeroshot_rules.RULES.index(r)))
+    rule = details["rule"]
+    assert rule == best and details["rule_choice"]["chosen_on"] == "validation"
+    assert m["zeroshot_rule_index"] == zeroshot_rules.RULES.index(rule)
+    assert m["zeroshot_rule_examples"] == len(validation)
+    # the same choice from the validation scores alone: no test score is there to read
+    again = zeroshot_rules.choose_on(100, zeroshot.tasks_of(scored["ft"], EvaluateConfig(),
+                                                            "validation"),
+                                     _validation_scores(scored))
+    assert again.rule == rule and again.scores == pytest.approx(by_rule)
+    # the headline metrics are the chosen rule's, every rule's are beside them
+    suffix = zeroshot_rules.SUFFIX[rule]
+    for name in ("zeroshot_accuracy", "zeroshot_control_accuracy",
+                 "zeroshot_organ_system_accuracy", "zeroshot_gain_vs_control"):
+        key = name.replace("accuracy", f"accuracy{suffix}") if "accuracy" in name \
+            else name + suffix
+        assert m[name] == pytest.approx(m[key])
+    assert {f"zeroshot_accuracy{s}" for s in ("_raw", "_norm", "_mutual_info")} <= set(m)
+    assert f"({rule}, chosen on validation)" in zeroshot.verdict_text(m)
+    assert json.loads(json.dumps(details))["rule_choice"]["rule"] == rule  # metrics.json
+
+
+def test_no_validation_rows_or_a_cap_of_0_keep_acc(scored: dict, tmp_path: Path) -> None:
+    validation = zeroshot.tasks_of(scored["ft"], EvaluateConfig(), "validation")
+    off = zeroshot_rules.choose_on(0, validation, _validation_scores(scored))
+    assert (off.rule, off.scores, off.chosen_on_validation) == ("acc", {}, False)
+    assert "zeroshot_rule_examples is 0" in off.describe()
+    assert zeroshot.tasks_of(scored["ft"], EvaluateConfig(zeroshot_rule_examples=0),
+                             "validation") == []
+    assert len(zeroshot.tasks_of(scored["ft"], EvaluateConfig(zeroshot_rule_examples=7),
+                                 "validation")[0].ids) == 7
+    # a finetune artifact from before validation_split.parquet: no validation rows, acc
+    old = tmp_path / "finetune"
+    shutil.copytree(scored["ft"].artifact.path, old)
+    (old / "validation_split.parquet").unlink()
+    ft = FinetuneOutput(Artifact("finetune", "k", old))
+    assert ft.validation_split("organ_system") is None
+    missing = zeroshot_rules.choose_on(100, zeroshot.tasks_of(ft, EvaluateConfig(),
+                                                              "validation"), {})
+    assert missing.rule == "acc" and "no validation rows" in missing.note
+    assert zeroshot.verdict_text({"zeroshot_accuracy": 0.5, **missing.metrics()}) == \
+        "zero-shot accuracy 0.500 (acc)"
+
+
+def test_rule_ties_and_the_mean_over_models() -> None:
+    def judged(per_model: dict[str, dict[str, list[float]]]) -> dict:
+        return {m: {"t": {r: np.array(v) for r, v in rules.items()}}
+                for m, rules in per_model.items()}
+
+    same = {"acc": [1.0, 0.0], "acc_norm": [0.0, 1.0], "acc_mutual_info": [1.0, 0.0]}
+    assert zeroshot_rules.choose(judged({"base": same})).rule == "acc"
+    norm_mi = {"acc": [0.0, 0.0], "acc_norm": [1.0, 0.0], "acc_mutual_info": [0.0, 1.0]}
+    assert zeroshot_rules.choose(judged({"base": norm_mi})).rule == "acc_norm"
+    # mutual information is best for the adapted model only; acc_norm on average
+    choice = zeroshot_rules.choose(judged({
+        "adapted": {"acc": [0, 0, 0, 0], "acc_norm": [1, 0, 0, 0], "acc_mutual_info": [1, 1, 0, 0]},
+        "control": {"acc": [0, 0, 0, 0], "acc_norm": [1, 1, 1, 0], "acc_mutual_info": [1, 0, 0, 0]},
+        "base": {"acc": [1, 0, 0, 0], "acc_norm": [1, 1, 0, 0], "acc_mutual_info": [1, 0, 0, 0]}}))
+    assert choice.rule == "acc_norm" and choice.examples == 4
+    assert choice.scores == pytest.approx({"acc": 1 / 12, "acc_norm": 0.5,
+                                           "acc_mutual_info": 1 / 3})
+
+
+def test_unconditional_context_is_lm_evals(scored: dict) -> None:
+    tok = PreTrainedTokenizerFast.from_pretrained(scored["adapted"])
+    assert tok.bos_token_id is None  # lm-eval's prefix is then the EOS token
+    eos = tok.eos_token_id
+    ctx, cont = zeroshot_rules.unconditional_pair(tok, " Neoplasm")
+    assert ctx == [eos] and cont == tok.encode(" Neoplasm", add_special_tokens=False)
+    ctx, cont = zeroshot_rules.unconditional_pair(tok, "<eos> eye")
+    assert ctx == [eos] and tok.decode(cont) == " eye"
