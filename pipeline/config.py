@@ -751,8 +751,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         # NER (person, location) on 1 document in 20: the demo's medical ingest had 38,657
         # NER windows (three in four in the replayed general news) at ~93 windows/s, 7 of its
-        # 8 minutes; a share of 0.05 leaves ~1,900, ~20 s. The report says how many documents
-        # NER read (bench/RESULTS.md, "The medical ingest end to end").
+        # 8 minutes; a share of 0.05 leaves 1,827, ~20 s. The report says how many documents
+        # NER read (docs/pii.md, "NER on a share of the documents").
         "ingest": {"pii": {"ner_share": 0.05}},
         "tokenizer": {"vocab_size": 8192},
         "pretrain": {
