@@ -271,11 +271,13 @@ def _tokenizer_blocks(tok: TokenizerOutput, pre: PretrainOutput) -> list[Block]:
 
 
 def _corpus_blocks(ing: IngestOutput) -> list[Block]:
+    ner = ing.ner_coverage
     return [
         ("h2", "Corpus"),
         ("p", f"{ing.docs_in:,} documents in, {ing.kept:,} kept "
          f"({ing.train_docs:,} train, {ing.eval_docs:,} held out), "
          f"{ing.excluded:,} excluded."),
+        *([("p", ner.sentence())] if ner and ner.skipped else []),  # pii.ner_share < 1
         ("table", ["reason", "documents"],
          [[k, v] for k, v in sorted(ing.excluded_by_reason.items())]),
         ("table", ["source", "in", "kept"],

@@ -26,8 +26,8 @@ one class each, applied in order), ``steps`` (the global steps: dedup, split, wr
 ``contamination`` (decontamination), ``stage`` (``run``: the steps in order), ``artifact``
 (``IngestOutput``, how downstream stages read the result), ``drops`` (incremental ingest:
 drops, cached shard work, the index of everything seen); what the filters use: ``quality``,
-``dedup``, ``pii``, ``language`` and the compiled ``kernels`` (``text_kernels``,
-``gopher_kernels``, ``minhash_kernels``).
+``dedup``, ``pii`` (with ``ner``, ``gazetteer`` and ``ner_share``), ``language`` and the
+compiled ``kernels`` (``text_kernels``, ``gopher_kernels``, ``minhash_kernels``).
 
 Run alone: ``python -c "from pipeline import ingest; ..."`` or ``dapt run DOMAIN --only ingest``.
 """

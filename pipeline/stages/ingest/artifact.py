@@ -7,6 +7,7 @@ stage itself: editing it changes the keys of the stages that read ingest, not in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -16,6 +17,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.engine.artifacts import Artifact, Manifest
+
+
+@dataclass(frozen=True)
+class NerCoverage:
+    """The documents the NER types (person, location) were looked for in: ``scanned`` inside
+    ``pii.ner_share``, ``skipped`` outside it (their names and places stay)."""
+
+    types: list[str]
+    share: float
+    scanned: int
+    skipped: int
+
+    @property
+    def documents(self) -> int:
+        return self.scanned + self.skipped
+
+    def sentence(self) -> str:
+        """What a reader must know when the share left documents out ("" when it did not)."""
+        if not self.skipped:
+            return ""
+        found = "names" if "location" not in self.types else \
+            "places" if "person" not in self.types else "names and places"
+        return (f"NER ({'/'.join(self.types)}) ran on {self.scanned:,} of {self.documents:,} "
+                f"documents (pii.ner_share {self.share:g}): {found} in the rest are not "
+                "redacted.")
 
 
 class IngestOutput:
@@ -35,7 +61,8 @@ class IngestOutput:
       ingested at once) and ``shard_keys`` (its per-shard work, kept for a rebuild);
     - this drop's counts: ``docs_in``, ``kept``, ``train_docs``, ``eval_docs``, ``excluded``,
       ``excluded_by_reason`` ({reason: documents}), and ``sources`` ({source: {docs_in, kept,
-      ...}}) and ``source_files`` ({source: its files}).
+      ...}}) and ``source_files`` ({source: its files}); ``ner_coverage``: the documents NER
+      read and those ``pii.ner_share`` left out.
     """
 
     def __init__(self, artifact: Artifact):
@@ -86,6 +113,17 @@ class IngestOutput:
     def counts(self) -> dict[str, int]:
         """Every count of the manifest (documents in, kept, by exclusion reason, PII per type)."""
         return dict(self._manifest.counts)
+
+    @property
+    def ner_coverage(self) -> NerCoverage | None:
+        """How many documents NER read and how many ``pii.ner_share`` left out; None when no
+        NER type ran (or the artifact predates the count)."""
+        ner, counts = self._manifest.extra.get("ner"), self._manifest.counts
+        if not ner or "ner_docs_scanned" not in counts:
+            return None
+        return NerCoverage(types=list(ner["types"]), share=float(ner["share"]),
+                           scanned=int(counts["ner_docs_scanned"]),
+                           skipped=int(counts["ner_docs_skipped"]))
 
     @property
     def docs_in(self) -> int:

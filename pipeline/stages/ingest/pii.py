@@ -21,7 +21,8 @@ How each type is found:
   discharged"): Python, on the documents holding a date.
 - ``person`` and ``location`` run a spaCy NER model (``en_core_web_sm`` as packaged on PyPI,
   loaded from the installed package: nothing is downloaded) on candidate windows around
-  gazetteer names, titles and places, in worker processes, after the patterns (``ner.py``).
+  gazetteer names, titles and places, in worker processes, after the patterns (``ner.py``),
+  on the documents inside ``pii.ner_share`` (``ner_share.py``).
   The method, the measured figures and what is not caught: docs/pii.md.
 
 The policy (``ingest.pii.policy``) says what becomes of a found value: ``redact`` (the
@@ -52,7 +53,7 @@ from stdnum import iban, luhn
 from stdnum.us import ssn
 
 from pipeline.config import PII_NER_TYPES, PII_TYPES, PiiConfig
-from pipeline.stages.ingest import ner
+from pipeline.stages.ingest import ner, ner_share
 from pipeline.stages.ingest.ner import SPACY_MODEL
 
 __all__ = ["KEPT_IPS", "PII_TYPES", "SPACY_MODEL", "TYPES", "Redactor", "redact", "redact_text"]
@@ -403,12 +404,12 @@ def _redactor_for(config_json: str) -> Redactor:
 
 
 def redact(con: duckdb.DuckDBPyConnection, table: str, config: PiiConfig) -> dict[str, int]:
-    """Redact ``table.text`` (columns ord, text) in place and add a ``pii`` column: a
+    """Redact ``table.text`` (ord, text; doc_id for a ner_share < 1) in place, add ``pii``: a
     ``{type: count}`` map for the documents that changed. Returns the counts per type.
 
     One scan with every type's pattern (and the NER prefilter) as alternatives finds the
     documents that may hold any (a few percent, usually); the per-type passes run on those
-    alone, and NER on those its prefilter keeps."""
+    alone, and NER on those its prefilter keeps inside ``pii.ner_share`` (``ner_share.py``)."""
     con.execute(f"ALTER TABLE {table} ADD COLUMN pii MAP(VARCHAR, INTEGER)")
     red = _redactor(config)
     if not red.names and not red.ner_names:
@@ -418,7 +419,8 @@ def redact(con: duckdb.DuckDBPyConnection, table: str, config: PiiConfig) -> dic
         alternatives.append(NER_PREFILTER)
     any_type = _sql("|".join(f"(?:{p})" for p in alternatives))
     con.execute(f"""CREATE OR REPLACE TEMP TABLE pii_docs AS
-                    SELECT ord, text, pii FROM {table}
+                    SELECT ord, text, pii, {ner_share.scope(con, table, config)} AS ner
+                    FROM {table}
                     WHERE text IS NOT NULL AND regexp_matches(text, '{any_type}')""")
     for name in red.names:
         _redact_type(con, "pii_docs", red, name)
@@ -484,7 +486,7 @@ def _redact_type(con: duckdb.DuckDBPyConnection, table: str, red: Redactor, name
 
 
 def _redact_ner(con: duckdb.DuckDBPyConnection, table: str, red: Redactor) -> None:
-    rows = con.execute(f"SELECT ord, text FROM {table} WHERE regexp_matches(text, "
+    rows = con.execute(f"SELECT ord, text FROM {table} WHERE ner AND regexp_matches(text, "
                        f"'{_sql(NER_PREFILTER)}') ORDER BY ord").fetchall()
     changed: dict[str, list] = {"ord": [], "text": [], **{f"n_{n}": [] for n in red.ner_names}}
     for (ord_, _), (new, counts) in zip(rows, red.ner([t for _, t in rows]), strict=True):

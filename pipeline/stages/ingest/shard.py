@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
-from pipeline.stages.ingest import dedup, filters, pii, quality, text_kernels
+from pipeline.stages.ingest import dedup, filters, ner_share, pii, quality, text_kernels
 from pipeline.stages.ingest.readers import RAW_SCHEMA, Piece, read_piece
 
 # A UTF-8 lead byte read as Latin-1/Windows-1252 (Â-ô), then a continuation byte read the same
@@ -45,6 +45,7 @@ def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
     del raw  # DuckDB holds the text now
     lap("normalise")
     redacted = _redact(con, config) if config.pii.enabled else {}
+    ner_docs = ner_share.count(con, "docs", config.pii)  # who NER read, who the share left out
     lap("pii")
     chain = filters.build(config)
     excluded = filters.apply(con, chain, lap)
@@ -56,8 +57,8 @@ def prepare_shard(config: IngestConfig, pieces: list[Piece], shard_dir: Path
     lap("write_shard")
     con.close()
     detected = next((f.detected for f in chain if isinstance(f, filters.Language)), {})
-    return {"mojibake_repaired": repaired, "pii": redacted, "language": detected,
-            "filtered": excluded, "seconds": lap.seconds}
+    return {"mojibake_repaired": repaired, "pii": redacted, "ner": ner_docs,
+            "language": detected, "filtered": excluded, "seconds": lap.seconds}
 
 
 def _read(con: duckdb.DuckDBPyConnection, config: IngestConfig, pieces: list[Piece]

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pipeline.config import IngestConfig
 from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
-from pipeline.stages.ingest import contamination, grouping, steps
+from pipeline.stages.ingest import contamination, grouping, ner_share, steps
 from pipeline.stages.ingest import drops as incremental
 from pipeline.stages.ingest.readers import Piece, shard_files, source_files
 from pipeline.stages.ingest.shard import Laps, prepare_shard
@@ -83,7 +83,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
                "source_names": [s.name for s in config.sources],
                "general_sources": [s.name for s in config.sources if s.general],
                "files": _files(config, plan), "seconds": {**seconds, **lap.seconds},
-               "filtered": steps.summed(r["filtered"] for r in results), **drop_extra},
+               "filtered": steps.summed(r["filtered"] for r in results),
+               **ner_share.record(config.pii, counts), **drop_extra},
     )
 
 

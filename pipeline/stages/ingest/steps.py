@@ -289,10 +289,15 @@ def count(con: duckdb.DuckDBPyConnection, plan: list[list[Piece]],
                   pii_docs=con.execute("SELECT count(*) FROM modified WHERE stage = 'pii'"
                                        ).fetchall()[0][0],
                   **{f"pii_{name}": n for name, n in redacted.items()},
+                  # ner_docs_scanned + ner_docs_skipped = docs_in (pii.ner_share)
+                  **summed(r.get("ner", {}) for r in results),
                   **{f"language_{code}": n for code, n in detected.items()})
     counts = {k: int(v) for k, v in counts.items()}
     if counts["docs_in"] != counts["kept"] + counts["excluded"]:
         raise RuntimeError(f"ingest: documents in != kept + excluded: {counts}")
+    if "ner_docs_scanned" in counts and \
+            counts["ner_docs_scanned"] + counts["ner_docs_skipped"] != counts["docs_in"]:
+        raise RuntimeError(f"ingest: NER's scanned + skipped documents != documents in: {counts}")
     return counts
 
 

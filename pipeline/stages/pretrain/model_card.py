@@ -68,6 +68,11 @@ def pii_lines(ingest_counts: Mapping[str, int], policy: PiiConfig | None = None)
                  "replaced: " + (", ".join(f"{t} {n:,}" for t, n in found.items()) or "none")
                  + ". Patterns and NER miss some identifiers (see dapt's docs/pii.md): treat "
                  "the model as able to reproduce personal data its corpus held.")
+    if ingest_counts.get("ner_docs_skipped"):
+        lines.append(f"NER read {ingest_counts['ner_docs_scanned']:,} of "
+                     f"{ingest_counts['ner_docs_scanned'] + ingest_counts['ner_docs_skipped']:,}"
+                     " documents (`ingest.pii.ner_share`): names and places in the others were "
+                     "not looked for.")
     return lines
 
 
