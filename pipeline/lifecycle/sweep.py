@@ -261,7 +261,7 @@ def table_markdown(out: dict[str, Any]) -> str:
              f"({out['tokens_per_point']:,} tokens each), replaying `{out['replay_source']}`; "
              "changes of the dev-part loss (= bits/byte) against the base model"
              + (f" and against a control proxy per learning rate ({controls})" if controls
-                else "") + ". " + gate_text(out) + edge_text(out), "",
+                else "") + ". " + (gate_text(out) + edge_text(out)).rstrip(), "",
              "| lr | replay | domain change | general change | general vs control | "
              "domain vs control | Pareto | pick | run | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
