@@ -234,7 +234,8 @@ def sweep(
     domain_file: DomainFile = None,
     workdir: Workdir = None,
 ) -> None:
-    """LR x replay sweep: short continued-pretraining proxies scored against the base model."""
+    """LR x replay sweep: short continued-pretraining proxies scored against the base model
+    and, where the run has a control, a control proxy per learning rate."""
     check_choice("--profile", profile, PROFILE_NAMES)
     from pipeline.config import SweepConfig
     from pipeline.lifecycle.sweep import run_sweep

@@ -48,7 +48,8 @@ def runs(domain: Annotated[str | None, typer.Argument()] = None, workdir: Workdi
                        f"{'cached' if s['cache_hit'] else s['status']:<9} "
                        f"{s['duration_s']:>7.1f}s  {shown}")
         if r.get("sweep"):
-            typer.echo(f"    sweep: {len(r['sweep']) // 2 - 1} points, pick lr "
+            points = sum(name.endswith(".domain_change") for name in r["sweep"])
+            typer.echo(f"    sweep: {points} points, pick lr "
                        f"{r['sweep']['pick_lr']:g}, replay {r['sweep']['pick_replay']:g}")
         if r["error"]:
             label = "error" if r["status"] == "failed" else "note"

@@ -3,7 +3,8 @@ tried, the sweep runs one more proxy one step past it and picks again.
 
 The proxy training (``sweep.train_point``, a DeepSpeed run of SmolLM2: minutes, covered by
 tests/pipeline/stages/test_cpu_profile.py) is replaced by a known dev-loss landscape with its
-optimum at ``best_lr``; everything after it (pick, edge, table, catalog) is the real code."""
+optimum at ``best_lr``, and the control proxies (tests/pipeline/lifecycle/test_sweep_control.py)
+by no forgetting; everything after it (pick, edge, table, catalog) is the real code."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def landscape(monkeypatch: pytest.MonkeyPatch, best_lr: float) -> list[tuple[flo
                 "domain_change": -0.1 + 0.05 * math.log10(lr / best_lr) ** 2 + 0.1 * replay,
                 "general_change": 0.0, "domain_dev_loss": 1.0, "general_dev_loss": 1.0}
 
+    def compare(self: Any, point: dict[str, Any], proxy: Any) -> None:
+        point["general_change_vs_control"] = 0.0  # every point within the forgetting limit
+
     monkeypatch.setattr(sweep, "train_point", train_point)
+    monkeypatch.setattr(sweep.sweep_control.Controls, "compare", compare)
     return trained
 
 

@@ -172,20 +172,24 @@ def test_sweep_two_points_writes_table_and_pareto_pick(cpu_run: Session) -> None
     out = run_sweep(cpu_run.domain, cpu_run.run, cpu_run.workdir, grid)
     assert [(p["lr"], p["replay"]) for p in out["points"]] == [(1e-5, 0.2), (1e-4, 0.2)]
     points = out["points"]
-    # Pareto, by its definition: no other point is at least as good on both changes and
-    # strictly better on one
+    # Pareto, by its definition: no other point is at least as good on both changes (general:
+    # vs the control) and strictly better on one
+    g = "general_change_vs_control"
     for p in points:
-        beaten = any((q["domain_change"], q["general_change"]) !=
-                     (p["domain_change"], p["general_change"])
+        beaten = any((q["domain_change"], q[g]) != (p["domain_change"], p[g])
                      and q["domain_change"] <= p["domain_change"]
-                     and q["general_change"] <= p["general_change"] for q in points)
+                     and q[g] <= p[g] for q in points)
         assert p["pareto"] is not beaten, p
-    # the pick: the lowest domain change among the points within the general limit (else the
-    # least general rise)
-    limit = cpu_run.run.pretrain.select_max_general_degradation
-    within = [p for p in points if p["general_change"] <= limit]
+    # the cpu profile runs a control: one control proxy per lr, and the pick is the lowest
+    # domain change among the points whose general change vs it is within the verdict's
+    # forgetting limit (else the least general rise vs the control)
+    assert [c["lr"] for c in out["controls"]] == [1e-5, 1e-4]
+    assert out["gate"]["reference"] == "control"
+    limit, field = cpu_run.run.evaluate.max_general_degradation, "general_change_vs_control"
+    assert out["limit"] == limit and out["gate"]["field"] == field
+    within = [p for p in points if p[field] <= limit]
     expected = (min(within, key=lambda p: p["domain_change"]) if within
-                else min(points, key=lambda p: p["general_change"]))
+                else min(points, key=lambda p: p[field]))
     assert (out["pick"]["lr"], out["pick"]["replay"]) == (expected["lr"], expected["replay"])
     assert min(p["domain_change"] for p in out["points"]) < 0  # training moved the dev loss
     sweep_dir = Path(out["dir"])
@@ -196,6 +200,7 @@ def test_sweep_two_points_writes_table_and_pareto_pick(cpu_run: Session) -> None
                                  [out["sweep_id"]])
     got = {r["name"]: r["value"] for r in rows}
     assert got["pick_lr"] == out["pick"]["lr"] and "lr=0.0001,replay=0.2.domain_change" in got
-    # rerunning trains nothing: every point is a cached pretrain artifact
+    assert "lr=0.0001,replay=0.2.general_change_vs_control" in got
+    # rerunning trains nothing: every point and control is a cached artifact
     again = run_sweep(cpu_run.domain, cpu_run.run, cpu_run.workdir, grid)
-    assert all(p["cached"] for p in again["points"])
+    assert all(p["cached"] for p in again["points"] + again["controls"])
