@@ -14,7 +14,12 @@ task), each planned as its own step ``name[variant]`` with its own key (a varian
 the plain ``name``: the first seed is the step a run without fan-out has). A step that needs a
 spec reads every variant of it, each input named by its step (``pretrain``,
 ``pretrain[seed1]``); ``first("pretrain")`` in ``needs`` reads only the first variant, so the
-step's key does not change when variants are added.
+step's key does not change when variants are added; ``paired("control")`` reads the variant
+of the same name (``pretrain[seed1]`` reads ``control[seed1]``; the first when there is none).
+
+Order: the specs' list order, except that a spec is planned after every spec it needs (a need
+on a spec listed later moves that spec forward: pretrain reads the control when it chooses its
+checkpoint against it, so ``general`` and ``control`` come before ``pretrain`` in that plan).
 
 Step selection (``select``):
 - default: every step; an artifact that exists is reused (a cache hit).
@@ -78,6 +83,7 @@ class Prepared:
 
 
 FIRST = "[first]"  # the suffix of a need on a fanned-out spec's first variant only
+PAIRED = "[paired]"  # the suffix of a need on the variant of the same name
 
 
 def first(name: str) -> str:
@@ -85,10 +91,26 @@ def first(name: str) -> str:
     return name + FIRST
 
 
-def _resolve(need: str, latest: Mapping[str, list[str]]) -> list[str]:
-    """The planned steps a need names: every variant of a spec, or the first (``first``)."""
+def paired(name: str) -> str:
+    """A need on the variant of spec ``name`` named as the reading step's own (seed i reads
+    seed i); the first variant when ``name`` has no such variant."""
+    return name + PAIRED
+
+
+def _spec_name(need: str) -> str:
+    return need.removesuffix(FIRST).removesuffix(PAIRED)
+
+
+def _resolve(need: str, latest: Mapping[str, list[str]], variant: str | None) -> list[str]:
+    """The planned steps a need names: every variant of a spec, the first (``first``), or the
+    one of the reading step's variant (``paired``)."""
     if need.endswith(FIRST):
         return latest.get(need.removesuffix(FIRST), [])[:1]
+    if need.endswith(PAIRED):
+        name = need.removesuffix(PAIRED)
+        steps = latest.get(name, [])
+        same = name if variant is None else f"{name}[{variant}]"
+        return [same] if same in steps else steps[:1]
     return latest.get(need, [])
 
 
@@ -192,19 +214,35 @@ class Plan(Mapping[str, PlannedStep]):
                  "shared": s.spec.shared, "title": s.spec.title} for s in self._steps.values()]
 
 
+def ordered(specs: list[StepSpec], run: Any) -> list[StepSpec]:
+    """The enabled specs in list order, each moved after the specs it needs (the first spec
+    whose needs are all placed comes next)."""
+    todo = [s for s in specs if s.enabled(run)]
+    names = {s.name for s in todo}
+    out: list[StepSpec] = []
+    while todo:
+        placed = {s.name for s in out}
+        spec = next((s for s in todo if all(_spec_name(n) in placed or _spec_name(n) not in names
+                                            for n in s.needs(run))), None)
+        if spec is None:
+            raise ValueError(f"the steps {[s.name for s in todo]} need each other (a cycle)")
+        out.append(spec)
+        todo.remove(spec)
+    return out
+
+
 def plan_steps(specs: list[StepSpec], ctx: PlanContext) -> Plan:
     """Every enabled spec's steps, keyed: config (as hashed) + code version + input keys."""
     steps: dict[str, PlannedStep] = {}
     latest: dict[str, list[str]] = {}  # spec name -> its planned step names (fan-out)
-    for spec in specs:
-        if not spec.enabled(ctx.run):
-            continue
+    for spec in ordered(specs, ctx.run):
         prepared = spec.prepare(ctx)
         variants = prepared if isinstance(prepared, list) else [prepared]
         code = spec.code_version()
         latest[spec.name] = []
         for p in variants:
-            needs = tuple(n for need in spec.needs(ctx.run) for n in _resolve(need, latest))
+            needs = tuple(n for need in spec.needs(ctx.run)
+                          for n in _resolve(need, latest, p.variant))
             inputs: dict[str, Any] = {}
             for n in needs:  # a fanned-out input is named by its step: "pretrain[seed1]"
                 inputs[n] = steps[n].key

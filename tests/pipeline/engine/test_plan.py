@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.engine.artifacts import ArtifactStore, DigestCache
-from pipeline.engine.plan import PlanContext, Prepared, StepSpec, plan_steps, select
+from pipeline.engine.plan import (
+    PlanContext,
+    Prepared,
+    StepSpec,
+    paired,
+    plan_steps,
+    select,
+)
 
 
 def _ctx(tmp_path: Path, run: dict) -> PlanContext:
@@ -54,3 +61,32 @@ def test_selection_follows_the_graph(tmp_path: Path) -> None:
     assert select(plan, upto="train[seed0]").steps == ["data", "train[seed0]"]
     with pytest.raises(ValueError, match="not a step of this run; allowed: data, train, score"):
         select(plan, only="extra")
+
+
+def test_a_need_on_a_later_spec_moves_it_forward_and_paired_reads_the_same_variant(
+        tmp_path: Path) -> None:
+    """``train`` (listed first) reads the ``ref`` of its own seed: ``ref`` is planned first, each
+    seed of ``train`` is keyed on its own seed's ``ref``; without the need, list order."""
+    def seeds(ctx: PlanContext) -> list[Prepared]:
+        return [Prepared(None, {"seed": s}, variant=None if s == 0 else f"seed{s}")
+                for s in ctx.run["seeds"]]
+
+    train = StepSpec(name="train", module="pipeline.metrics", title="reads its seed's ref",
+                     needs=lambda run: (paired("ref"),) if run["ref"] else (), prepare=seeds)
+    ref = StepSpec(name="ref", module="pipeline.metrics", title="one per seed", prepare=seeds)
+    plan = plan_steps([train, ref], _ctx(tmp_path, {"seeds": [0, 1], "ref": True}))
+    assert list(plan) == ["ref", "ref[seed1]", "train", "train[seed1]"]
+    assert plan["train"].inputs == {"ref": plan["ref"].key}
+    assert plan["train[seed1]"].inputs == {"ref[seed1]": plan["ref[seed1]"].key}
+    alone = plan_steps([train, ref], _ctx(tmp_path, {"seeds": [0, 1], "ref": False}))
+    assert list(alone) == ["train", "train[seed1]", "ref", "ref[seed1]"]
+    assert alone["train"].inputs == {} and alone["train"].key != plan["train"].key
+    # one ref for every seed: each seed reads it
+    one = StepSpec(name="ref", module="pipeline.metrics", title="one",
+                   prepare=lambda ctx: Prepared(None, {}))
+    shared = plan_steps([train, one], _ctx(tmp_path, {"seeds": [0, 1], "ref": True}))
+    assert shared["train[seed1]"].needs == ("ref",)
+    loop = StepSpec(name="ref", module="pipeline.metrics", title="reads train",
+                    needs=lambda run: ("train",), prepare=lambda ctx: Prepared(None, {}))
+    with pytest.raises(ValueError, match="need each other"):
+        plan_steps([train, loop], _ctx(tmp_path, {"seeds": [0], "ref": True}))
