@@ -5,8 +5,9 @@ weighted by their sizes).
 
 The sweep (``pipeline/lifecycle/sweep_control.py``) scores its control proxies with it on the
 very sequences its grid points recorded, so that a point's dev loss over the control's is a
-ratio on the same tokens. Neither the stage nor the worker imports this module, so it is
-outside their code versions: editing it rebuilds no artifact.
+ratio on the same tokens. The pretrain stage scores its control with it before training, the
+reference of its checkpoint rule (``reference.py``), so this module is in pretrain's (and the
+control's) code version: editing it rebuilds them.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ def dev_sequences(artifact: PretrainOutput) -> dict[str, np.ndarray]:
     """The dev sequences the worker scored, by slice (``domain``, and ``general`` when the run
     scored general text), as the int64 token ids of the artifact's tokenizer."""
     spec = artifact.spec
+    return packed_dev_sequences(artifact.path / "data", spec.config.eval_max_seqs,
+                                ("domain", "general") if spec.general_eval else ("domain",))
+
+
+def packed_dev_sequences(data_dir: Path, max_seqs: int, slices: tuple[str, ...]
+                         ) -> dict[str, np.ndarray]:
+    """The first ``max_seqs`` sequences of each slice's packed dev stream in ``data_dir`` (a
+    build's packed streams, before its worker ran), as int64 token ids; an empty slice is
+    left out."""
     out = {}
-    for slice_, name in STREAMS.items():
-        if slice_ == "general" and not spec.general_eval:
-            continue
-        stream = PackedSequences(artifact.path / "data", name)
-        n = min(spec.config.eval_max_seqs, stream.num_seqs)
+    for slice_ in slices:
+        stream = PackedSequences(data_dir, STREAMS[slice_])
+        n = min(max_seqs, stream.num_seqs)
         if n:
             out[slice_] = np.stack([stream[i] for i in range(n)]).astype(np.int64)
     return out

@@ -1,12 +1,16 @@
 """The pretrain step: pack the corpus and train (from scratch, or continued from the base model
 or from the domain's promoted model, whose key is then an input: a new promotion never serves a
 stale artifact). With ``pretrain.seeds`` > 1 it fans out into one step per training seed:
-``pretrain`` (the first seed, ``pretrain.seed``), ``pretrain[seed1]`` (seed + 1), ..."""
+``pretrain`` (the first seed, ``pretrain.seed``), ``pretrain[seed1]`` (seed + 1), ...
+
+With ``select_checkpoint`` and a control step, each seed reads the control of its own seed
+(``paired``: ``pretrain[seed1]`` reads ``control[seed1]``), whose key thus enters its own: the
+checkpoint rule compares the general dev loss with that control's (``reference.py``)."""
 
 from __future__ import annotations
 
-from pipeline.config import PretrainConfig
-from pipeline.engine.plan import PlanContext, Prepared, StepSpec
+from pipeline.config import PretrainConfig, RunConfig
+from pipeline.engine.plan import PlanContext, Prepared, StepSpec, paired
 
 # Not hashed as config: what they change enters the key as inputs (the promoted model, the
 # replay share) only when a lineage is continued, so init: promoted with nothing promoted yet
@@ -38,8 +42,19 @@ def prepare(ctx: PlanContext) -> Prepared | list[Prepared]:
     return out if len(out) > 1 else out[0]
 
 
+def compares_with_control(run: RunConfig) -> bool:
+    """Whether the checkpoint choice reads the control (the run has one and chooses)."""
+    from pipeline.stages.control.spec import enabled  # it imports this module
+
+    return run.pretrain.select_checkpoint and enabled(run)
+
+
+def needs(run: RunConfig) -> tuple[str, ...]:
+    base = ("models",) if run.pretrain.mode == "continue" else ()
+    control = (paired("control"),) if compares_with_control(run) else ()
+    return ("ingest", "tokenizer") + base + control
+
+
 SPEC = StepSpec(name="pretrain", module="pipeline.stages.pretrain.stage",
                 title="pack the corpus and train the causal LM with DeepSpeed",
-                prepare=prepare, resumable=True, role="model",
-                needs=lambda run: ("ingest", "tokenizer") + (
-                    ("models",) if run.pretrain.mode == "continue" else ()))
+                prepare=prepare, resumable=True, role="model", needs=needs)

@@ -12,7 +12,9 @@ follows
    here, ``num_gpus`` ranks on a GPU node. The command, config and log are kept in the artifact.
 3. The worker trains, checkpoints, and exports ``hf/`` (safetensors + tokenizer) that
    ``AutoModelForCausalLM.from_pretrained`` loads: the final weights, or with
-   ``select_checkpoint`` the eval point chosen on the dev half of the held-out text.
+   ``select_checkpoint`` the eval point chosen on the dev half of the held-out text (its
+   general limit measured from the control's loss where the run has a control:
+   ``reference.py``).
 4. ``hf/README.md`` is the export's model card in the Hub's format
    (``pipeline.stages.pretrain.model_card``): base model, sources, tokens, recipe, dev losses,
    intended use, limitations, PII replaced.
@@ -51,9 +53,9 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
-from pipeline.stages.pretrain import model_card, packing
+from pipeline.stages.pretrain import model_card, packing, reference
 from pipeline.stages.pretrain.output import PretrainOutput
-from pipeline.stages.pretrain.worker_io import WorkerEvent, WorkerSpec, WorkerSummary
+from pipeline.stages.pretrain.worker_io import Reference, WorkerEvent, WorkerSpec, WorkerSummary
 from pipeline.stages.tokenizer.output import TokenizerOutput
 
 log = logging.getLogger("dapt")
@@ -264,10 +266,11 @@ def packed_streams(config: PretrainConfig, out_dir: Path, pack_fn: Callable[[Pat
 
 
 def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_dir: Path,
-          base_dir: Path | None, base_tok_dir: Path | None, eos_id: int, pad_id: int
-          ) -> dict[str, Any]:
+          base_dir: Path | None, base_tok_dir: Path | None, eos_id: int, pad_id: int,
+          ref: Reference | None = None) -> dict[str, Any]:
     """Check the packed streams, launch the worker through DeepSpeed's launcher, and return
-    its summary (``summary.json``)."""
+    its summary (``summary.json``); ``ref``: the checkpoint rule's reference (None: the
+    base)."""
     n_train_seqs = packed["train"]["sequences"]
     n_eval_seqs = packed["eval"]["sequences"] if "eval" in packed else 0
     per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
@@ -289,7 +292,7 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
         base_tokenizer_dir=str(base_tok_dir) if base_tok_dir else None,
         vocab_size=tok.get_vocab_size(), eos_id=eos_id, pad_id=pad_id,
         general_eval=packed.get("eval_general", {}).get("sequences", 0) > 0,
-        out_dir=str(out_dir))
+        out_dir=str(out_dir), reference=ref)
     spec_path = out_dir / "spec.json"
     spec_path.write_text(spec.model_dump_json(indent=2))
     port = free_port()
@@ -308,19 +311,25 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
 @dataclass(frozen=True)
 class Inputs:
     """What the step reads: the corpus, the tokenizer, in continue mode the base model's HF
-    directory, and with ``init: promoted`` the promoted model it continues."""
+    directory, with ``init: promoted`` the promoted model it continues, and when the
+    checkpoint choice compares with a control, the control of its seed (the input is named by
+    its step: ``control`` or ``control[seed1]``)."""
 
     ingest: IngestOutput
     tokenizer: TokenizerOutput
     base: Path | None
     promoted: PretrainOutput | None
+    control: PretrainOutput | None = None
 
     @classmethod
     def of(cls, inputs: Mapping[str, Artifact]) -> Inputs:
         base, promoted = inputs.get("models"), inputs.get("promoted")
+        control = next((a for n, a in inputs.items()
+                        if n == "control" or n.startswith("control[")), None)
         return cls(IngestOutput(inputs["ingest"]), TokenizerOutput(inputs["tokenizer"]),
                    models.hf_dir(base) if base is not None else None,
-                   PretrainOutput(promoted) if promoted is not None else None)
+                   PretrainOutput(promoted) if promoted is not None else None,
+                   PretrainOutput(control) if control is not None else None)
 
 
 @dataclass(frozen=True)
@@ -378,12 +387,23 @@ def run(config: PretrainConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     at = start(config, given)
     packed = packed_streams(config, out_dir, lambda data_dir: pack_inputs(
         config, given, at.tok_dir, at.eos_id, data_dir))
+    ref = reference.reference(config, given.control, tokenizer_label(config, given.promoted, at),
+                              packed, out_dir, use_bf16(config))
     trained = train(config, packed, out_dir, tok_dir=at.tok_dir, base_dir=at.base_dir,
-                    base_tok_dir=at.base_tok_dir, eos_id=at.eos_id, pad_id=at.pad_id)
+                    base_tok_dir=at.base_tok_dir, eos_id=at.eos_id, pad_id=at.pad_id, ref=ref)
     built = manifest(config, packed, trained, given.promoted, at)
     card = model_card.export_card(config, built, given.ingest.artifact.manifest)
     (PretrainOutput(out_dir).hf_dir / model_card.CARD_FILE).write_text(card)
     return built
+
+
+def tokenizer_label(config: PretrainConfig, promoted: PretrainOutput | None, at: Start) -> str:
+    """Which tokenizer training uses: the promoted model's, domain, extended or base."""
+    if promoted is not None:
+        return promoted.tokenizer
+    if config.mode == "from_scratch":
+        return "domain"
+    return "extended" if at.base_tok_dir else "base"
 
 
 def manifest(config: PretrainConfig, packed: dict[str, Any], trained: dict[str, Any],
@@ -407,8 +427,6 @@ def manifest(config: PretrainConfig, packed: dict[str, Any], trained: dict[str, 
                "base_model": config.base_model if config.mode == "continue" else None,
                "checkpoint": summary.checkpoint, "mixture": packed["mixture"],
                "selection": summary.selection.model_dump() if summary.selection else None,
-               "tokenizer": promoted.tokenizer if promoted else
-                            "domain" if config.mode == "from_scratch" else
-                            "extended" if at.base_tok_dir else "base",
+               "tokenizer": tokenizer_label(config, promoted, at),
                "init": f"promoted pretrain/{promoted.key}" if promoted else "base"},
     )

@@ -15,7 +15,9 @@ JSON lines on stdout (``pipeline.stages.pretrain.worker_io``).
 
 Checkpoint choice (``select_checkpoint``): the dev streams are scored before training (step 0,
 the base model) and at every eval point, each eval point's weights are kept under
-``candidates/``, and ``export`` writes the one ``worker_io.choose`` picks as ``hf/``.
+``candidates/``, and ``export`` writes the one ``worker_io.choose`` picks as ``hf/``; the
+general limit is measured from the spec's ``reference`` (the control's general dev loss on the
+same sequences, computed by the stage) or, without one, from step 0.
 
 Resume: when ``checkpoint/latest`` exists (the artifact store hands a killed build's directory
 back to the next build of the same key), the engine reloads model, optimizer and scheduler, and
@@ -360,7 +362,7 @@ def export(run: Run, elapsed: float) -> None:
         if cfg.max_steps % cfg.eval_every:  # the final weights are a candidate too
             record_candidate(run, cfg.max_steps, eval_loss, general_loss)
         found = [Candidate.model_validate_json(r) for r in path.read_text().splitlines()]
-        selection = choose(found, cfg.select_max_general_degradation)
+        selection = choose(found, cfg.select_max_general_degradation, run.spec.reference)
         chosen = next(c for c in selection.candidates if c.step == selection.chosen_step)
         eval_loss, general_loss = chosen.eval_loss, chosen.general_loss
         if run.rank == 0:

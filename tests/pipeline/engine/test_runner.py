@@ -68,8 +68,12 @@ def test_selection_semantics(samples_dir: Path, tmp_path: Path) -> None:
 
     medical = domains.get("medical")  # continue mode with a control: three shared steps
     cpu = plan(medical, medical.resolve("cpu"), samples_dir.parent)
-    assert list(cpu) == ["ingest", "models", "tokenizer", "pretrain", "general", "control",
+    # pretrain chooses its checkpoint against the control: the control (and the general text it
+    # reads) is planned before it, and its key is one of pretrain's inputs
+    assert list(cpu) == ["ingest", "models", "tokenizer", "general", "control", "pretrain",
                          "finetune", "evaluate"]
+    assert cpu["pretrain"].inputs["control"] == cpu["control"].key
+    assert "control" in cpu["pretrain"].needs
     # the shared steps are built when missing, never rebuilt by --force or --from
     assert select(cpu, force=True).rebuild == set(cpu) - {"models", "general", "control"}
     assert select(cpu, from_step="ingest").rebuild == {"ingest", "tokenizer", "pretrain",
@@ -78,7 +82,10 @@ def test_selection_semantics(samples_dir: Path, tmp_path: Path) -> None:
     assert only.steps == ["models", "general", "control", "evaluate"]
     assert only.rebuild == {"evaluate"}
     assert select(cpu, only="control").rebuild == {"control"}
-    assert select(cpu, upto="pretrain").steps == ["ingest", "models", "tokenizer", "pretrain"]
+    assert select(cpu, upto="pretrain").steps == ["ingest", "models", "tokenizer", "general",
+                                                  "control", "pretrain"]
+    assert select(cpu, from_step="control").rebuild == {"control", "pretrain", "finetune",
+                                                         "evaluate"}
 
 
 def test_only_with_missing_input_is_a_clear_error(samples_dir: Path, tmp_path: Path) -> None:

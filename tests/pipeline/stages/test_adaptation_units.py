@@ -11,10 +11,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import DomainSpec, PretrainConfig, SweepConfig
+from pipeline.lifecycle import report
 from pipeline.lifecycle.sweep import pareto, pick
 from pipeline.stages.evaluate.stage import bootstrap_indices, paired_change, slice_scores
 from pipeline.stages.ingest.artifact import DEV_SHARE, dev_mask, split_dev_test
-from pipeline.stages.pretrain.worker_io import Candidate, WorkerEvent, choose
+from pipeline.stages.pretrain.reference import not_comparable
+from pipeline.stages.pretrain.worker_io import Candidate, Reference, WorkerEvent, choose
 
 MODEL = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
 
@@ -35,6 +37,51 @@ def test_checkpoint_rule_takes_best_domain_loss_within_the_general_limit() -> No
     assert sel.chosen_step == 20 and not sel.within_limit
     with pytest.raises(ValueError, match="no trained eval point"):
         choose([cands[0]], 0.03)
+
+
+def test_checkpoint_rule_measures_the_general_limit_from_the_control() -> None:
+    """The control's general dev loss (3.2) is above the base's (3.0): a point within 3% of the
+    base but 4% above the control is not chosen; domain changes stay vs the base (step 0)."""
+    cands = [Candidate(step=0, eval_loss=4.0, general_loss=3.0),
+             Candidate(step=10, eval_loss=3.6, general_loss=3.20),   # base +6.7%, control 0%
+             Candidate(step=20, eval_loss=3.4, general_loss=3.328),  # control +4%: over
+             Candidate(step=30, eval_loss=3.5, general_loss=3.264)]  # control +2%: best within
+    ref = Reference(kind="control", control_key="c0ffee", general_loss=3.2, sequences=8)
+    sel = choose(cands, 0.03, ref)
+    assert sel.chosen_step == 30 and sel.within_limit
+    assert (sel.reference, sel.control_key, sel.control_general_loss) == ("control", "c0ffee", 3.2)
+    assert "control model's" in sel.rule
+    by_step = {c.step: c for c in sel.candidates}
+    assert by_step[20].general_change_vs_control == pytest.approx(0.04)
+    assert not by_step[20].within_limit and by_step[10].within_limit
+    assert by_step[30].domain_change == pytest.approx(3.5 / 4.0 - 1)
+    assert by_step[30].general_change == pytest.approx(3.264 / 3.0 - 1)  # vs base, for curves
+    # within 3% of the base but over vs the control: not chosen
+    close = [Candidate(step=0, eval_loss=4.0, general_loss=3.0),
+             Candidate(step=10, eval_loss=3.9, general_loss=2.98),   # control +0.7%
+             Candidate(step=20, eval_loss=3.3, general_loss=3.05)]   # base +1.7%, control +3.0%
+    assert choose(close, 0.03).chosen_step == 20
+    assert choose(close, 0.03, Reference(kind="control", general_loss=2.96)).chosen_step == 10
+    # nothing within vs the control: the least rise over it, flagged
+    sel = choose([cands[0], cands[2], cands[3]], 0.01, ref)
+    assert sel.chosen_step == 30 and not sel.within_limit
+    # a base reference (the control could not score the tokens): today's rule, with the reason
+    why = not_comparable("extended", {"eval_general": {"sequences": 4}})
+    assert why and "extended tokenizer" in why
+    base = choose(cands, 0.03, Reference(kind="base", control_key="c0ffee", note=why))
+    # (every trained point is over 3% above the base's 3.0: the least rise, flagged)
+    assert (base.chosen_step, base.reference, base.reference_note) == (10, "base", why)
+    assert not base.within_limit
+    assert base.rule == choose(cands, 0.03).rule and base.control_general_loss is None
+    # the report names the reference and shows the change vs the control
+    text = report.to_markdown(report.selection_blocks({"selection": sel.model_dump()}))
+    assert "Reference: the control (control/`c0ffee`), general dev loss 3.2000" in text
+    assert "general vs control" in text and "+4.00%" in text
+    text = report.to_markdown(report.selection_blocks({"selection": base.model_dump()}))
+    assert "Reference: the base model (step 0) (this run trains with the extended" in text
+    assert "general vs control" not in text
+    assert "no general dev text" in (not_comparable("base", {}) or "")
+    assert not_comparable("base", {"eval_general": {"sequences": 4}}) is None
 
 
 def test_worker_events_round_trip_and_other_lines_are_ignored() -> None:

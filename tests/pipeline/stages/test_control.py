@@ -2,7 +2,8 @@
 tiny local base model: its general text goes through ingest's cleaning (placeholders,
 normalisation) in the shared ``general`` step, it never trains on a document a domain holds
 out, it chooses its checkpoint by the adapted model's rule, one artifact serves two domains,
-and its manifest counts the document starts it trained on."""
+its manifest counts the document starts it trained on, and the adapted model's checkpoint rule
+measures forgetting from it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pipeline.stages.control import passages
 from pipeline.stages.control import stage as control
 from pipeline.stages.general.stage import HOLD_OUT
 from pipeline.stages.ingest.artifact import IngestOutput
-from pipeline.stages.pretrain import packing
+from pipeline.stages.pretrain import dev_scores, packing
 from pipeline.stages.pretrain.output import PretrainOutput
 from tests.e2e_domain import write_test_domain
 
@@ -138,6 +139,39 @@ def test_control_chooses_its_checkpoint_by_the_rule(control_run: dict) -> None:
     assert sel.chosen_step == best.step == art.manifest.counts["chosen_step"]
     assert art.manifest.extra["checkpoint"] == f"step {best.step}"
     assert out.eval_loss == best.eval_loss and not (art.path / "candidates").exists()
+
+
+def test_pretrain_measures_its_checkpoint_choice_against_the_control(control_run: dict) -> None:
+    """The plan builds the control before pretrain and keys pretrain on it; the worker's rule
+    measures each eval point's general dev loss from the control's loss on the same general dev
+    sequences, the loss ``dev_scores`` gives for the control on them."""
+    session = control_run["session"]
+    steps = list(session.plan)
+    assert steps.index("general") < steps.index("control") < steps.index("pretrain")
+    key = session.plan["control"].key
+    assert session.plan["pretrain"].inputs["control"] == key
+    session.run_stage("pretrain")
+    art = session.artifacts["pretrain"]
+    assert art.manifest.inputs["control"] == key
+    out, ctrl = PretrainOutput(art), PretrainOutput(control_run["control"])
+    sel = out.selection
+    assert sel is not None and (sel.reference, sel.control_key) == ("control", key)
+    seqs = dev_scores.dev_sequences(out)
+    want = dev_scores.dev_losses(ctrl.hf_dir, {"general": seqs["general"]},
+                                 RECIPE["micro_batch_size"], out.precision == "bf16")["general"]
+    assert sel.control_general_loss == pytest.approx(want, rel=1e-6)
+    limit = sel.max_general_degradation
+    base = sel.candidates[0]
+    for c in sel.candidates:
+        assert c.general_loss is not None and base.general_loss is not None
+        assert c.general_change_vs_control == pytest.approx(c.general_loss / want - 1)
+        assert c.general_change == pytest.approx(c.general_loss / base.general_loss - 1)
+        assert c.within_limit == (c.general_loss / want - 1 <= limit)
+    trained = [c for c in sel.candidates if c.step > 0]
+    ok = [c for c in trained if c.within_limit]
+    best = (min(ok, key=lambda c: (c.eval_loss, -c.step)) if ok else
+            min(trained, key=lambda c: (c.general_change_vs_control, -c.step)))
+    assert sel.chosen_step == best.step and out.eval_loss == best.eval_loss
 
 
 def test_control_counts_the_document_starts_it_trained_on(control_run: dict) -> None:

@@ -106,6 +106,7 @@ def test_cpu_profile_runs_all_stages_and_states_a_verdict(cpu_run: Session) -> N
     report = (ev.path / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Verdict**: adapted vs control")
     assert "Checkpoint choice" in report and "Base, control and adapted" in report
+    assert "Reference: the control (control/" in report and "general vs control" in report
     assert (ev.path / "plots/checkpoints.png").stat().st_size > 1000
     ft = FinetuneOutput(cpu_run.artifacts["finetune"])
     assert ft.method == "probe" and ft.seeds == CPU_TEST["finetune"]["seeds"]
@@ -122,6 +123,9 @@ def test_checkpoint_choice_exports_the_chosen_eval_point(cpu_run: Session) -> No
     sel = out.summary.selection
     assert sel is not None and [c.step for c in sel.candidates] == [0, 2, 4]
     assert sel.chosen_step in (2, 4) and not (art.path / "candidates").exists()
+    # the general limit is measured from the control (an input of pretrain)
+    assert sel.reference == "control" and sel.control_key == cpu_run.plan["control"].key
+    assert art.manifest.inputs["control"] == sel.control_key
     chosen = next(c for c in sel.candidates if c.step == sel.chosen_step)
     # the exported weights are the chosen eval point's: they reproduce its dev loss
     model = AutoModelForCausalLM.from_pretrained(out.hf_dir)

@@ -63,6 +63,21 @@ def test_seeds_fan_out_pretrain_and_control_and_keep_the_first_key(domain: Path,
     assert tracking.step_label("pretrain[seed1]") == "pretrain.seed1"  # an MLflow key
 
 
+def test_each_seed_chooses_its_checkpoint_against_the_control_of_its_seed(
+        domain: Path, tmp_path: Path) -> None:
+    """With select_checkpoint, pretrain[seed i] reads control[seed i] (planned before it), and the
+    first seed's key does not change when seeds are added."""
+    _, one = _plan(domain, tmp_path, "pretrain.select_checkpoint=true")
+    _, two = _plan(domain, tmp_path, "pretrain.select_checkpoint=true", "pretrain.seeds=2")
+    assert list(two) == ["ingest", "models", "tokenizer", "general", "control", "control[seed1]",
+                         "pretrain", "pretrain[seed1]", "finetune", "evaluate"]
+    assert {n: k for n, k in two["pretrain"].inputs.items() if n.startswith("control")} == {
+        "control": two["control"].key}
+    assert {n: k for n, k in two["pretrain[seed1]"].inputs.items()
+            if n.startswith("control")} == {"control[seed1]": two["control[seed1]"].key}
+    assert two["pretrain"].key == one["pretrain"].key
+
+
 def test_dapt_plan_seeds_is_set_pretrain_seeds(domain: Path, tmp_path: Path) -> None:
     def rows(*args: str) -> list[dict]:
         result = CliRunner().invoke(app, ["plan", "--domain-file", str(domain), "--json",
