@@ -138,22 +138,39 @@ def seed_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
     ]
 
 
+def _reference_text(sel: Mapping[str, Any]) -> str:
+    """Which loss the rule's general limit was measured from (selections written before the
+    control could be the reference have no ``reference``: the base)."""
+    if sel.get("reference") == "control":
+        return (f"Reference: the control (control/`{sel['control_key']}`), general dev loss "
+                f"{sel['control_general_loss']:.4f} on the same general dev sequences; the "
+                "domain change is vs the base model (step 0). ")
+    why = f" ({sel['reference_note']})" if sel.get("reference_note") else ""
+    return f"Reference: the base model (step 0){why}. "
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:+.2%}" if value is not None else "-"
+
+
 def selection_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
     sel = evaluation.get("selection")
     if not sel:
         return []
+    vs_control = sel.get("reference") == "control"
     return [
         ("h3", "Checkpoint choice"),
-        ("p", f"Rule: {sel['rule']} (limit {sel['max_general_degradation']:.1%}). Scored on the "
-         f"dev part of the held-out text, never on the test part reported above. Chosen: step "
-         f"**{sel['chosen_step']}**" + ("" if sel["within_limit"] else
-                                        " (no eval point stayed within the limit)") + "."),
+        ("p", f"Rule: {sel['rule']} (limit {sel['max_general_degradation']:.1%}). "
+         + _reference_text(sel) + "Scored on the dev part of the held-out text, never on the "
+         f"test part reported above. Chosen: step **{sel['chosen_step']}**"
+         + ("" if sel["within_limit"] else " (no eval point stayed within the limit)") + "."),
         ("img", "checkpoints.png", "dev loss change vs the base model at each eval point"),
         ("table", ["step", "domain dev loss", "general dev loss", "domain change",
-                   "general change", "within limit", "chosen"],
+                   "general change", *(["general vs control"] if vs_control else []),
+                   "within limit", "chosen"],
          [[c["step"], c["eval_loss"], c["general_loss"] if c["general_loss"] is not None
-           else "-", f"{c['domain_change']:+.2%}",
-           f"{c['general_change']:+.2%}" if c["general_change"] is not None else "-",
+           else "-", _pct(c["domain_change"]), _pct(c["general_change"]),
+           *([_pct(c.get("general_change_vs_control"))] if vs_control else []),
            c["within_limit"], "yes" if c["step"] == sel["chosen_step"] else ""]
           for c in sel["candidates"]]),
     ]

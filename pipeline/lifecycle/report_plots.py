@@ -99,8 +99,13 @@ def _selection_figure(plt: Any, sel: Mapping[str, Any]) -> Any:
                if c["general_change"] is not None]
     if general:
         ax.plot(*zip(*general, strict=True), marker="o", label="general dev loss")
-        ax.axhline(100 * sel["max_general_degradation"], color="grey", linestyle="--",
-                   label="general limit")
+        limit, label = sel["max_general_degradation"], "general limit"
+        base = next(c for c in sel["candidates"] if c["step"] == 0)
+        if sel.get("reference") == "control" and base["general_loss"]:
+            # the limit is the control's loss + limit, drawn on the vs-base axis
+            limit = (1 + limit) * sel["control_general_loss"] / base["general_loss"] - 1
+            label = "general limit (control + limit)"
+        ax.axhline(100 * limit, color="grey", linestyle="--", label=label)
     ax.axvline(sel["chosen_step"], color="tab:green", linestyle=":", label="chosen")
     ax.set(xlabel="step", ylabel="change vs base (%)", title="Checkpoint choice (dev)")
     ax.legend()
