@@ -480,7 +480,8 @@ class PretrainConfig(_Strict):
         "within select_max_general_degradation (else the one with the smallest rise).")
     select_max_general_degradation: float = Field(
         default=0.03, ge=0, description="Checkpoint choice: most relative rise of the general "
-        "dev loss over the base model's (0.03: 3%).")
+        "dev loss over the control's on the same text where the run has one, else over the base "
+        "model's (0.03: 3%).")
     control: bool = Field(
         default=False, description="Continue mode: also continue the base model on general "
         "text only with the same recipe and budget (the control run of 'Don't Stop "
@@ -795,7 +796,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "finetune": {"max_train_examples": 50000, "max_seq_len": 512, "epochs": 3, "lr": 5e-5},
         "evaluate": {"max_eval_docs": 5000},
     },
-    # Continued pretraining of SmolLM2-135M sized for a 2-core CPU: under an hour per domain
+    # Continued pretraining of SmolLM2-135M sized for a 2-core CPU: 1-2 hours per domain
     # with the control, scored by a linear probe instead of full fine-tuning (docs/adaptation.md).
     "cpu": {
         "pretrain": {
