@@ -199,7 +199,7 @@ def test_sweep_two_points_writes_table_and_pareto_pick(cpu_run: Session) -> None
     assert min(p["domain_change"] for p in out["points"]) < 0  # training moved the dev loss
     sweep_dir = Path(out["dir"])
     table = (sweep_dir / "sweep.md").read_text()
-    assert "| 1e-05 | 0.2 |" in table and "**yes**" in table
+    assert "| 0.0001 | 0 |" in table and "| 0.0001 | 0.2 |" in table and "**yes**" in table
     assert (sweep_dir / "sweep.png").stat().st_size > 1000
     rows = cpu_run.catalog.query("SELECT name, value FROM metrics WHERE run_id = ?",
                                  [out["sweep_id"]])
