@@ -218,7 +218,8 @@ class Session:
         report_path = ops.write_failure_report(self.catalog, self._run_row(),
                                                self.workdir / "runs" / self.run_id,
                                                self.decision.message + detail,
-                                               not_promoted=True)
+                                               not_promoted=True,
+                                               candidate=promotion.candidate_evaluation(found))
         self.catalog.finish_run(self.run_id, "not promoted", error=self.decision.message,
                                 report_path=str(report_path))
         self.track("not promoted", report_path)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -344,11 +346,20 @@ def summary_lines(catalog: Catalog, run_id: str) -> list[str]:
             for cells in (header, ["-" * w for w in widths], *rows)]
 
 
+def candidate_blocks(evaluation: Mapping[str, Any]) -> list[report.Block]:
+    """A rejected candidate's verdict (vs control, with intervals), its twin table and its
+    zero-shot table: what a reader needs to see why the gate failed."""
+    return [("h2", "The candidate's evaluation"), *report.verdict_blocks(evaluation),
+            *report.zeroshot_blocks(evaluation)]
+
+
 def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str,
-                         not_promoted: bool = False) -> Path:
+                         not_promoted: bool = False,
+                         candidate: Mapping[str, Any] | None = None) -> Path:
     """``report.md`` and ``report.html`` of a run that stopped: the stage that failed, its
     error, and what completed before it; with ``not_promoted``, a model that failed evaluate's
-    gates (pipeline.lifecycle.promotion)."""
+    gates (pipeline.lifecycle.promotion), and ``candidate``, its evaluation: the verdict, the
+    twin table and the zero-shot table come right after the gate that failed."""
     rows = catalog.stage_runs(run["run_id"])
     failed = [r["step"] for r in rows if r["status"] == "failed"]
     title = (f"dapt report: {run['domain']} ({run['profile']}): "
@@ -361,6 +372,7 @@ def write_failure_report(catalog: Catalog, run: dict, out_dir: Path, error: str,
               f"Run `{run['run_id']}` failed {where}. Nothing downstream ran, so there is no "
               "evaluation to report; fix the error and rerun: completed stages are reused."),
         ("h2", "Verdict" if not_promoted else "Error"), ("p", error),
+        *(candidate_blocks(candidate) if candidate else []),
         ("h2", "Stages"),
         ("table", ["stage", "artifact key", "result", "seconds"],
          [[r["step"], f"`{r['artifact_key']}`", row[1], row[2]]

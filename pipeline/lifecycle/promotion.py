@@ -129,6 +129,13 @@ def evaluation_report(evaluation_dir: Path | None) -> Path | None:
     return path if path.exists() else None
 
 
+def candidate_evaluation(evaluation_dir: Path | None) -> dict[str, Any] | None:
+    """The evaluation (metrics.json) a failed evaluate build left, or None."""
+    if evaluation_dir is None or not EvaluateOutput(evaluation_dir).exists:
+        return None
+    return EvaluateOutput(evaluation_dir).evaluation
+
+
 def failed_gates(evaluation_dir: Path | None) -> list[dict[str, Any]]:
     if evaluation_dir is None or not EvaluateOutput(evaluation_dir).exists:
         return []

@@ -179,7 +179,11 @@ def test_a_failing_gate_keeps_the_previous_model_and_rollback_restores(drop3: di
                                f"pretrain/{second}")
     assert catalog.promoted("medtest") == second
     assert run3["status"] == "not promoted" and run3["error"] == s3.message
-    assert "NOT PROMOTED" in Path(s3.result()).read_text()
+    shown_report = Path(s3.result()).read_text()
+    assert "NOT PROMOTED" in shown_report
+    # the rejected candidate's verdict is in the run's own report, with the gate that failed
+    assert "## The candidate's evaluation" in shown_report
+    assert "evaluate.min_domain_gain FAILED" in shown_report and "**Verdict**" in shown_report
     rejected = catalog.promotions("medtest")[-1]
     assert rejected["action"] == "rejected" and rejected["previous"] == second
 
