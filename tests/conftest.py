@@ -64,6 +64,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # else stable
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _leave_no_fixture_dirs(request: pytest.FixtureRequest,
+                           tmp_path_factory: pytest.TempPathFactory):
+    """The retention policy ("failed", pyproject.toml) covers ``tmp_path`` only; module
+    fixtures' ``tmp_path_factory`` dirs (workdirs of real-model runs: GB each) stay. A session
+    (or xdist worker) whose tests all passed removes its own base dir as it ends."""
+    yield
+    if request.session.testsfailed == 0:
+        import shutil
+
+        shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
+
+
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """A directory every xdist worker of this session sees (the session's base temp's parent
     under xdist), or the test session's own temp."""

@@ -200,6 +200,10 @@ def test_curves_reach_tensorboard_and_the_catalog(first_run: dict) -> None:
     assert [e.step for e in loss] == [r["step"] for r in records]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in records], rel=1e-6)
     assert [e.step for e in events.Scalars("dapt/general_loss")] == [20, 40]
+    # the DeepSpeed checkpoint served only a resume: gone once hf/ is exported (the default)
+    assert not (pre / "checkpoint").exists() and (pre / "hf/model.safetensors").exists()
+    assert json.loads((pre / "summary.json").read_text())["checkpoint"] is None
+    assert json.loads((pre / "manifest.json").read_text())["extra"]["checkpoint"] is None
     curves = Catalog(work / "catalog.duckdb").query(
         "SELECT step, value FROM curves WHERE artifact_key = ? AND name = 'heldout_loss' "
         "ORDER BY step", [key])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pipeline.config import RunConfig
 from pipeline.engine.plan import PlanContext, Prepared, StepSpec
 from pipeline.stages.control import stage as control
-from pipeline.stages.pretrain.spec import FAN_OUT_FIELDS, seed_configs
+from pipeline.stages.pretrain.spec import FAN_OUT_FIELDS, STORAGE_FIELDS, seed_configs
 
 
 def enabled(run: RunConfig) -> bool:
@@ -23,7 +23,8 @@ def prepare(ctx: PlanContext) -> Prepared | list[Prepared]:
     for variant, config in seed_configs(ctx.run.pretrain):
         recipe = control.recipe(config)
         job = control.ControlJob(recipe, ctx.run.ingest.seed)
-        out.append(Prepared(job, recipe.model_dump(mode="json", exclude=FAN_OUT_FIELDS),
+        hashed = recipe.model_dump(mode="json", exclude=FAN_OUT_FIELDS | STORAGE_FIELDS)
+        out.append(Prepared(job, hashed,
                             {"hold_out": [control.HOLD_OUT, ctx.run.ingest.seed]},
                             variant=variant))
     return out if len(out) > 1 else out[0]

@@ -19,6 +19,9 @@ LINEAGE_FIELDS = {"init", "earlier_share"}
 # Not hashed: how many seeds is the plan's business; each variant's key hashes its own seed,
 # so the first seed's artifact is the one a run with seeds: 1 builds (and reuses).
 FAN_OUT_FIELDS = {"seeds"}
+# Not hashed: which files the artifact keeps, not what any later step reads from it.
+STORAGE_FIELDS = {"keep_final_checkpoint"}
+UNHASHED = LINEAGE_FIELDS | FAN_OUT_FIELDS | STORAGE_FIELDS
 
 
 def seed_configs(config: PretrainConfig) -> list[tuple[str | None, PretrainConfig]]:
@@ -31,7 +34,7 @@ def seed_configs(config: PretrainConfig) -> list[tuple[str | None, PretrainConfi
 def prepare(ctx: PlanContext) -> Prepared | list[Prepared]:
     out = []
     for variant, config in seed_configs(ctx.run.pretrain):
-        hashed = config.model_dump(mode="json", exclude=LINEAGE_FIELDS | FAN_OUT_FIELDS)
+        hashed = config.model_dump(mode="json", exclude=UNHASHED)
         if ctx.lineage is None:
             out.append(Prepared(config, hashed, variant=variant))
             continue

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -305,6 +306,10 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
     finally:
         release_shm(port)
     summary = WorkerSummary.model_validate_json((out_dir / "summary.json").read_text())
+    if not config.keep_final_checkpoint:  # only a resume reads it; hf/ is the output
+        shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+        summary = summary.model_copy(update={"checkpoint": None})
+        (out_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
     return {"summary": summary, "cmd": cmd, "bf16": bf16}
 
 

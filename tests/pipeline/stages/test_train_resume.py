@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow  # DeepSpeed runs killed and resumed
 
 RESUMABLE = {"tokenizer": {"vocab_size": 1024},
              "pretrain": {"max_steps": 12, "warmup_steps": 2, "log_every": 1,
-                          "checkpoint_every": 4, "keep_checkpoints": 2, "eval_max_seqs": 8}}
+                          "checkpoint_every": 4, "keep_checkpoints": 2, "eval_max_seqs": 8,
+                          "keep_final_checkpoint": True}}
 KILL = """
 import sys
 from pipeline.driver import Session
