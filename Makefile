@@ -55,7 +55,7 @@ demo: samples
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 test: install test-deps
-	$(BIN)/python -m pytest -q $(XDIST)
+	$(BIN)/python -m pytest -q $(XDIST) --durations=15
 
 # The unit tests (no model training, DeepSpeed or Prefect flow): a few minutes.
 test-fast: install

@@ -117,7 +117,7 @@ def build(config: PretrainConfig, general: IngestOutput, ingest_seed: int, base_
     packed = pretrain.packed_streams(config, out_dir, pack_fn)
     trained = pretrain.train(config, packed, out_dir, tok_dir=base_dir, base_dir=base_dir,
                              base_tok_dir=None, eos_id=eos_id,
-                             pad_id=base_config.get("pad_token_id") or eos_id)
+                             pad_id=base_config.get("pad_token_id") or eos_id, step="control")
     summary = trained["summary"]
     selection = summary.selection
     return Manifest(

@@ -165,9 +165,9 @@ def _log_event(event: WorkerEvent) -> None:
 
 
 def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
-            on_event: Callable[[WorkerEvent], None] = _log_event) -> None:
+            on_event: Callable[[WorkerEvent], None] = _log_event, label: str = "pretrain") -> None:
     """Run the launcher, appending its output to ``log_path``; each worker event line is
-    parsed and handed to ``on_event``."""
+    parsed and handed to ``on_event``; ``label`` names the live progress line."""
     tail: deque[str] = deque(maxlen=40)
     bar = None
     with open(log_path, "a") as log_fh:
@@ -184,7 +184,7 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
                 event = WorkerEvent.parse(line)
                 if event is not None:
                     if event.kind == "step" and event.loss is not None:  # the live bar
-                        bar = bar or progress.track("pretrain", event.max_steps, "steps")
+                        bar = bar or progress.track(label, event.max_steps, "steps")
                         bar.update(completed=event.step, loss=event.loss,
                                    **({"tok/s": round(event.tokens_per_s)}
                                       if event.tokens_per_s is not None else {}))
@@ -268,10 +268,10 @@ def packed_streams(config: PretrainConfig, out_dir: Path, pack_fn: Callable[[Pat
 
 def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_dir: Path,
           base_dir: Path | None, base_tok_dir: Path | None, eos_id: int, pad_id: int,
-          ref: Reference | None = None) -> dict[str, Any]:
+          ref: Reference | None = None, step: str = "pretrain") -> dict[str, Any]:
     """Check the packed streams, launch the worker through DeepSpeed's launcher, and return
     its summary (``summary.json``); ``ref``: the checkpoint rule's reference (None: the
-    base)."""
+    base); ``step`` names the logs and the progress line (the control trains here too)."""
     n_train_seqs = packed["train"]["sequences"]
     n_eval_seqs = packed["eval"]["sequences"] if "eval" in packed else 0
     per_step = config.micro_batch_size * config.num_gpus * config.num_nodes
@@ -300,9 +300,10 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
     cmd = launch_command(config, spec_path, port)
     (out_dir / "launch.sh").write_text(shlex.join(cmd) + "\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log.info("pretrain: launching %s", shlex.join(cmd))
+    label = step + (f" seed {config.seed}" if config.seeds > 1 else "")
+    log.info("%s: launching %s", label, shlex.join(cmd))
     try:
-        _stream(cmd, out_dir / "train.log", env)
+        _stream(cmd, out_dir / "train.log", env, label=label)
     finally:
         release_shm(port)
     summary = WorkerSummary.model_validate_json((out_dir / "summary.json").read_text())

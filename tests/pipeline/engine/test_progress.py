@@ -60,3 +60,23 @@ def test_mode_follows_the_terminal_and_the_override(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DAPT_PROGRESS_INTERVAL_S", "2.5")
     assert progress.interval_s() == 2.5
 
+
+
+def test_a_training_process_shows_under_the_step_that_runs_it(
+        caplog: pytest.LogCaptureFixture, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control trains through pretrain's launcher: its progress line says ``control``."""
+    import sys
+
+    from pipeline.stages.pretrain import stage
+    from pipeline.stages.pretrain.worker_io import WorkerEvent
+
+    monkeypatch.setenv("DAPT_PROGRESS", "lines")
+    monkeypatch.setenv("DAPT_PROGRESS_INTERVAL_S", "0")
+    caplog.set_level(logging.INFO, logger="dapt")
+    events = [WorkerEvent(kind="step", step=s, max_steps=2, loss=1.0).line() for s in (1, 2)]
+    script = "; ".join(f"print({e!r})" for e in events)
+    stage._stream([sys.executable, "-c", script], tmp_path / "train.log", {},
+                  on_event=lambda e: None, label="control seed 1")
+    lines = [m for m in _lines(caplog) if "steps" in m]
+    assert lines and all(m.startswith("control seed 1: ") for m in lines)
+    assert lines[-1].startswith("control seed 1: 2/2 steps 100% | ")
