@@ -71,10 +71,18 @@ def domains_validate(path: Path, paths: Annotated[bool, typer.Option(
         help="Check that every source, task and test-set path matches a file (relative to the "
              "YAML; ${samples} is <workdir>/samples).")] = True,
         workdir: Workdir = None) -> None:
-    """Check a domain YAML for every profile, and that its data files exist; errors name the
-    file and field."""
+    """Check a domain YAML (a file, or the name of an installed domain) for every profile, and
+    that its data files exist; errors name the file and field."""
     try:
-        domain = domain_registry.load_file(path)
+        installed = domain_registry.discover() if not path.exists() else {}
+        if installed and str(path) in installed:
+            domain = installed[str(path)]
+        elif installed and not path.suffix:
+            hint = domain_registry.did_you_mean(str(path), installed)
+            raise fail(f"no domain file or installed domain {str(path)!r} (installed: "
+                       f"{', '.join(sorted(installed))}){hint}")
+        else:
+            domain = domain_registry.load_file(path)
         if paths:
             for profile in PROFILE_NAMES:
                 domain_registry.check_paths(domain.resolve(profile), domain, workdir_path(workdir))

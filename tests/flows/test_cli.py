@@ -94,6 +94,11 @@ def test_the_process_ends_with_the_commands_status_and_all_its_output(tmp_path: 
     assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["domain"] == "medical"
     missing = dapt("domains", "validate", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "domain file not found" in missing.stderr
+    # an installed domain by its name, and a mistyped one with a suggestion
+    named = dapt("domains", "validate", "legal", "--no-paths")
+    assert named.returncode == 0 and "domain 'legal' is valid" in named.stdout
+    typo = dapt("domains", "validate", "legl", "--no-paths")
+    assert typo.returncode == 2 and "(did you mean 'legal'?)" in typo.stderr
     assert dapt("no-such-command").returncode == 2  # typer's usage error
 
 
