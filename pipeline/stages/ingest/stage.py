@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from pipeline.config import IngestConfig
 from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
-from pipeline.stages.ingest import contamination, grouping, ner_share, steps
+from pipeline.stages.ingest import contamination, grouping, ner, ner_share, steps
 from pipeline.stages.ingest import drops as incremental
 from pipeline.stages.ingest.readers import Piece, shard_files, source_files
 from pipeline.stages.ingest.shard import Laps, prepare_shard
@@ -46,7 +46,10 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     work = out_dir / "_shards"
     earlier = incremental.history(inputs.get("ingest")) if drops else None
     plan, jobs, fn, changes = _plan(config, work, drops, earlier)
-    results = (map_shards or _serial_map)(fn, jobs)
+    try:
+        results = (map_shards or _serial_map)(fn, jobs)
+    finally:  # the NER worker processes (a spaCy model each) end with the shards
+        ner.shutdown()
     lap = Laps()
     con = steps.open_database(config, work)
     g = GlobalSteps(con=con, config=config, parts=steps.load_shards(con, work, len(jobs)),

@@ -273,6 +273,12 @@ def test_one_worker_and_several_give_the_same_output(
     assert sum(o.count("<PERSON>") for o in outs[1]) > 50
     assert any(r.getMessage().startswith("ingest: pii ner: ") and " windows" in r.getMessage()
                for r in caplog.records)
+    pool = ner._pool["executor"]
+    assert pool is not None
+    workers = list(pool._processes.values())
+    ner.shutdown()  # what the ingest stage calls after its shards: the processes are joined
+    assert ner._pool["executor"] is None and workers
+    assert not any(w.is_alive() for w in workers)
 
 
 TECHNICAL = [  # product, vendor, protocol, service and tool names: no person, no place

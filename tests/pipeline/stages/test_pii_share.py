@@ -121,3 +121,20 @@ def test_share_one_scans_every_document_and_a_share_needs_ids() -> None:
     assert ner_share.count(con, "t", PiiConfig(types=["phone"])) == {}  # no NER type: no count
     with pytest.raises(ValueError, match="pii.ner_share 0.5 picks documents by their doc_id"):
         pii.redact(con, "u", PiiConfig(types=["person"], ner_share=0.5))
+
+
+def test_the_stage_ends_its_ner_worker_processes(runs: dict, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NER worker pool (a spaCy model per process) ends with the shards, not at exit: a
+    run would hold it through pretraining. ``ner.shutdown`` joins it (test_pii.py checks that
+    on a real pool)."""
+    from pipeline.stages.ingest import ner
+
+    calls: list[bool] = []
+    real = ner.shutdown
+    monkeypatch.setattr(ner, "shutdown", lambda: calls.append(True) or real())
+    notes = runs[32.0][0].parent / "a.jsonl"  # the module's notes, a fresh output dir
+    (tmp_path / "a.jsonl").write_bytes(notes.read_bytes())
+    _, manifest, _ = _ingest(tmp_path, 32.0)
+    assert calls == [True] and ner._pool["executor"] is None
+    assert manifest.counts == runs[32.0][1].counts

@@ -18,7 +18,7 @@ from pipeline.driver import plan
 from pipeline.engine.artifacts import artifact_key, stable_hash
 from pipeline.lifecycle import report, tracking
 from pipeline.stages.evaluate import seeds
-from pipeline.stages.pretrain.spec import LINEAGE_FIELDS
+from pipeline.stages.pretrain.spec import LINEAGE_FIELDS, STORAGE_FIELDS
 from tests.e2e_domain import write_test_domain
 
 CONTROL = ["pretrain.mode=continue", "pretrain.control=true"]
@@ -41,13 +41,15 @@ def test_seeds_fan_out_pretrain_and_control_and_keep_the_first_key(domain: Path,
     _, two = _plan(domain, tmp_path, "pretrain.seeds=2")
     assert list(two) == ["ingest", "models", "tokenizer", "pretrain", "pretrain[seed1]",
                          "general", "control", "control[seed1]", "finetune", "evaluate"]
-    # seeds: 1 hashes the config as it was before the field existed (no `seeds` in it)
-    today = run.pretrain.model_dump(mode="json", exclude=LINEAGE_FIELDS | {"seeds"})
-    assert set(today) == set(PretrainConfig.model_fields) - LINEAGE_FIELDS - {"seeds"}
+    # seeds: 1 hashes the config as it was before the field existed (no `seeds` in it), nor
+    # what only decides which files an artifact keeps
+    unhashed = LINEAGE_FIELDS | {"seeds"} | STORAGE_FIELDS
+    today = run.pretrain.model_dump(mode="json", exclude=unhashed)
+    assert set(today) == set(PretrainConfig.model_fields) - unhashed
     step = one["pretrain"]
     assert step.prepared.hashed == today and step.config_hash == stable_hash(today)
     assert step.key == artifact_key(today, step.code, step.inputs)
-    assert "seeds" not in one["control"].prepared.hashed
+    assert not {"seeds", "keep_final_checkpoint"} & set(one["control"].prepared.hashed)
     # the first seed is the step a run with one seed has: same key, reused as it is
     for name in ("pretrain", "control", "finetune"):
         assert two[name].key == one[name].key, name
