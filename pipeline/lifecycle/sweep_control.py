@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from pipeline.config import RunConfig, deep_merge
 from pipeline.domains import Domain
 from pipeline.driver import Session
+from pipeline.files import write_atomic
 from pipeline.stages.control import spec as control_spec
 from pipeline.stages.pretrain import dev_scores
 from pipeline.stages.pretrain.output import PretrainOutput
@@ -102,9 +102,7 @@ def control_losses(control: dict[str, Any], point_path: Path, workdir: Path
              "sequences": {k: len(v) for k, v in seqs.items()},
              "seconds": time.perf_counter() - t0}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(found, indent=2))
-    os.replace(tmp, cache)
+    write_atomic(cache, json.dumps(found, indent=2))
     return {**found, "cached": False}
 
 

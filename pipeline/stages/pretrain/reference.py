@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PretrainConfig
+from pipeline.files import write_atomic
 from pipeline.stages.pretrain import dev_scores
 from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.stages.pretrain.worker_io import Reference
@@ -70,9 +70,7 @@ def reference(config: PretrainConfig, control: PretrainOutput | None, tokenizer:
                           sequences=len(seqs["general"]))
         log.info("pretrain: checkpoint choice vs control/%s: its general dev loss %.4f on "
                  "the run's %d general dev sequences", control.key, loss, found.sequences)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(found.model_dump(), indent=2))
-    os.replace(tmp, cached)
+    write_atomic(cached, json.dumps(found.model_dump(), indent=2))
     return found
 
 
