@@ -36,17 +36,11 @@ from pipeline.config import RunConfig, deep_merge
 from pipeline.domains import Domain
 from pipeline.driver import Session
 from pipeline.files import write_atomic
-from pipeline.stages.control import spec as control_spec
 from pipeline.stages.pretrain import dev_scores, reference
 from pipeline.stages.pretrain.output import PretrainOutput
 
 log = logging.getLogger("dapt")
 SCORES = "control-scores"
-
-
-def enabled(run: RunConfig) -> bool:
-    """Whether the run has a control step (the planner's own rule: ``control.spec.enabled``)."""
-    return control_spec.enabled(run)
 
 
 def control_config(proxy: RunConfig) -> RunConfig:
