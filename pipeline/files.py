@@ -1,14 +1,33 @@
 """Data files: telling a URL from a local path, matching globs, inferring a file's format,
-reading configured columns. Used by domain resolution, ingest and the labelled task files."""
+reading configured columns, writing a file atomically. Used by domain resolution, ingest, the
+labelled task files and every writer whose file a reader (or a resumed build) must never find
+half written."""
 
 from __future__ import annotations
 
 import glob
 import os
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
-import pyarrow as pa
+if TYPE_CHECKING:  # duckdb and pyarrow load in read_columns: the artifact store imports this
+    import pyarrow as pa
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, Unix line ends) to ``path`` through a uniquely named temporary
+    file in the same directory, renamed into place: a reader sees the old file or the new one,
+    never half of one, and two writers never share a temporary file. The temporary file is
+    removed if the write fails."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def is_url(path: str | Path) -> bool:
@@ -67,6 +86,8 @@ def read_columns(path: Path, fields: dict[str, str], where: str) -> pa.Table:
     columns = ", ".join(f'"{column}"::VARCHAR AS {name.removesuffix("_field")}'
                         for name, column in fields.items())
     quoted = str(path).replace("'", "''")
+    import duckdb
+
     try:
         return duckdb.connect().sql(
             f"SELECT {columns} FROM {reader}('{quoted}')").to_arrow_table()

@@ -25,13 +25,14 @@ import csv
 import importlib.metadata as md
 import io
 import json
-import os
 import re
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from pipeline.files import write_atomic
 
 DOMAINS: tuple[str, ...] = ("medical", "legal", "finance", "general")
 
@@ -95,16 +96,7 @@ def _emit(out_dir: Path, rel: str, records: Iterable[Record], counts: Counts,
         raise ValueError(f"{rel}: duplicate ids {dupes[:5]}")
     path = out_dir / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename so readers never see a half-written file.
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            for rec in kept:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in kept))
     counts[rel] = len(kept)
     counts[f"{rel}#skipped"] = skipped
 

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import write_atomic
+
 MANIFEST = "manifest.json"
 # Directories beside the artifacts that are not artifacts, by name prefix: what each one is.
 TMP, FAILED, OLD = ".tmp-", ".failed-", ".old-"
@@ -82,9 +84,7 @@ class DigestCache:
         if self.path is None or not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(self.entries, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.entries, sort_keys=True))
         self._dirty = False
 
 

@@ -50,6 +50,7 @@ from pipeline.driver import Session
 from pipeline.engine import progress
 from pipeline.engine.catalog import Catalog
 from pipeline.lifecycle import sweep_control
+from pipeline.stages.control import spec as control_spec
 from pipeline.stages.pretrain.output import PretrainOutput
 
 log = logging.getLogger("dapt")
@@ -157,7 +158,7 @@ def run_sweep(domain: Domain, base_run: RunConfig, workdir: Path, sweep: SweepCo
     source = replay_source_of(base_run, sweep)
     sweep_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     controls = (sweep_control.Controls(domain, workdir, sweep_id)
-                if sweep_control.enabled(base_run) else None)
+                if control_spec.enabled(base_run) else None)
     points: list[dict[str, Any]] = []
 
     def add(lr: float, replay: float) -> None:

@@ -16,7 +16,9 @@ sequences (``pipeline/stages/pretrain/dev_scores.py``: the same tokens, the work
 general and domain: ``general_change_vs_control`` = the point's general dev loss / the
 control's on the same sequences - 1 (= the change of bits/byte), likewise for the domain. That
 needs the point's tokens to be the control's: a point trained with an extended (or its own)
-tokenizer cannot be compared this way, and the sweep says so and gates on the base instead.
+tokenizer cannot be compared this way (the checkpoint rule's own test,
+``pipeline/stages/pretrain/reference.py: not_comparable``), and the sweep says so and gates on
+the base instead.
 Scores are kept under ``<workdir>/sweeps/control-scores/``, keyed by the control artifact and
 the scored tokens, so a rerun scores nothing again.
 """
@@ -26,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,17 +35,12 @@ from typing import Any
 from pipeline.config import RunConfig, deep_merge
 from pipeline.domains import Domain
 from pipeline.driver import Session
-from pipeline.stages.control import spec as control_spec
-from pipeline.stages.pretrain import dev_scores
+from pipeline.files import write_atomic
+from pipeline.stages.pretrain import dev_scores, reference
 from pipeline.stages.pretrain.output import PretrainOutput
 
 log = logging.getLogger("dapt")
 SCORES = "control-scores"
-
-
-def enabled(run: RunConfig) -> bool:
-    """Whether the run has a control step (the planner's own rule: ``control.spec.enabled``)."""
-    return control_spec.enabled(run)
 
 
 def control_config(proxy: RunConfig) -> RunConfig:
@@ -64,18 +60,6 @@ def train_control(domain: Domain, proxy: RunConfig, workdir: Path, sweep_id: str
     return {"lr": lr, "run_id": session.run_id, "key": result["key"],
             "cached": result["cache_hit"], "seconds": time.perf_counter() - t0,
             "path": str(result["path"])}
-
-
-def not_comparable(point: PretrainOutput) -> str | None:
-    """Why the control's model cannot score a point's dev tokens (None: it can)."""
-    if point.tokenizer != "base":
-        return (f"the grid points trained with the {point.tokenizer} tokenizer, not the base "
-                "model's, so the control (base tokenizer) cannot score their dev tokens; the "
-                "pick is gated on the change against the base model instead")
-    if not point.spec.general_eval:
-        return ("the grid points scored no general dev text (shorter than one sequence), so "
-                "there is no forgetting to compare with the control's")
-    return None
 
 
 def _digest(control_key: str, precision: str, micro: int, seqs: dict[str, Any]) -> str:
@@ -102,9 +86,7 @@ def control_losses(control: dict[str, Any], point_path: Path, workdir: Path
              "sequences": {k: len(v) for k, v in seqs.items()},
              "seconds": time.perf_counter() - t0}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(found, indent=2))
-    os.replace(tmp, cache)
+    write_atomic(cache, json.dumps(found, indent=2))
     return {**found, "cached": False}
 
 
@@ -131,7 +113,9 @@ class Controls:
     def compare(self, point: dict[str, Any], proxy: RunConfig) -> None:
         """Add the point's vs-control changes (``proxy``: the point's run config)."""
         if self.note is None:
-            self.note = not_comparable(PretrainOutput(Path(point["path"])))
+            built = PretrainOutput(Path(point["path"]))
+            self.note = reference.not_comparable(built.tokenizer, built.spec.general_eval,
+                                                 of="sweep")
             if self.note:
                 log.warning("sweep: no comparison with the control: %s", self.note)
         if self.note:

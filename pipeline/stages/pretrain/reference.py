@@ -13,19 +13,20 @@ training does. The domain change stays relative to the base (step 0).
 The control reads the base tokenizer only. A run whose tokens are not the base's (an extended
 vocabulary, a promoted model with its own tokenizer) or that has no general dev text cannot be
 compared: the reference is then the base (step 0), as without a control, and the selection
-record says why. The control's score is kept in the build directory (``reference.json``), so a
-resumed build does not score it again.
+record says why (``not_comparable``: the sweep's control proxies ask the same rule). The
+control's score is kept in the build directory (``reference.json``), so a resumed build does
+not score it again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.config import PretrainConfig
+from pipeline.files import write_atomic
 from pipeline.stages.pretrain import dev_scores
 from pipeline.stages.pretrain.output import PretrainOutput
 from pipeline.stages.pretrain.worker_io import Reference
@@ -34,15 +35,37 @@ log = logging.getLogger("dapt")
 FILE = "reference.json"
 
 
-def not_comparable(tokenizer: str, packed: dict[str, Any]) -> str | None:
-    """Why the control cannot score this run's general dev tokens (None: it can)."""
+# Why the control cannot score the tokens, as each user of the rule reports it: a run's checkpoint
+# rule (then measured from the base) and a sweep's pick (``pipeline/lifecycle/sweep_control.py``).
+NOTES: dict[str, dict[str, str]] = {
+    "run": {
+        "tokenizer": ("this run trains with the {tokenizer} tokenizer, not the base model's, so "
+                      "the control (base tokenizer) cannot score its dev tokens; the general "
+                      "limit is measured from the base model (step 0)"),
+        "general": ("this run has no general dev text (shorter than one sequence), so there is "
+                    "no forgetting to compare with the control's; the rule is the lowest domain "
+                    "loss"),
+    },
+    "sweep": {
+        "tokenizer": ("the grid points trained with the {tokenizer} tokenizer, not the base "
+                      "model's, so the control (base tokenizer) cannot score their dev tokens; "
+                      "the pick is gated on the change against the base model instead"),
+        "general": ("the grid points scored no general dev text (shorter than one sequence), so "
+                    "there is no forgetting to compare with the control's"),
+    },
+}
+
+
+def not_comparable(tokenizer: str, general_eval: bool,
+                   of: Literal["run", "sweep"] = "run") -> str | None:
+    """Why the control (base tokenizer) cannot score the general dev tokens of a build trained
+    with ``tokenizer`` (its label: ``base``, ``extended``, ...) that has general dev text or not
+    (``general_eval``, as ``WorkerSpec.general_eval``); None: it can. The one rule for both the
+    checkpoint rule's reference and the sweep's control proxies; ``of`` picks the wording."""
     if tokenizer != "base":
-        return (f"this run trains with the {tokenizer} tokenizer, not the base model's, so the "
-                "control (base tokenizer) cannot score its dev tokens; the general limit is "
-                "measured from the base model (step 0)")
-    if not packed.get("eval_general", {}).get("sequences", 0):
-        return ("this run has no general dev text (shorter than one sequence), so there is no "
-                "forgetting to compare with the control's; the rule is the lowest domain loss")
+        return NOTES[of]["tokenizer"].format(tokenizer=tokenizer)
+    if not general_eval:
+        return NOTES[of]["general"]
     return None
 
 
@@ -56,7 +79,7 @@ def reference(config: PretrainConfig, control: PretrainOutput | None, tokenizer:
     cached = out_dir / FILE
     if cached.exists():  # a resumed build: scored before
         return Reference.model_validate_json(cached.read_text())
-    note = not_comparable(tokenizer, packed)
+    note = not_comparable(tokenizer, packed.get("eval_general", {}).get("sequences", 0) > 0)
     if note:
         log.warning("pretrain: checkpoint choice vs the base, not the control: %s", note)
         found = Reference(kind="base", control_key=control.key, note=note)
@@ -70,9 +93,7 @@ def reference(config: PretrainConfig, control: PretrainOutput | None, tokenizer:
                           sequences=len(seqs["general"]))
         log.info("pretrain: checkpoint choice vs control/%s: its general dev loss %.4f on "
                  "the run's %d general dev sequences", control.key, loss, found.sequences)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(found.model_dump(), indent=2))
-    os.replace(tmp, cached)
+    write_atomic(cached, json.dumps(found.model_dump(), indent=2))
     return found
 
 

@@ -52,6 +52,7 @@ from pipeline import QualityGateError
 from pipeline.config import PretrainConfig, deep_merge
 from pipeline.engine import progress
 from pipeline.engine.artifacts import Artifact, Manifest
+from pipeline.files import write_atomic
 from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.models import stage as models
 from pipeline.stages.pretrain import model_card, packing, reference
@@ -260,9 +261,7 @@ def packed_streams(config: PretrainConfig, out_dir: Path, pack_fn: Callable[[Pat
         log.info("pretrain: resuming in %s", out_dir)
         return json.loads(marker.read_text())
     packed = pack_fn(data_dir)
-    tmp = marker.with_suffix(".tmp")  # a resume must never find half a marker
-    tmp.write_text(json.dumps(packed, indent=2))
-    os.replace(tmp, marker)
+    write_atomic(marker, json.dumps(packed, indent=2))  # a resume must never find half a marker
     return packed
 
 

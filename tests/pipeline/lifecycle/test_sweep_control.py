@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -114,7 +115,9 @@ def test_one_control_proxy_per_learning_rate(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(sweep, "train_point", train_point)
     monkeypatch.setattr(sweep_control, "train_control", train_control)
-    monkeypatch.setattr(sweep_control, "not_comparable", lambda point: None)
+    # the points trained with the base tokenizer and scored general dev text: comparable
+    monkeypatch.setattr(sweep_control, "PretrainOutput", lambda path: SimpleNamespace(
+        tokenizer="base", spec=SimpleNamespace(general_eval=True)))
     monkeypatch.setattr(sweep_control, "control_losses", lambda control, path, workdir: {
         "losses": {"general": 3.0, "domain": 2.0}, "scored_on": "k", "cached": False})
     medical = domains.get("medical")

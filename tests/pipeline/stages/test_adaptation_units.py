@@ -66,7 +66,7 @@ def test_checkpoint_rule_measures_the_general_limit_from_the_control() -> None:
     sel = choose([cands[0], cands[2], cands[3]], 0.01, ref)
     assert sel.chosen_step == 30 and not sel.within_limit
     # a base reference (the control could not score the tokens): today's rule, with the reason
-    why = not_comparable("extended", {"eval_general": {"sequences": 4}})
+    why = not_comparable("extended", general_eval=True)
     assert why and "extended tokenizer" in why
     base = choose(cands, 0.03, Reference(kind="base", control_key="c0ffee", note=why))
     # (every trained point is over 3% above the base's 3.0: the least rise, flagged)
@@ -80,8 +80,14 @@ def test_checkpoint_rule_measures_the_general_limit_from_the_control() -> None:
     text = report.to_markdown(report.selection_blocks({"selection": base.model_dump()}))
     assert "Reference: the base model (step 0) (this run trains with the extended" in text
     assert "general vs control" not in text
-    assert "no general dev text" in (not_comparable("base", {}) or "")
-    assert not_comparable("base", {"eval_general": {"sequences": 4}}) is None
+    assert "no general dev text" in (not_comparable("base", general_eval=False) or "")
+    assert not_comparable("base", general_eval=True) is None
+    # the sweep asks the same rule, in its own words
+    assert "grid points trained with the own tokenizer" in (
+        not_comparable("own", general_eval=True, of="sweep") or "")
+    assert "grid points scored no general dev text" in (
+        not_comparable("base", general_eval=False, of="sweep") or "")
+    assert not_comparable("base", general_eval=True, of="sweep") is None
 
 
 def test_worker_events_round_trip_and_other_lines_are_ignored() -> None:
