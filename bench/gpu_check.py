@@ -218,8 +218,8 @@ def stage(prep: Prepared, name: str, config) -> Path:
     (out / "data").symlink_to(prep.data, target_is_directory=True)
     pretrain.train(config, prep.packed, out, tok_dir=prep.hf, base_dir=prep.hf,
                    base_tok_dir=None, eos_id=prep.eos_id, pad_id=prep.pad_id)
-    for bulk in ("checkpoint", "hf"):
-        shutil.rmtree(out / bulk)
+    for bulk in ("checkpoint", "hf"):  # train() deletes checkpoint/ itself by default
+        shutil.rmtree(out / bulk, ignore_errors=True)
     return out
 
 

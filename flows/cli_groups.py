@@ -74,7 +74,8 @@ def domains_validate(path: Path, paths: Annotated[bool, typer.Option(
     """Check a domain YAML (a file, or the name of an installed domain) for every profile, and
     that its data files exist; errors name the file and field."""
     try:
-        installed = domain_registry.discover() if not path.exists() else {}
+        installed = (domain_registry.discover() if not path.exists() and not path.suffix
+                     else {})
         if installed and str(path) in installed:
             domain = installed[str(path)]
         elif installed and not path.suffix:

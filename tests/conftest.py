@@ -67,9 +67,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _leave_no_fixture_dirs(request: pytest.FixtureRequest,
                            tmp_path_factory: pytest.TempPathFactory):
-    """The retention policy ("failed", pyproject.toml) covers ``tmp_path`` only; module
-    fixtures' ``tmp_path_factory`` dirs (workdirs of real-model runs: GB each) stay. A session
-    (or xdist worker) whose tests all passed removes its own base dir as it ends."""
+    """pytest removes a passing session's base temp dir, but not an xdist worker's (xdist gives
+    each worker its ``--basetemp``), so module fixtures' ``tmp_path_factory`` dirs (workdirs of
+    real-model runs: GB each) stayed after `make test`. A worker whose tests all passed removes
+    its own base dir as it ends."""
     yield
     if request.session.testsfailed == 0:
         import shutil

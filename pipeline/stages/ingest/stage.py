@@ -46,10 +46,8 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     work = out_dir / "_shards"
     earlier = incremental.history(inputs.get("ingest")) if drops else None
     plan, jobs, fn, changes = _plan(config, work, drops, earlier)
-    try:
-        results = (map_shards or _serial_map)(fn, jobs)
-    finally:  # the NER worker processes (a spaCy model each) end with the shards
-        ner.shutdown()
+    results = (map_shards or _serial_map)(fn, jobs)
+    ner.shutdown()  # its worker processes (a spaCy model each) end with the shards
     lap = Laps()
     con = steps.open_database(config, work)
     g = GlobalSteps(con=con, config=config, parts=steps.load_shards(con, work, len(jobs)),

@@ -160,15 +160,18 @@ def _forward_signals(proc: subprocess.Popen) -> dict[int, Any]:
     return previous
 
 
-def _log_event(event: WorkerEvent) -> None:
+def _log_event(event: WorkerEvent, label: str = "pretrain") -> None:
     if event.kind != "step":  # step events drive the progress bar, which logs them
-        log.info("pretrain: %s", event.describe())
+        log.info("%s: %s", label, event.describe())
 
 
 def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
-            on_event: Callable[[WorkerEvent], None] = _log_event, label: str = "pretrain") -> None:
+            on_event: Callable[[WorkerEvent], None] | None = None,
+            label: str = "pretrain") -> None:
     """Run the launcher, appending its output to ``log_path``; each worker event line is
-    parsed and handed to ``on_event``; ``label`` names the live progress line."""
+    parsed and handed to ``on_event`` (default: logged); ``label`` names the progress line and
+    the log lines."""
+    on_event = on_event or (lambda event: _log_event(event, label))
     tail: deque[str] = deque(maxlen=40)
     bar = None
     with open(log_path, "a") as log_fh:
@@ -198,7 +201,7 @@ def _stream(cmd: list[str], log_path: Path, env: dict[str, str],
                 signal.signal(sig, handler)
     if code != 0:
         raise RuntimeError(
-            f"pretrain: training process exited with code {code}; its log is {log_path.name} in "
+            f"{label}: training process exited with code {code}; its log is {log_path.name} in "
             "the build directory. Last lines:\n" + "".join(tail)
         )
 
@@ -258,7 +261,7 @@ def packed_streams(config: PretrainConfig, out_dir: Path, pack_fn: Callable[[Pat
     """The packed streams of this build: packed now, or read back when resuming a killed one."""
     data_dir, marker = out_dir / "data", out_dir / "data" / "packed.json"
     if marker.exists():  # resuming a killed build: the packed streams are complete
-        log.info("pretrain: resuming in %s", out_dir)
+        log.info("resuming the build in %s (its packed streams are complete)", out_dir)
         return json.loads(marker.read_text())
     packed = pack_fn(data_dir)
     write_atomic(marker, json.dumps(packed, indent=2))  # a resume must never find half a marker
@@ -283,6 +286,12 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
         log.warning("pretrain: the general held-out text is shorter than one sequence of %d "
                     "tokens; no general (forgetting) loss", config.seq_len)
     bf16 = use_bf16(config)
+    label = step + (f" seed {config.seed}" if config.seeds > 1 else "")
+    earlier = _trained_before(out_dir)
+    if earlier is not None:  # a resumed build whose worker had finished: its export stands
+        log.info("%s: trained and exported by an earlier attempt of this build", label)
+        return {"summary": _drop_checkpoint(config, out_dir, earlier), "bf16": bf16,
+                "cmd": shlex.split((out_dir / "launch.sh").read_text())}
     ds_config = deepspeed_config(config, bf16=bf16)
     (out_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
@@ -299,18 +308,34 @@ def train(config: PretrainConfig, packed: dict[str, Any], out_dir: Path, *, tok_
     cmd = launch_command(config, spec_path, port)
     (out_dir / "launch.sh").write_text(shlex.join(cmd) + "\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    label = step + (f" seed {config.seed}" if config.seeds > 1 else "")
     log.info("%s: launching %s", label, shlex.join(cmd))
     try:
         _stream(cmd, out_dir / "train.log", env, label=label)
     finally:
         release_shm(port)
     summary = WorkerSummary.model_validate_json((out_dir / "summary.json").read_text())
-    if not config.keep_final_checkpoint:  # only a resume reads it; hf/ is the output
-        shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
-        summary = summary.model_copy(update={"checkpoint": None})
-        (out_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
-    return {"summary": summary, "cmd": cmd, "bf16": bf16}
+    return {"summary": _drop_checkpoint(config, out_dir, summary), "cmd": cmd, "bf16": bf16}
+
+
+def _trained_before(out_dir: Path) -> WorkerSummary | None:
+    """The summary of a worker that finished in an earlier attempt of this build (the worker
+    writes ``summary.json`` last, after ``hf/``), or None."""
+    done = out_dir / "summary.json"
+    if done.exists() and (out_dir / "hf").is_dir() and (out_dir / "launch.sh").exists():
+        return WorkerSummary.model_validate_json(done.read_text())
+    return None
+
+
+def _drop_checkpoint(config: PretrainConfig, out_dir: Path,
+                     summary: WorkerSummary) -> WorkerSummary:
+    """Without ``keep_final_checkpoint``, delete ``checkpoint/`` (only a resume reads it; hf/
+    is the output) and say so in ``summary.json``."""
+    if config.keep_final_checkpoint or summary.checkpoint is None:
+        return summary
+    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    summary = summary.model_copy(update={"checkpoint": None})
+    write_atomic(out_dir / "summary.json", summary.model_dump_json(indent=2))
+    return summary
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,26 @@ def test_one_process_environment_is_the_launchers(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, check=True).stdout
     launched = json.loads(next(line for line in out.splitlines() if line.startswith("ENV "))[4:])
     assert _env_of(launch_command(_config(num_gpus=1), tmp_path / "spec.json", 29555)) == launched
+
+
+def test_a_resumed_build_whose_worker_finished_is_not_trained_again(tmp_path: Path) -> None:
+    """A build that failed after its worker exported (say, writing its manifest) is resumed
+    from its directory: the export stands, nothing trains again, and the checkpoint goes."""
+    from pipeline.stages.pretrain import stage
+    from pipeline.stages.pretrain.worker_io import WorkerSummary
+
+    done = WorkerSummary(steps=4, tokens_trained=512, params=10, world_size=1,
+                         final_train_loss=3.0, eval_loss=3.1, eval_perplexity=22.2,
+                         tokens_per_s=100.0, param_digests=["x"],
+                         checkpoint="checkpoint/global_step4")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "checkpoint/global_step4").mkdir(parents=True)
+    (tmp_path / "launch.sh").write_text("deepspeed --num_gpus 1 -m worker --spec spec.json\n")
+    (tmp_path / "summary.json").write_text(done.model_dump_json())
+    out = stage.train(_config(), {"train": {"sequences": 64}, "eval": {"sequences": 4}},
+                      tmp_path, tok_dir=tmp_path / "missing", base_dir=None, base_tok_dir=None,
+                      eos_id=0, pad_id=0)
+    assert out["cmd"] == ["deepspeed", "--num_gpus", "1", "-m", "worker", "--spec", "spec.json"]
+    assert out["summary"].eval_loss == 3.1 and out["summary"].checkpoint is None
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "train.log").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["checkpoint"] is None
