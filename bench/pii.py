@@ -1,6 +1,6 @@
-"""Precision and recall of PII redaction, dapt (``pipeline/pii.py``) beside Presidio with its
-default recognisers, on one labelled set (``bench/pii_evalset.py``, written apart from the
-patterns), and the throughput of the pattern-only step against the step with NER.
+"""Precision and recall of PII redaction, dapt (``pipeline/stages/ingest/pii.py``) beside
+Presidio with its default recognisers, on one labelled set (``bench/pii_evalset.py``, written
+apart from the patterns), and the throughput of the pattern-only step against the step with NER.
 
 Scoring, per type and overall:
 
@@ -123,7 +123,8 @@ def presidio(texts: list[str]) -> list[str]:
 def medical_texts(samples: Path, mb: float) -> tuple[list[str], int]:
     """The first ``mb`` MB of the medical corpora, one document of each in turn."""
     texts, size = [], 0
-    corpora = [(samples / f"medical/{n}.jsonl").read_text().splitlines()
+    # split on "\n" only: str.splitlines() also splits at U+2028 inside a JSON string
+    corpora = [[line for line in (samples / f"medical/{n}.jsonl").read_text().split("\n") if line]
                for n in ("healthnews", "hpo", "icd10cm")]
     for lines in zip(*corpora, strict=False):
         if size >= mb * 1e6:
