@@ -75,10 +75,10 @@ def domains_validate(path: Path, paths: Annotated[bool, typer.Option(
     that its data files exist; errors name the file and field."""
     try:
         installed = (domain_registry.discover() if not path.exists() and not path.suffix
-                     else {})
-        if installed and str(path) in installed:
+                     else {})  # a bare name: an installed domain
+        if str(path) in installed:
             domain = installed[str(path)]
-        elif installed and not path.suffix:
+        elif installed:
             hint = domain_registry.did_you_mean(str(path), installed)
             raise fail(f"no domain file or installed domain {str(path)!r} (installed: "
                        f"{', '.join(sorted(installed))}){hint}")
