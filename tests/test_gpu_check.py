@@ -63,7 +63,9 @@ def test_dry_run(tmp_path: Path, smollm2) -> None:
     check = result["check"]
     assert check["passed"] and check["max_relative_diff"] < 1e-6
     assert len(check["losses"]) == gpu_check.DRY.check_steps
-    assert all(1.0 < loss < 10.0 for loss in check["losses"])  # SmolLM2 on medical text
+    # SmolLM2 cut to 2 layers is a real model in a smaller shape, not a good one: its final
+    # norm and head expect the 30th layer's output (a loss of about 21, a uniform guess 10.8)
+    assert all(math.isfinite(loss) and 15 < loss < 30 for loss in check["losses"]), check
     assert json.loads((tmp_path / "ref.json").read_text())["losses"] == check["reference_losses"]
     names = [r["name"] for r in result["runs"]]
     assert names == ["stage", "stage-compiled", "plain fp32 loop"]
@@ -72,4 +74,6 @@ def test_dry_run(tmp_path: Path, smollm2) -> None:
         assert math.isclose(row["step_s"] * row["tokens_per_s"], 2 * 64, rel_tol=1e-6)
         assert 0 < row["mfu"] < 1
     assert result["runs"][0]["peak_memory_gb"] > 0  # the worker's peak RSS on a CPU
+    assert 30e6 < result["params"] < 40e6  # embeddings (28.3M) + 2 of 30 layers (3.5M each)
+    assert "cut to its first 2 layers" in result["report"]
     assert "PASSED" in result["report"]
