@@ -48,6 +48,7 @@ from flows.cli_common import (
     Workdir,
     check_choice,
     check_sets,
+    exit_on_sigterm,
     fail,
     prefect_env,
     use_server,
@@ -119,6 +120,7 @@ def run(
 
     d = _resolve_run(domain, domain_file, profile, overrides, init, work)
     use_server(work)
+    exit_on_sigterm()
     from flows.domain_flow import domain_pipeline
 
     _bars_own_the_terminal()

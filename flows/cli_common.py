@@ -87,6 +87,20 @@ def use_server(work: Path) -> None:
     typer.echo(line, err=True)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler's or ``docker stop``'s stop) ends the run as an exception
+    instead of at once: Prefect marks the run crashed (its own handler, inside a flow, hands the
+    signal back to this one), a training worker checkpoints (the pretrain stage forwards it),
+    and the process exits through its exit handlers, which stop the temporary Prefect server
+    it started. Python's default would leave that server (uvicorn) running, orphaned."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def with_seeds(overrides: list[str] | None, seeds: int | None) -> list[str] | None:
     """``--seeds N`` as the ``--set pretrain.seeds=N`` it stands for (after the others)."""
     return overrides if seeds is None else [*(overrides or []), f"pretrain.seeds={seeds}"]

@@ -1,0 +1,82 @@
+"""`dapt run` stopped with SIGTERM (a scheduler's stop, `kill`, `docker stop`) ends as Ctrl-C
+does: the run is marked, and the temporary Prefect server it started goes with it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_domain import write_test_domain
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_sigterm_stops_the_run_and_its_temporary_server(samples_dir: Path, tmp_path: Path
+                                                        ) -> None:
+    domain_file = write_test_domain(samples_dir, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:  # a file, not a pipe: an orphaned server would hold a pipe open
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--domain-file", str(domain_file)],
+            cwd=ROOT, env={**env, "DAPT_WORKDIR": str(tmp_path / "work")}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        # the temporary server is up and the run is in the catalog: ingest has begun
+        while "Beginning subflow run 'ingest'" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        server = [p for p in descendants(proc.pid)
+                  if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert server, log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in server) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(alive(p) for p in server), log.read_text()
+        assert "Crash detected! Execution was aborted by a termination signal" in log.read_text()
+        # the catalog's row says how the run ended (not "running")
+        runs = subprocess.run([sys.executable, "-m", "flows.cli", "runs", "--json", "--workdir",
+                               str(tmp_path / "work")], cwd=ROOT, capture_output=True,
+                              text=True, check=True)
+        assert [r["status"] for r in json.loads(runs.stdout)] == ["failed"], runs.stdout
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
