@@ -129,17 +129,23 @@ def evaluation_report(evaluation_dir: Path | None) -> Path | None:
     return path if path.exists() else None
 
 
-def candidate_evaluation(evaluation_dir: Path | None) -> dict[str, Any] | None:
-    """The evaluation (metrics.json) a failed evaluate build left, or None."""
+def _candidate(evaluation_dir: Path | None) -> EvaluateOutput | None:
+    """What a failed evaluate build left in ``evaluation_dir``, or None."""
     if evaluation_dir is None or not EvaluateOutput(evaluation_dir).exists:
         return None
-    return EvaluateOutput(evaluation_dir).evaluation
+    return EvaluateOutput(evaluation_dir)
+
+
+def candidate_evaluation(evaluation_dir: Path | None) -> dict[str, Any] | None:
+    """The evaluation (metrics.json) a failed evaluate build left, or None."""
+    found = _candidate(evaluation_dir)
+    return found.evaluation if found else None
 
 
 def failed_gates(evaluation_dir: Path | None) -> list[dict[str, Any]]:
-    if evaluation_dir is None or not EvaluateOutput(evaluation_dir).exists:
-        return []
-    return EvaluateOutput(evaluation_dir).failed_gates
+    """The gates a failed evaluate build's evaluation failed ([] without one)."""
+    found = _candidate(evaluation_dir)
+    return found.failed_gates if found else []
 
 
 def decide(catalog: Catalog, domain: str, key: str, run_id: str,
