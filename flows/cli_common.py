@@ -89,10 +89,11 @@ def use_server(work: Path) -> None:
 
 def exit_on_sigterm() -> None:
     """SIGTERM (``kill``, a scheduler's or ``docker stop``'s stop) ends the run as an exception
-    instead of at once: Prefect marks the run crashed (its own handler, inside a flow, hands the
-    signal back to this one), a training worker checkpoints (the pretrain stage forwards it),
-    and the process exits through its exit handlers, which stop the temporary Prefect server
-    it started. Python's default would leave that server (uvicorn) running, orphaned."""
+    instead of at once: inside a flow Prefect marks the run crashed (its own handler hands the
+    signal back to this one) and the process exits 143 through its exit handlers, which stop
+    the temporary Prefect server it started; during training the pretrain stage forwards it to
+    the worker, which checkpoints, and the stage fails (exit 1). Python's default would leave
+    that server (uvicorn) running, orphaned."""
     import signal
 
     def stop(signum: int, _frame: object) -> None:

@@ -37,6 +37,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone since the listing
+        return b""
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -62,8 +69,7 @@ def test_sigterm_stops_the_run_and_its_temporary_server(samples_dir: Path, tmp_p
         while "Beginning subflow run 'ingest'" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        server = [p for p in descendants(proc.pid)
-                  if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        server = [p for p in descendants(proc.pid) if b"uvicorn" in cmdline(p)]
         assert server, log.read_text()
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
