@@ -14,27 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from flows.server import group_members
+from pipeline.engine.processes import alive
 from tests.e2e_domain import write_test_domain
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process under ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def cmdline(pid: int) -> bytes:
@@ -42,14 +27,6 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:  # gone since the listing
         return b""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
@@ -69,7 +46,8 @@ def test_sigterm_stops_the_run_and_its_temporary_server(samples_dir: Path, tmp_p
         while "Beginning subflow run 'ingest'" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        server = [p for p in descendants(proc.pid) if b"uvicorn" in cmdline(p)]
+        # the run leads its own process group (start_new_session); the server it starts is in it
+        server = [p for p in group_members(proc.pid) if b"uvicorn" in cmdline(p)]
         assert server, log.read_text()
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
