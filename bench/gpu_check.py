@@ -178,10 +178,10 @@ def prepare(work: Path, budget: Budget) -> Prepared:
     train_file, dev, names = corpus(work)
     times["corpus_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    base = models.prepare("smollm2-135m", ArtifactStore(work / "artifacts"))
-    hf = models.hf_dir(base)
+    art = models.prepare("smollm2-135m", ArtifactStore(work / "artifacts"))
+    hf = models.hf_dir(art)
     if budget.layers:  # named by the base model's artifact: a reused --workdir cuts a new one
-        hf = first_layers(hf, budget.layers, work / f"base-{base.key}-{budget.layers}-layers")
+        hf = first_layers(hf, budget.layers, work / f"base-{art.key}-{budget.layers}-layers")
     times["convert_s"] = time.perf_counter() - t0
     base = json.loads((hf / "config.json").read_text())
     eos_id = base["eos_token_id"]
@@ -257,8 +257,7 @@ def reference(prep: Prepared, budget: Budget, path: Path | None) -> dict[str, An
     """The first ``check_steps`` losses at micro-batch 1 in fp32 on the CPU: read from ``path``
     when it holds them for this budget, else computed now (and written to ``path``)."""
     key = {"base_model": "smollm2-135m", "layers": budget.layers, "seq_len": budget.seq_len,
-           "micro_batch_size": 1,
-           "steps": budget.check_steps, "precision": "fp32", "device": "cpu",
+           "micro_batch_size": 1, "steps": budget.check_steps, "precision": "fp32", "device": "cpu",
            "train_tokens": prep.packed["train"]["tokens"]}
     if path is not None and path.is_file():
         found = json.loads(path.read_text())
