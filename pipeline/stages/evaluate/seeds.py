@@ -197,16 +197,14 @@ def seed_table(metrics: Mapping[str, float], seed_values: list[int], column: str
 
 
 def verdict_text(metrics: Mapping[str, float]) -> str:
-    """The verdict's words over seeds: the gain vs control (else vs base) as mean +- spread
-    over seeds with its 95% interval; empty with one seed."""
+    """The verdict's words after the headline (whose figures are the means over seeds, with
+    several): which seed the gates judge and its own changes; empty with one seed."""
     if metrics.get("train_seeds", 1) < 2:
         return ""
-    name = next((n for n in ("domain_change_vs_control", "domain_bits_per_byte_change")
-                 if f"{n}_seed_mean" in metrics), None)
-    if name is None:
-        return ""
-    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
-    what = "vs control" if "control" in name else "vs base"
-    return (f"; over {int(metrics['train_seeds'])} training seeds, domain {what} "
-            f"{metrics[f'{name}_seed_mean']:+.1%} +- {metrics[f'{name}_seed_std']:.1%}"
-            + (f" (95% interval {low:+.1%} to {high:+.1%})" if low is not None else ""))
+    first = [f"{what} {metrics[f'{name}_seed0']:+.1%}"
+             for name, what in (("domain_change_vs_control", "domain vs control"),
+                                ("general_change_vs_control", "general vs control"),
+                                ("domain_bits_per_byte_change", "domain vs base"))
+             if f"{name}_seed0" in metrics]
+    return ("; the gates judge the first seed's models" + (f" ({', '.join(first)})"
+                                                            if first else ""))

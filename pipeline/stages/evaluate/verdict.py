@@ -10,7 +10,9 @@ resamples. The base follows, named for what it is: the starting point, not the b
 Without a control the headline is adapted vs base; with ``pretrain.init: promoted``, adapted vs
 the promoted model it would replace (what promotion decides). Every headline figure is masked
 (placeholders and URLs out of the NLL and the bytes: ``scoring.py``); the unmasked figures keep
-their names, and the gates still read them.
+their names, and the gates still read them. With several training seeds (``seeds.py``) each
+headline change is the mean over seeds +- their standard deviation, beside the interval over
+seeds x clusters; the gates judge the first seed's models (the ones promotion moves).
 """
 
 from __future__ import annotations
@@ -98,14 +100,30 @@ def scoring_note(metrics: Mapping[str, float], context: Mapping[str, Any]) -> st
             f"({metrics['heldout_masked_byte_share']:.2%} of the domain bytes).")
 
 
+def _over_seeds(metrics: Mapping[str, float], name: str) -> tuple[float, str] | None:
+    """``name``'s mean over training seeds and its words (``+- sd``), where there are several
+    seeds (``seeds.py``: computed on the masked scores, like the headline's figures)."""
+    base = name.removesuffix("_masked")
+    mean = metrics.get(f"{base}_seed_mean")
+    if mean is None:
+        return None
+    return mean, f"{mean:+.1%} +- {metrics[f'{base}_seed_std']:.1%} sd"
+
+
 def _pct(metrics: Mapping[str, float], name: str) -> str:
+    if (seeds := _over_seeds(metrics, name)) is not None:
+        return seeds[1]
     se = metrics.get(f"{name}_se")
     return f"{metrics[name]:+.1%}" + (f" +- {se:.1%}" if se is not None else "")
 
 
 def _ci(metrics: Mapping[str, float], slice_: str) -> str:
+    """The change vs control, with its interval: one seed's (over documents), or with several
+    seeds the mean, spread and interval over seeds x clusters (the interval's own centre)."""
+    name = f"{slice_}_change_vs_control_masked"
+    seeds = _over_seeds(metrics, name)
+    text = seeds[1] if seeds is not None else f"{metrics[name]:+.1%}"
     low = metrics.get(f"{slice_}_change_vs_control_ci_low")
-    text = f"{metrics[f'{slice_}_change_vs_control_masked']:+.1%}"
     return text + (f" (95% CI {low:+.1%} to "
                    f"{metrics[f'{slice_}_change_vs_control_ci_high']:+.1%})"
                    if low is not None else "")
@@ -122,6 +140,8 @@ def headline(metrics: Mapping[str, float], reference: str | None, promoted: bool
     control = "domain_change_vs_control_masked" in metrics
     label = reference if promoted else base_label(reference)
     masked = ["placeholders and URLs masked"] if domain.endswith("_masked") or control else []
+    n_seeds = int(metrics.get("train_seeds", 1))
+    over = f", mean of {n_seeds} training seeds per arm" if n_seeds > 1 else ""
     if control and not promoted:
         parts = [f"domain bits/byte {_ci(metrics, 'domain')}"]
         if "general_change_vs_control_masked" in metrics:
@@ -131,7 +151,7 @@ def headline(metrics: Mapping[str, float], reference: str | None, promoted: bool
             tail.append(f"vs {label or 'base'}, the starting point, not the baseline: domain "
                         f"{_pct(metrics, domain)}"
                         + (f", general {_pct(metrics, general)}" if general in metrics else ""))
-        return "adapted vs control", parts + masked, tail
+        return f"adapted vs control{over}", parts + masked, tail
     parts = []
     if domain in metrics:
         parts.append(f"domain bits/byte {_pct(metrics, domain)}")
@@ -141,5 +161,6 @@ def headline(metrics: Mapping[str, float], reference: str | None, promoted: bool
         parts.append(f"domain vs control {_ci(metrics, 'domain')}")
     elif domain in metrics:
         parts.append("no control run")
-    return (f"adapted vs {label}" if label else "adapted"), parts + (masked if parts else []), []
+    return ((f"adapted vs {label}" if label else "adapted") + over,
+            parts + (masked if parts else []), [])
 

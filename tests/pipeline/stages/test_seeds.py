@@ -18,6 +18,7 @@ from pipeline.driver import plan
 from pipeline.engine.artifacts import artifact_key, stable_hash
 from pipeline.lifecycle import report, tracking
 from pipeline.stages.evaluate import seeds
+from pipeline.stages.evaluate.verdict import headline
 from pipeline.stages.pretrain.spec import LINEAGE_FIELDS, STORAGE_FIELDS
 from tests.e2e_domain import write_test_domain
 
@@ -158,7 +159,14 @@ def test_seed_metrics_pair_seed_i_with_seed_i() -> None:
     low, high = m["domain_change_vs_control_ci_low"], m["domain_change_vs_control_ci_high"]
     assert f"| domain_change_vs_control | {m['domain_change_vs_control_seed_mean']:.4g} |" in blocks
     assert f"{low:+.4g} to {high:+.4g} |" in blocks and "\n| 8 | " in blocks
-    text = seeds.verdict_text(m)
-    assert text.startswith("; over 2 training seeds, domain vs control ") and "95%" in text
+    # the headline's point is the mean over seeds, inside its interval; the gates' seed follows
+    mean, sd = m["domain_change_vs_control_seed_mean"], m["domain_change_vs_control_seed_std"]
+    masked = {**m, "domain_change_vs_control_masked": change[0]}
+    who, parts, _ = headline(masked, None, promoted=False)
+    assert who == "adapted vs control, mean of 2 training seeds per arm"
+    assert parts[0] == (f"domain bits/byte {mean:+.1%} +- {sd:.1%} sd "
+                        f"(95% CI {low:+.1%} to {high:+.1%})")
+    assert seeds.verdict_text(m).startswith(
+        f"; the gates judge the first seed's models (domain vs control {change[0]:+.1%}, ")
     assert seeds.seed_metrics(EvaluateConfig(), {"adapted": given["adapted"][:1]}, nbytes,
                               general, np.arange(n)) == {"train_seeds": 1.0}
