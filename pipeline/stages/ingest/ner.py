@@ -270,33 +270,7 @@ def spans(text: str, found: list[tuple[int, int, str]], rules: Rules
     gaz = gazetteer.load()
     veto = [(s, e) for s, e, label in found if label in VETO_LABELS]
     veto_strings = {text[s:e] for s, e in veto}
-    candidates = []
-    for s, e, label in found:
-        if label in PERSON_LABELS and rules.person:
-            candidates.append((s, e, "person", False))
-        elif label in LOCATION_LABELS and rules.location:
-            candidates.append((s, e, "location", False))
-    strong = set()  # gazetteer spans: kept whatever the model labels them
-    if rules.person:
-        candidates += [(m.start(), m.end(), "person", True) for m in TITLED_NAME.finditer(text)]
-        for m in FULL_NAME.finditer(text):
-            if _name_key(m.group(1)) in gaz.first and _name_key(m.group(2)) in gaz.last and \
-                    not _title_case(text, m.start(), m.end()):
-                candidates.append((m.start(), m.end(), "person", False))
-                strong.add((m.start(), m.end(), "person"))
-    if rules.location:
-        # A gazetteer place after "in", "from", "to", ... whatever the model reads it as
-        # ("moved to Glasgow" read as a PERSON).
-        for m in WORD.finditer(text):
-            for n in (3, 2, 1):
-                place = _words_from(text, m.start(), n)
-                end = m.start() + len(place or "")
-                if place and _place_level(place, gaz) and \
-                        LOCATIVE.search(text, max(0, m.start() - 8), m.start()) and \
-                        not re.match(r" [A-Z]", text[end:]):
-                    candidates.append((m.start(), end, "location", False))
-                    strong.add((m.start(), end, "location"))
-                    break
+    candidates, strong = _candidates(text, found, rules, gaz)
     keep: list[tuple[int, int, str]] = []
     end = 0
     names: set[str] = set()  # the words of the full names met so far
@@ -346,6 +320,42 @@ def spans(text: str, found: list[tuple[int, int, str]], rules: Rules
         keep.append((start, stop, name))
         end = stop
     return _elsewhere(text, keep, names, rules)
+
+
+def _candidates(text: str, found: list[tuple[int, int, str]], rules: Rules,
+                gaz: gazetteer.Gazetteer) -> tuple[list[tuple[int, int, str, bool]],
+                                                   set[tuple[int, int, str]]]:
+    """The spans to consider, (start, end, kind, titled), from the model's entities, titled
+    names, gazetteer full names and gazetteer places after a locative; and the gazetteer
+    ("strong") ones among them, kept whatever the model labels them."""
+    candidates = []
+    for s, e, label in found:
+        if label in PERSON_LABELS and rules.person:
+            candidates.append((s, e, "person", False))
+        elif label in LOCATION_LABELS and rules.location:
+            candidates.append((s, e, "location", False))
+    strong = set()  # gazetteer spans: kept whatever the model labels them
+    if rules.person:
+        candidates += [(m.start(), m.end(), "person", True) for m in TITLED_NAME.finditer(text)]
+        for m in FULL_NAME.finditer(text):
+            if _name_key(m.group(1)) in gaz.first and _name_key(m.group(2)) in gaz.last and \
+                    not _title_case(text, m.start(), m.end()):
+                candidates.append((m.start(), m.end(), "person", False))
+                strong.add((m.start(), m.end(), "person"))
+    if rules.location:
+        # A gazetteer place after "in", "from", "to", ... whatever the model reads it as
+        # ("moved to Glasgow" read as a PERSON).
+        for m in WORD.finditer(text):
+            for n in (3, 2, 1):
+                place = _words_from(text, m.start(), n)
+                end = m.start() + len(place or "")
+                if place and _place_level(place, gaz) and \
+                        LOCATIVE.search(text, max(0, m.start() - 8), m.start()) and \
+                        not re.match(r" [A-Z]", text[end:]):
+                    candidates.append((m.start(), end, "location", False))
+                    strong.add((m.start(), end, "location"))
+                    break
+    return candidates, strong
 
 
 def _plausible(text: str, start: int, stop: int, name: str, rules: Rules) -> bool:

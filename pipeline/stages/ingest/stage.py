@@ -73,9 +73,17 @@ def run(config: IngestConfig, inputs: dict[str, Artifact], out_dir: Path,
     sources = steps.by_source(con)
     con.close()
     shutil.rmtree(work, ignore_errors=True)  # links to shard artifacts go, not the artifacts
+    return _manifest(config, plan, results, counts, sources, lap, drops is not None,
+                     drop_extra)
+
+
+def _manifest(config: IngestConfig, plan: list[list[Piece]], results: list[dict],
+              counts: dict[str, int], sources: dict[str, dict[str, int]], lap: Laps,
+              drop: bool, drop_extra: dict) -> Manifest:
+    """The stage's manifest: the counts, a drop's metrics, and what readers find in extra."""
     seconds = {f"shards_{k}": v for k, v in steps.summed(r["seconds"] for r in results).items()}
     metrics = ({k: float(counts[k]) for k in ("drop", "files_reused", "shards_built",
-                                               "shards_cached")} if drops else {})
+                                               "shards_cached")} if drop else {})
     return Manifest(
         stage="ingest",
         counts=counts,
