@@ -30,7 +30,8 @@ import gc
 import math
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from pipeline.config import PII_TYPES
 from pipeline.engine import progress
 from pipeline.metrics import bits_per_byte, perplexity
+from pipeline.stages.evaluate.memo import Memo, digest
 
 # <TYPE> (redact) or <TYPE_xxxxxxxx> (hash), as pipeline/stages/ingest/pii.py renders them
 PLACEHOLDER = re.compile(r"<(?:" + "|".join(t.upper() for t in PII_TYPES) + r")(?:_[0-9a-f]{8})?>")
@@ -172,25 +174,43 @@ def context_id(tok: PreTrainedTokenizerBase, token: str) -> int:
 
 
 def score_models(dirs: Mapping[str, Path], texts: list[str], dev_texts: list[str], window: int,
-                 batch_size: int, device: torch.device, context: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, list[DocScore]], dict[str, Any]]:
+                 batch_size: int, device: torch.device, context: dict[str, Any] | None = None,
+                 memo: Memo | None = None) -> tuple[dict[str, list[DocScore]], dict[str, Any]]:
     """Every model's scores of ``texts``, all after the context token that the first model
     (the adapted one) predicts ``dev_texts`` best after (or ``context``, chosen before); and
-    that choice."""
+    that choice. With a ``memo`` a model's scores of the same texts by the same code are
+    reused (``memo.py``)."""
     scores: dict[str, list[DocScore]] = {}
     for name, path in dirs.items():
-        model = AutoModelForCausalLM.from_pretrained(path).to(device)
-        tok = AutoTokenizer.from_pretrained(path)
-        try:
-            if context is None:
+        if context is None:
+            with _loaded(path, device) as (model, tok):
                 context = choose_context(model, tok, dev_texts, window, batch_size)
-            scores[name] = score_documents(model, tok, texts, window, batch_size,
-                                           context_id(tok, context["token"]))
-        finally:
-            del model
-            gc.collect()
+
+        def compute(path: Path = path, token: str = context["token"]) -> list[DocScore]:
+            with _loaded(path, device) as (model, tok):
+                return score_documents(model, tok, texts, window, batch_size,
+                                       context_id(tok, token))
+        if memo is None:
+            scores[name] = compute()
+            continue
+        inputs = {"texts": digest(texts), "context": context["token"], "window": window,
+                  "batch_size": batch_size, "device": device.type}
+        scores[name] = memo.recall("heldout", name, path, inputs, __name__, compute,
+                                   lambda s: [list(d) for d in s],
+                                   lambda rows: [DocScore(*r) for r in rows])
     assert context is not None, "score_models needs at least one model"
     return scores, context
+
+
+@contextmanager
+def _loaded(path: Path, device: torch.device) -> Iterator[tuple[Any, Any]]:
+    """The model and tokenizer in ``path``, freed on exit."""
+    model = AutoModelForCausalLM.from_pretrained(path).to(device)
+    try:
+        yield model, AutoTokenizer.from_pretrained(path)
+    finally:
+        del model
+        gc.collect()
 
 
 def bootstrap_indices(n_docs: int, samples: int, seed: int = 0) -> np.ndarray:

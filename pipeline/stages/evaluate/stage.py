@@ -39,6 +39,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
 from pipeline.stages.evaluate import seeds, zeroshot
+from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
     bootstrap_indices,
     paired_change,
@@ -266,7 +267,7 @@ def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
-              is_general: list[bool]
+              is_general: list[bool], memo: Memo | None = None
               ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], dict[str, Any]]:
     """Each model's per-slice and per-source figures; the changes between models (unmasked and
     masked) with the masked figures; the context token chosen on the dev part; and each
@@ -275,7 +276,7 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
     dev = given.ingest.held_out_parts(["source", "text"])["domain"]["dev"]
     scores, context = score_models(
         given.model_dirs(), texts, dev.slice(0, config.context_dev_docs).column("text").to_pylist(),
-        given.pretrain.seq_len, config.batch_size, device)
+        given.pretrain.seq_len, config.batch_size, device, memo=memo)
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
     draws = ({k: bootstrap_indices(len(v), config.bootstrap_samples) for k, v in slices.items()
@@ -286,23 +287,43 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
                  **masked_metrics(per, scores["adapted"], slices["domain"])}, context, scores
 
 
+def full_verdict(metrics: dict[str, float], config: EvaluateConfig, given: Inputs,
+                 zero_shot: bool) -> dict[str, Any]:
+    """The verdict with the words over seeds and zero-shot, and the twin-rate warning."""
+    ft = given.finetune
+    result = verdict(metrics, config, given.reference(),
+                     {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
+    result["text"] += seeds.verdict_text(metrics)
+    if zero_shot:
+        result["text"] += ", " + zeroshot.verdict_text(metrics)
+    twin_rate = metrics.get("heldout_twin_rate")
+    if config.max_twin_rate is not None and twin_rate is not None \
+            and twin_rate > config.max_twin_rate:
+        result["warnings"] = [f"{twin_rate:.1%} of the domain's test documents have a near-twin "
+                              f"(one-word edit) in the training text, over "
+                              f"evaluate.max_twin_rate {config.max_twin_rate:.0%}: set "
+                              "ingest.held_out.group_by"]
+    return result
+
+
 def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
     given = Inputs.of(inputs)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
     split = heldout_twins(given.ingest)  # near-twins of the test text in training
-    per, changed, context, scores = score_all(config, given, texts, sources, is_general)
+    memo = Memo(out_dir)  # each model's scores, reused where the same model scored the same
+    per, changed, context, scores = score_all(config, given, texts, sources, is_general, memo)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # pretrain.seeds > 1: the other seeds' models on the same documents, after the same
     # context token (seeds.py); their interval replaces the one-run interval of the changes
     spread, seed_table = seeds.over_seeds(
         config, given.artifacts, given.ingest, scores, texts, is_general,
-        lambda d: score_models({"m": d}, texts, [], given.pretrain.seq_len, config.batch_size,
-                               device, context)[0]["m"])
+        lambda d: score_models({memo.label(d): d}, texts, [], given.pretrain.seq_len,
+                               config.batch_size, device, context, memo)[0][memo.label(d)])
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
     # zero-shot multiple choice on finetune's test splits, and their lm-eval export
-    zs_metrics, zs = (zeroshot.evaluate(config, ft, given.model_dirs(), out_dir)
+    zs_metrics, zs = (zeroshot.evaluate(config, ft, given.model_dirs(), out_dir, memo)
                       if config.zeroshot else ({}, None))
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
@@ -317,27 +338,16 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         **twin_metrics(split),
         **zs_metrics,
     }
-    result = verdict(metrics, config, given.reference(),
-                     {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
-    result["text"] += seeds.verdict_text(metrics)
-    if zs_metrics:
-        result["text"] += ", " + zeroshot.verdict_text(zs_metrics)
-    twin_rate = metrics.get("heldout_twin_rate")
-    if config.max_twin_rate is not None and twin_rate is not None \
-            and twin_rate > config.max_twin_rate:
-        result["warnings"] = [f"{twin_rate:.1%} of the domain's test documents have a near-twin "
-                              f"(one-word edit) in the training text, over "
-                              f"evaluate.max_twin_rate {config.max_twin_rate:.0%}: set "
-                              "ingest.held_out.group_by"]
+    result = full_verdict(metrics, config, given, bool(zs_metrics))
     selection = given.pretrain.selection
     evaluation = {"metrics": metrics, "per_source": per_source, "base_per_source": base_scores,
                   "twins": split,
                   "control_per_source": per.get("control"), "verdict": result,
                   "selection": selection.model_dump() if selection else None,
-                  "context": context, "scoring": scoring_note(metrics, context),
+                  "context": context, "scoring": scoring_note(metrics, context) + memo.note(),
                   "base_label": None if given.previous is not None
                   else base_label(given.pretrain.base_model), "seeds": seed_table,
-                  "zeroshot": zs}
+                  "zeroshot": zs, "reused_scores": memo.reused}
     (out_dir / "metrics.json").write_text(json.dumps(evaluation, indent=2))
     write_report(out_dir, "Evaluation report", [], given.artifacts, evaluation)
     failed = [g for g in result["gates"] if not g["passed"]]
@@ -352,5 +362,5 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
         metrics=metrics,
         extra={"per_source": per_source, "base_per_source": base_scores,
                "control_per_source": per.get("control"), "verdict": result,
-               "context": context},
+               "context": context, "reused_scores": memo.reused},
     )

@@ -48,6 +48,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.engine import progress
 from pipeline.engine.artifacts import TMP
 from pipeline.stages.evaluate import zeroshot_rules as rules
+from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.finetune.output import FinetuneOutput
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, before each choice
@@ -401,6 +402,33 @@ def _score_model(model_dir: Path, tasks: list[ZeroShotTask], validation: list[Ze
         gc.collect()
 
 
+def _encode(s: ModelScores) -> dict[str, Any]:
+    return {part: {name: {"dtype": str(a.dtype), "values": a.tolist()}
+                   for name, a in getattr(s, part).items()}
+            for part in ("test", "validation", "unconditional")}
+
+
+def _decode(doc: dict[str, Any]) -> ModelScores:
+    return ModelScores(**{part: {name: np.array(a["values"], dtype=a["dtype"])
+                                 for name, a in arrays.items()} for part, arrays in doc.items()})
+
+
+def _scores(model_dir: Path, tasks: list[ZeroShotTask], validation: list[ZeroShotTask],
+            batch_size: int, label: str, device: torch.device, memo: Memo | None
+            ) -> ModelScores:
+    """``_score_model``, reused from the ``memo`` where the same model scored the same
+    prompts and choices with the same code (``memo.py``)."""
+    def compute() -> ModelScores:
+        return _score_model(model_dir, tasks, validation, batch_size, label, device)
+    if memo is None:
+        return compute()
+    inputs = {part: [(t.name, t.queries, t.choices) for t in given]
+              for part, given in (("test", tasks), ("validation", validation))}
+    return memo.recall("zeroshot", label, model_dir,
+                       {**inputs, "batch_size": batch_size, "device": device.type},
+                       __name__, compute, _encode, _decode)
+
+
 def _score_rows(tasks: list[ZeroShotTask], scored: Mapping[str, ModelScores],
                 split: str) -> str:
     """JSONL of every example's log-likelihoods (task, model, id, gold, loglikelihoods)."""
@@ -411,7 +439,8 @@ def _score_rows(tasks: list[ZeroShotTask], scored: Mapping[str, ModelScores],
 
 
 def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mapping[str, Path],
-             out_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
+             out_dir: Path, memo: Memo | None = None
+             ) -> tuple[dict[str, float], dict[str, Any]]:
     """Export the lm-eval tasks into ``out_dir/lm_eval``, choose the headline rule on the
     validation rows, score each model on the test rows; the flat metrics and the report's
     details ({tasks: [...], lm_eval_dir, rule, rule_choice})."""
@@ -421,8 +450,8 @@ def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mappi
     for t in tasks:
         export(t, root, published(out_dir) / "lm_eval")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    scored = {model: _score_model(model_dir, tasks, validation, config.batch_size, model,
-                                  device) for model, model_dir in model_dirs.items()}
+    scored = {model: _scores(model_dir, tasks, validation, config.batch_size, model, device,
+                             memo) for model, model_dir in model_dirs.items()}
     choice = rules.choose_on(config.zeroshot_rule_examples, validation, scored)
     judged = {model: {t.name: judge(s.test[t.name], t, s.unconditional[t.name]) for t in tasks}
               for model, s in scored.items()}

@@ -34,8 +34,12 @@ CPU_TEST = {
                  "seeds": [0, 1]},
     # gates wide enough to pass after 4 steps, so the verdict reports both; the test checks
     # each outcome against its value and limit, not that they passed
+    # zero-shot on a few examples (the ICD chapter task scores 22 long class names per
+    # example; tests/pipeline/stages/test_zeroshot.py tests the scorer)
     "evaluate": {"max_eval_docs": MAX_EVAL_DOCS, "max_general_docs": 4, "bootstrap_samples": 200,
-                 "min_domain_gain": -1.0, "max_general_degradation": 1.0},
+                 "min_domain_gain": -1.0, "max_general_degradation": 1.0,
+                 "zeroshot_max_examples": 8, "zeroshot_rule_examples": 8,
+                 "zeroshot_max_chars": 200},
 }
 
 
@@ -81,6 +85,7 @@ def test_cpu_profile_runs_all_stages_and_states_a_verdict(cpu_run: Session) -> N
     # the headline is adapted vs control, masked, with its intervals; the base is named
     assert verdict["text"].startswith("adapted vs control: domain bits/byte ")
     assert "95% CI" in verdict["text"] and "macro-F1" in verdict["text"]
+    assert "zero-shot accuracy" in verdict["text"] and 0 <= m["zeroshot_accuracy"] <= 1
     assert ("vs base smollm2-135m (dequantised from SmolLM2-135M-Instruct.Q4_1.gguf), the "
             "starting point, not the baseline") in verdict["text"]
     for slice_ in ("domain", "general"):

@@ -220,3 +220,42 @@ def test_forgetting_gate_reads_the_control_where_there_is_one() -> None:
     gate, = forgetting_gate({"general_bits_per_byte_change": 0.01}, config)
     assert (gate["vs"], gate["value"], gate["passed"]) == ("base", 0.01, True)
     assert forgetting_gate(both, EvaluateConfig(max_general_degradation=None)) == []
+
+
+def test_memo_reuses_a_models_scores_only_for_the_same_model_text_and_code(
+        lm: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.stages.evaluate.memo import MEMO, Memo
+
+    cpu, texts = torch.device("cpu"), [PLANTED, *LINES[:5]]
+    store = tmp_path / "evaluate"  # the step's directory in a store: one build per key
+    first = Memo(store / "key1")
+    scored, context = score_models(lm["dirs"], texts, LINES[:4], 16, 4, cpu, memo=first)
+    assert first.reused == {} and len(list((store / "key1" / MEMO).glob("heldout-*.json"))) == 2
+    # a later build (another key, or a failed build's kept outputs) scores nothing again: its
+    # scores equal the fresh ones exactly, the reuse is named, and the files are copied over
+    calls: list[int] = []
+    real = scoring.score_documents
+    monkeypatch.setattr(scoring, "score_documents",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    later = Memo(store / ".failed-key2-0123abcd")
+    again, _ = score_models(lm["dirs"], texts, [], 16, 4, cpu, context, memo=later)
+    assert again == scored and calls == []
+    assert later.reused == {"heldout adapted": "key1", "heldout control": "key1"}
+    assert len(list((store / ".failed-key2-0123abcd" / MEMO).glob("*.json"))) == 2
+    assert "heldout control from key1" in later.note()
+    # other text, another window or other model files: scored afresh
+    other = Memo(store / "key3")
+    score_models({"control": lm["dirs"]["control"]}, texts[:-1], [], 16, 4, cpu, context,
+                 memo=other)
+    score_models({"control": lm["dirs"]["control"]}, texts, [], 32, 4, cpu, context,
+                 memo=other)
+    assert other.reused == {} and len(calls) == 2
+    changed = tmp_path / "changed"
+    tiny_model(7, len(PreTrainedTokenizerFast.from_pretrained(lm["dirs"]["control"])
+                      )).save_pretrained(changed)
+    PreTrainedTokenizerFast.from_pretrained(lm["dirs"]["control"]).save_pretrained(changed)
+    assert other.key("heldout", changed, {}, scoring.__name__) != other.key(
+        "heldout", lm["dirs"]["control"], {}, scoring.__name__)
+    # the key covers the scoring code's import closure
+    assert Memo(tmp_path).key("heldout", changed, {}, scoring.__name__) != Memo(tmp_path).key(
+        "heldout", changed, {}, "pipeline.stages.evaluate.zeroshot")

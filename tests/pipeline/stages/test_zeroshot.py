@@ -302,3 +302,24 @@ def test_unconditional_context_is_lm_evals(scored: dict) -> None:
     assert ctx == [eos] and cont == tok.encode(" Neoplasm", add_special_tokens=False)
     ctx, cont = zeroshot_rules.unconditional_pair(tok, "<eos> eye")
     assert ctx == [eos] and tok.decode(cont) == " eye"
+
+
+def test_memo_gives_the_same_zero_shot_figures_without_scoring_again(
+        scored: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.stages.evaluate.memo import Memo
+
+    config = EvaluateConfig(zeroshot_max_examples=40, zeroshot_max_chars=200,
+                            bootstrap_samples=200)
+    models = {"adapted": scored["adapted"], "control": scored["control"]}
+    first = Memo(tmp_path / "evaluate" / "a")
+    metrics, details = zeroshot.evaluate(config, scored["ft"], models, first.out_dir, first)
+    assert metrics == scored["metrics"] and first.reused == {}
+    monkeypatch.setattr(zeroshot, "_score_model", lambda *a, **k: pytest.fail("scored again"))
+    later = Memo(tmp_path / "evaluate" / "b")
+    assert zeroshot.evaluate(config, scored["ft"], models, later.out_dir, later) == (
+        metrics, details)
+    assert later.reused == {"zeroshot adapted": "a", "zeroshot control": "a"}
+    # other prompts (a shorter cut of each text) are other inputs
+    with pytest.raises(pytest.fail.Exception, match="scored again"):
+        zeroshot.evaluate(config.model_copy(update={"zeroshot_max_chars": 100}), scored["ft"],
+                          models, later.out_dir, later)
