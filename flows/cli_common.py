@@ -93,13 +93,36 @@ def exit_on_sigterm() -> None:
     signal back to this one) and the process exits 143 through its exit handlers, which stop
     the temporary Prefect server it started; during training the pretrain stage forwards it to
     the worker, which checkpoints, and the stage fails (exit 1). Python's default would leave
-    that server (uvicorn) running, orphaned."""
+    that server (uvicorn) running, orphaned.
+
+    A handler's exception is lost when the signal lands while a finalizer runs (``__del__``,
+    e.g. an asyncio transport's during garbage collection): Python reports it as "Exception
+    ignored" and goes on, and the run would finish as if never stopped. So an exception of
+    the stop reported that way (``sys.unraisablehook``) has the signal delivered again, from
+    another thread a moment later, to be raised outside the finalizer."""
     import signal
+    import sys
+    import threading
 
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    if getattr(sys.unraisablehook, "redelivers_sigterm", False):
+        return
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+        previous(unraisable)
+        exc = unraisable.exc_value
+        if (isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM) or (
+                type(exc).__name__ == "TerminationSignal"
+                and getattr(exc, "signal", None) == signal.SIGTERM):
+            # from another thread, a moment later: raised here it would be ignored again
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    redeliver.redelivers_sigterm = True  # type: ignore[attr-defined]
+    sys.unraisablehook = redeliver
 
 
 def with_seeds(overrides: list[str] | None, seeds: int | None) -> list[str] | None:

@@ -64,3 +64,29 @@ def test_sigterm_stops_the_run_and_its_temporary_server(samples_dir: Path, tmp_p
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+STOPPED_IN_A_FINALIZER = """
+import os, signal, sys, time
+from flows.cli_common import exit_on_sigterm
+
+exit_on_sigterm()
+
+class Transport:
+    def __del__(self):  # as an asyncio transport's, run by the garbage collector
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs here and its SystemExit is "ignored"
+
+Transport()
+print("past the finalizer", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_stop_raised_inside_a_finalizer_is_delivered_again() -> None:
+    """The CI run of this file's first test once sent SIGTERM while a finalizer ran: Prefect's
+    handler raised inside ``__del__``, Python ignored it, and the run finished (exit 0)."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_IN_A_FINALIZER], cwd=ROOT,
+                          capture_output=True, text=True, timeout=50)
+    assert "Exception ignored" in proc.stderr  # the finalizer's exception was swallowed ...
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr  # ... and the stop held
