@@ -7,7 +7,7 @@ on the same text again.
 Every evaluate build writes each model's scores under ``memo/`` of its own directory, named by
 a key over everything the scores depend on:
 
-- the model's *content*: a SHA-256 over every file of its HF directory (weights, config,
+- the model's *content*: the digests of every file of its HF directory (weights, config,
   tokenizer) except Markdown (the model card), so a path or a rebuild never fools it;
 - the exact input (the texts, the context token, the window; the tasks' prompts and choices)
   and the scoring parameters (batch size, device);
@@ -24,7 +24,6 @@ leaves nothing that a later one could half-read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, TypeVar
 import torch
 import transformers
 
+from pipeline.engine.artifacts import file_digest, stable_hash
 from pipeline.engine.versions import code_version
 from pipeline.files import write_atomic
 
@@ -41,21 +41,16 @@ T = TypeVar("T")
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """SHA-256 over the relative name and bytes of every file in ``model_dir`` but Markdown."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        if path.suffix == ".md":
-            continue
-        h.update(str(path.relative_to(model_dir)).encode() + b"\0")
-        with path.open("rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()
+    """A hash over the relative name and content digest of every file in ``model_dir`` but
+    Markdown."""
+    return stable_hash({str(p.relative_to(model_dir)): file_digest(p)
+                        for p in sorted(Path(model_dir).rglob("*"))
+                        if p.is_file() and p.suffix != ".md"}, length=64)
 
 
 def digest(value: Any) -> str:
-    """SHA-256 of ``value``'s canonical JSON."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
-                          ).hexdigest()
+    """The full-length ``stable_hash`` of ``value`` (a memo key is a file name, not a prefix)."""
+    return stable_hash(value, length=64)
 
 
 class Memo:
