@@ -469,9 +469,10 @@ class PretrainConfig(_Strict):
         "captures the graphs (a quick check of the compile path on a CPU, no speed-up).")
     keep_checkpoints: int = Field(default=2, gt=0, description="Newest checkpoints kept.")
     keep_final_checkpoint: bool = Field(
-        default=False, description="Keep the DeepSpeed checkpoint (weights and optimizer "
-        "state, ~16 bytes a parameter) in the artifact after hf/ is exported; by default it is "
-        "deleted then (it serves only to resume an interrupted build). Not part of the key: it "
+        default=False, description="Checkpoint the last step and keep it (weights and "
+        "optimizer state, ~16 bytes a parameter) in the artifact after hf/ is exported; by "
+        "default the last step is not checkpointed and the earlier checkpoints are deleted "
+        "then (they serve only to resume an interrupted build). Not part of the key: it "
         "applies to builds from then on.")
     tensorboard: bool = Field(
         default=True, description="Curves to <artifact>/tensorboard via DeepSpeed's monitor.")

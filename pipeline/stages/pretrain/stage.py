@@ -330,9 +330,11 @@ def _drop_checkpoint(config: PretrainConfig, out_dir: Path,
                      summary: WorkerSummary) -> WorkerSummary:
     """Without ``keep_final_checkpoint``, delete ``checkpoint/`` (only a resume reads it; hf/
     is the output) and say so in ``summary.json``."""
-    if config.keep_final_checkpoint or summary.checkpoint is None:
+    if config.keep_final_checkpoint:
         return summary
-    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # the earlier steps' checkpoints
+    if summary.checkpoint is None:
+        return summary
     summary = summary.model_copy(update={"checkpoint": None})
     write_atomic(out_dir / "summary.json", summary.model_dump_json(indent=2))
     return summary

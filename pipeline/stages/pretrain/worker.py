@@ -47,7 +47,7 @@ from deepspeed.accelerator import get_accelerator
 from tokenizers import Tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, PretrainConfig
 from pipeline.stages.pretrain.packing import TokenBatches
 from pipeline.stages.pretrain.vocab import init_new_embeddings
 from pipeline.stages.pretrain.worker_io import (
@@ -317,6 +317,15 @@ def log_step(run: Run, step: int, grad_norm: float, seconds: float, started: flo
                                general_loss=record.get("general_loss")))
 
 
+def wants_checkpoint(cfg: PretrainConfig, step: int) -> bool:
+    """Every ``checkpoint_every`` steps, but the last only with ``keep_final_checkpoint``: the
+    stage deletes a finished build's checkpoint once ``hf/`` is exported, so writing one there
+    (about 16 bytes a parameter) would serve only a crash during the export."""
+    if step == cfg.max_steps:
+        return cfg.keep_final_checkpoint
+    return step % cfg.checkpoint_every == 0
+
+
 def loop(run: Run) -> float:
     """Train from ``run.first`` to ``max_steps``, checkpointing, and stopping cleanly on
     SIGTERM/SIGINT; returns the training seconds (held-out scoring excluded)."""
@@ -335,7 +344,7 @@ def loop(run: Run) -> float:
             last = time.perf_counter()  # held-out evaluation is not training time
             scoring += last - now
         stopping = bool(stop)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stopping:
+        if stopping or wants_checkpoint(cfg, step):
             save(run.engine, run.out_dir / "checkpoint", step, run.window,
                  cfg.keep_checkpoints, run.rank)
         if stopping:
@@ -384,7 +393,8 @@ def export(run: Run, elapsed: float) -> None:
             / max(elapsed, 1e-9),
             peak_memory_gb=get_accelerator().max_memory_allocated() / 2**30,
             resumed_from_step=run.first - 1, param_digests=digests,
-            checkpoint=f"checkpoint/global_step{cfg.max_steps}", selection=selection)
+            checkpoint=f"checkpoint/global_step{cfg.max_steps}" if cfg.keep_final_checkpoint
+            else None, selection=selection)
         (out_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
     dist.barrier()
 

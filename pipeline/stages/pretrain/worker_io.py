@@ -127,7 +127,7 @@ class WorkerSummary(_Record):
     peak_memory_gb: float | None = None
     resumed_from_step: int = 0
     param_digests: list[str | None]
-    checkpoint: str | None  # None: deleted after the export (keep_final_checkpoint off)
+    checkpoint: str | None  # None: keep_final_checkpoint off (none kept after the export)
     selection: Selection | None = None
 
     def metrics(self) -> dict[str, float]:

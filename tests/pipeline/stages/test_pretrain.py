@@ -108,3 +108,17 @@ def test_a_resumed_build_whose_worker_finished_is_not_trained_again(tmp_path: Pa
     assert out["summary"].eval_loss == 3.1 and out["summary"].checkpoint is None
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "train.log").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["checkpoint"] is None
+
+
+def test_the_last_step_is_checkpointed_only_when_the_checkpoint_is_kept() -> None:
+    """A finished build's checkpoint is deleted once hf/ is exported, so the worker writes the
+    last step's (about 16 bytes a parameter) only with keep_final_checkpoint."""
+    from pipeline.stages.pretrain.worker import wants_checkpoint
+
+    cfg = _config(max_steps=48, checkpoint_every=12)
+    assert [s for s in range(1, 49) if wants_checkpoint(cfg, s)] == [12, 24, 36]
+    kept = cfg.model_copy(update={"keep_final_checkpoint": True})
+    assert [s for s in range(1, 49) if wants_checkpoint(kept, s)] == [12, 24, 36, 48]
+    odd = _config(max_steps=10, warmup_steps=2, eval_every=0, checkpoint_every=4,
+                  keep_final_checkpoint=True)
+    assert [s for s in range(1, 11) if wants_checkpoint(odd, s)] == [4, 8, 10]
