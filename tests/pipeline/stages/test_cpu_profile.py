@@ -36,7 +36,9 @@ CPU_TEST = {
     # each outcome against its value and limit, not that they passed
     # zero-shot on a few examples (the ICD chapter task scores 22 long class names per
     # example; tests/pipeline/stages/test_zeroshot.py tests the scorer)
+    # the context token is chosen on 8 dev documents: one batch per candidate token
     "evaluate": {"max_eval_docs": MAX_EVAL_DOCS, "max_general_docs": 4, "bootstrap_samples": 200,
+                 "context_dev_docs": 8,
                  "min_domain_gain": -1.0, "max_general_degradation": 1.0,
                  "zeroshot_max_examples": 8, "zeroshot_rule_examples": 8,
                  "zeroshot_max_chars": 200},
