@@ -19,6 +19,9 @@ from tests.e2e_domain import write_test_domain
 
 # lr 1e-12: the adapted model is the base model to within rounding: no domain gain
 CONTINUE = {"max_steps": 4, "warmup_steps": 1, "log_every": 2, "eval_every": 0, "lr": 1e-12}
+# base and adapted are fine-tuned on the same examples with the same 2 seeds; nothing here
+# needs them to learn
+FINETUNE = {"max_train_examples": 100, "max_test_examples": 50, "epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,7 @@ def continued(samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
     def session(**evaluate: object) -> Session:
         domain = write_test_domain(
-            samples_dir, root / "adapted", evaluate=evaluate,
+            samples_dir, root / "adapted", evaluate=evaluate, finetune=FINETUNE,
             pretrain={**CONTINUE, "mode": "continue", "base_model": str(base_hf)})
         return Session.open(None, "tiny", workdir=root / "work", domain_file=domain)
 
