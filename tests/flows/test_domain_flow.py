@@ -219,9 +219,9 @@ def test_rerun_hits_cache_and_only_from_rebuild_the_right_stages(first_run: dict
     _, stages = _stages(first_run["work"])
     assert stages == {s: (True, key) for s, (_, key) in built.items()}
 
-    domain_pipeline(only="finetune", **kw)
+    domain_pipeline(only="evaluate", **kw)  # that step alone, rebuilt under its own key
     _, stages = _stages(first_run["work"])
-    assert stages == {"finetune": (False, built["finetune"][1])}
+    assert stages == {"evaluate": (False, built["evaluate"][1])}
 
     domain_pipeline(from_stage="finetune", **kw)
     _, stages = _stages(first_run["work"])
