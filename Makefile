@@ -13,9 +13,10 @@ export TOKENIZERS_PARALLELISM := false
 install: $(VENV)/.installed
 
 # torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
-# --no-compile: pip would byte-compile all ~27,000 modules (about a minute); Python compiles
-# the few thousand dapt imports on first use and caches them in the venv.
-PIP := $(BIN)/pip install -q --no-compile
+# pip byte-compiles every module it installs (about a minute): keep it. Where
+# PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines), Python caches nothing on
+# import, so with --no-compile every process compiled its imports again (the suite took 1.7x).
+PIP := $(BIN)/pip install -q
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
