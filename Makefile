@@ -12,11 +12,12 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(VENV)/.installed
 
-# torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
-# pip byte-compiles every module it installs (about a minute): keep it. Where
-# PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines), Python caches nothing on
-# import, so with --no-compile every process compiled its imports again (the suite took 1.7x).
+# pip byte-compiles every module it installs: keep it (no --no-compile). Where
+# PYTHONDONTWRITEBYTECODE is set, as on this project's CI machines, Python caches nothing on
+# import, and every process would compile its imports again (bench/RESULTS.md).
 PIP := $(BIN)/pip install -q
+
+# torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
