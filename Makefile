@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 # on import, and every process would compile its imports again (bench/RESULTS.md).
 PIP := $(BIN)/pip install -q
 # Everything after torch goes through uv (a pip-compatible installer, pinned; it resolves and
-# installs the same versions in well under half pip's time: bench/RESULTS.md), with torch held
+# installs the same versions in about half pip's time: bench/RESULTS.md), with torch held
 # at the installed CPU build. uv reads UV_DEFAULT_INDEX, not pip's config: PIP_INDEX_URL is
 # passed on, and where uv still fails (another pip.conf mirror) pip installs the same.
 UV := $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode \
