@@ -695,6 +695,12 @@ class EvaluateConfig(_Strict):
         default=0.02, ge=0, le=1, description="Warn (in the verdict, not failing the run) when "
         "more than this share of the domain's test documents has a near-twin (one-word edit) "
         "in the training text; null: no warning.")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="Precision of every model's forward passes when scoring "
+        "(held-out text, the context choice, zero-shot): fp32, or bf16 autocast (matrix "
+        "products in bfloat16, log-softmax and the sums in fp32), ~1.5x faster on a CPU with "
+        "native bf16 (AVX-512 BF16, AMX) or a GPU, slower where bf16 is emulated. Part of the "
+        "evaluate key and of every score memo's key.")
     zeroshot: bool = Field(
         default=True, description="Score every model zero-shot on each finetune task's test "
         "split as multiple choice (log-likelihood of each class name), and export the tasks "

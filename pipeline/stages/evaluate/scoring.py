@@ -22,6 +22,10 @@ end-of-text. ``choose_context`` tries the EOS, the BOS and ``<|endoftext|>`` (ea
 vocabulary, each id once) with the adapted model on the first window of a capped sample of
 *dev* documents and keeps the one with the lowest total NLL; the test documents are then scored
 after it by every model. The choice is never made on test text.
+
+**Precision.** ``evaluate.precision: bf16`` runs every forward pass under ``torch.autocast``
+with bfloat16 (matrix products in bf16; the logits are cast to fp32 before log-softmax and the
+sums are fp32). The precision is part of each memo key, so fp32 scores never answer for bf16.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,6 +56,14 @@ URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]|\b(?:[A-Z
                  r"(?:com|org|net|edu|gov|io|info|co|uk|de|fr|nl|eu|us|ca|au|ly|gl|me)/[^\s<>\"']*"
                  r"[^\s<>\"'.,;:!?)\]]")
 ENDOFTEXT = "<|endoftext|>"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    """The context every scoring forward pass runs in: nothing for fp32, bf16 autocast for
+    ``bf16`` (``evaluate.precision``)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"evaluate.precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class DocScore(NamedTuple):
@@ -92,9 +104,10 @@ def token_kept(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -
 @torch.no_grad()
 def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts: list[str],
                     window: int, batch_size: int, context: int | None = None,
-                    max_windows: int | None = None) -> list[DocScore]:
+                    max_windows: int | None = None, precision: str = "fp32") -> list[DocScore]:
     """Each document's score after token id ``context`` (None: the EOS); every token of the
-    first ``max_windows`` windows (None: all) is predicted once."""
+    first ``max_windows`` windows (None: all) is predicted once; forward passes in
+    ``precision`` (``autocast``)."""
     ctx = tok.eos_token_id if context is None else context
     enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
     kept = [token_kept(o, masked_spans(t)) for t, o in zip(texts, enc["offset_mapping"],
@@ -118,7 +131,8 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
             ids[row, :len(p)] = torch.tensor(p)
             mask[row, :len(p)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        with autocast(device, precision):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         nll = (torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).cpu()
         for row, (d, start, p) in enumerate(chunk):
@@ -151,7 +165,7 @@ def context_candidates(tok: PreTrainedTokenizerBase) -> dict[str, int]:
 
 
 def choose_context(model: torch.nn.Module, tok: PreTrainedTokenizerBase, dev_texts: list[str],
-                   window: int, batch_size: int) -> dict[str, Any]:
+                   window: int, batch_size: int, precision: str = "fp32") -> dict[str, Any]:
     """The context token after which ``model`` predicts the first window of ``dev_texts`` with
     the lowest total NLL (the EOS when there is nothing to choose); each candidate's figures:
     {token, dev_docs, candidates: {token: {nll_per_token, first_token_nll}}}."""
@@ -159,7 +173,8 @@ def choose_context(model: torch.nn.Module, tok: PreTrainedTokenizerBase, dev_tex
     figures: dict[str, dict[str, float]] = {}
     if len(candidates) > 1 and dev_texts:
         for token, id_ in candidates.items():
-            s = score_documents(model, tok, dev_texts, window, batch_size, id_, max_windows=1)
+            s = score_documents(model, tok, dev_texts, window, batch_size, id_, max_windows=1,
+                                precision=precision)
             figures[token] = {"nll_per_token": sum(x.nll for x in s) / max(1, sum(
                 x.tokens for x in s)), "first_token_nll": float(np.mean([x.first_nll for x in s]))}
         chosen = min(figures, key=lambda t: figures[t]["nll_per_token"])  # ties: the EOS
@@ -175,26 +190,27 @@ def context_id(tok: PreTrainedTokenizerBase, token: str) -> int:
 
 def score_models(dirs: Mapping[str, Path], texts: list[str], dev_texts: list[str], window: int,
                  batch_size: int, device: torch.device, context: dict[str, Any] | None = None,
-                 memo: Memo | None = None) -> tuple[dict[str, list[DocScore]], dict[str, Any]]:
+                 memo: Memo | None = None, precision: str = "fp32"
+                 ) -> tuple[dict[str, list[DocScore]], dict[str, Any]]:
     """Every model's scores of ``texts``, all after the context token that the first model
     (the adapted one) predicts ``dev_texts`` best after (or ``context``, chosen before); and
-    that choice. With a ``memo`` a model's scores of the same texts by the same code are
-    reused (``memo.py``)."""
+    that choice. With a ``memo`` a model's scores of the same texts by the same code in the
+    same ``precision`` are reused (``memo.py``)."""
     scores: dict[str, list[DocScore]] = {}
     for name, path in dirs.items():
         if context is None:
             with _loaded(path, device) as (model, tok):
-                context = choose_context(model, tok, dev_texts, window, batch_size)
+                context = choose_context(model, tok, dev_texts, window, batch_size, precision)
 
         def compute(path: Path = path, token: str = context["token"]) -> list[DocScore]:
             with _loaded(path, device) as (model, tok):
                 return score_documents(model, tok, texts, window, batch_size,
-                                       context_id(tok, token))
+                                       context_id(tok, token), precision=precision)
         if memo is None:
             scores[name] = compute()
             continue
         inputs = {"texts": digest(texts), "context": context["token"], "window": window,
-                  "batch_size": batch_size, "device": device.type}
+                  "batch_size": batch_size, "device": device.type, "precision": precision}
         scores[name] = memo.recall("heldout", name, path, inputs, __name__, compute,
                                    lambda s: [list(d) for d in s],
                                    lambda rows: [DocScore(*r) for r in rows])

@@ -276,7 +276,8 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
     dev = given.ingest.held_out_parts(["source", "text"])["domain"]["dev"]
     scores, context = score_models(
         given.model_dirs(), texts, dev.slice(0, config.context_dev_docs).column("text").to_pylist(),
-        given.pretrain.seq_len, config.batch_size, device, memo=memo)
+        given.pretrain.seq_len, config.batch_size, device, memo=memo,
+        precision=config.precision)
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
     draws = ({k: bootstrap_indices(len(v), config.bootstrap_samples) for k, v in slices.items()
@@ -319,7 +320,8 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     spread, seed_table = seeds.over_seeds(
         config, given.artifacts, given.ingest, scores, texts, is_general,
         lambda d: score_models({memo.label(d): d}, texts, [], given.pretrain.seq_len,
-                               config.batch_size, device, context, memo)[0][memo.label(d)])
+                               config.batch_size, device, context, memo,
+                               config.precision)[0][memo.label(d)])
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
     # zero-shot multiple choice on finetune's test splits, and their lm-eval export
@@ -344,7 +346,8 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
                   "twins": split,
                   "control_per_source": per.get("control"), "verdict": result,
                   "selection": selection.model_dump() if selection else None,
-                  "context": context, "scoring": scoring_note(metrics, context) + memo.note(),
+                  "context": context, "scoring": scoring_note(metrics, context, config.precision)
+                  + memo.note(),
                   "base_label": None if given.previous is not None
                   else base_label(given.pretrain.base_model), "seeds": seed_table,
                   "zeroshot": zs, "reused_scores": memo.reused}

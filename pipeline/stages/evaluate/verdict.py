@@ -90,14 +90,17 @@ def base_label(name: str | None) -> str | None:
     return f"base {name}" + (f" (dequantised from {spec.gguf_file})" if spec else "")
 
 
-def scoring_note(metrics: Mapping[str, float], context: Mapping[str, Any]) -> str:
+def scoring_note(metrics: Mapping[str, float], context: Mapping[str, Any],
+                 precision: str = "fp32") -> str:
     """How the documents were scored, in words, for the report: the context token chosen on
-    dev and what masking left out."""
+    dev, what masking left out and the forward passes' precision."""
     return (f"Each document is scored after `{context['token']}`, chosen on "
             f"{context['dev_docs']} dev documents among {len(context['candidates']) or 1} "
             f"candidate(s); the first token is {metrics['first_token_nll_share']:.2%} of the "
             "domain NLL. Masked figures (the verdict's) leave placeholders and URLs out "
-            f"({metrics['heldout_masked_byte_share']:.2%} of the domain bytes).")
+            f"({metrics['heldout_masked_byte_share']:.2%} of the domain bytes). Forward "
+            "passes " + ("in bf16 autocast" if precision == "bf16" else "in fp32")
+            + " (evaluate.precision).")
 
 
 def _over_seeds(metrics: Mapping[str, float], name: str) -> tuple[float, str] | None:

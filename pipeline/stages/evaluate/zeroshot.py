@@ -49,6 +49,7 @@ from pipeline.engine import progress
 from pipeline.engine.artifacts import TMP
 from pipeline.stages.evaluate import zeroshot_rules as rules
 from pipeline.stages.evaluate.memo import Memo
+from pipeline.stages.evaluate.scoring import autocast
 from pipeline.stages.finetune.output import FinetuneOutput
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, before each choice
@@ -384,19 +385,22 @@ class ModelScores:
 
 
 def _score_model(model_dir: Path, tasks: list[ZeroShotTask], validation: list[ZeroShotTask],
-                 batch_size: int, label: str, device: torch.device) -> ModelScores:
-    """One model's scores of the test and the validation tasks; it is freed on return."""
+                 batch_size: int, label: str, device: torch.device, precision: str = "fp32"
+                 ) -> ModelScores:
+    """One model's scores of the test and the validation tasks, forward passes in
+    ``precision`` (``scoring.autocast``); it is freed on return."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     try:
-        return ModelScores(
-            {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
-                                   f"{label} {t.name}") for t in tasks},
-            {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
-                                   f"{label} {t.name} validation") for t in validation},
-            {t.name: rules.unconditional_loglikelihoods(
-                model, tok, [TARGET_DELIMITER + c for c in t.choices]) for t in tasks})
+        with autocast(device, precision):
+            return ModelScores(
+                {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
+                                       f"{label} {t.name}") for t in tasks},
+                {t.name: score_choices(model, tok, t.queries, t.choices, batch_size,
+                                       f"{label} {t.name} validation") for t in validation},
+                {t.name: rules.unconditional_loglikelihoods(
+                    model, tok, [TARGET_DELIMITER + c for c in t.choices]) for t in tasks})
     finally:
         del model
         gc.collect()
@@ -414,18 +418,19 @@ def _decode(doc: dict[str, Any]) -> ModelScores:
 
 
 def _scores(model_dir: Path, tasks: list[ZeroShotTask], validation: list[ZeroShotTask],
-            batch_size: int, label: str, device: torch.device, memo: Memo | None
-            ) -> ModelScores:
+            batch_size: int, label: str, device: torch.device, memo: Memo | None,
+            precision: str = "fp32") -> ModelScores:
     """``_score_model``, reused from the ``memo`` where the same model scored the same
-    prompts and choices with the same code (``memo.py``)."""
+    prompts and choices with the same code in the same precision (``memo.py``)."""
     def compute() -> ModelScores:
-        return _score_model(model_dir, tasks, validation, batch_size, label, device)
+        return _score_model(model_dir, tasks, validation, batch_size, label, device, precision)
     if memo is None:
         return compute()
     inputs = {part: [(t.name, t.queries, t.choices) for t in given]
               for part, given in (("test", tasks), ("validation", validation))}
     return memo.recall("zeroshot", label, model_dir,
-                       {**inputs, "batch_size": batch_size, "device": device.type},
+                       {**inputs, "batch_size": batch_size, "device": device.type,
+                        "precision": precision},
                        __name__, compute, _encode, _decode)
 
 
@@ -451,7 +456,7 @@ def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mappi
         export(t, root, published(out_dir) / "lm_eval")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scored = {model: _scores(model_dir, tasks, validation, config.batch_size, model, device,
-                             memo) for model, model_dir in model_dirs.items()}
+                             memo, config.precision) for model, model_dir in model_dirs.items()}
     choice = rules.choose_on(config.zeroshot_rule_examples, validation, scored)
     judged = {model: {t.name: judge(s.test[t.name], t, s.unconditional[t.name]) for t in tasks}
               for model, s in scored.items()}

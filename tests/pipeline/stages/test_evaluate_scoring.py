@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pipeline.config import PII_TYPES, EvaluateConfig, PiiConfig
 from pipeline.stages.evaluate import scoring
+from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.evaluate.scoring import (
     bootstrap_indices,
     choose_context,
@@ -224,7 +225,7 @@ def test_forgetting_gate_reads_the_control_where_there_is_one() -> None:
 
 def test_memo_reuses_a_models_scores_only_for_the_same_model_text_and_code(
         lm: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.stages.evaluate.memo import MEMO, Memo
+    from pipeline.stages.evaluate.memo import MEMO
 
     cpu, texts = torch.device("cpu"), [PLANTED, *LINES[:5]]
     store = tmp_path / "evaluate"  # the step's directory in a store: one build per key
@@ -259,3 +260,31 @@ def test_memo_reuses_a_models_scores_only_for_the_same_model_text_and_code(
     # the key covers the scoring code's import closure
     assert Memo(tmp_path).key("heldout", changed, {}, scoring.__name__) != Memo(tmp_path).key(
         "heldout", changed, {}, "pipeline.stages.evaluate.zeroshot")
+
+
+def test_bf16_scores_are_close_to_fp32_and_never_answer_for_them(
+        lm: dict, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate.precision: bf16 changes the scores (autocast took effect) by bf16's rounding
+    only, and a memo of fp32 scores is not reused for bf16 (nor the other way round)."""
+    cpu, texts = torch.device("cpu"), [PLANTED, *LINES[:5]]
+    control = {"control": lm["dirs"]["control"]}
+    memo = Memo(tmp_path / "evaluate" / "key1")
+    fp32, context = score_models(control, texts, LINES[:4], 16, 4, cpu, memo=memo)
+    calls: list[str] = []
+    real = scoring.score_documents
+    monkeypatch.setattr(scoring, "score_documents",
+                        lambda *a, **k: calls.append(k["precision"]) or real(*a, **k))
+    bf16, _ = score_models(control, texts, [], 16, 4, cpu, context, memo=memo, precision="bf16")
+    assert calls == ["bf16"] and memo.reused == {}  # scored, not recalled
+    a = np.array([s.nll for s in fp32["control"]])
+    b = np.array([s.nll for s in bf16["control"]])
+    assert [s.tokens for s in fp32["control"]] == [s.tokens for s in bf16["control"]]
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(b, a, rtol=0.02)  # bf16 keeps ~3 significant digits
+    again, _ = score_models(control, texts, [], 16, 4, cpu, context, memo=memo, precision="bf16")
+    assert again == bf16 and calls == ["bf16"]  # the bf16 memo answers bf16
+    with pytest.raises(ValueError, match="evaluate.precision"):
+        scoring.autocast(cpu, "fp16")
+    assert scoring_note({"first_token_nll_share": 0.01, "heldout_masked_byte_share": 0.02},
+                        context, "bf16").endswith("Forward passes in bf16 autocast "
+                                                  "(evaluate.precision).")

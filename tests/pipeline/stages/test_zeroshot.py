@@ -323,3 +323,22 @@ def test_memo_gives_the_same_zero_shot_figures_without_scoring_again(
     with pytest.raises(pytest.fail.Exception, match="scored again"):
         zeroshot.evaluate(config.model_copy(update={"zeroshot_max_chars": 100}), scored["ft"],
                           models, later.out_dir, later)
+    # and so is another precision: fp32 scores never answer for bf16
+    with pytest.raises(pytest.fail.Exception, match="scored again"):
+        zeroshot.evaluate(config.model_copy(update={"precision": "bf16"}), scored["ft"],
+                          models, later.out_dir, later)
+
+
+def test_bf16_zero_shot_scores_follow_fp32(scored: dict) -> None:
+    """The zero-shot scorer under bf16 autocast: log-likelihoods within bf16's rounding of the
+    fp32 ones (and not equal to them: autocast took effect)."""
+    task = zeroshot.tasks_of(scored["ft"], EvaluateConfig(zeroshot_max_examples=8,
+                                                           zeroshot_max_chars=200))[0]
+    cpu = torch.device("cpu")
+    fp32 = zeroshot._score_model(scored["adapted"], [task], [], 4, "adapted", cpu)
+    bf16 = zeroshot._score_model(scored["adapted"], [task], [], 4, "adapted", cpu, "bf16")
+    a, b = fp32.test[task.name], bf16.test[task.name]
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(bf16.unconditional[task.name], fp32.unconditional[task.name],
+                               rtol=0.05, atol=0.05)
