@@ -39,7 +39,7 @@ def _artifacts(store: Path, specs: list[str]) -> dict[str, Artifact]:
     return out
 
 
-def _build(config, inputs: dict[str, Artifact], out_dir: Path) -> tuple[float, dict]:
+def build(config, inputs: dict[str, Artifact], out_dir: Path) -> tuple[float, dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
@@ -65,7 +65,7 @@ def main() -> None:
     rows = {}
     for name in ("first", "second"):
         inputs = {**shared, **_artifacts(args.store, getattr(args, name))}
-        seconds, evaluation = _build(config, inputs, args.out / "evaluate" / name)
+        seconds, evaluation = build(config, inputs, args.out / "evaluate" / name)
         rows[name] = seconds
         print(f"{name}: {seconds:.0f} s; reused {evaluation.get('reused_scores')}; "
               f"verdict: {evaluation['verdict']['text']}", flush=True)

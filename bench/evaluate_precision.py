@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline import GateFailure, domains
+from bench.evaluate_memo import build
+from pipeline import domains
 from pipeline.engine.artifacts import Artifact
 from pipeline.stages.evaluate import stage as evaluate
 from pipeline.stages.evaluate.scoring import context_id, score_documents
@@ -81,16 +82,6 @@ def speed(config, inputs: dict[str, Artifact], docs: int, rounds: int) -> dict:
     out["max_rel_nll_diff"] = float(np.max(np.abs(nll["bf16"] / nll["fp32"] - 1)))
     out["mean_nll_per_doc"] = {p: float(v.mean()) for p, v in nll.items()}
     return out
-
-
-def build(config, inputs: dict[str, Artifact], out_dir: Path) -> tuple[float, dict]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        evaluate.run(config, inputs, out_dir)
-    except GateFailure as exc:
-        print(f"{out_dir.name}: gate failed: {exc}", flush=True)
-    return time.perf_counter() - start, json.loads((out_dir / "metrics.json").read_text())
 
 
 def answers(build_dir: Path) -> dict[tuple[str, str, int], int]:
