@@ -28,6 +28,7 @@ STAGES: tuple[str, ...] = ("ingest", "tokenizer", "pretrain", "finetune", "evalu
 STEP_NAMES: tuple[str, ...] = ("ingest", "models", "tokenizer", "pretrain", "general",
                                "control", "finetune", "evaluate")
 ProfileName = Literal["tiny", "small", "base", "cpu"]
+Precision = Literal["fp32", "bf16"]  # evaluate.precision: of the scoring forward passes
 PROFILE_NAMES: tuple[str, ...] = ("tiny", "small", "base", "cpu")
 
 
@@ -695,7 +696,7 @@ class EvaluateConfig(_Strict):
         default=0.02, ge=0, le=1, description="Warn (in the verdict, not failing the run) when "
         "more than this share of the domain's test documents has a near-twin (one-word edit) "
         "in the training text; null: no warning.")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         default="fp32", description="Precision of every model's forward passes when scoring "
         "(held-out text, the context choice, zero-shot): fp32, or bf16 autocast (matrix "
         "products in bfloat16, log-softmax and the sums in fp32), ~1.5x faster on a CPU with "

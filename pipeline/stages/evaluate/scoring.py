@@ -37,13 +37,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline.config import PII_TYPES
+from pipeline.config import PII_TYPES, Precision
 from pipeline.engine import progress
 from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.stages.evaluate.memo import Memo, digest
@@ -61,8 +61,9 @@ ENDOFTEXT = "<|endoftext|>"
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     """The context every scoring forward pass runs in: nothing for fp32, bf16 autocast for
     ``bf16`` (``evaluate.precision``)."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"evaluate.precision must be fp32 or bf16, got {precision!r}")
+    if precision not in get_args(Precision):
+        raise ValueError(f"evaluate.precision must be one of {', '.join(get_args(Precision))}, "
+                         f"got {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
