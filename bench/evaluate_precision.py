@@ -16,7 +16,8 @@ this run; it takes as long as a first run's evaluate). Steps:
 2. **The stage in bf16** (and in fp32 with ``--fp32``): each into its own directory under
    ``--out/evaluate``, timed; a gate failure still writes the report and is reported.
 3. **The verdict in both precisions**: the figures the verdict and the zero-shot table print,
-   side by side, and how many zero-shot answers (argmax of the log-likelihoods) differ.
+   side by side, and how many zero-shot answers differ, per model, under ``acc`` and under
+   ``acc_mutual_info``.
 
 Not a test: it scores the real 135M models (minutes per model on 2 cores).
 """
@@ -33,11 +34,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.evaluate_memo import build
+from bench.evaluate_memo import _artifacts, build
 from pipeline import domains
-from pipeline.engine.artifacts import Artifact
 from pipeline.stages.evaluate import stage as evaluate
-from pipeline.stages.evaluate.scoring import context_id, score_documents
+from pipeline.stages.evaluate.scoring import score_documents
 from pipeline.stages.ingest.artifact import IngestOutput
 
 FIGURES = [  # the verdict's and the zero-shot table's figures
@@ -54,13 +54,7 @@ FIGURES = [  # the verdict's and the zero-shot table's figures
 ]
 
 
-def _inputs(store: Path, build: str) -> dict[str, Artifact]:
-    manifest = json.loads((store / build / "manifest.json").read_text())
-    return {stage: Artifact(stage, key, store / stage / key)
-            for stage, key in manifest["inputs"].items()}
-
-
-def speed(config, inputs: dict[str, Artifact], docs: int, rounds: int) -> dict:
+def speed(config, inputs: dict, docs: int, rounds: int) -> dict:
     """fp32 and bf16 scoring of the adapted model on the first ``docs`` test documents,
     alternating; seconds per pass and the NLLs' largest relative difference."""
     texts = evaluate.test_text(config, IngestOutput(inputs["ingest"]))[0][:docs]
@@ -69,25 +63,30 @@ def speed(config, inputs: dict[str, Artifact], docs: int, rounds: int) -> dict:
     nll: dict[str, np.ndarray] = {}
     model = AutoModelForCausalLM.from_pretrained(given.pretrain.hf_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
-    context = context_id(tok, tok.eos_token)
     for _ in range(rounds):
         for precision in ("fp32", "bf16"):
             start = time.perf_counter()
             s = score_documents(model, tok, texts, given.pretrain.seq_len, config.batch_size,
-                                context, precision=precision)
+                                precision=precision)  # after the EOS
             seconds[precision].append(time.perf_counter() - start)
             nll[precision] = np.array([d.nll for d in s])
     out = {p: {"min": min(v), "median": statistics.median(v)} for p, v in seconds.items()}
     out["ratio_median"] = out["bf16"]["median"] / out["fp32"]["median"]
     out["max_rel_nll_diff"] = float(np.max(np.abs(nll["bf16"] / nll["fp32"] - 1)))
-    out["mean_nll_per_doc"] = {p: float(v.mean()) for p, v in nll.items()}
     return out
 
 
-def answers(build_dir: Path) -> dict[tuple[str, str, int], int]:
-    """(task, model, id) -> the choice with the highest log-likelihood (lm-eval's acc)."""
+def answers(build_dir: Path) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(task, model, id) -> the chosen answer under acc (the highest log-likelihood) and under
+    acc_mutual_info (the highest log-likelihood minus the choice's unconditional one)."""
+    details = json.loads((build_dir / "metrics.json").read_text())["zeroshot"]["tasks"]
+    unconditional = {(t["task"], model): np.array(u) for t in details
+                     for model, u in t["unconditional"].items()}
     rows = [json.loads(x) for x in (build_dir / "zeroshot_scores.jsonl").read_text().splitlines()]
-    return {(r["task"], r["model"], r["id"]): int(np.argmax(r["loglikelihoods"])) for r in rows}
+    return {(r["task"], r["model"], r["id"]): (
+        int(np.argmax(r["loglikelihoods"])),
+        int(np.argmax(np.array(r["loglikelihoods"]) - unconditional[r["task"], r["model"]])))
+        for r in rows}
 
 
 def main() -> None:
@@ -102,7 +101,8 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="also run the stage in fp32 here")
     args = parser.parse_args()
     config = domains.get(args.domain).resolve(args.profile).evaluate
-    inputs = _inputs(args.store, args.build)
+    manifest = json.loads((args.store / args.build / "manifest.json").read_text())
+    inputs = _artifacts(args.store, [f"{s}/{k}" for s, k in manifest["inputs"].items()])
     fast = speed(config, inputs, args.docs, args.rounds)
     print(f"speed, adapted model, {args.docs} test documents, {args.rounds} rounds A B: fp32 "
           f"{fast['fp32']['median']:.1f} s (min {fast['fp32']['min']:.1f}), bf16 "
@@ -127,8 +127,11 @@ def main() -> None:
     print(f"zero-shot rule: fp32 {ref_metrics['zeroshot']['rule']}, "
           f"bf16 {bf16['zeroshot']['rule']}")
     old, new = answers(reference), answers(args.out / "evaluate" / "bf16")
-    differ = sum(old[k] != new[k] for k in old)
-    print(f"zero-shot answers (argmax, every model and task): {differ} of {len(old)} differ")
+    for i, rule in enumerate(("acc", "acc_mutual_info")):
+        per = {m: sum(old[k][i] != new[k][i] for k in old if k[1] == m)
+               for m in sorted({k[1] for k in old})}
+        print(f"zero-shot answers under {rule} that differ: {sum(per.values())} of {len(old)} "
+              f"({', '.join(f'{m} {n}' for m, n in per.items())})")
     print(f"verdict, fp32: {ref_metrics['verdict']['text']}")
     print(f"verdict, bf16: {bf16['verdict']['text']}")
 
