@@ -1,6 +1,7 @@
 """The docs stay true to the code: README.md stays short, its CLI table lists exactly the CLI's
 commands, and every relative link in README.md and docs/*.md points to a file (and heading)
-that exists. Fast: it reads Markdown and the CLI's click command tree, nothing else."""
+that exists; caching.md's closure table lists what each step's key hashes. Fast: it reads Markdown,
+the CLI's click command tree and the step modules' import statements, nothing else."""
 
 from __future__ import annotations
 
@@ -161,3 +162,43 @@ def test_readme_code_map_names_existing_files() -> None:
         if name.endswith("/"):
             parents.append((indent, name.rstrip("/")))
     assert not missing, f"README's file map names files that do not exist: {missing}"
+
+
+def _closure_modules(cell: str, rows: dict[str, set[str]]) -> set[str]:
+    """The modules (paths under pipeline/, no .py) a cell of caching.md's closure table names:
+    "the <step> closure", `a/{b,c}` (both), `a/*` (the folder's modules), "but `x`" (not x)."""
+    named: set[str] = set()
+    for step in re.findall(r"the (\w+) closure", cell):
+        named |= rows[step]
+    include, _, exclude = cell.partition(" but ")
+    for part, keep in ((include, True), (exclude, False)):
+        for token in re.findall(r"`([^`]+)`", part):
+            head, _, options = token.partition("{")
+            for name in options.rstrip("}").split(",") if options else [""]:
+                path = head + name
+                found = {str(p.relative_to(ROOT / "pipeline").with_suffix(""))
+                         for p in (ROOT / "pipeline").glob(f"{path}.py")
+                         if p.name != "__init__.py"}
+                assert found, f"docs/caching.md names `{token}`, which is no module"
+                named = named | found if keep else named - found
+    return named
+
+
+def test_caching_closure_table_matches_the_code() -> None:
+    """docs/caching.md's "closures today" table lists each step's import closure (the code its
+    key hashes), package __init__ files aside."""
+    from pipeline.engine.versions import import_closure
+    from pipeline.stages.steps import STEPS
+
+    text = (ROOT / "docs" / "caching.md").read_text()
+    table = text.split("| step | files hashed (under `pipeline/`) |", 1)[1].split("\n\n", 1)[0]
+    rows: dict[str, set[str]] = {}
+    for step, cell in re.findall(r"^\| (\w+) \| (.+) \|$", table, re.M):
+        rows[step] = _closure_modules(cell, rows)
+    specs = {spec.name: spec for spec in STEPS}
+    assert set(rows) == set(specs)
+    for step, named in rows.items():
+        code = {m.removeprefix("pipeline.").replace(".", "/")
+                for m in import_closure(specs[step].module)
+                if (ROOT / (m.replace(".", "/") + ".py")).exists()}
+        assert named == code, (step, sorted(named - code), sorted(code - named))
