@@ -48,7 +48,7 @@ def build_model(spec: WorkerSpec, attn: str = "sdpa") -> torch.nn.Module:
     cfg = spec.config
     torch.manual_seed(cfg.seed)
     if spec.base_dir:  # continued pretraining: the real base model
-        return LlamaForCausalLM.from_pretrained(spec.base_dir, torch_dtype=torch.float32,
+        return LlamaForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32,
                                                 attn_implementation=attn)
     config = llama_config(cfg.model, vocab_size=spec.vocab_size, seq_len=cfg.seq_len,
                           eos_id=spec.eos_id, pad_id=spec.pad_id)

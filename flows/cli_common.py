@@ -12,6 +12,7 @@ import typer
 
 from pipeline import domains as domain_registry
 from pipeline.config import PROFILE_NAMES
+from pipeline.engine import progress
 
 if TYPE_CHECKING:  # the catalog (DuckDB) and the runner load on use: bad input fails fast
     from pipeline.engine.catalog import Catalog
@@ -69,7 +70,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def prefect_env(workdir: Path) -> None:
-    """Prefect reads its settings at import: set quiet, local defaults before importing it."""
+    """Prefect reads its settings at import: set quiet, local defaults before importing it.
+    Where progress goes to log lines (not a terminal), huggingface_hub's bars (transformers'
+    "Loading weights") are off too: in a log file each redraw is a line of noise."""
+    if progress.mode() != "bars":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(workdir / "prefect-results"))
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dapt")

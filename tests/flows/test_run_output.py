@@ -48,3 +48,12 @@ def test_summary_table_closes_the_run(served_run: dict) -> None:
     assert " ".join(rows[0][3:]).startswith("docs kept ")
     assert " ".join(rows[2][3:]).startswith("held-out loss ")
     assert " ".join(rows[4][3:]).startswith("held-out perplexity ")
+
+
+def test_the_log_carries_no_library_noise(served_run: dict) -> None:
+    """Off a terminal the log is for reading: no redraws of transformers' weight-loading bar,
+    no Prefect warning about a dapt record logged outside a run's context, no deprecation of
+    a keyword dapt passes."""
+    err = served_run["result"].stderr
+    for noise in ("Loading weights", "without a flow run id", "`torch_dtype` is deprecated"):
+        assert noise not in err, noise

@@ -28,7 +28,7 @@ import functools
 import os
 import re
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -228,7 +228,7 @@ def shutdown() -> None:
         _pool["executor"], _pool["workers"] = None, 0
 
 
-def _advance(bar: progress.Bar | None, n: int, _future: Future | None = None) -> None:
+def _advance(bar: progress.Bar | None, n: int) -> None:
     if bar is not None:
         bar.update(n)
 
@@ -248,12 +248,12 @@ def run(texts: list[str], workers: int) -> list[list[tuple[int, int, str]]]:
                 _advance(bar, len(batch))
         else:
             pool = _executor(workers)
-            futures: list[Future] = []
-            for batch in batches:
-                future = pool.submit(entities, batch)
-                future.add_done_callback(functools.partial(_advance, bar, len(batch)))
-                futures.append(future)
-            out = [f.result() for f in futures]
+            futures = {pool.submit(entities, batch): len(batch) for batch in batches}
+            # The bar advances here, not in a done-callback: the executor's thread has no
+            # Prefect run context, and a log record from it makes Prefect warn.
+            for future in as_completed(futures):
+                _advance(bar, futures[future])
+            out = [future.result() for future in futures]
     finally:
         if bar is not None:
             bar.close()

@@ -54,7 +54,7 @@ def dev_losses(model_dir: Path, sequences: dict[str, np.ndarray], micro_batch: i
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, torch_dtype=torch.bfloat16 if bf16 else torch.float32,
+        model_dir, dtype=torch.bfloat16 if bf16 else torch.float32,
         attn_implementation="sdpa").to(device).eval()
     out = {}
     with torch.no_grad():

@@ -186,7 +186,7 @@ def setup(spec: WorkerSpec) -> Run:
     torch.manual_seed(cfg.seed)
     new_embeddings = 0
     if spec.base_dir:  # continued pretraining
-        model = LlamaForCausalLM.from_pretrained(spec.base_dir, torch_dtype=torch.float32,
+        model = LlamaForCausalLM.from_pretrained(spec.base_dir, dtype=torch.float32,
                                                  attn_implementation="sdpa")
         if spec.base_tokenizer_dir:  # extended vocabulary: new rows = mean of pieces
             base_tok, tok = (Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
