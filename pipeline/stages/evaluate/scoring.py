@@ -31,9 +31,7 @@ sums are fp32). The precision is part of each memo key, so fp32 scores never ans
 from __future__ import annotations
 
 import gc
-import math
 import re
-from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -45,7 +43,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from pipeline.config import PII_TYPES, Precision
 from pipeline.engine import progress
-from pipeline.metrics import bits_per_byte, perplexity
 from pipeline.stages.evaluate.memo import Memo, digest
 
 # <TYPE> (redact) or <TYPE_xxxxxxxx> (hash), as pipeline/stages/ingest/pii.py renders them
@@ -228,70 +225,3 @@ def _loaded(path: Path, device: torch.device) -> Iterator[tuple[Any, Any]]:
     finally:
         del model
         gc.collect()
-
-
-def bootstrap_indices(n_docs: int, samples: int, seed: int = 0) -> np.ndarray:
-    """``samples`` x ``n_docs`` document indices drawn with replacement (fixed seed: the same
-    resamples for every model, so differences are paired)."""
-    return np.random.default_rng(seed).integers(0, n_docs, size=(samples, n_docs))
-
-
-def _bpb_row(nll: np.ndarray, toks: np.ndarray, nbytes: np.ndarray, idx: np.ndarray,
-             draws: np.ndarray | None) -> dict[str, float]:
-    n, t, b = nll[idx].sum(), int(toks[idx].sum()), int(nbytes[idx].sum())
-    row = {"perplexity": perplexity(float(n), t), "bits_per_byte": bits_per_byte(float(n), b),
-           "tokens": t, "bytes": b}
-    if draws is not None:
-        d = idx[draws]
-        row["bits_per_byte_se"] = float(np.std(
-            nll[d].sum(1) / math.log(2) / nbytes[d].sum(1), ddof=1))
-    return row
-
-
-def slice_scores(scores: Sequence[tuple[float, int]], texts: list[str], sources: list[str],
-                 is_general: list[bool], draws: dict[str, np.ndarray] | None = None
-                 ) -> dict[str, dict[str, float]]:
-    """Perplexity and bits-per-byte on the domain slice, the general slice and each source,
-    from per-document (NLL, tokens); with ``draws`` (slice -> bootstrap indices into that
-    slice's documents) also the bootstrap standard error of bits-per-byte. ``DocScore``s add
-    the masked figures: ``bits_per_byte_masked`` (``_se``), ``tokens_masked``,
-    ``bytes_masked`` (bytes outside placeholder and URL spans)."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (source, general) in enumerate(zip(sources, is_general, strict=True)):
-        groups["general" if general else "domain"].append(i)
-        groups[f"source:{source}"].append(i)
-    nbytes = np.array([len(t.encode("utf-8")) for t in texts])
-    columns = np.array([s[:2] for s in scores], dtype=float).reshape(-1, 2)
-    masked = all(isinstance(s, DocScore) for s in scores)
-    if masked:
-        m = np.array([(s.nll_masked, s.tokens_masked, s.bytes_masked) for s in scores], float)
-    out = {}
-    for key in sorted(groups):
-        idx, d = np.array(groups[key]), (draws or {}).get(key)
-        row = {**_bpb_row(columns[:, 0], columns[:, 1], nbytes, idx, d), "docs": len(idx)}
-        if masked:
-            extra = _bpb_row(m[:, 0], m[:, 1], m[:, 2], idx, d)
-            row.update({"bits_per_byte_masked": extra["bits_per_byte"],
-                        "tokens_masked": extra["tokens"], "bytes_masked": extra["bytes"]})
-            if "bits_per_byte_se" in extra:
-                row["bits_per_byte_masked_se"] = extra["bits_per_byte_se"]
-        out[key] = row
-    return out
-
-
-def paired_change(scores: Sequence[tuple[float, int]], reference: Sequence[tuple[float, int]],
-                  idx: np.ndarray, draws: np.ndarray | None) -> tuple[float, float | None]:
-    """Relative change of total NLL (= of bits-per-byte: same documents, same bytes) of
-    ``scores`` over ``reference`` on documents ``idx``, and its bootstrap standard error."""
-    change, resampled = paired_resamples([s[0] for s in scores], [s[0] for s in reference],
-                                         idx, draws)
-    return change, None if resampled is None else float(np.std(resampled, ddof=1))
-
-
-def paired_resamples(nll: Sequence[float], reference: Sequence[float], idx: np.ndarray,
-                     draws: np.ndarray | None) -> tuple[float, np.ndarray | None]:
-    """The relative change of summed ``nll`` over ``reference`` on documents ``idx``, and the
-    same change on each bootstrap resample (rows of ``draws``, indices into ``idx``)."""
-    a, b = np.asarray(nll, dtype=float)[idx], np.asarray(reference, dtype=float)[idx]
-    change = float(a.sum() / b.sum() - 1.0)
-    return change, None if draws is None else a[draws].sum(1) / b[draws].sum(1) - 1.0

@@ -7,7 +7,8 @@ Only the held-out slice's ``test`` part is scored (``IngestOutput.held_out_parts
 checkpoint choice and the sweep use the ``dev`` part, so no figure reported here was chosen on
 the text it is measured on. Continue mode scores the base model, and with ``pretrain.control``
 the control model, on the same documents; each bits-per-byte and each change (adapted vs base,
-adapted vs control) has a standard error from a bootstrap over documents, paired across models.
+adapted vs control) has a standard error from a bootstrap over the held-out clusters (ingest's
+``group``, else each document), paired across models.
 The verdict (plain numbers and each gate's outcome) heads the report. With
 ``pretrain.init: promoted`` the reference in the "base" slot is the domain's promoted model, the
 one the candidate would replace, so the gates (which raise ``GateFailure``) decide promotion.
@@ -39,13 +40,11 @@ from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
 from pipeline.stages.evaluate import seeds, zeroshot
+from pipeline.stages.evaluate.intervals import bootstrap_weights, paired_change, slice_scores
 from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
-    bootstrap_indices,
-    paired_change,
     score_documents,  # noqa: F401
     score_models,
-    slice_scores,
 )
 from pipeline.stages.evaluate.verdict import (
     base_label,
@@ -280,8 +279,10 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
         precision=config.precision)
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
-    draws = ({k: bootstrap_indices(len(v), config.bootstrap_samples) for k, v in slices.items()
-              if len(v)} if config.bootstrap_samples else None)
+    # a cluster bootstrap over the held-out groups (seeds.held_out_clusters), as over seeds
+    clusters = seeds.held_out_clusters(config, given.ingest, len(texts))[0]
+    draws = ({k: bootstrap_weights(clusters[v], config.bootstrap_samples)
+              for k, v in slices.items() if len(v)} if config.bootstrap_samples else None)
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
     return per, {**changes(scores, slices, draws), **masked_changes(scores, slices, draws),

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.stages.evaluate.scoring import DocScore, paired_resamples
+from pipeline.stages.evaluate.intervals import paired_resamples
+from pipeline.stages.evaluate.scoring import DocScore
 from pipeline.stages.models import stage as models
 
 # (reference, slice) -> the masked change of adapted over that reference

@@ -13,7 +13,7 @@ import pytest
 from pipeline.config import DomainSpec, PretrainConfig, SweepConfig
 from pipeline.lifecycle import report
 from pipeline.lifecycle.sweep import pareto, pick
-from pipeline.stages.evaluate.stage import bootstrap_indices, paired_change, slice_scores
+from pipeline.stages.evaluate.stage import bootstrap_weights, paired_change, slice_scores
 from pipeline.stages.ingest.artifact import DEV_SHARE, dev_mask, split_dev_test
 from pipeline.stages.pretrain.reference import not_comparable
 from pipeline.stages.pretrain.worker_io import Candidate, Reference, WorkerEvent, choose
@@ -117,20 +117,45 @@ def test_paired_change_and_its_bootstrap_error() -> None:
     adapted = [(9.0, 3), (18.0, 6), (27.0, 9)]
     base = [(10.0, 3), (20.0, 6), (30.0, 9)]
     idx = np.arange(3)
-    change, se = paired_change(adapted, base, idx, bootstrap_indices(3, 200))
+    change, se = paired_change(adapted, base, idx, bootstrap_weights(np.arange(3), 200))
     assert change == pytest.approx(-0.1)
     assert se == pytest.approx(0.0, abs=1e-12)  # every document changed by exactly -10%
     noisy = [(9.0, 3), (22.0, 6), (27.0, 9)]
-    _, se = paired_change(noisy, base, idx, bootstrap_indices(3, 500))
+    _, se = paired_change(noisy, base, idx, bootstrap_weights(np.arange(3), 500))
     assert se > 0.01
     change, se = paired_change(adapted, base, idx, None)
     assert se is None
 
 
+def test_the_bootstrap_draws_clusters_and_their_documents_move_together() -> None:
+    """A held-out group is drawn whole: on 10 groups of 6 alike documents (each group's change
+    its own), the standard error over groups is about sqrt(6) times the one a bootstrap over
+    single documents gives, which would understate it; one group per document is that
+    document bootstrap."""
+    groups = np.repeat(np.arange(10), 6)
+    weights = bootstrap_weights(np.array([f"icd:{g}" for g in groups]), 2000)
+    assert weights.shape == (2000, 60)
+    counts = weights[:, ::6]  # one column per group
+    assert (weights == np.repeat(counts, 6, axis=1)).all()  # a group's documents move together
+    assert (counts.sum(1) == 10).all()  # each replicate draws as many groups as there are
+    rng = np.random.default_rng(1)
+    ratio = np.repeat(rng.normal(0.9, 0.05, 10), 6)  # each group's change, shared by its docs
+    base = [(10.0, 3)] * 60
+    adapted = [(10.0 * r, 3) for r in ratio]
+    idx = np.arange(60)
+    change, se_groups = paired_change(adapted, base, idx, weights)
+    _, se_docs = paired_change(adapted, base, idx, bootstrap_weights(idx, 2000))
+    assert change == pytest.approx(ratio.mean() - 1)
+    assert 1.8 < se_groups / se_docs < 3.2  # sqrt(6) = 2.45
+    single = bootstrap_weights(np.arange(5), 300)
+    assert single.sum(1).tolist() == [5.0] * 300 and set(np.unique(single)) <= set(range(6))
+
+
 def test_slice_scores_per_slice_source_and_standard_error() -> None:
     texts = ["ab", "abcd", "xy"]  # 2, 4 and 2 bytes
     scores = [(np.log(2) * 2, 1), (np.log(2) * 4, 2), (np.log(2) * 6, 1)]
-    draws = {"domain": bootstrap_indices(2, 100), "general": bootstrap_indices(1, 100)}
+    draws = {"domain": bootstrap_weights(np.arange(2), 100),
+             "general": bootstrap_weights(np.arange(1), 100)}
     out = slice_scores(scores, texts, ["a", "b", "g"], [False, False, True], draws)
     assert out["domain"]["bits_per_byte"] == pytest.approx(1.0)
     assert out["general"]["bits_per_byte"] == pytest.approx(3.0)

@@ -13,14 +13,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pipeline.config import PII_TYPES, EvaluateConfig, PiiConfig
 from pipeline.stages.evaluate import scoring
+from pipeline.stages.evaluate.intervals import bootstrap_weights, slice_scores
 from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.evaluate.scoring import (
-    bootstrap_indices,
     choose_context,
     masked_spans,
     score_documents,
     score_models,
-    slice_scores,
 )
 from pipeline.stages.evaluate.stage import verdict
 from pipeline.stages.evaluate.verdict import masked_changes, masked_metrics, scoring_note
@@ -117,7 +116,8 @@ def test_slice_scores_add_the_masked_figures(lm: dict) -> None:
     texts = [PLANTED, LINES[0], LINES[1]]
     scores = score_documents(lm["model"], lm["tok"], texts, 64, 4)
     out = slice_scores(scores, texts, ["a", "a", "g"], [False, False, True],
-                       {"domain": bootstrap_indices(2, 50), "general": bootstrap_indices(1, 50)})
+                       {"domain": bootstrap_weights(np.arange(2), 50),
+                        "general": bootstrap_weights(np.arange(1), 50)})
     dom = out["domain"]
     assert dom["bits_per_byte_masked"] == pytest.approx(
         (scores[0].nll_masked + scores[1].nll_masked) / math.log(2)
@@ -159,7 +159,8 @@ def test_intervals_vs_control_bracket_the_masked_change(lm: dict) -> None:
     scores, context = score_models(lm["dirs"], texts, LINES[:4], 32, 4, torch.device("cpu"))
     is_general = [False] * 7 + [True] * 3
     slices = {"domain": np.arange(7), "general": np.arange(7, 10)}
-    draws = {"domain": bootstrap_indices(7, 400), "general": bootstrap_indices(3, 400)}
+    draws = {"domain": bootstrap_weights(np.arange(7), 400),
+             "general": bootstrap_weights(np.arange(3), 400)}
     out = masked_changes(scores, slices, draws)
     for slice_, idx in slices.items():
         change = out[f"{slice_}_change_vs_control_masked"]
