@@ -240,7 +240,8 @@ def _language_blocks(evaluation: Mapping[str, Any], pre: PretrainOutput) -> list
             ("p", "The control continued the base model on general text only, with the same "
              "recipe and budget: adapted vs control is the effect of the domain data, and the "
              "verdict's headline. Changes are relative bits-per-byte +- a bootstrap standard "
-             "error over documents; the masked rows (the verdict's figures) leave placeholders "
+             "error over the held-out groups (a group is drawn whole; each document where "
+             "ingest wrote none); the masked rows (the verdict's figures) leave placeholders "
              "and URLs out, with the 95% interval of the paired resamples vs control."),
             ("table", ["slice", "base", "control", "adapted", "adapted vs base",
                        "adapted vs control"], control_rows(evaluation)),

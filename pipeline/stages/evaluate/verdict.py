@@ -122,8 +122,9 @@ def _pct(metrics: Mapping[str, float], name: str) -> str:
 
 
 def _ci(metrics: Mapping[str, float], slice_: str) -> str:
-    """The change vs control, with its interval: one seed's (over documents), or with several
-    seeds the mean, spread and interval over seeds x clusters (the interval's own centre)."""
+    """The change vs control, with its interval: one seed's (over the held-out groups), or
+    with several seeds the mean, spread and interval over seeds x clusters (the interval's own
+    centre)."""
     name = f"{slice_}_change_vs_control_masked"
     seeds = _over_seeds(metrics, name)
     text = seeds[1] if seeds is not None else f"{metrics[name]:+.1%}"
