@@ -24,10 +24,11 @@ def bootstrap_weights(clusters: np.ndarray, samples: int, seed: int = 0) -> np.n
     (``clusters``: one label per document; documents of one held-out group move together, so
     the spread is not understated where they are alike). One cluster per document is the
     document bootstrap. Fixed seed: the same replicates for every model, so differences are
-    paired. ``clusters`` is not empty."""
+    paired."""
     _, codes = np.unique(np.asarray(clusters), return_inverse=True)
-    n = int(codes.max()) + 1
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=samples)
+    n = int(codes.max()) + 1 if len(codes) else 0
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=samples) \
+        if n else np.zeros((samples, 0), dtype=int)
     return counts[:, codes].astype(float)
 
 

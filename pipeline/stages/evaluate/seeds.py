@@ -157,14 +157,13 @@ def _spread(name: str, values: list[float]) -> dict[str, float]:
             **{f"{name}_seed{i}": float(v) for i, v in enumerate(values)}}
 
 
-def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact],
-               clusters: tuple[np.ndarray, str], first: Mapping[str, Scores], texts: list[str],
-               is_general: list[bool], score: Callable[[Path], Scores]
+def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact], ingest: IngestOutput,
+               first: Mapping[str, Scores], texts: list[str], is_general: list[bool],
+               score: Callable[[Path], Scores]
                ) -> tuple[dict[str, float], dict[str, Any] | None]:
     """Score every seed after the first (``first``: the stage's scores of the first seed's
     models, and of the base model) and return the metrics over seeds and the report's
-    per-seed table (``evaluation["seeds"]``; None with one seed); ``clusters``:
-    ``held_out_clusters`` of the scored documents."""
+    per-seed table (``evaluation["seeds"]``; None with one seed)."""
     models = seed_models(inputs)
     scores: dict[str, list[Scores]] = {
         arm: [first[arm]] + [score(m.hf_dir) for m in models.get(arm, [])[1:]]
@@ -176,7 +175,7 @@ def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact],
     general = np.array(is_general, dtype=bool)
     if len(scores["adapted"]) < 2:
         return {"train_seeds": 1.0}, None
-    codes, column = clusters
+    codes, column = held_out_clusters(config, ingest, len(texts))
     metrics = seed_metrics(config, scores, nbytes, general, codes)
     return metrics, seed_table(metrics, [m.spec.config.seed for m in models["adapted"]],
                                column, config.bootstrap_samples)

@@ -266,12 +266,11 @@ def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
-              is_general: list[bool], clusters: np.ndarray, memo: Memo | None = None
+              is_general: list[bool], memo: Memo | None = None
               ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], dict[str, Any]]:
     """Each model's per-slice and per-source figures; the changes between models (unmasked and
-    masked) with the masked figures, their standard errors a bootstrap over ``clusters`` (each
-    document's held-out group, ``seeds.held_out_clusters``); the context token chosen on the
-    dev part; and each model's per-document scores."""
+    masked) with the masked figures; the context token chosen on the dev part; and each
+    model's per-document scores."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = given.ingest.held_out_parts(["source", "text"])["domain"]["dev"]
     scores, context = score_models(
@@ -280,6 +279,8 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
         precision=config.precision)
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
+    # a cluster bootstrap over the held-out groups (seeds.held_out_clusters), as over seeds
+    clusters = seeds.held_out_clusters(config, given.ingest, len(texts))[0]
     draws = ({k: bootstrap_weights(clusters[v], config.bootstrap_samples)
               for k, v in slices.items() if len(v)} if config.bootstrap_samples else None)
     per = {name: slice_scores(s, texts, sources, is_general, draws)
@@ -311,17 +312,14 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
     given = Inputs.of(inputs)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
     texts, sources, is_general = test_text(config, given.ingest)
-    # each test document's held-out group: the bootstraps (one run's and over seeds) draw them
-    clusters = seeds.held_out_clusters(config, given.ingest, len(texts))
     split = heldout_twins(given.ingest)  # near-twins of the test text in training
     memo = Memo(out_dir)  # each model's scores, reused where the same model scored the same
-    per, changed, context, scores = score_all(config, given, texts, sources, is_general,
-                                              clusters[0], memo)
+    per, changed, context, scores = score_all(config, given, texts, sources, is_general, memo)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # pretrain.seeds > 1: the other seeds' models on the same documents, after the same
     # context token (seeds.py); their interval replaces the one-run interval of the changes
     spread, seed_table = seeds.over_seeds(
-        config, given.artifacts, clusters, scores, texts, is_general,
+        config, given.artifacts, given.ingest, scores, texts, is_general,
         lambda d: score_models({memo.label(d): d}, texts, [], given.pretrain.seq_len,
                                config.batch_size, device, context, memo,
                                config.precision)[0][memo.label(d)])
