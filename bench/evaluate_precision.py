@@ -57,7 +57,7 @@ FIGURES = [  # the verdict's and the zero-shot table's figures
 def speed(config, inputs: dict, docs: int, rounds: int) -> dict:
     """fp32 and bf16 scoring of the adapted model on the first ``docs`` test documents,
     alternating; seconds per pass and the NLLs' largest relative difference."""
-    texts = evaluate.test_text(config, IngestOutput(inputs["ingest"]))[0][:docs]
+    texts = evaluate.test_text(config, IngestOutput(inputs["ingest"])).texts[:docs]
     given = evaluate.Inputs.of(inputs)
     seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
     nll: dict[str, np.ndarray] = {}

@@ -32,15 +32,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact
-from pipeline.stages.ingest.artifact import IngestOutput
 from pipeline.stages.pretrain.output import PretrainOutput
+
+if TYPE_CHECKING:  # the stage imports this module
+    from pipeline.stages.evaluate.stage import ScoredText
 
 Scores = list[tuple[float, int]]  # (NLL in nats, tokens) per document
 STEP = re.compile(r"^(pretrain|control)(?:\[seed(\d+)\])?$")
@@ -69,21 +70,6 @@ def seed_models(inputs: Mapping[str, Artifact]) -> dict[str, list[PretrainOutput
             raise ValueError(f"evaluate: the {arm} models are seeds {sorted(by)}, not "
                              f"0..{len(by) - 1}")
     return {arm: [by[i] for i in range(len(by))] for arm, by in found.items()}
-
-
-def held_out_clusters(config: EvaluateConfig, ingest: IngestOutput, n_docs: int) -> tuple[
-        np.ndarray, str]:
-    """The cluster of each scored test document (in ``stage.test_text``'s order) as integer
-    codes, and the column they come from: ``group`` when ingest wrote one, else ``doc_id``."""
-    column = "group" if "group" in pq.read_schema(ingest.eval_file).names else "doc_id"
-    parts = ingest.held_out_parts(["source", column])
-    general_cap = config.max_general_docs or config.max_eval_docs
-    ids = (parts["domain"]["test"].column(column).to_pylist()[:config.max_eval_docs]
-           + parts["general"]["test"].column(column).to_pylist()[:general_cap])
-    if len(ids) != n_docs:
-        raise ValueError(f"evaluate: {len(ids)} clusters for {n_docs} scored documents")
-    _, codes = np.unique(np.array([str(i) for i in ids]), return_inverse=True)
-    return codes, column
 
 
 def cluster_sums(nll: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -157,13 +143,12 @@ def _spread(name: str, values: list[float]) -> dict[str, float]:
             **{f"{name}_seed{i}": float(v) for i, v in enumerate(values)}}
 
 
-def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact], ingest: IngestOutput,
-               first: Mapping[str, Scores], texts: list[str], is_general: list[bool],
-               score: Callable[[Path], Scores]
+def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact],
+               first: Mapping[str, Scores], held: ScoredText, score: Callable[[Path], Scores]
                ) -> tuple[dict[str, float], dict[str, Any] | None]:
     """Score every seed after the first (``first``: the stage's scores of the first seed's
-    models, and of the base model) and return the metrics over seeds and the report's
-    per-seed table (``evaluation["seeds"]``; None with one seed)."""
+    models, and of the base model, on ``held``) and return the metrics over seeds and the
+    report's per-seed table (``evaluation["seeds"]``; None with one seed)."""
     models = seed_models(inputs)
     scores: dict[str, list[Scores]] = {
         arm: [first[arm]] + [score(m.hf_dir) for m in models.get(arm, [])[1:]]
@@ -171,14 +156,13 @@ def over_seeds(config: EvaluateConfig, inputs: Mapping[str, Artifact], ingest: I
     if "base" in first:
         scores["base"] = [first["base"]]
     nbytes = np.array([getattr(s, "bytes_masked", len(t.encode("utf-8")))
-                       for s, t in zip(first["adapted"], texts, strict=True)])
-    general = np.array(is_general, dtype=bool)
+                       for s, t in zip(first["adapted"], held.texts, strict=True)])
+    general = np.array(held.is_general, dtype=bool)
     if len(scores["adapted"]) < 2:
         return {"train_seeds": 1.0}, None
-    codes, column = held_out_clusters(config, ingest, len(texts))
-    metrics = seed_metrics(config, scores, nbytes, general, codes)
+    metrics = seed_metrics(config, scores, nbytes, general, held.clusters)
     return metrics, seed_table(metrics, [m.spec.config.seed for m in models["adapted"]],
-                               column, config.bootstrap_samples)
+                               held.cluster_column, config.bootstrap_samples)
 
 
 def seed_table(metrics: Mapping[str, float], seed_values: list[int], column: str,

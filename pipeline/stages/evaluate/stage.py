@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers import AutoTokenizer
 
@@ -98,19 +99,34 @@ def _domain_gate_message(config: EvaluateConfig, adapted: dict[str, dict[str, fl
             f"{base['domain']['bits_per_byte']:.4f} (evaluate.min_domain_gain)")
 
 
-def test_text(config: EvaluateConfig, ingest: IngestOutput
-              ) -> tuple[list[str], list[str], list[bool]]:
+@dataclass(frozen=True)
+class ScoredText:
+    """The held-out test documents evaluate scores, in order: the domain slice, then the
+    general slice. ``clusters``: each document's held-out group as integer codes (ingest's
+    ``group`` column, else its ``doc_id``: ``cluster_column``), which every bootstrap draws
+    whole (one run's and the one over seeds)."""
+    texts: list[str]
+    sources: list[str]
+    is_general: list[bool]
+    clusters: np.ndarray
+    cluster_column: str
+
+
+def test_text(config: EvaluateConfig, ingest: IngestOutput) -> ScoredText:
     """The held-out test documents scored: the domain slice and the general slice, capped (a
     prefix is a fair sample: the file is in hash order). Dev documents are never scored here."""
-    parts = ingest.held_out_parts(["source", "text"])
+    column = "group" if "group" in pq.read_schema(ingest.eval_file).names else "doc_id"
+    parts = ingest.held_out_parts(["source", "text", column])
     general_cap = config.max_general_docs or config.max_eval_docs
     domain = parts["domain"]["test"].slice(0, config.max_eval_docs)
     general = parts["general"]["test"].slice(0, general_cap)
     if not domain.num_rows:
         raise QualityGateError("evaluate: the held-out test part has no domain documents")
     held = pa.concat_tables([domain, general])
-    return (held.column("text").to_pylist(), held.column("source").to_pylist(),
-            [False] * domain.num_rows + [True] * general.num_rows)
+    _, codes = np.unique(np.array([str(i) for i in held.column(column).to_pylist()]),
+                         return_inverse=True)
+    return ScoredText(held.column("text").to_pylist(), held.column("source").to_pylist(),
+                      [False] * domain.num_rows + [True] * general.num_rows, codes, column)
 
 
 def changes(scores: dict[str, list[tuple[float, int]]], slices: dict[str, np.ndarray],
@@ -265,12 +281,12 @@ def twin_metrics(split: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: list[str],
-              is_general: list[bool], memo: Memo | None = None
+def score_all(config: EvaluateConfig, given: Inputs, held: ScoredText, memo: Memo | None = None
               ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any], dict[str, Any]]:
     """Each model's per-slice and per-source figures; the changes between models (unmasked and
     masked) with the masked figures; the context token chosen on the dev part; and each
-    model's per-document scores."""
+    model's per-document scores. Standard errors: a bootstrap over the held-out groups."""
+    texts, sources, is_general = held.texts, held.sources, held.is_general
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = given.ingest.held_out_parts(["source", "text"])["domain"]["dev"]
     scores, context = score_models(
@@ -279,9 +295,7 @@ def score_all(config: EvaluateConfig, given: Inputs, texts: list[str], sources: 
         precision=config.precision)
     slices = {"domain": np.flatnonzero(~np.array(is_general)),
               "general": np.flatnonzero(np.array(is_general))}
-    # a cluster bootstrap over the held-out groups (seeds.held_out_clusters), as over seeds
-    clusters = seeds.held_out_clusters(config, given.ingest, len(texts))[0]
-    draws = ({k: bootstrap_weights(clusters[v], config.bootstrap_samples)
+    draws = ({k: bootstrap_weights(held.clusters[v], config.bootstrap_samples)
               for k, v in slices.items() if len(v)} if config.bootstrap_samples else None)
     per = {name: slice_scores(s, texts, sources, is_general, draws)
            for name, s in scores.items()}
@@ -311,16 +325,16 @@ def full_verdict(metrics: dict[str, float], config: EvaluateConfig, given: Input
 def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -> Manifest:
     given = Inputs.of(inputs)
     tok = AutoTokenizer.from_pretrained(given.pretrain.hf_dir)
-    texts, sources, is_general = test_text(config, given.ingest)
+    held = test_text(config, given.ingest)
     split = heldout_twins(given.ingest)  # near-twins of the test text in training
     memo = Memo(out_dir)  # each model's scores, reused where the same model scored the same
-    per, changed, context, scores = score_all(config, given, texts, sources, is_general, memo)
+    per, changed, context, scores = score_all(config, given, held, memo)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # pretrain.seeds > 1: the other seeds' models on the same documents, after the same
     # context token (seeds.py); their interval replaces the one-run interval of the changes
     spread, seed_table = seeds.over_seeds(
-        config, given.artifacts, given.ingest, scores, texts, is_general,
-        lambda d: score_models({memo.label(d): d}, texts, [], given.pretrain.seq_len,
+        config, given.artifacts, scores, held,
+        lambda d: score_models({memo.label(d): d}, held.texts, [], given.pretrain.seq_len,
                                config.batch_size, device, context, memo,
                                config.precision)[0][memo.label(d)])
     per_source, base_scores = per["adapted"], per.get("base")
@@ -362,7 +376,7 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
             + [g["message"] for g in failed if "message" in g]))
     return Manifest(
         stage="evaluate",
-        counts={"eval_docs": len(texts), "eval_tokens": int(per_source["domain"]["tokens"])},
+        counts={"eval_docs": len(held.texts), "eval_tokens": int(per_source["domain"]["tokens"])},
         metrics=metrics,
         extra={"per_source": per_source, "base_per_source": base_scores,
                "control_per_source": per.get("control"), "verdict": result,
