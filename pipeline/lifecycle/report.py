@@ -351,13 +351,16 @@ def zeroshot_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
     return [("h2", "Zero-shot downstream"),
             ("p", "Each test example as multiple choice over the class names, no training: acc "
              "by summed log-likelihood, acc_norm per character, acc_mutual_info minus the class "
-             f"name's log-likelihood without the text. Headline rule: {how}; the accuracies "
+             "name's log-likelihood without the text; majority: always the most frequent "
+             f"class. Headline rule: {how}; the accuracies "
              "and gains below use it unless a column names another rule. " + gains
              + f"lm_eval reruns it: `--include_path {zs['lm_eval_dir']}` in the evaluate "
              "artifact."),
-            ("table", ["task", "examples", "chance", *(f"{k} {rule}" for k in models),
+            ("table", ["task", "examples", "chance", "majority",
+                       *(f"{k} {rule}" for k in models),
                        *(f"adapted {r}" for r in rules if r != rule)],
              [[t["task"], t["examples"], f"{t['chance']:.3f}",
+               f"{t['majority']:.3f}" if "majority" in t else "-",
                *(f"{t['models'][k][rule]:.3f}" for k in models),
                *(f"{t['models']['adapted'][r]:.3f}" for r in rules if r != rule)]
               for t in zs["tasks"]])]

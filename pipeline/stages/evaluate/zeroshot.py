@@ -23,10 +23,9 @@ Two ways to the same numbers:
   the continuation, context + continuation is encoded jointly and the continuation is what
   follows the context's own encoding.
 
-``evaluate`` scores every model and returns the metrics (``zeroshot_accuracy``,
-``zeroshot_<task>_accuracy``, ... under the chosen rule; every rule's beside them) and a paired
-bootstrap interval (over examples, fixed seed) of the accuracy difference adapted - control (and
-adapted - base).
+``evaluate`` scores every model and returns the metrics (``zeroshot_accuracy``, per task, ...
+under the chosen rule; every rule's and the majority-class rate beside them) and a paired
+bootstrap interval (over examples) of the accuracy difference adapted - control (and - base).
 """
 
 from __future__ import annotations
@@ -464,13 +463,14 @@ def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mappi
     (out_dir / "zeroshot_rule_scores.jsonl").write_text(
         _score_rows(validation, scored, "validation"))
     metrics = {**summarize(tasks, judged, config.bootstrap_samples, choice.rule),
-               **choice.metrics()}
+               **choice.metrics(), **rules.majority_rates(tasks)}
     details = {"lm_eval_dir": "lm_eval", "rule": choice.rule, "rule_choice": {
         "rule": choice.rule, "chosen_on": "validation" if choice.chosen_on_validation else None,
         "validation_examples": choice.examples, "validation_accuracy": choice.scores,
         "note": choice.note, "text": choice.describe()}, "tasks": [
         {"task": t.name, "lm_eval_task": t.lm_eval_name, "examples": len(t.ids),
          "choices": len(t.choices), "chance": 1.0 / len(t.choices),
+         "majority": metrics[f"zeroshot_{t.name}_majority_rate"],
          "models": {model: {k: float(v.mean()) for k, v in per[t.name].items()}
                     for model, per in judged.items()},
          "unconditional": {model: s.unconditional[t.name].tolist()
@@ -479,8 +479,7 @@ def evaluate(config: EvaluateConfig, finetune: FinetuneOutput, model_dirs: Mappi
 
 
 def verdict_text(metrics: Mapping[str, float]) -> str:
-    """The zero-shot part of the verdict: accuracy under the headline rule and the gain with
-    its 95% interval."""
+    """The verdict's zero-shot words: accuracy, rule, gain (95% interval), majority floor."""
     if "zeroshot_accuracy" not in metrics:
         return ""
     rule = rules.RULES[int(metrics.get("zeroshot_rule_index", 0))]
@@ -493,4 +492,9 @@ def verdict_text(metrics: Mapping[str, float]) -> str:
                   if f"zeroshot_gain_vs_{ref}_ci_low" in metrics else "")
             text += f" ({metrics[f'zeroshot_gain_vs_{ref}']:+.3f} vs {ref}{ci})"
             break
+    majority, best = metrics.get("zeroshot_majority_rate"), max(
+        metrics.get(f"zeroshot_{tag}accuracy", 0.0) for tag in MODEL_TAGS.values())
+    if majority is not None and best <= majority:
+        text += (f"; no model above the majority-class rate {majority:.3f}: the zero-shot "
+                 "tasks cannot show a domain effect")
     return text

@@ -43,6 +43,16 @@ SUFFIX = {"acc": "_raw", "acc_norm": "_norm", "acc_mutual_info": "_mutual_info"}
 DEFAULT = "acc"
 
 
+def majority_rates(tasks: Sequence[ZeroShotTask]) -> dict[str, float]:
+    """The floor every rule is read against: what always answering a task's most frequent test
+    class scores, per task (``zeroshot_<task>_majority_rate``) and as the mean over tasks
+    (``zeroshot_majority_rate``, beside ``zeroshot_accuracy``). A model at or below it has
+    shown no reading of the texts."""
+    rates = {t.name: float(np.bincount(t.gold).max() / len(t.gold)) for t in tasks}
+    return {"zeroshot_majority_rate": float(np.mean(list(rates.values()))),
+            **{f"zeroshot_{name}_majority_rate": rate for name, rate in rates.items()}}
+
+
 def prefix_token_id(tok: Any) -> int:
     """The token lm-eval's HF model puts before an empty context: BOS, else EOS."""
     return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id

@@ -169,6 +169,17 @@ def test_metrics_and_the_paired_interval(scored: dict) -> None:
     assert "zeroshot_gain_vs_base" not in m and "zeroshot_base_accuracy" not in m
     assert details["tasks"][0]["choices"] == 5 and details["tasks"][0]["examples"] == 40
     assert "vs control [95% CI" in zeroshot.verdict_text(m)
+    # the majority-class rate of the 40 test rows scored, by hand from finetune's test split
+    labels = scored["ft"].test_split("organ_system").slice(0, 40).column("label").to_pylist()
+    rate = max(labels.count(x) for x in set(labels)) / 40
+    assert m["zeroshot_organ_system_majority_rate"] == m["zeroshot_majority_rate"] == rate
+    assert details["tasks"][0]["majority"] == rate
+    # no model above it: the verdict says the test cannot show an effect; one above: silent
+    low = {**m, "zeroshot_accuracy": rate, "zeroshot_control_accuracy": rate - 0.1}
+    assert zeroshot.verdict_text(low).endswith(
+        f"; no model above the majority-class rate {rate:.3f}: the zero-shot tasks cannot "
+        "show a domain effect")
+    assert "majority" not in zeroshot.verdict_text({**low, "zeroshot_control_accuracy": 0.99})
     # the interval by hand: identical models have a zero-width interval at 0; a model right
     # on every example vs one right on half has a gain of 0.5 within a narrow interval
     same = [np.array([1.0, 0.0, 1.0, 1.0])]
@@ -184,8 +195,10 @@ def test_report_section(scored: dict) -> None:
     text = to_markdown(zeroshot_blocks({"metrics": m, "zeroshot": scored["details"]}))
     assert "## Zero-shot downstream" in text
     rule = scored["details"]["rule"]
-    assert f"| task | examples | chance | control {rule} | adapted {rule} | adapted " in text
-    assert (f"| organ_system | 40 | 0.200 | {m['zeroshot_organ_system_control_accuracy']:.3f} | "
+    assert (f"| task | examples | chance | majority | control {rule} | adapted {rule} | "
+            "adapted ") in text
+    assert (f"| organ_system | 40 | 0.200 | {m['zeroshot_majority_rate']:.3f} | "
+            f"{m['zeroshot_organ_system_control_accuracy']:.3f} | "
             f"{m['zeroshot_organ_system_accuracy']:.3f} |") in text
     assert f"Headline rule: {rule}, chosen on " in text and "validation examples" in text
     assert f"adapted - control {m['zeroshot_gain_vs_control']:+.3f} (95% CI" in text
