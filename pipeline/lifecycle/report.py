@@ -363,7 +363,27 @@ def zeroshot_blocks(evaluation: Mapping[str, Any]) -> list[Block]:
                f"{t['majority']:.3f}" if "majority" in t else "-",
                *(f"{t['models'][k][rule]:.3f}" for k in models),
                *(f"{t['models']['adapted'][r]:.3f}" for r in rules if r != rule)]
-              for t in zs["tasks"]])]
+              for t in zs["tasks"]])] + _zeroshot_seed_blocks(zs.get("seeds"), m)
+
+
+def _zeroshot_seed_blocks(table: Mapping[str, Any] | None, m: Mapping[str, float]
+                          ) -> list[Block]:
+    """Every training seed's zero-shot accuracy (mean over tasks) and gain vs the control of
+    its seed, with the interval over seeds and examples (``zeroshot_seeds.py``)."""
+    if not table:
+        return []
+    gain = "zeroshot_gain_vs_control"
+    ci = (f", 95% CI over seeds and examples {m[f'{gain}_seed_ci_low']:+.3f} to "
+          f"{m[f'{gain}_seed_ci_high']:+.3f} ({table['bootstrap_samples']} replicates)"
+          if f"{gain}_seed_ci_low" in m else "")
+    return [("h3", f"Zero-shot over training seeds ({table['train_seeds']})"),
+            ("p", f"Each seed's adapted model and control on the same test rows, rule "
+             f"{table['rule']} (chosen on the first seed's models). Adapted - control: mean "
+             f"{m[f'{gain}_seed_mean']:+.3f}, sd {m[f'{gain}_seed_std']:.3f}{ci}. The "
+             "interval above the table is the first seed's, over examples only."),
+            ("table", ["seed", "adapted", "control", "adapted - control"],
+             [[r["seed"], f"{r['adapted']:.3f}", f"{r['control']:.3f}", f"{r['gain']:+.3f}"]
+              for r in table["rows"]])]
 
 
 # --- rendering ----------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from pipeline import GateFailure, QualityGateError
 from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
-from pipeline.stages.evaluate import seeds, zeroshot
+from pipeline.stages.evaluate import seeds, zeroshot, zeroshot_seeds
 from pipeline.stages.evaluate.intervals import bootstrap_weights, paired_change, slice_scores
 from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
@@ -303,6 +303,21 @@ def score_all(config: EvaluateConfig, given: Inputs, held: ScoredText, memo: Mem
                  **masked_metrics(per, scores["adapted"], slices["domain"])}, context, scores
 
 
+def zero_shot(config: EvaluateConfig, given: Inputs, out_dir: Path, memo: Memo
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Zero-shot multiple choice on finetune's test splits (and their lm-eval export) for the
+    first seed's models; with several training seeds, every seed's adapted model and control
+    on the same rows (``zeroshot_seeds.py``, the report's ``seeds``)."""
+    metrics, details = zeroshot.evaluate(config, given.finetune, given.model_dirs(), out_dir,
+                                         memo)
+    by_seed = seeds.seed_models(given.artifacts)
+    more, table = zeroshot_seeds.over_seeds(
+        config, given.finetune, {arm: [m.hf_dir for m in ms] for arm, ms in by_seed.items()},
+        zeroshot_seeds.rule_of(metrics), [m.spec.config.seed for m in by_seed["adapted"]],
+        out_dir, memo)
+    return {**metrics, **more}, {**details, "seeds": table}
+
+
 def full_verdict(metrics: dict[str, float], config: EvaluateConfig, given: Inputs,
                  zero_shot: bool) -> dict[str, Any]:
     """The verdict with the words over seeds and zero-shot, and the twin-rate warning."""
@@ -311,7 +326,8 @@ def full_verdict(metrics: dict[str, float], config: EvaluateConfig, given: Input
                      {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
     result["text"] += seeds.verdict_text(metrics)
     if zero_shot:
-        result["text"] += ", " + zeroshot.verdict_text(metrics)
+        result["text"] += ", " + zeroshot.verdict_text(metrics) \
+            + zeroshot_seeds.verdict_text(metrics)
     twin_rate = metrics.get("heldout_twin_rate")
     if config.max_twin_rate is not None and twin_rate is not None \
             and twin_rate > config.max_twin_rate:
@@ -339,9 +355,8 @@ def run(config: EvaluateConfig, inputs: Mapping[str, Artifact], out_dir: Path) -
                                config.precision)[0][memo.label(d)])
     per_source, base_scores = per["adapted"], per.get("base")
     ft = given.finetune
-    # zero-shot multiple choice on finetune's test splits, and their lm-eval export
-    zs_metrics, zs = (zeroshot.evaluate(config, ft, given.model_dirs(), out_dir, memo)
-                      if config.zeroshot else ({}, None))
+    # zero-shot multiple choice on finetune's test splits (every seed's models with several)
+    zs_metrics, zs = zero_shot(config, given, out_dir, memo) if config.zeroshot else ({}, None)
     metrics = {
         **(comparison(config, per_source, base_scores, gate=False) if base_scores else {}),
         **changed,

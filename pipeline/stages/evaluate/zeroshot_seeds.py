@@ -1,0 +1,134 @@
+"""Zero-shot over training seeds: every seed's adapted model and control answer the same
+zero-shot test rows, so the zero-shot gain gets the interval the bits/byte gain has
+(``seeds.py``), one that covers training as well as the examples.
+
+With ``pretrain.seeds`` = S > 1 (and a control, and ``evaluate.zeroshot``), ``zeroshot.py``
+scores the first seed's models as before (its metrics, ``zeroshot_gain_vs_control`` and its
+paired interval over examples, stay the first seed's: the models the gates judge); this module
+scores seeds 1..S-1 of both arms on the same test rows (the validation rows are not needed:
+the headline rule was chosen on the first seed's models) and judges every seed under that rule.
+It adds, for the mean over tasks of the accuracy:
+
+- ``zeroshot_gain_vs_control_seed<i>`` (seed i's adapted - seed i's control), their mean
+  ``..._seed_mean`` and spread ``..._seed_std`` (standard deviation over seeds, ddof 1);
+- ``zeroshot_gain_vs_control_seed_ci_low``/``_ci_high``: a two-level bootstrap, each replicate
+  drawing S seed pairs with replacement and, once for all of them, each task's examples with
+  replacement (the pairing of seed i with seed i, and of each example across models, kept);
+- each arm's accuracy over seeds: ``zeroshot_accuracy_seed_mean``/``_seed_std`` (adapted) and
+  ``zeroshot_control_accuracy_seed_mean``/``_seed_std``.
+
+The scores go through the same memo as the first seed's (``memo.py``, kind ``zeroshot``): a
+rerun that adds a seed scores only the new models. The other seeds' log-likelihoods are
+written to ``zeroshot_seed_scores.jsonl`` (model ``adapted[seed1]``, ``control[seed1]``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import EvaluateConfig
+from pipeline.stages.evaluate import zeroshot as zs
+from pipeline.stages.evaluate import zeroshot_rules as rules
+from pipeline.stages.evaluate.memo import Memo
+from pipeline.stages.finetune.output import FinetuneOutput
+
+ARMS = ("adapted", "control")
+GAIN = "zeroshot_gain_vs_control"
+
+
+def two_level_interval(diffs: list[np.ndarray], samples: int, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` percentile interval of the mean over tasks and seeds of the accuracy
+    difference, from each task's (seeds x examples) per-example differences (row i: seed i's
+    adapted minus seed i's control, 1, 0 or -1): each replicate draws the seeds with
+    replacement and each task's examples with replacement once for all seeds."""
+    rng = np.random.default_rng(seed)
+    n_seeds = diffs[0].shape[0]
+    picks = rng.integers(0, n_seeds, size=(samples, n_seeds))
+    per_seed = np.zeros((samples, n_seeds))
+    for diff in diffs:
+        n = diff.shape[1]
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=samples)
+        per_seed += weights @ diff.T / n  # replicates x seeds
+    values = np.take_along_axis(per_seed / len(diffs), picks, axis=1).mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def seed_metrics(correct: Mapping[str, list[list[np.ndarray]]], samples: int
+                 ) -> dict[str, float]:
+    """The metrics over seeds (module docstring) from {arm: [seed i: [task t: per-example
+    0/1 under the headline rule]]}."""
+    acc = {arm: [float(np.mean([c.mean() for c in tasks])) for tasks in correct[arm]]
+           for arm in ARMS}
+    gains = [a - c for a, c in zip(acc["adapted"], acc["control"], strict=True)]
+    out: dict[str, float] = {}
+    for name, values in (("zeroshot_accuracy", acc["adapted"]),
+                         ("zeroshot_control_accuracy", acc["control"]), (GAIN, gains)):
+        out[f"{name}_seed_mean"] = float(np.mean(values))
+        out[f"{name}_seed_std"] = float(np.std(values, ddof=1))
+    out.update({f"{GAIN}_seed{i}": g for i, g in enumerate(gains)})
+    if samples:
+        n_tasks = len(correct["adapted"][0])
+        diffs = [np.stack([a[t] - c[t] for a, c in zip(correct["adapted"], correct["control"],
+                                                       strict=True)]) for t in range(n_tasks)]
+        out[f"{GAIN}_seed_ci_low"], out[f"{GAIN}_seed_ci_high"] = two_level_interval(
+            diffs, samples)
+    return out
+
+
+def over_seeds(config: EvaluateConfig, finetune: FinetuneOutput,
+               models: Mapping[str, list[Path]], rule: str, seed_values: list[int],
+               out_dir: Path, memo: Memo | None = None
+               ) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """Score seeds 1.. of ``models`` ({"adapted"|"control": [seed 0's HF dir, seed 1's, ...]})
+    on the zero-shot test rows, judge every seed under ``rule``; the metrics over seeds and the
+    report's table (None, and no metrics, with one seed or no control)."""
+    if any(len(models.get(arm, [])) < 2 for arm in ARMS):
+        return {}, None
+    tasks = zs.tasks_of(finetune, config)
+    validation = zs.tasks_of(finetune, config, "validation")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    correct: dict[str, list[list[np.ndarray]]] = {arm: [] for arm in ARMS}
+    scored: dict[str, zs.ModelScores] = {}
+    for arm in ARMS:
+        for i, model_dir in enumerate(models[arm]):
+            label = arm if i == 0 else f"{arm}[seed{i}]"
+            # seed 0 with its validation rows: the very inputs zeroshot.evaluate scored, so
+            # the memo answers; the other seeds score the test rows only
+            s = zs._scores(model_dir, tasks, validation if i == 0 else [], config.batch_size,
+                           label, device, memo, config.precision)
+            if i:
+                scored[label] = s
+            correct[arm].append([zs.judge(s.test[t.name], t, s.unconditional[t.name])[rule]
+                                 for t in tasks])
+    (out_dir / "zeroshot_seed_scores.jsonl").write_text(zs._score_rows(tasks, scored, "test"))
+    metrics = seed_metrics(correct, config.bootstrap_samples)
+    rows = [{"seed": seed_values[i], **{arm: float(np.mean([c.mean() for c in correct[arm][i]]))
+                                        for arm in ARMS}, "gain": metrics[f"{GAIN}_seed{i}"]}
+            for i in range(len(seed_values))]
+    return metrics, {"rule": rule, "train_seeds": len(seed_values), "rows": rows,
+                     "bootstrap_samples": config.bootstrap_samples}
+
+
+def verdict_text(metrics: Mapping[str, float]) -> str:
+    """The verdict's words on the zero-shot gain over seeds; empty without them."""
+    if f"{GAIN}_seed_mean" not in metrics:
+        return ""
+    ci = (f", 95% CI over seeds and examples [{metrics[f'{GAIN}_seed_ci_low']:+.3f}, "
+          f"{metrics[f'{GAIN}_seed_ci_high']:+.3f}]" if f"{GAIN}_seed_ci_low" in metrics else "")
+    return (f"; zero-shot over {int(metrics.get('train_seeds', 0))} seeds: "
+            f"{metrics[f'{GAIN}_seed_mean']:+.3f} vs control (sd "
+            f"{metrics[f'{GAIN}_seed_std']:.3f}{ci})")
+
+
+def rule_of(metrics: Mapping[str, float]) -> str:
+    """The headline rule ``zeroshot.evaluate`` chose (``zeroshot_rule_index``)."""
+    return rules.RULES[int(metrics.get("zeroshot_rule_index", 0))]
+
