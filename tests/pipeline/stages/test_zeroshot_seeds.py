@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -110,3 +111,24 @@ def _words_and_report(m: dict, table: dict, first: dict) -> None:
     row = table["rows"][1]
     assert (f"| 6 | {row['adapted']:.3f} | {row['control']:.3f} | {row['gain']:+.3f} |"
             in text)
+
+
+def test_the_stage_adds_the_seeds_to_its_zero_shot_metrics(
+        scored: dict, two_seeds: dict, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.stages.evaluate import seeds, stage
+
+    by_seed = {arm: [SimpleNamespace(hf_dir=d, spec=SimpleNamespace(
+        config=SimpleNamespace(seed=40 + i))) for i, d in enumerate(dirs)]
+        for arm, dirs in two_seeds.items()}
+    monkeypatch.setattr(seeds, "seed_models", lambda artifacts: by_seed)
+    given = SimpleNamespace(finetune=scored["ft"], artifacts={}, model_dirs=lambda: {
+        arm: dirs[0] for arm, dirs in two_seeds.items()})
+    memo = Memo(tmp_path / "build")
+    metrics, details = stage.zero_shot(CONFIG, given, memo.out_dir, memo)
+    alone, _ = zeroshot.evaluate(CONFIG, scored["ft"], given.model_dirs(), tmp_path, memo)
+    assert {k: v for k, v in metrics.items() if k in alone} == alone
+    assert metrics["zeroshot_gain_vs_control_seed0"] == pytest.approx(
+        alone["zeroshot_gain_vs_control"])
+    assert [r["seed"] for r in details["seeds"]["rows"]] == [40, 41]
+    assert details["tasks"][0]["task"] == "organ_system"
