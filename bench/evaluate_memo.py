@@ -39,6 +39,30 @@ def _artifacts(store: Path, specs: list[str]) -> dict[str, Artifact]:
     return out
 
 
+def build_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a bench that reads one built evaluate artifact's inputs: --domain,
+    --profile, --store and --build (``evaluate/KEY``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--domain", required=True)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--build", required=True, help="evaluate/KEY in --store")
+    return parser
+
+
+def build_inputs(store: Path, build: str) -> dict[str, Artifact]:
+    """The inputs of ``build`` (``evaluate/KEY`` in ``store``) by their names in the plan
+    (``pretrain[seed1]`` ...)."""
+    path = store / build
+    if not (path / "manifest.json").is_file():
+        raise SystemExit(f"--store {store}: no artifact {build}")
+    out = {}
+    for name, key in json.loads((path / "manifest.json").read_text())["inputs"].items():
+        stage = name.split("[", 1)[0]
+        out[name] = Artifact(stage, key, store / stage / key)
+    return out
+
+
 def build(config, inputs: dict[str, Artifact], out_dir: Path) -> tuple[float, dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -24,7 +24,6 @@ minute per model and design for 100 rows per task on 2 cores, a few minutes with
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.evaluate_memo import _artifacts
+from bench.evaluate_memo import _artifacts, build_parser
 from pipeline import domains
 from pipeline.stages.evaluate import zeroshot as zs
 from pipeline.stages.evaluate import zeroshot_rules as rules
@@ -66,11 +65,7 @@ def design_tasks(pool: list[zs.ZeroShotTask], n: int, design: str, strip: list[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--domain", required=True)
-    parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--build", required=True, help="evaluate/KEY in --store")
+    parser = build_parser(__doc__)
     parser.add_argument("--examples", type=int, default=100, help="validation rows per task")
     parser.add_argument("--design", action="append", default=None,
                         help="as-is, short or K-shot (repeatable; default: all three, 5-shot)")

@@ -18,47 +18,30 @@ the real 135M models (2-7 minutes per model on 2 cores, by the domain's tasks).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from bench.evaluate_memo import build_inputs, build_parser
 from pipeline import domains
-from pipeline.engine.artifacts import Artifact
 from pipeline.stages.evaluate import stage as evaluate
-from pipeline.stages.evaluate import zeroshot, zeroshot_seeds
+from pipeline.stages.evaluate import zeroshot_seeds
 from pipeline.stages.evaluate.memo import Memo
 
 
-def inputs_of(store: Path, build: str) -> dict[str, Artifact]:
-    """The evaluate build's inputs by their names in the plan (``pretrain[seed1]`` ...)."""
-    path = store / build
-    if not (path / "manifest.json").is_file():
-        raise SystemExit(f"--store {store}: no artifact {build}")
-    out = {}
-    for name, key in json.loads((path / "manifest.json").read_text())["inputs"].items():
-        stage = name.split("[", 1)[0]
-        out[name] = Artifact(stage, key, store / stage / key)
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--domain", required=True)
-    parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--build", required=True, help="evaluate/KEY in --store")
+    parser = build_parser(__doc__)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = domains.get(args.domain).resolve(args.profile).evaluate.model_copy(
         update={"zeroshot": True})
-    given = evaluate.Inputs.of(inputs_of(args.store, args.build))
+    given = evaluate.Inputs.of(build_inputs(args.store, args.build))
     out_dir = args.out / "evaluate" / "build"
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     metrics, details = evaluate.zero_shot(config, given, out_dir, Memo(out_dir))
     seconds = time.perf_counter() - start
-    words = zeroshot.verdict_text(metrics) + zeroshot_seeds.verdict_text(
+    words = zeroshot_seeds.verdict_text(
         {**metrics, "train_seeds": float(len(details["seeds"]["rows"]))})
     (out_dir / "zeroshot_seeds.json").write_text(json.dumps(
         {"metrics": metrics, "seeds": details["seeds"], "rule_choice": details["rule_choice"],

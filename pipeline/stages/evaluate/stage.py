@@ -326,8 +326,7 @@ def full_verdict(metrics: dict[str, float], config: EvaluateConfig, given: Input
                      {**ft.metrics, "seeds": len(ft.seeds)}, promoted=given.previous is not None)
     result["text"] += seeds.verdict_text(metrics)
     if zero_shot:
-        result["text"] += ", " + zeroshot.verdict_text(metrics) \
-            + zeroshot_seeds.verdict_text(metrics)
+        result["text"] += ", " + zeroshot_seeds.verdict_text(metrics)
     twin_rate = metrics.get("heldout_twin_rate")
     if config.max_twin_rate is not None and twin_rate is not None \
             and twin_rate > config.max_twin_rate:

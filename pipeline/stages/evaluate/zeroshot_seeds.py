@@ -18,8 +18,10 @@ It adds, for the mean over tasks of the accuracy:
   ``zeroshot_control_accuracy_seed_mean``/``_seed_std``.
 
 The scores go through the same memo as the first seed's (``memo.py``, kind ``zeroshot``): a
-rerun that adds a seed scores only the new models. The other seeds' log-likelihoods are
-written to ``zeroshot_seed_scores.jsonl`` (model ``adapted[seed1]``, ``control[seed1]``, ...).
+rerun that adds a seed scores only the new models. The verdict leads with the gain over seeds:
+on the shipped tasks at 135M the first seed's interval over examples can exclude 0 where the
+seeds disagree in sign (bench/RESULTS.md, "Zero-shot over training seeds"). The other seeds'
+log-likelihoods are written to ``zeroshot_seed_scores.jsonl`` (model ``adapted[seed1]``, ...).
 """
 
 from __future__ import annotations
@@ -118,14 +120,17 @@ def over_seeds(config: EvaluateConfig, finetune: FinetuneOutput,
 
 
 def verdict_text(metrics: Mapping[str, float]) -> str:
-    """The verdict's words on the zero-shot gain over seeds; empty without them."""
-    if f"{GAIN}_seed_mean" not in metrics:
-        return ""
+    """The verdict's zero-shot words: with several seeds the gain over seeds first (mean, spread,
+    interval over seeds and examples), then the first seed's own (``zeroshot.verdict_text``,
+    whose interval is over examples only); with one, the first seed's alone."""
+    first = zs.verdict_text(metrics)
+    if f"{GAIN}_seed_mean" not in metrics or not first:
+        return first
     ci = (f", 95% CI over seeds and examples [{metrics[f'{GAIN}_seed_ci_low']:+.3f}, "
           f"{metrics[f'{GAIN}_seed_ci_high']:+.3f}]" if f"{GAIN}_seed_ci_low" in metrics else "")
-    return (f"; zero-shot over {int(metrics.get('train_seeds', 0))} seeds: "
+    return (f"zero-shot over {int(metrics.get('train_seeds', 0))} seeds: "
             f"{metrics[f'{GAIN}_seed_mean']:+.3f} vs control (sd "
-            f"{metrics[f'{GAIN}_seed_std']:.3f}{ci})")
+            f"{metrics[f'{GAIN}_seed_std']:.3f}{ci}); the first seed's {first}")
 
 
 def rule_of(metrics: Mapping[str, float]) -> str:

@@ -97,11 +97,13 @@ def _words_and_report(m: dict, table: dict, first: dict) -> None:
 
     both = {**first, **m, "train_seeds": 2.0}
     words = zeroshot_seeds.verdict_text(both)
-    assert words == (f"; zero-shot over 2 seeds: {m['zeroshot_gain_vs_control_seed_mean']:+.3f}"
+    assert words == (f"zero-shot over 2 seeds: {m['zeroshot_gain_vs_control_seed_mean']:+.3f}"
                      f" vs control (sd {m['zeroshot_gain_vs_control_seed_std']:.3f}, 95% CI "
                      f"over seeds and examples [{m['zeroshot_gain_vs_control_seed_ci_low']:+.3f}"
-                     f", {m['zeroshot_gain_vs_control_seed_ci_high']:+.3f}])")
-    assert zeroshot_seeds.verdict_text(first) == ""
+                     f", {m['zeroshot_gain_vs_control_seed_ci_high']:+.3f}]); the first seed's "
+                     + zeroshot.verdict_text(first))
+    # one seed: the first seed's words alone
+    assert zeroshot_seeds.verdict_text(first) == zeroshot.verdict_text(first)
     details = {"rule": table["rule"], "lm_eval_dir": "lm_eval", "seeds": table, "tasks": [
         {"task": "organ_system", "examples": 40, "chance": 0.2, "models": {
             k: {table["rule"]: 0.3} for k in ("control", "adapted")}}]}
