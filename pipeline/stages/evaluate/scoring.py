@@ -131,8 +131,11 @@ def score_documents(model: torch.nn.Module, tok: PreTrainedTokenizerBase, texts:
         ids, mask = ids.to(device), mask.to(device)
         with autocast(device, precision):
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        # over the flattened (tokens x vocabulary) logits: the log-softmax runs along
+        # contiguous rows (over a transposed view it took twice as long on a CPU)
         nll = (torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]).cpu()
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+        ).view(len(chunk), -1) * mask[:, 1:]).cpu()
         for row, (d, start, p) in enumerate(chunk):
             n = len(p) - 1
             keep = torch.from_numpy(kept[d][start:start + n])
