@@ -92,9 +92,17 @@ def two_level_interval(adapted: np.ndarray, reference: np.ndarray, samples: int,
     picks = rng.integers(0, n_seeds, size=(samples, n_seeds))
     weights = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=samples)
     change = (weights @ adapted.T) / (weights @ reference.T) - 1.0  # replicates x seeds
-    values = np.take_along_axis(change, picks, axis=1).mean(axis=1)
+    return over_drawn_seeds(change, picks, level)
+
+
+def over_drawn_seeds(values: np.ndarray, picks: np.ndarray, level: float = 0.95
+                     ) -> tuple[float, float]:
+    """The ``level`` percentile interval of each replicate's mean over its drawn seeds:
+    ``values`` is replicates x seeds (each seed's value on the replicate's resample), ``picks``
+    the seeds each replicate drew (replicates x seeds, with replacement)."""
+    means = np.take_along_axis(values, picks, axis=1).mean(axis=1)
     tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
+    low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
 
 
@@ -119,7 +127,7 @@ def seed_metrics(config: EvaluateConfig, scores: Mapping[str, list[Scores]],
         if arm not in scores or not len(docs):
             continue
         bpb = [float(_nll(s)[docs].sum() / np.log(2) / nbytes[docs].sum()) for s in scores[arm]]
-        out.update(_spread(name, bpb))
+        out.update(spread(name, bpb))
     for name, slice_, ref in CHANGES:
         docs = slices[slice_]
         if ref not in scores or not len(docs):
@@ -127,7 +135,7 @@ def seed_metrics(config: EvaluateConfig, scores: Mapping[str, list[Scores]],
         a = np.stack([_nll(s)[docs] for s in scores["adapted"]])
         r = np.stack([_nll(s)[docs] for s in scores[ref]])
         r = np.repeat(r, n_seeds, axis=0) if len(r) == 1 else r
-        out.update(_spread(name, list(a.sum(1) / r.sum(1) - 1.0)))
+        out.update(spread(name, list(a.sum(1) / r.sum(1) - 1.0)))
         if config.bootstrap_samples:
             low, high = two_level_interval(cluster_sums(a, codes[docs]),
                                            cluster_sums(r, codes[docs]),
@@ -136,7 +144,7 @@ def seed_metrics(config: EvaluateConfig, scores: Mapping[str, list[Scores]],
     return out
 
 
-def _spread(name: str, values: list[float]) -> dict[str, float]:
+def spread(name: str, values: list[float]) -> dict[str, float]:
     """``name``'s mean and standard deviation over seeds, and each seed's value."""
     return {f"{name}_seed_mean": float(np.mean(values)),
             f"{name}_seed_std": float(np.std(values, ddof=1)),

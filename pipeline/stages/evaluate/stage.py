@@ -40,7 +40,7 @@ from pipeline import GateFailure, QualityGateError
 from pipeline.config import EvaluateConfig
 from pipeline.engine.artifacts import Artifact, Manifest
 from pipeline.lifecycle.report import write_report
-from pipeline.stages.evaluate import seeds, zeroshot, zeroshot_seeds
+from pipeline.stages.evaluate import seeds, zeroshot, zeroshot_rules, zeroshot_seeds
 from pipeline.stages.evaluate.intervals import bootstrap_weights, paired_change, slice_scores
 from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.evaluate.scoring import (  # score_documents: re-exported for callers
@@ -313,7 +313,7 @@ def zero_shot(config: EvaluateConfig, given: Inputs, out_dir: Path, memo: Memo
     by_seed = seeds.seed_models(given.artifacts)
     more, table = zeroshot_seeds.over_seeds(
         config, given.finetune, {arm: [m.hf_dir for m in ms] for arm, ms in by_seed.items()},
-        zeroshot_seeds.rule_of(metrics), [m.spec.config.seed for m in by_seed["adapted"]],
+        zeroshot_rules.rule_of(metrics), [m.spec.config.seed for m in by_seed["adapted"]],
         out_dir, memo)
     return {**metrics, **more}, {**details, "seeds": table}
 

@@ -482,7 +482,7 @@ def verdict_text(metrics: Mapping[str, float]) -> str:
     """The verdict's zero-shot words: accuracy, rule, gain (95% interval), majority floor."""
     if "zeroshot_accuracy" not in metrics:
         return ""
-    rule = rules.RULES[int(metrics.get("zeroshot_rule_index", 0))]
+    rule = rules.rule_of(metrics)
     how = ", chosen on validation" if metrics.get("zeroshot_rule_examples") else ""
     text = f"zero-shot accuracy {metrics['zeroshot_accuracy']:.3f} ({rule}{how})"
     for ref in ("control", "base"):

@@ -43,6 +43,11 @@ SUFFIX = {"acc": "_raw", "acc_norm": "_norm", "acc_mutual_info": "_mutual_info"}
 DEFAULT = "acc"
 
 
+def rule_of(metrics: Mapping[str, float]) -> str:
+    """The headline rule named by ``zeroshot_rule_index`` in ``metrics`` (``acc`` without it)."""
+    return RULES[int(metrics.get("zeroshot_rule_index", 0))]
+
+
 def majority_rates(tasks: Sequence[ZeroShotTask]) -> dict[str, float]:
     """The floor every rule is read against: what always answering a task's most frequent test
     class scores, per task (``zeroshot_<task>_majority_rate``) and as the mean over tasks

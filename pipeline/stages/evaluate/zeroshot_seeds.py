@@ -10,12 +10,13 @@ the headline rule was chosen on the first seed's models) and judges every seed u
 It adds, for the mean over tasks of the accuracy:
 
 - ``zeroshot_gain_vs_control_seed<i>`` (seed i's adapted - seed i's control), their mean
-  ``..._seed_mean`` and spread ``..._seed_std`` (standard deviation over seeds, ddof 1);
+  ``..._seed_mean`` and spread ``..._seed_std`` (standard deviation over seeds, ddof 1;
+  ``seeds.spread``, as for bits/byte);
 - ``zeroshot_gain_vs_control_seed_ci_low``/``_ci_high``: a two-level bootstrap, each replicate
   drawing S seed pairs with replacement and, once for all of them, each task's examples with
   replacement (the pairing of seed i with seed i, and of each example across models, kept);
-- each arm's accuracy over seeds: ``zeroshot_accuracy_seed_mean``/``_seed_std`` (adapted) and
-  ``zeroshot_control_accuracy_seed_mean``/``_seed_std``.
+- each arm's accuracy over seeds: ``zeroshot_accuracy_seed_mean``/``_seed_std``/``_seed<i>``
+  (adapted) and ``zeroshot_control_accuracy_seed_*``.
 
 The scores go through the same memo as the first seed's (``memo.py``, kind ``zeroshot``): a
 rerun that adds a seed scores only the new models. The verdict leads with the gain over seeds:
@@ -34,8 +35,8 @@ import numpy as np
 import torch
 
 from pipeline.config import EvaluateConfig
+from pipeline.stages.evaluate import seeds
 from pipeline.stages.evaluate import zeroshot as zs
-from pipeline.stages.evaluate import zeroshot_rules as rules
 from pipeline.stages.evaluate.memo import Memo
 from pipeline.stages.finetune.output import FinetuneOutput
 
@@ -57,10 +58,7 @@ def two_level_interval(diffs: list[np.ndarray], samples: int, seed: int = 0,
         n = diff.shape[1]
         weights = rng.multinomial(n, np.full(n, 1 / n), size=samples)
         per_seed += weights @ diff.T / n  # replicates x seeds
-    values = np.take_along_axis(per_seed / len(diffs), picks, axis=1).mean(axis=1)
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return seeds.over_drawn_seeds(per_seed / len(diffs), picks, level)
 
 
 def seed_metrics(correct: Mapping[str, list[list[np.ndarray]]], samples: int
@@ -70,12 +68,8 @@ def seed_metrics(correct: Mapping[str, list[list[np.ndarray]]], samples: int
     acc = {arm: [float(np.mean([c.mean() for c in tasks])) for tasks in correct[arm]]
            for arm in ARMS}
     gains = [a - c for a, c in zip(acc["adapted"], acc["control"], strict=True)]
-    out: dict[str, float] = {}
-    for name, values in (("zeroshot_accuracy", acc["adapted"]),
-                         ("zeroshot_control_accuracy", acc["control"]), (GAIN, gains)):
-        out[f"{name}_seed_mean"] = float(np.mean(values))
-        out[f"{name}_seed_std"] = float(np.std(values, ddof=1))
-    out.update({f"{GAIN}_seed{i}": g for i, g in enumerate(gains)})
+    out = {**seeds.spread("zeroshot_accuracy", acc["adapted"]),
+           **seeds.spread("zeroshot_control_accuracy", acc["control"]), **seeds.spread(GAIN, gains)}
     if samples:
         n_tasks = len(correct["adapted"][0])
         diffs = [np.stack([a[t] - c[t] for a, c in zip(correct["adapted"], correct["control"],
@@ -87,11 +81,11 @@ def seed_metrics(correct: Mapping[str, list[list[np.ndarray]]], samples: int
 
 def over_seeds(config: EvaluateConfig, finetune: FinetuneOutput,
                models: Mapping[str, list[Path]], rule: str, seed_values: list[int],
-               out_dir: Path, memo: Memo | None = None
-               ) -> tuple[dict[str, float], dict[str, Any] | None]:
+               out_dir: Path, memo: Memo) -> tuple[dict[str, float], dict[str, Any] | None]:
     """Score seeds 1.. of ``models`` ({"adapted"|"control": [seed 0's HF dir, seed 1's, ...]})
     on the zero-shot test rows, judge every seed under ``rule``; the metrics over seeds and the
-    report's table (None, and no metrics, with one seed or no control)."""
+    report's table (None, and no metrics, with one seed or no control). The first seed's
+    scores come from the ``memo`` that ``zeroshot.evaluate`` wrote them to, never scored twice."""
     if any(len(models.get(arm, [])) < 2 for arm in ARMS):
         return {}, None
     tasks = zs.tasks_of(finetune, config)
@@ -112,9 +106,9 @@ def over_seeds(config: EvaluateConfig, finetune: FinetuneOutput,
                                  for t in tasks])
     (out_dir / "zeroshot_seed_scores.jsonl").write_text(zs._score_rows(tasks, scored, "test"))
     metrics = seed_metrics(correct, config.bootstrap_samples)
-    rows = [{"seed": seed_values[i], **{arm: float(np.mean([c.mean() for c in correct[arm][i]]))
-                                        for arm in ARMS}, "gain": metrics[f"{GAIN}_seed{i}"]}
-            for i in range(len(seed_values))]
+    rows = [{"seed": value, "adapted": metrics[f"zeroshot_accuracy_seed{i}"],
+             "control": metrics[f"zeroshot_control_accuracy_seed{i}"],
+             "gain": metrics[f"{GAIN}_seed{i}"]} for i, value in enumerate(seed_values)]
     return metrics, {"rule": rule, "train_seeds": len(seed_values), "rows": rows,
                      "bootstrap_samples": config.bootstrap_samples}
 
@@ -131,9 +125,4 @@ def verdict_text(metrics: Mapping[str, float]) -> str:
     return (f"zero-shot over {int(metrics.get('train_seeds', 0))} seeds: "
             f"{metrics[f'{GAIN}_seed_mean']:+.3f} vs control (sd "
             f"{metrics[f'{GAIN}_seed_std']:.3f}{ci}); the first seed's {first}")
-
-
-def rule_of(metrics: Mapping[str, float]) -> str:
-    """The headline rule ``zeroshot.evaluate`` chose (``zeroshot_rule_index``)."""
-    return rules.RULES[int(metrics.get("zeroshot_rule_index", 0))]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.config import EvaluateConfig
-from pipeline.stages.evaluate import zeroshot, zeroshot_seeds
+from pipeline.stages.evaluate import zeroshot, zeroshot_rules, zeroshot_seeds
 from pipeline.stages.evaluate.memo import Memo
 from tests.pipeline.stages.test_zeroshot import _tiny_model, scored  # noqa: F401 (fixture)
 
@@ -53,7 +53,7 @@ def test_every_seed_is_judged_under_the_first_seeds_rule(
     memo.out_dir.mkdir(parents=True)
     first = {arm: dirs[0] for arm, dirs in two_seeds.items()}
     metrics, _ = zeroshot.evaluate(CONFIG, scored["ft"], first, memo.out_dir, memo)
-    rule = zeroshot_seeds.rule_of(metrics)
+    rule = zeroshot_rules.rule_of(metrics)
     scoring = zeroshot._score_model
     seen: list[Path] = []
     monkeypatch.setattr(zeroshot, "_score_model",
