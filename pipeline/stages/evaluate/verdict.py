@@ -10,9 +10,11 @@ resamples. The base follows, named for what it is: the starting point, not the b
 Without a control the headline is adapted vs base; with ``pretrain.init: promoted``, adapted vs
 the promoted model it would replace (what promotion decides). Every headline figure is masked
 (placeholders and URLs out of the NLL and the bytes: ``scoring.py``); the unmasked figures keep
-their names, and the gates still read them. With several training seeds (``seeds.py``) each
-headline change is the mean over seeds +- their standard deviation, beside the interval over
-seeds x clusters; the gates judge the first seed's models (the ones promotion moves).
+their names. The domain-gain gate reads the unmasked gain vs the base; the forgetting gate the
+masked general change vs the control where there is one (``stage.forgetting_gate``). With
+several training seeds (``seeds.py``) each headline change is the mean over seeds +- their
+standard deviation, beside the interval over seeds x clusters; the gates judge the first seed's
+models (the ones promotion moves).
 """
 
 from __future__ import annotations
